@@ -1,0 +1,1 @@
+//! The wire: length-prefixed frames carrying MessagePack messages.
