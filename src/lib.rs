@@ -1,9 +1,157 @@
-//! tokio-multiprocessing: Python's `multiprocessing`, rebuilt for async Rust on Tokio.
+//! Python's `multiprocessing`, rebuilt for async Rust on Tokio.
+//!
+//! A program starts child processes that are re-executed copies of its own
+//! binary. Each child talks to its parent over a private Unix socket
+//! carrying length-prefixed MessagePack frames. A [`Process`] runs one
+//! function in a child, and its [`join`](Process::join) is a future that
+//! returns the function's value; its [`Sentinel`] can sit in
+//! `tokio::select!`, and [`wait`] waits for many at once.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use tokio_multiprocessing as mp;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> mp::Result<()> {
+//!     // First thing in main: in a child, this runs the child's work and
+//!     // exits; in the parent it returns a guard that joins the children
+//!     // when main ends.
+//!     let _guard = mp::init();
+//!
+//!     let p = mp::Process::new(square, 12);
+//!     p.start().await?;
+//!     assert_eq!(p.join().await?, 144);
+//!     assert_eq!(p.exitcode(), Some(0));
+//!     Ok(())
+//! }
+//! ```
+//!
+//! **Everything `main` does before [`init`] runs again in every child**, since
+//! a child is the same program started afresh. Call it first.
+//!
+//! # From Python
+//!
+//! | Python `multiprocessing` | `tokio_multiprocessing` |
+//! |---|---|
+//! | `if __name__ == '__main__':` | `let _guard = mp::init();` first in `main` |
+//! | `Process(target=f, args=(x,))` | [`Process::new(f, x)`](Process::new) |
+//! | `Process(target=f, name=n, daemon=True)` | [`Process::builder()`](Process::builder)`.name(n).daemon(true).build(f, x)` |
+//! | `p.start()` | [`p.start().await?`](Process::start) |
+//! | `p.join()` | [`p.join().await`](Process::join) (returns `f`'s value) |
+//! | `p.join(timeout)` | [`p.join_timeout(d).await`](Process::join_timeout) |
+//! | `p.pid`, `p.name`, `p.daemon`, `p.authkey` | [`pid()`](Process::pid), [`name()`](Process::name), [`daemon()`](Process::daemon), [`authkey()`](Process::authkey) |
+//! | `p.exitcode` (`-N` for signal N) | [`p.exitcode()`](Process::exitcode) |
+//! | `p.is_alive()` | [`p.is_alive()`](Process::is_alive) |
+//! | `p.terminate()`, `p.kill()` | [`p.terminate()`](Process::terminate), [`p.kill()`](Process::kill) |
+//! | `p.sentinel` | [`p.sentinel()`](Process::sentinel), a future |
+//! | `multiprocessing.connection.wait(objs, timeout)` | [`mp::wait(&objs, timeout).await`](wait) |
+//! | `current_process()`, `parent_process().pid` | [`current_process()`], [`parent_pid()`] |
+//! | `repr(p)` | `format!("{p}")` |
+//!
+//! # Targets
+//!
+//! A target is a plain function or a closure that captures nothing,
+//! synchronous or `async`, taking one argument (use a tuple for several)
+//! that is `Serialize + DeserializeOwned`, and returning such a value. See
+//! [`Target`]. Synchronous targets run on the child's main thread;
+//! asynchronous ones on a current-thread Tokio runtime built in the child.
+//!
+//! # Platform support
+//!
+//! Linux is the tested platform. Exit is watched through pidfds (Linux
+//! 5.3+), falling back to `SIGCHLD` on older kernels or when
+//! `TOKIO_MULTIPROCESSING_NO_PIDFD=1` is set. Other Unix systems need
+//! `/proc/self/exe` and are not tested. Windows is not supported yet.
+//!
+//! # Testing
+//!
+//! A test binary that starts children re-executes itself, so it must reach
+//! [`init`] before a test harness runs. Give such tests their own `main`:
+//! in `Cargo.toml`, `[[test]] name = "..." harness = false`, and in the
+//! file, call `mp::init()` first and then run the cases with
+//! [`libtest-mimic`](https://docs.rs/libtest-mimic), which keeps
+//! `cargo test` filters, `--list` and the summary line:
+//!
+//! ```no_run
+//! use tokio_multiprocessing as mp;
+//!
+//! fn double(x: u32) -> u32 { x * 2 }
+//!
+//! fn main() {
+//!     let _guard = mp::init();
+//!     let args = libtest_mimic::Arguments::from_args();
+//!     let tests = vec![libtest_mimic::Trial::test("doubles_in_a_child", || {
+//!         let rt = tokio::runtime::Runtime::new()?;
+//!         rt.block_on(async {
+//!             let p = mp::Process::new(double, 21);
+//!             p.start().await?;
+//!             assert_eq!(p.join().await?, 42);
+//!             Ok(())
+//!         })
+//!     })];
+//!     libtest_mimic::run(&args, tests).exit();
+//! }
+//! ```
 
-#![warn(missing_docs)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
+mod bootstrap;
 mod error;
+mod latch;
+mod process;
+mod sentinel;
 mod sys;
+mod target;
 mod wire;
 
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
+pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
+pub use sentinel::{Sentinel, Waitable, wait};
+pub use target::{Target, TargetRefHidden, marker};
+
+/// Marks the program as a multiprocessing program and, in a child, runs the
+/// child's work.
+///
+/// Call it first thing in `main`, before or inside a Tokio runtime (both
+/// work). In the parent it returns an [`InitGuard`] at once. In a child
+/// started by this library it never returns: it connects to the parent,
+/// runs the target it is given, reports the result and exits the process.
+///
+/// Code that runs before `init()` runs again in every child. A process
+/// whose environment carries the child marker but that was not started by
+/// this library (a stale or forged variable, a missing descriptor) is not
+/// taken over: `init()` logs a warning and returns as in a parent.
+#[must_use = "dropping the guard at once joins the children at once; bind it: `let _guard = mp::init();`"]
+pub fn init() -> InitGuard {
+    process::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    bootstrap::run_if_child();
+    InitGuard { _private: () }
+}
+
+/// Returned by [`init`]; when dropped at the end of `main`, applies
+/// Python's exit rule to the children still running.
+///
+/// Daemonic children are terminated (`SIGTERM`); then every child not
+/// started detached is joined. Dropping the guard blocks the thread until
+/// they have exited.
+#[derive(Debug)]
+pub struct InitGuard {
+    _private: (),
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        process::exit_rule();
+    }
+}

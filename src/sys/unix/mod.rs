@@ -1,1 +1,216 @@
-//! Unix implementation.
+//! Unix implementation: spawning, reaping, signals and the inherited control socket.
+//!
+//! Everything here is a thin, checked wrapper over a system call (through
+//! `nix` where it has one). The rest of the crate never calls the OS
+//! directly.
+
+mod child;
+mod pidfd;
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
+use nix::sys::wait::WaitStatus;
+
+pub(crate) use child::Child;
+
+/// The descriptor number the control socket has in a freshly started child.
+pub(crate) const CHILD_FD: RawFd = 3;
+
+/// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((a, b))
+}
+
+/// Converts a wait status into the standard library's `ExitStatus`.
+fn exit_status(status: WaitStatus) -> Option<ExitStatus> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(ExitStatus::from_raw((code & 0xff) << 8)),
+        WaitStatus::Signaled(_, sig, core) => Some(ExitStatus::from_raw(
+            sig as i32 | if core { 0x80 } else { 0 },
+        )),
+        _ => None,
+    }
+}
+
+/// Python's exit code for a status: the code, or `-N` for signal N.
+pub(crate) fn python_exitcode(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => -sig,
+        (None, None) => -1,
+    }
+}
+
+/// The environment for a child: ours, without `skip`, plus `extra`.
+pub(crate) fn child_env(skip: &str, extra: (&str, &str)) -> Vec<CString> {
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k.as_bytes() != skip.as_bytes())
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.push(CString::new(format!("{}={}", extra.0, extra.1)).expect("no NUL in env entry"));
+    env
+}
+
+/// Our own command line, to give the child the same `argv` (so `ps` shows
+/// which program a child belongs to).
+pub(crate) fn own_argv() -> Vec<CString> {
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    if argv.is_empty() {
+        vec![CString::new("tokio-multiprocessing-child").expect("no NUL")]
+    } else {
+        argv
+    }
+}
+
+/// A fingerprint of the running executable: device, inode, size and mtime of
+/// `/proc/self/exe`. A re-executed child sees the same file (the link names
+/// the inode, even if the path was replaced on disk), so parent and child
+/// agree exactly when they run the same image.
+pub(crate) fn exe_identity() -> io::Result<[u64; 5]> {
+    let st = nix::sys::stat::stat("/proc/self/exe")?;
+    Ok([
+        st.st_dev,
+        st.st_ino,
+        st.st_size as u64,
+        st.st_mtime as u64,
+        st.st_mtime_nsec as u64,
+    ])
+}
+
+/// Why an inherited descriptor is not a control socket from our parent.
+#[derive(Debug)]
+pub(crate) enum NotOurs {
+    /// The descriptor is not open.
+    Closed,
+    /// It is open but is not a connected `AF_UNIX` stream socket.
+    NotASocket,
+    /// The socket's peer is not our parent process.
+    ForeignPeer { peer: i32, parent: i32 },
+}
+
+/// Takes ownership of `fd` if, and only if, it is an `AF_UNIX` stream socket
+/// whose peer is our parent process. On success the descriptor is made
+/// close-on-exec, so that nothing we start later inherits it.
+pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
+    // fcntl(F_GETFD) tells whether the number is open without touching it.
+    // SAFETY: `fd` is only borrowed for this call and, if the call fails,
+    // never used again; F_GETFD on a closed number returns EBADF.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if !open || fd < 0 {
+        return Err(NotOurs::Closed);
+    }
+    // SAFETY: the number is open (checked above) and stays open for the
+    // borrow: nothing else in this process closes it during start-up.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let is_stream = socket::getsockopt(&borrowed, sockopt::SockType)
+        .map(|t| t == SockType::Stream)
+        .unwrap_or(false);
+    let is_unix = socket::getsockname::<socket::UnixAddr>(fd).is_ok();
+    if !is_stream || !is_unix {
+        return Err(NotOurs::NotASocket);
+    }
+    let parent = nix::unistd::getppid().as_raw();
+    let peer = match socket::getsockopt(&borrowed, sockopt::PeerCredentials) {
+        Ok(cred) => cred.pid(),
+        Err(_) => return Err(NotOurs::NotASocket),
+    };
+    if peer != parent {
+        return Err(NotOurs::ForeignPeer { peer, parent });
+    }
+    // SAFETY: the descriptor is open, refers to the socket our parent gave
+    // us, and no other owner exists in this process: the bootstrap calls
+    // this at most once, before anything else looks at the number.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_cloexec(owned.as_fd())?;
+    Ok(owned)
+}
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotOurs::Closed => f.write_str("the descriptor is not open"),
+            NotOurs::NotASocket => f.write_str("the descriptor is not a Unix stream socket"),
+            NotOurs::ForeignPeer { peer, parent } => {
+                write!(
+                    f,
+                    "the socket's peer is pid {peer}, not our parent {parent}"
+                )
+            }
+        }
+    }
+}
+
+impl From<Errno> for NotOurs {
+    fn from(_: Errno) -> Self {
+        NotOurs::NotASocket
+    }
+}
+
+/// Marks a descriptor close-on-exec.
+fn set_cloexec(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+/// Blocks the calling thread until the peer of `sock` closes its end
+/// (every copy of it), then returns. Used by children to notice that their
+/// parent has died.
+pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
+    loop {
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        let mut fds = [PollFd::new(sock, rdhup)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {
+                let ev = fds[0].revents().unwrap_or(PollFlags::empty());
+                if ev.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    return;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Ends the process at once with `code`: no destructors, no exit handlers,
+/// no flushing. For a child whose parent is gone.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and may be called from any thread
+    // at any time; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Reads and discards whatever is buffered on `fd` without blocking.
+/// Returns `false` once the peer has closed.
+fn drain_nonblocking(fd: BorrowedFd<'_>) -> bool {
+    let mut scratch = [0u8; 16 * 1024];
+    loop {
+        match socket::recv(fd.as_raw_fd(), &mut scratch, socket::MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}

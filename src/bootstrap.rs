@@ -1,0 +1,218 @@
+//! The child's side: recognise that we are a child, take the control
+//! socket, check the handshake, run the target, report, and exit.
+//!
+//! See `docs/protocol.md` for the handshake.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::error::ChannelError;
+use crate::process::{Current, exit_rule, set_current};
+use crate::sys;
+use crate::target::{Resolved, fingerprint, resolve};
+use crate::wire::frame::{BlockingFramed, DEFAULT_MAX_FRAME};
+use crate::wire::message::{ChildMsg, Hello, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg};
+
+/// Set by the parent in a child's environment: `FD:NONCE`, the number of
+/// the inherited control socket and a random value the handshake repeats.
+pub(crate) const CHILD_ENV: &str = "TOKIO_MULTIPROCESSING_CHILD";
+
+/// Exit code of a child that refused its handshake.
+const REFUSED_EXIT: i32 = 2;
+
+/// How long a child waits for its orders before it gives up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// If this process is a child started by this library, runs what the
+/// parent asks and exits; otherwise returns at once.
+pub(crate) fn run_if_child() {
+    let Some(value) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let Some((fd, nonce)) = value.to_str().and_then(parse_env) else {
+        tracing::warn!("ignoring a malformed {CHILD_ENV}; running as a parent");
+        return;
+    };
+    let sock = match sys::claim_control_socket(fd) {
+        Ok(sock) => sock,
+        Err(why) => {
+            // A stale or forged value: not our child. Never run anything.
+            tracing::warn!(
+                "{CHILD_ENV} is set but fd {fd} is not a control socket from our parent \
+                 ({why}); running as a parent"
+            );
+            return;
+        }
+    };
+    // From here on this process is a child and never returns to `main`.
+    let code = if tokio::runtime::Handle::try_current().is_ok() {
+        // `init()` was called inside a runtime (`#[tokio::main]`): run the
+        // child on a thread of its own, outside that runtime's context.
+        std::thread::Builder::new()
+            .name("tokio-multiprocessing-child".to_owned())
+            .spawn(move || child_main(sock, nonce))
+            .map(|t| t.join().unwrap_or(1))
+            .unwrap_or(1)
+    } else {
+        child_main(sock, nonce)
+    };
+    std::process::exit(code);
+}
+
+fn parse_env(value: &str) -> Option<(i32, u64)> {
+    let (fd, nonce) = value.split_once(':')?;
+    Some((fd.parse().ok()?, u64::from_str_radix(nonce, 16).ok()?))
+}
+
+fn refuse(ch: &mut BlockingFramed<UnixStream>, reason: String) -> i32 {
+    eprintln!("tokio-multiprocessing: this child refuses to run: {reason}");
+    let _ = ch.send(&ChildMsg::Refused { reason });
+    REFUSED_EXIT
+}
+
+fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
+    let stream = UnixStream::from(sock);
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let mut ch = BlockingFramed::new(stream, DEFAULT_MAX_FRAME);
+
+    let hello: Hello = match ch.recv() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("tokio-multiprocessing: child could not read its handshake: {e}");
+            return REFUSED_EXIT;
+        }
+    };
+    if hello.magic != MAGIC {
+        return refuse(
+            &mut ch,
+            "the handshake is not from tokio-multiprocessing".to_owned(),
+        );
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return refuse(
+            &mut ch,
+            format!(
+                "protocol version {} but this child speaks {PROTOCOL_VERSION}",
+                hello.version
+            ),
+        );
+    }
+    if hello.fingerprint != fingerprint() {
+        return refuse(
+            &mut ch,
+            "the parent runs a different build of this program".to_owned(),
+        );
+    }
+    if hello.nonce != nonce {
+        return refuse(
+            &mut ch,
+            "the handshake nonce does not match the environment".to_owned(),
+        );
+    }
+    let run: ParentMsg = match ch.recv() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("tokio-multiprocessing: child could not read its orders: {e}");
+            return REFUSED_EXIT;
+        }
+    };
+    let _ = ch.get_ref().set_read_timeout(None);
+    let ParentMsg::Run {
+        id,
+        identity,
+        target,
+        args,
+        max_frame,
+    } = run;
+
+    set_current(Current {
+        name: identity.name,
+        path: identity.path,
+        authkey: identity.authkey.into_vec(),
+        daemon: identity.daemon,
+        parent_pid: Some(identity.parent_pid),
+    });
+    if !identity.detached {
+        watch_parent(ch.get_ref());
+    }
+    install_panic_hook();
+
+    // SAFETY: the handshake above proved that the parent runs this very
+    // build (magic, protocol version and build fingerprint match, and the
+    // socket's peer is our parent process, checked when it was claimed),
+    // and `target` came from that parent's `Target::__target_ref`.
+    let outcome = match unsafe { resolve(target) } {
+        Resolved::Sync(entry) => entry(&args),
+        Resolved::Async(entry) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(entry(&args)),
+            Err(e) => Outcome::Panicked(crate::error::PanicInfo {
+                message: format!("could not build a Tokio runtime in the child: {e}"),
+                location: None,
+            }),
+        },
+    };
+    let code = match outcome {
+        Outcome::Returned(_) => 0,
+        _ => 1,
+    };
+    let mut msg = ChildMsg::Outcome { id, outcome };
+    let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
+    let mut ch = BlockingFramed::new(ch.into_inner(), max);
+    if let Err(ChannelError::Oversized { len, max }) = ch.send(&msg) {
+        msg = ChildMsg::Outcome {
+            id,
+            outcome: Outcome::EncodeResult(format!(
+                "the return value needs a frame of {len} bytes, over the maximum of {max}"
+            )),
+        };
+        let _ = ch.send(&msg);
+        drop(msg);
+        exit_rule();
+        return 1;
+    }
+    // Python's exit rule, inside the child too.
+    exit_rule();
+    code
+}
+
+/// Exits this process as soon as the parent's end of the control channel
+/// closes, which happens when the parent dies, however it dies.
+fn watch_parent(sock: &UnixStream) {
+    let Ok(watch) = sock.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tokio-multiprocessing-parent-watch".to_owned())
+        .spawn(move || {
+            sys::wait_peer_closed(watch.as_fd());
+            sys::exit_immediately(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the parent watcher thread");
+    }
+}
+
+thread_local! {
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The location of the last panic on this thread, recorded by the hook.
+pub(crate) fn take_panic_location() -> Option<String> {
+    PANIC_LOCATION.with(|l| l.borrow_mut().take())
+}
+
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let loc = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        PANIC_LOCATION.with(|l| *l.borrow_mut() = loc);
+        previous(info);
+    }));
+}

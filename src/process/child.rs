@@ -1,0 +1,299 @@
+//! The parent's record of one child: its exit, its report, and the task that
+//! watches its control channel. Also the registry of live children and the
+//! exit rule that joins them.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use tokio::io::AsyncWriteExt;
+use tokio_util::codec::FramedRead;
+
+use crate::error::ChannelError;
+use crate::latch::Latch;
+use crate::sys;
+use crate::wire::frame::{FrameCodec, decode_message};
+use crate::wire::message::{ChildMsg, Outcome};
+
+/// How long the watcher keeps reading after the child has exited, in case
+/// some other process still holds the child's end of the channel.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// What the child reported, as far as the parent knows.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// Nothing yet.
+    Pending,
+    /// The target's outcome.
+    Outcome(Outcome),
+    /// The child refused the handshake.
+    Refused(String),
+    /// The channel broke before a report arrived.
+    Broken(ChannelError),
+    /// An earlier `join` took the report.
+    Taken,
+}
+
+/// The parent's side of one child process.
+#[derive(Debug)]
+pub(crate) struct ChildState {
+    key: u64,
+    pub(crate) daemon: bool,
+    pub(crate) detached: bool,
+    child: OnceLock<sys::Child>,
+    /// Held while reaping or signalling, so a pid is never signalled after
+    /// it was reaped (and could have been reused).
+    reap_lock: Mutex<()>,
+    pub(crate) exit: Arc<Latch<ExitStatus>>,
+    /// Set once the watcher has read everything the child sent.
+    pub(crate) done: Latch<()>,
+    report: Mutex<Report>,
+    /// A second descriptor of our end of the control socket, for draining
+    /// at program exit when no runtime is left to run the watcher.
+    drain: Mutex<Option<OwnedFd>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ChildState {
+    pub(crate) fn new(daemon: bool, detached: bool) -> Arc<Self> {
+        static KEYS: AtomicU64 = AtomicU64::new(1);
+        Arc::new(ChildState {
+            key: KEYS.fetch_add(1, Ordering::Relaxed),
+            daemon,
+            detached,
+            child: OnceLock::new(),
+            reap_lock: Mutex::new(()),
+            exit: Arc::new(Latch::new()),
+            done: Latch::new(),
+            report: Mutex::new(Report::Pending),
+            drain: Mutex::new(None),
+        })
+    }
+
+    /// The pid, once started.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.get().map(sys::Child::pid)
+    }
+
+    pub(crate) fn started(&self) -> bool {
+        self.child.get().is_some()
+    }
+
+    /// Reaps the child if it has exited, without blocking; returns its
+    /// status once it is known.
+    pub(crate) fn try_reap(&self) -> Option<ExitStatus> {
+        if let Some(st) = self.exit.get() {
+            return Some(*st);
+        }
+        let child = self.child.get()?;
+        let _g = lock(&self.reap_lock);
+        if let Some(st) = self.exit.get() {
+            return Some(*st);
+        }
+        match child.try_reap() {
+            Ok(Some(status)) => {
+                self.exit.set(status);
+                drop(lock(&self.drain).take());
+                unregister(self.key);
+                tracing::debug!(
+                    pid = child.pid(),
+                    exitcode = sys::python_exitcode(status),
+                    "child exited"
+                );
+                Some(status)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(pid = child.pid(), error = %e, "waitid failed");
+                None
+            }
+        }
+    }
+
+    /// Sends a signal unless the child has been reaped.
+    pub(crate) fn signal(&self, sig: Signal) -> std::io::Result<()> {
+        let Some(child) = self.child.get() else {
+            return Ok(());
+        };
+        let _g = lock(&self.reap_lock);
+        if self.exit.get().is_some() {
+            return Ok(());
+        }
+        child.signal(sig)
+    }
+
+    /// Takes the child's report, leaving `Taken`.
+    pub(crate) fn take_report(&self) -> Report {
+        std::mem::replace(&mut *lock(&self.report), Report::Taken)
+    }
+
+    fn on_frame(&self, body: &[u8]) {
+        let mut report = lock(&self.report);
+        match decode_message::<ChildMsg>(body) {
+            Ok(ChildMsg::Outcome { outcome, .. }) => {
+                if matches!(*report, Report::Pending) {
+                    *report = Report::Outcome(outcome);
+                }
+            }
+            Ok(ChildMsg::Refused { reason }) => *report = Report::Refused(reason),
+            Err(e) => {
+                tracing::warn!(pid = self.pid(), error = %e, "malformed message from child");
+                if matches!(*report, Report::Pending) {
+                    *report = Report::Broken(e);
+                }
+            }
+        }
+    }
+
+    fn on_channel_error(&self, e: ChannelError) {
+        tracing::warn!(pid = self.pid(), error = %e, "control channel from child broke");
+        let mut report = lock(&self.report);
+        if matches!(*report, Report::Pending) {
+            *report = Report::Broken(e);
+        }
+    }
+
+    /// Blocks until the child has exited and reaps it, draining its
+    /// channel meanwhile. For the exit rule, where no runtime may be left.
+    fn join_blocking(&self) {
+        let Some(child) = self.child.get() else {
+            return;
+        };
+        if self.exit.get().is_none() {
+            let drain = lock(&self.drain)
+                .as_ref()
+                .and_then(|fd| fd.try_clone().ok());
+            child.wait_exited_blocking(drain.as_ref().map(|fd| fd.as_fd()));
+        }
+        self.try_reap();
+    }
+}
+
+/// Starts the watcher of a freshly spawned child: it writes `first` (the
+/// handshake frames), then reads the child's reports until the child exits,
+/// reaps it, and marks the state done.
+pub(crate) fn start_watcher(
+    state: Arc<ChildState>,
+    child: sys::Child,
+    sock: OwnedFd,
+    first: BytesMut,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let drain = sock.try_clone()?;
+    let std_sock = std::os::unix::net::UnixStream::from(sock);
+    std_sock.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(std_sock)?;
+    *lock(&state.drain) = Some(drain);
+    state
+        .child
+        .set(child)
+        .expect("a child state is started once");
+    register(&state);
+    tokio::spawn(watch(state, stream, first, max_frame));
+    Ok(())
+}
+
+async fn watch(
+    state: Arc<ChildState>,
+    mut stream: tokio::net::UnixStream,
+    first: BytesMut,
+    max_frame: usize,
+) {
+    if let Err(e) = stream.write_all(&first).await {
+        // The child died (or closed its end) before reading its orders;
+        // its exit status tells the story.
+        tracing::debug!(pid = state.pid(), error = %e, "could not write the handshake");
+    }
+    drop(first);
+    let child = state.child.get().expect("started");
+    let mut frames = FramedRead::new(stream, FrameCodec::new(max_frame));
+    let exited = child.exited();
+    tokio::pin!(exited);
+    let mut reading = true;
+    let mut has_exited = false;
+    while reading && !has_exited {
+        tokio::select! {
+            biased;
+            frame = frames.next() => match frame {
+                Some(Ok(body)) => state.on_frame(&body),
+                Some(Err(e)) => { state.on_channel_error(e); reading = false; }
+                None => reading = false,
+            },
+            r = &mut exited => {
+                if let Err(e) = r {
+                    tracing::warn!(pid = child.pid(), error = %e, "waiting for the child failed");
+                }
+                has_exited = true;
+            }
+        }
+    }
+    if reading {
+        // Exited while we were reading: take what it sent before it died.
+        let rest = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+            while let Some(frame) = frames.next().await {
+                match frame {
+                    Ok(body) => state.on_frame(&body),
+                    Err(e) => {
+                        state.on_channel_error(e);
+                        break;
+                    }
+                }
+            }
+        });
+        let _ = rest.await;
+    } else if !has_exited && let Err(e) = exited.await {
+        tracing::warn!(pid = child.pid(), error = %e, "waiting for the child failed");
+    }
+    // The channel is finished; reap (polling briefly if `exited` failed).
+    let mut delay = Duration::from_millis(1);
+    while state.try_reap().is_none() {
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+    drop(frames);
+    state.done.set(());
+}
+
+fn registry() -> MutexGuard<'static, HashMap<u64, Arc<ChildState>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<u64, Arc<ChildState>>>> = OnceLock::new();
+    lock(REGISTRY.get_or_init(Default::default))
+}
+
+fn register(state: &Arc<ChildState>) {
+    registry().insert(state.key, state.clone());
+}
+
+fn unregister(key: u64) {
+    registry().remove(&key);
+}
+
+/// The live (started, not yet reaped) children of this process.
+pub(crate) fn active_children() -> Vec<Arc<ChildState>> {
+    registry().values().cloned().collect()
+}
+
+/// Python's exit rule: terminate daemonic children, then join every child
+/// that was not started detached. Blocks the calling thread.
+pub(crate) fn exit_rule() {
+    let children: Vec<_> = active_children()
+        .into_iter()
+        .filter(|c| !c.detached)
+        .collect();
+    for c in children.iter().filter(|c| c.daemon) {
+        if let Err(e) = c.signal(Signal::SIGTERM) {
+            tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
+        }
+    }
+    for c in &children {
+        c.join_blocking();
+    }
+}

@@ -1,0 +1,531 @@
+//! Child processes you can await: [`Process`] and its builder.
+//!
+//! ```no_run
+//! use tokio_multiprocessing as mp;
+//!
+//! fn greet(name: String) -> String {
+//!     format!("hello {name} from {}", std::process::id())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> mp::Result<()> {
+//!     let _guard = mp::init(); // first thing: in a child this never returns
+//!     let p = mp::Process::new(greet, "bob".to_owned());
+//!     p.start().await?;
+//!     println!("{}", p.join().await?);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Caveats
+//!
+//! Dropping a [`Process`] neither kills nor detaches the child: it runs on,
+//! a task on the runtime that started it reaps it when it ends, and the
+//! [`InitGuard`](crate::InitGuard) joins it (or terminates it, if it is
+//! daemonic) when the program leaves `main`, as Python does at exit. No
+//! zombie is left behind either way. A child whose parent dies, even by
+//! `SIGKILL`, exits at once, unless it was started
+//! [`detached`](ProcessBuilder::detached).
+
+mod child;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ProcessError, Result, signal_name};
+use crate::sentinel::Sentinel;
+use crate::sys;
+use crate::target::{Target, decode_value, encode_value, fingerprint};
+use crate::wire::frame::{DEFAULT_MAX_FRAME, encode_message};
+use crate::wire::message::{
+    Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
+};
+
+pub(crate) use child::exit_rule;
+use child::{ChildState, Report};
+
+/// This process, as the library sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    pub(crate) name: String,
+    pub(crate) path: Vec<u32>,
+    pub(crate) authkey: Vec<u8>,
+    pub(crate) daemon: bool,
+    pub(crate) parent_pid: Option<u32>,
+}
+
+static CURRENT: OnceLock<Current> = OnceLock::new();
+
+/// Records who this child is; called by the bootstrap before any user code.
+pub(crate) fn set_current(current: Current) {
+    let _ = CURRENT.set(current);
+}
+
+fn current() -> &'static Current {
+    CURRENT.get_or_init(|| {
+        let mut authkey = vec![0u8; 32];
+        if let Err(e) = getrandom::fill(&mut authkey) {
+            tracing::warn!(error = %e, "no randomness for the authkey; using the pid");
+            authkey = std::process::id().to_be_bytes().repeat(8);
+        }
+        Current {
+            name: "MainProcess".to_owned(),
+            path: Vec::new(),
+            authkey,
+            daemon: false,
+            parent_pid: None,
+        }
+    })
+}
+
+/// What [`current_process`] tells about the running process.
+#[derive(Debug, Clone)]
+pub struct ProcessInfo {
+    current: &'static Current,
+}
+
+impl ProcessInfo {
+    /// `MainProcess` in the root process, `Process-N` (or a name given to
+    /// the builder) in a child.
+    pub fn name(&self) -> &str {
+        &self.current.name
+    }
+
+    /// This process's id.
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    /// The 32-byte authentication key, random in the root process and
+    /// inherited by every child.
+    pub fn authkey(&self) -> &[u8] {
+        &self.current.authkey
+    }
+
+    /// Whether this process was started by this library.
+    pub fn is_child(&self) -> bool {
+        self.current.parent_pid.is_some()
+    }
+
+    /// Whether this process is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.current.daemon
+    }
+}
+
+/// The running process: its name, pid and authkey.
+pub fn current_process() -> ProcessInfo {
+    ProcessInfo { current: current() }
+}
+
+/// The pid of the process that started this one, if this library did.
+pub fn parent_pid() -> Option<u32> {
+    current().parent_pid
+}
+
+/// Python's `_process_counter`: numbers the children this process creates.
+static COUNTER: AtomicU32 = AtomicU32::new(1);
+
+/// The name of a child is now fixed at creation: `Process-1`, or
+/// `Process-2:1` for the first child of `Process-2`.
+fn next_identity() -> (String, Vec<u32>) {
+    let mut path = current().path.clone();
+    path.push(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let digits: Vec<String> = path.iter().map(u32::to_string).collect();
+    (format!("Process-{}", digits.join(":")), path)
+}
+
+/// Set by `init`: a binary that never called it must not spawn copies of
+/// itself, which would run its whole `main` again.
+pub(crate) static INIT_CALLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Configures a [`Process`] before it is built or started.
+///
+/// ```no_run
+/// # use tokio_multiprocessing as mp;
+/// # fn work(_: ()) {}
+/// # async fn demo() -> mp::Result<()> {
+/// let p = mp::Process::builder().name("worker").daemon(true).spawn(work, ()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    daemon: bool,
+    detached: bool,
+    max_frame: Option<usize>,
+}
+
+impl ProcessBuilder {
+    /// The process's name; the default is `Process-N`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemonic process is terminated, not joined, when its parent
+    /// leaves `main`, and may not start children of its own.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// A detached process outlives its parent: it does not exit when the
+    /// parent dies, the exit rule leaves it alone, and it starts in a
+    /// session of its own.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// The largest frame accepted on the control channel, in bytes (default
+    /// 128 MiB). Arguments and return values must fit.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = Some(bytes);
+        self
+    }
+
+    /// Builds the process without starting it.
+    pub fn build<A, R, M, F>(self, target: F, args: A) -> Process<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+    {
+        let (default_name, path) = next_identity();
+        let cur = current();
+        let identity = Identity {
+            name: self.name.unwrap_or(default_name),
+            path,
+            authkey: cur.authkey.clone().into(),
+            daemon: self.daemon,
+            detached: self.detached,
+            parent_pid: std::process::id(),
+        };
+        Process {
+            state: ChildState::new(self.daemon, self.detached),
+            spec: Mutex::new(Some(Spec {
+                target: target.__target_ref().0,
+                args: encode_value(&args),
+            })),
+            authkey: cur.authkey.clone(),
+            identity,
+            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+            _result: PhantomData,
+        }
+    }
+
+    /// Builds the process and starts it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Process::start`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if the future is dropped after the child was
+    /// spawned, the child runs on, with no handle left to join it (the exit
+    /// rule still reaps it).
+    pub async fn spawn<A, R, M, F>(self, target: F, args: A) -> Result<Process<R>>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let p = self.build(target, args);
+        p.start().await?;
+        Ok(p)
+    }
+}
+
+struct Spec {
+    target: TargetRef,
+    args: std::result::Result<Vec<u8>, String>,
+}
+
+/// A child process running a target function, whose `join` returns the
+/// target's value.
+///
+/// Python's `multiprocessing.Process`. The child is a re-executed copy of
+/// this program (see [`init`](crate::init)) that receives the target and
+/// its arguments over a private socket and sends back what the target
+/// returned.
+pub struct Process<R> {
+    state: Arc<ChildState>,
+    spec: Mutex<Option<Spec>>,
+    authkey: Vec<u8>,
+    identity: Identity,
+    max_frame: usize,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl Process<()> {
+    /// A builder, to set the name, daemon and detached flags.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// A process that will run `target(args)`, not yet started.
+    ///
+    /// Its name is `Process-N`. The arguments are encoded now; if they
+    /// fail to encode, [`start`](Self::start) reports it and spawns nothing.
+    pub fn new<A, M, F>(target: F, args: A) -> Process<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+    {
+        ProcessBuilder::default().build(target, args)
+    }
+
+    /// Starts the child process.
+    ///
+    /// Returns once the child is spawned; it reads its orders from a
+    /// socket while this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::AlreadyStarted`] on a second call,
+    /// [`ProcessError::EncodeArgs`] when the arguments failed to encode,
+    /// [`ProcessError::DaemonicParent`] in a daemonic process, and
+    /// [`ProcessError::Spawn`] when the OS refuses, when [`init`](crate::init)
+    /// was never called, or outside a Tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it completes without waiting on anything, at its first poll.
+    pub async fn start(&self) -> Result<()> {
+        let spec = self
+            .spec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or(ProcessError::AlreadyStarted)?;
+        if current().daemon {
+            return Err(ProcessError::DaemonicParent.into());
+        }
+        if !INIT_CALLED.load(Ordering::Relaxed) {
+            return Err(spawn_error(
+                "tokio_multiprocessing::init() must be called first thing in main",
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(spawn_error(
+                "Process::start must be called from within a Tokio runtime",
+            ));
+        }
+        let args = spec.args.map_err(ProcessError::EncodeArgs)?;
+        let nonce = {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| spawn_error(&e.to_string()))?;
+            u64::from_ne_bytes(b)
+        };
+        // Encode the orders before spawning: a failure here spawns nothing.
+        let mut first = BytesMut::new();
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            fingerprint: fingerprint(),
+            nonce,
+        };
+        encode_message(&hello, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
+        let run = ParentMsg::Run {
+            id: 1,
+            identity: self.identity.clone(),
+            target: spec.target,
+            args: args.into(),
+            max_frame: self.max_frame as u64,
+        };
+        encode_message(&run, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
+
+        let (ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
+        let env = sys::child_env(
+            crate::bootstrap::CHILD_ENV,
+            (
+                crate::bootstrap::CHILD_ENV,
+                &format!("{}:{nonce:016x}", sys::CHILD_FD),
+            ),
+        );
+        let child = sys::Child::spawn(
+            std::os::fd::AsFd::as_fd(&theirs),
+            &sys::own_argv(),
+            &env,
+            self.identity.detached,
+        )
+        .map_err(ProcessError::Spawn)?;
+        drop(theirs);
+        tracing::debug!(pid = child.pid(), name = %self.identity.name, "spawned child");
+        child::start_watcher(self.state.clone(), child, ours, first, self.max_frame)
+            .map_err(ProcessError::Spawn)?;
+        Ok(())
+    }
+
+    /// Waits for the process to end and returns its target's value.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::Panicked`] with the panic message if the target
+    /// panicked; [`ProcessError::Signaled`] or [`ProcessError::Exited`] if
+    /// the child died before reporting; [`ProcessError::NotStarted`] before
+    /// [`start`](Self::start); [`ProcessError::AlreadyJoined`] if an earlier
+    /// `join` already took the value.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the value stays with the process until a `join`
+    /// completes, so a `join` dropped in a `select!` loses nothing.
+    pub async fn join(&self) -> std::result::Result<R, ProcessError> {
+        if !self.state.started() {
+            return Err(ProcessError::NotStarted);
+        }
+        self.state.done.wait().await;
+        let status = self.state.try_reap();
+        match self.state.take_report() {
+            Report::Taken => Err(ProcessError::AlreadyJoined),
+            Report::Outcome(Outcome::Returned(bytes)) => {
+                decode_value(&bytes).map_err(ProcessError::DecodeResult)
+            }
+            Report::Outcome(Outcome::Panicked(info)) => Err(ProcessError::Panicked(info)),
+            Report::Outcome(Outcome::DecodeArgs(e)) => Err(ProcessError::DecodeArgs(e)),
+            Report::Outcome(Outcome::EncodeResult(e)) => Err(ProcessError::EncodeResult(e)),
+            Report::Refused(reason) => Err(ProcessError::Handshake(reason)),
+            Report::Broken(e) => Err(ProcessError::Channel(e)),
+            Report::Pending => Err(match status.map(sys::python_exitcode) {
+                Some(code) if code < 0 => ProcessError::Signaled { signal: -code },
+                Some(code) => ProcessError::Exited { code },
+                None => ProcessError::Exited { code: -1 },
+            }),
+        }
+    }
+
+    /// Like [`join`](Self::join), but gives up after `timeout`: `None`
+    /// means the process is still running (and is left running).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as `join`.
+    pub async fn join_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Option<std::result::Result<R, ProcessError>> {
+        tokio::time::timeout(timeout, self.join()).await.ok()
+    }
+}
+
+fn spawn_error(msg: &str) -> Error {
+    ProcessError::Spawn(std::io::Error::other(msg.to_owned())).into()
+}
+
+impl<R> Process<R> {
+    /// The process id, once started.
+    pub fn pid(&self) -> Option<u32> {
+        self.state.pid()
+    }
+
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// Whether the process is daemonic.
+    pub fn daemon(&self) -> bool {
+        self.identity.daemon
+    }
+
+    /// Whether the process was started detached.
+    pub fn detached(&self) -> bool {
+        self.identity.detached
+    }
+
+    /// The authentication key the child inherits.
+    pub fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+
+    /// Whether the process has started and not yet ended. Reaps the child
+    /// if it has ended.
+    pub fn is_alive(&self) -> bool {
+        self.state.started() && self.state.try_reap().is_none()
+    }
+
+    /// The exit code once the process has ended: the code it exited with,
+    /// or `-N` if signal N killed it (Python's convention). Reaps the child
+    /// if it has ended.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.state.try_reap().map(sys::python_exitcode)
+    }
+
+    /// A future that resolves when the process has ended.
+    pub fn sentinel(&self) -> Sentinel {
+        Sentinel::new(self.state.exit.clone())
+    }
+
+    /// Sends `SIGTERM`. A no-op once the process has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotStarted`] before [`start`](Process::start).
+    pub fn terminate(&self) -> Result<()> {
+        self.send(Signal::SIGTERM)
+    }
+
+    /// Sends `SIGKILL`. A no-op once the process has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`ProcessError::NotStarted`] before [`start`](Process::start).
+    pub fn kill(&self) -> Result<()> {
+        self.send(Signal::SIGKILL)
+    }
+
+    fn send(&self, sig: Signal) -> Result<()> {
+        if !self.state.started() {
+            return Err(ProcessError::NotStarted.into());
+        }
+        self.state.signal(sig).map_err(Error::Io)
+    }
+}
+
+impl<R> fmt::Debug for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.identity.name)
+            .field("pid", &self.pid())
+            .field("daemon", &self.identity.daemon)
+            .field(
+                "exitcode",
+                &self.state.exit.get().map(|s| sys::python_exitcode(*s)),
+            )
+            .finish()
+    }
+}
+
+/// Python's repr: `<Process(Process-1, started)>`, `<Process(Process-1,
+/// stopped[SIGTERM])>`, `<Process(Process-1, stopped[exitcode=3])>`, with
+/// ` daemon` after the status of a daemonic process.
+impl<R> fmt::Display for Process<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = if !self.state.started() {
+            "initial".to_owned()
+        } else {
+            match self.exitcode() {
+                None => "started".to_owned(),
+                Some(0) => "stopped".to_owned(),
+                Some(code) if code < 0 => format!("stopped[{}]", signal_name(-code)),
+                Some(code) => format!("stopped[exitcode={code}]"),
+            }
+        };
+        let daemon = if self.identity.daemon { " daemon" } else { "" };
+        write!(f, "<Process({}, {status}{daemon})>", self.identity.name)
+    }
+}

@@ -1,0 +1,212 @@
+//! A started child process: spawn, wait for exit, reap, signal.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::process::ExitStatus;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::spawn::{PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags, posix_spawn};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::{CHILD_FD, drain_nonblocking, exit_status, pidfd};
+
+/// A child process we started and have not necessarily reaped.
+///
+/// Reaping is the caller's business: it must serialize calls to
+/// [`try_reap`](Child::try_reap) and stop once one returned a status, so
+/// that the pid, which stays reserved until it is reaped, is never
+/// signalled after it could have been reused.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Child {
+    /// Starts `/proc/self/exe` with our own `argv`, the environment `env`,
+    /// and `control` installed as descriptor [`CHILD_FD`] (the only
+    /// descriptor it inherits besides stdio). A detached child gets a
+    /// session of its own, so a terminal's Ctrl-C does not reach it.
+    pub(crate) fn spawn(
+        control: BorrowedFd<'_>,
+        argv: &[CString],
+        env: &[CString],
+        detached: bool,
+    ) -> io::Result<Child> {
+        // dup2 onto the same number would keep close-on-exec set, so move
+        // the descriptor out of the way first if it happens to be CHILD_FD.
+        let moved: Option<OwnedFd>;
+        let source: RawFd = if control.as_raw_fd() == CHILD_FD {
+            moved = Some(control.try_clone_to_owned()?);
+            moved.as_ref().map(|f| f.as_raw_fd()).unwrap_or(CHILD_FD)
+        } else {
+            control.as_raw_fd()
+        };
+
+        let mut actions = PosixSpawnFileActions::init()?;
+        actions.add_dup2(source, CHILD_FD)?;
+
+        let mut attr = PosixSpawnAttr::init()?;
+        // Start with no blocked signals and SIGPIPE at its default, as the
+        // standard library's Command does; the child's runtime sets its own.
+        let mut flags =
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF;
+        if detached {
+            flags |= PosixSpawnFlags::from_bits_retain(libc::c_int::from(libc::POSIX_SPAWN_SETSID));
+        }
+        attr.set_flags(flags)?;
+        attr.set_sigmask(&SigSet::empty())?;
+        let mut default = SigSet::empty();
+        default.add(Signal::SIGPIPE);
+        attr.set_sigdefault(&default)?;
+
+        let pid = posix_spawn(c"/proc/self/exe", &actions, &attr, argv, env)?;
+        let pidfd = if pidfd::enabled() {
+            pidfd::open(pid.as_raw()).ok()
+        } else {
+            None
+        };
+        Ok(Child { pid, pidfd })
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    fn id(&self) -> Id<'_> {
+        match &self.pidfd {
+            Some(fd) => Id::PIDFd(fd.as_fd()),
+            None => Id::Pid(self.pid),
+        }
+    }
+
+    /// Reaps the child if it has exited, without blocking.
+    ///
+    /// A child that someone else reaped behind our back (a stray
+    /// `waitpid(-1)`) is reported as exit code 255.
+    pub(crate) fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        loop {
+            match waitid(self.id(), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+                Ok(status) => return Ok(exit_status(status)),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => {
+                    tracing::warn!(pid = self.pid.as_raw(), "child was reaped by someone else");
+                    return Ok(Some(std::os::unix::process::ExitStatusExt::from_raw(
+                        255 << 8,
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether the child has exited, without reaping it.
+    fn has_exited(&self) -> io::Result<bool> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        loop {
+            match waitid(self.id(), flags) {
+                Ok(WaitStatus::StillAlive) => return Ok(false),
+                Ok(_) | Err(Errno::ECHILD) => return Ok(true),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Resolves once the child has exited (it is not reaped).
+    ///
+    /// With a pidfd this waits for the descriptor to become readable;
+    /// otherwise it re-checks on every SIGCHLD.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub(crate) async fn exited(&self) -> io::Result<()> {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: the pidfd is owned by `self`, which this future
+            // borrows, so the descriptor stays open and names the same
+            // process for the whole life of `watched`, which is dropped
+            // before this function returns.
+            let watched =
+                unsafe { AsyncFd::register_with_interest(fd.as_fd(), Interest::READABLE) }
+                    .map_err(io::Error::from)?;
+            let _ready = watched.readable().await?;
+            return Ok(());
+        }
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        loop {
+            if self.has_exited()? {
+                return Ok(());
+            }
+            if sigchld.recv().await.is_none() {
+                // The signal driver is gone (runtime shutting down): poll.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// Blocks the calling thread until the child has exited (it is not
+    /// reaped), reading and discarding whatever arrives on `drain` in the
+    /// meantime, so that a child blocked writing to us can finish.
+    pub(crate) fn wait_exited_blocking(&self, mut drain: Option<BorrowedFd<'_>>) {
+        loop {
+            if self.pidfd.is_none() && self.has_exited().unwrap_or(true) {
+                return;
+            }
+            let mut fds = Vec::with_capacity(2);
+            if let Some(fd) = &self.pidfd {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(d) = drain {
+                fds.push(PollFd::new(d, PollFlags::POLLIN));
+            }
+            let timeout = if self.pidfd.is_some() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(10u16)
+            };
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => {
+                    // Cannot poll: fall back to sleeping between checks.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            let mut pid_ready = false;
+            let mut drain_ready = false;
+            for (i, fd) in fds.iter().enumerate() {
+                let ready = fd.revents().is_some_and(|r| !r.is_empty());
+                if self.pidfd.is_some() && i == 0 {
+                    pid_ready = ready;
+                } else {
+                    drain_ready = ready;
+                }
+            }
+            if pid_ready {
+                return;
+            }
+            if drain_ready
+                && let Some(d) = drain
+                && !drain_nonblocking(d)
+            {
+                drain = None;
+            }
+        }
+    }
+
+    /// Sends `sig` to the child. The caller guarantees it has not been
+    /// reaped (so the pid is still ours).
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        match kill(self.pid, sig) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Naming a function across a re-exec.
+//!
+//! A target is a plain function or a closure that captures nothing. Both
+//! have zero-sized types, so the type alone *is* the function: the parent
+//! monomorphises a trampoline for that type and sends the trampoline's
+//! distance from a fixed symbol of this crate ([`anchor`]). The child runs
+//! the same executable image (checked by the build fingerprint in the
+//! handshake), where ASLR has moved every function by the same amount, so
+//! `anchor + distance` is the same trampoline. The trampoline conjures the
+//! zero-sized target value, decodes the arguments, calls, and encodes the
+//! result.
+//!
+//! This is the only module besides `sys` that contains `unsafe`.
+
+use std::future::Future;
+use std::mem::size_of;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+
+use futures::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::PanicInfo;
+use crate::wire::message::{Outcome, TargetKind, TargetRef};
+
+/// A boxed future that yields a target's outcome.
+pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// The trampoline of a synchronous target: arguments in, outcome out.
+pub(crate) type SyncEntry = fn(&[u8]) -> Outcome;
+/// The trampoline of an asynchronous target: arguments in, a future of the outcome out.
+pub(crate) type AsyncEntry = fn(&[u8]) -> OutcomeFuture;
+
+/// A function that can run in a child process.
+///
+/// Implemented for plain functions and non-capturing closures, synchronous
+/// (`fn(A) -> R`) or asynchronous (`fn(A) -> impl Future<Output = R>`),
+/// where `A` and `R` are `Serialize + DeserializeOwned + Send + 'static`.
+/// Several arguments travel as one tuple: `fn((a, b): (u32, String))`.
+/// Users never name `M`; it tells the synchronous and asynchronous
+/// implementations apart.
+///
+/// A closure that captures anything cannot be sent to another process, and
+/// is refused at compile time: the build fails with "a target must be a
+/// plain function or a closure that captures nothing".
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a target taking `{A}` and returning `{R}`",
+    label = "not a plain function or non-capturing closure of the right signature",
+    note = "a target is a plain fn or a closure that captures nothing, `fn(A) -> R` or `async fn(A) -> R`, \
+            with A and R: Serialize + DeserializeOwned + Send + 'static; pass several arguments as one tuple"
+)]
+pub trait Target<A, R, M>: Copy + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn __target_ref(&self) -> TargetRefHidden;
+}
+
+/// Opaque: how a target is named on the wire.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct TargetRefHidden(pub(crate) TargetRef);
+
+/// Markers that keep the two implementations of [`Target`] apart.
+pub mod marker {
+    use std::marker::PhantomData;
+
+    /// A synchronous target, `fn(A) -> R`.
+    #[derive(Debug)]
+    pub struct Sync(());
+
+    /// An asynchronous target, `fn(A) -> Fut` with `Fut: Future`.
+    #[derive(Debug)]
+    pub struct Async<Fut>(PhantomData<Fut>);
+}
+
+/// The fixed point that every target offset is measured from.
+#[inline(never)]
+fn anchor() -> u64 {
+    // A body that no other function shares, so the linker cannot fold it.
+    0x746f_6b69_6f6d_7031
+}
+
+fn anchor_addr() -> usize {
+    anchor as fn() -> u64 as usize
+}
+
+fn offset_of(addr: usize) -> i64 {
+    addr.wrapping_sub(anchor_addr()) as i64
+}
+
+/// Fails the build when a target type is not zero-sized.
+const fn assert_zero_sized<F>() {
+    assert!(
+        size_of::<F>() == 0,
+        "a target must be a plain function or a closure that captures nothing"
+    );
+}
+
+/// Produces the target value in the child.
+///
+/// # Safety
+///
+/// `F` must be zero-sized, `Copy`, and inhabited: a value of `F` must have
+/// existed somewhere (in the parent, which passed one to `Process::new`).
+unsafe fn conjure<F: Copy>() -> F {
+    const { assert_zero_sized::<F>() };
+    // SAFETY: `F` is zero-sized (asserted at compile time above), so a value
+    // has no bytes and every value is bit-identical to the one the parent
+    // held; `F: Copy` means duplicating that value is allowed; and the
+    // caller guarantees `F` is inhabited. Fn items and non-capturing
+    // closures, the only zero-sized types implementing `Fn` on stable Rust,
+    // carry no invariant beyond their type.
+    unsafe { std::mem::zeroed::<F>() }
+}
+
+fn panic_info(payload: Box<dyn std::any::Any + Send>) -> PanicInfo {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    };
+    PanicInfo {
+        message,
+        location: crate::bootstrap::take_panic_location(),
+    }
+}
+
+/// Encodes a value the way every payload on the wire is encoded.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec(value).map_err(|e| e.to_string())
+}
+
+/// Decodes a payload encoded by [`encode_value`].
+pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn finish<R: Serialize>(value: R) -> Outcome {
+    match encode_value(&value) {
+        Ok(bytes) => Outcome::Returned(bytes.into()),
+        Err(e) => Outcome::EncodeResult(e),
+    }
+}
+
+fn sync_trampoline<F, A, R>(args: &[u8]) -> Outcome
+where
+    F: Fn(A) -> R + Copy,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: A = match decode_value(args) {
+        Ok(a) => a,
+        Err(e) => return Outcome::DecodeArgs(e),
+    };
+    // SAFETY: this trampoline is only named by `Target::__target_ref` for a
+    // value of `F` the caller held, so `F` is inhabited; `conjure` checks
+    // the size at compile time and `F: Copy` is required above.
+    let f: F = unsafe { conjure::<F>() };
+    match std::panic::catch_unwind(AssertUnwindSafe(move || f(args))) {
+        Ok(value) => finish(value),
+        Err(payload) => Outcome::Panicked(panic_info(payload)),
+    }
+}
+
+fn async_trampoline<F, A, R, Fut>(args: &[u8]) -> OutcomeFuture
+where
+    F: Fn(A) -> Fut + Copy,
+    Fut: Future<Output = R> + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: A = match decode_value(args) {
+        Ok(a) => a,
+        Err(e) => return Box::pin(std::future::ready(Outcome::DecodeArgs(e))),
+    };
+    // SAFETY: as in `sync_trampoline`: named only for a value of `F` that
+    // existed, zero-sized by the compile-time check, and `Copy`.
+    let f: F = unsafe { conjure::<F>() };
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(move || f(args))) {
+        Ok(fut) => fut,
+        Err(payload) => {
+            return Box::pin(std::future::ready(Outcome::Panicked(panic_info(payload))));
+        }
+    };
+    Box::pin(async move {
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(value) => finish(value),
+            Err(payload) => Outcome::Panicked(panic_info(payload)),
+        }
+    })
+}
+
+impl<F, A, R> Target<A, R, marker::Sync> for F
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn __target_ref(&self) -> TargetRefHidden {
+        const { assert_zero_sized::<F>() };
+        let entry: SyncEntry = sync_trampoline::<F, A, R>;
+        TargetRefHidden(TargetRef {
+            kind: TargetKind::Sync,
+            offset: offset_of(entry as usize),
+        })
+    }
+}
+
+impl<F, A, R, Fut> Target<A, R, marker::Async<Fut>> for F
+where
+    F: Fn(A) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn __target_ref(&self) -> TargetRefHidden {
+        const { assert_zero_sized::<F>() };
+        let entry: AsyncEntry = async_trampoline::<F, A, R, Fut>;
+        TargetRefHidden(TargetRef {
+            kind: TargetKind::Async,
+            offset: offset_of(entry as usize),
+        })
+    }
+}
+
+/// A target resolved in the child, ready to call.
+pub(crate) enum Resolved {
+    Sync(SyncEntry),
+    Async(AsyncEntry),
+}
+
+/// Turns a [`TargetRef`] from our parent back into a callable trampoline.
+///
+/// # Safety
+///
+/// The caller must have checked that the parent runs the same executable
+/// image as this process (the build fingerprint in the handshake) and that
+/// the reference came from that parent's `Target::__target_ref`.
+pub(crate) unsafe fn resolve(target: TargetRef) -> Resolved {
+    let addr = anchor_addr().wrapping_add(target.offset as usize);
+    // SAFETY (both arms): in the parent, `offset` was computed from a
+    // function of exactly the type this arm produces (`SyncEntry` for
+    // `Sync`, `AsyncEntry` for `Async`, see `__target_ref`). The caller
+    // guarantees the same image is mapped here; ASLR moves the whole image
+    // by one amount, so distances between its functions are preserved and
+    // `anchor + offset` is that same function. A `usize` holding a
+    // function's address converts to a valid pointer to that function.
+    match target.kind {
+        TargetKind::Sync => {
+            // SAFETY: see above.
+            let entry = unsafe { std::mem::transmute::<usize, SyncEntry>(addr) };
+            Resolved::Sync(entry)
+        }
+        TargetKind::Async => {
+            // SAFETY: see above.
+            let entry = unsafe { std::mem::transmute::<usize, AsyncEntry>(addr) };
+            Resolved::Async(entry)
+        }
+    }
+}
+
+/// A build fingerprint: the executable's identity plus a layout constant of
+/// this build (the distance between two of our functions).
+pub(crate) fn fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    static FP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *FP.get_or_init(|| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        crate::sys::exe_identity().unwrap_or_default().hash(&mut h);
+        offset_of(fingerprint as fn() -> u64 as usize).hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        crate::wire::message::PROTOCOL_VERSION.hash(&mut h);
+        h.finish()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(x: u32) -> u32 {
+        x * 2
+    }
+
+    async fn shout(s: String) -> String {
+        s.to_uppercase()
+    }
+
+    fn target_ref<A, R, M>(t: impl Target<A, R, M>) -> TargetRef {
+        t.__target_ref().0
+    }
+
+    #[test]
+    fn sync_target_round_trips_through_its_offset() {
+        let r = target_ref(double);
+        assert_eq!(r.kind, TargetKind::Sync);
+        // SAFETY: same process, same image; the reference came from __target_ref.
+        let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
+            panic!("kind")
+        };
+        let out = entry(&encode_value(&21u32).unwrap());
+        let Outcome::Returned(bytes) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(decode_value::<u32>(&bytes).unwrap(), 42);
+    }
+
+    #[test]
+    fn closures_are_targets_and_bad_args_are_reported() {
+        let r = target_ref(|(a, b): (i64, i64)| a - b);
+        // SAFETY: as above.
+        let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
+            panic!("kind")
+        };
+        assert!(matches!(entry(b"\xc1"), Outcome::DecodeArgs(_)));
+        let Outcome::Returned(bytes) = entry(&encode_value(&(5i64, 7i64)).unwrap()) else {
+            panic!()
+        };
+        assert_eq!(decode_value::<i64>(&bytes).unwrap(), -2);
+    }
+
+    #[test]
+    fn async_target_resolves() {
+        let r = target_ref(shout);
+        assert_eq!(r.kind, TargetKind::Async);
+        // SAFETY: as above.
+        let Resolved::Async(entry) = (unsafe { resolve(r) }) else {
+            panic!("kind")
+        };
+        let fut = entry(&encode_value(&"hi".to_owned()).unwrap());
+        let out = futures::executor::block_on(fut);
+        let Outcome::Returned(bytes) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(decode_value::<String>(&bytes).unwrap(), "HI");
+    }
+
+    #[test]
+    fn panics_are_caught_with_their_message() {
+        let r = target_ref(|x: u8| -> u8 { panic!("boom {x}") });
+        // SAFETY: as above.
+        let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
+            panic!("kind")
+        };
+        let out = entry(&encode_value(&7u8).unwrap());
+        let Outcome::Panicked(info) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(info.message, "boom 7");
+    }
+
+    #[test]
+    fn distinct_targets_have_distinct_offsets() {
+        assert_ne!(target_ref(double).offset, target_ref(|x: u32| x + 1).offset);
+        assert_eq!(target_ref(double).offset, target_ref(double).offset);
+        assert_eq!(fingerprint(), fingerprint());
+    }
+}

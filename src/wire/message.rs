@@ -1,0 +1,94 @@
+//! The messages on a child's control channel.
+//!
+//! The parent speaks first: a [`Hello`] frame, then a [`ParentMsg::Run`]
+//! frame, written together. The child answers with one [`ChildMsg`]
+//! carrying the request id of the `Run` it answers. See `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::error::PanicInfo;
+
+/// Bumped whenever a message's layout changes.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The first four bytes of every `Hello` body, after the MessagePack array
+/// header: a child that reads anything else was not started by us.
+pub(crate) const MAGIC: u32 = 0x746d_7031; // "tmp1"
+
+/// The first frame on a control channel, parent to child.
+///
+/// It is a fixed, tiny layout that every protocol version must keep, so a
+/// child can always read it and refuse cleanly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) magic: u32,
+    pub(crate) version: u32,
+    /// The build fingerprint of the parent's executable.
+    pub(crate) fingerprint: u64,
+    /// The nonce the parent also put in the child's environment.
+    pub(crate) nonce: u64,
+}
+
+/// Which kind of trampoline a [`TargetRef`] points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum TargetKind {
+    /// `fn(&[u8]) -> Outcome`
+    Sync,
+    /// `fn(&[u8]) -> BoxFuture<'static, Outcome>`
+    Async,
+}
+
+/// A target named by the distance of its trampoline from the crate's anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TargetRef {
+    pub(crate) kind: TargetKind,
+    pub(crate) offset: i64,
+}
+
+/// Who the child is, as the parent decided at `Process::new`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    /// Python's `_identity`: the parent's, plus this child's counter.
+    pub(crate) path: Vec<u32>,
+    pub(crate) authkey: ByteBuf,
+    pub(crate) daemon: bool,
+    pub(crate) detached: bool,
+    pub(crate) parent_pid: u32,
+}
+
+/// Parent-to-child messages after the `Hello`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ParentMsg {
+    /// Run `target` on `args` (encoded by the target's trampoline), then report.
+    Run {
+        id: u64,
+        identity: Identity,
+        target: TargetRef,
+        args: ByteBuf,
+        max_frame: u64,
+    },
+}
+
+/// How a target ended in the child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// The encoded return value.
+    Returned(ByteBuf),
+    /// The target panicked.
+    Panicked(PanicInfo),
+    /// The arguments did not decode.
+    DecodeArgs(String),
+    /// The return value did not encode.
+    EncodeResult(String),
+}
+
+/// Child-to-parent messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum ChildMsg {
+    /// The target of request `id` ended.
+    Outcome { id: u64, outcome: Outcome },
+    /// The child will not run anything: a protocol or build mismatch.
+    Refused { reason: String },
+}

@@ -1,0 +1,122 @@
+//! Shared harness for the integration tests that start child processes.
+//!
+//! Every such test binary has `harness = false`: its `main` calls
+//! `mp::init()` first (a child re-executes the test binary and must never
+//! reach the harness), then hands its cases to `libtest-mimic`, which keeps
+//! `cargo test` filters, `--list`, `--exact` and the summary line.
+//!
+//! Each case runs under a watchdog: a per-case timeout inside its own Tokio
+//! runtime, and a whole-binary deadline on a plain thread that ends the
+//! process if something blocks outside the runtime.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use tokio_multiprocessing as mp;
+
+/// The deadline for a whole test binary.
+const BINARY_DEADLINE: Duration = Duration::from_secs(600);
+
+/// A case that runs `body` on a fresh multi-threaded runtime and fails if
+/// it takes longer than `limit`.
+pub fn case<F, Fut>(name: &str, limit: Duration, body: F) -> Trial
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    Trial::test(name, move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            match tokio::time::timeout(limit, body()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("watchdog: the case did not finish within {limit:?}").into()),
+            }
+        })
+    })
+}
+
+/// Runs the cases and exits, applying the exit rule to any child a case
+/// left behind first.
+pub fn run(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
+    let args = Arguments::from_args();
+    std::thread::spawn(|| {
+        std::thread::sleep(BINARY_DEADLINE);
+        eprintln!("watchdog: the test binary did not finish within {BINARY_DEADLINE:?}");
+        std::process::exit(101);
+    });
+    let conclusion = libtest_mimic::run(&args, tests);
+    drop(guard);
+    conclusion.exit()
+}
+
+/// Fails with `msg` unless `cond` holds.
+pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg.to_string().into())
+    }
+}
+
+/// The number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Pids of this process's children that are zombies.
+pub fn zombie_children() -> Vec<u32> {
+    children_in_state(|s| s == 'Z')
+}
+
+/// Pids of this process's children, in any state.
+pub fn children() -> Vec<u32> {
+    children_in_state(|_| true)
+}
+
+fn children_in_state(want: impl Fn(char) -> bool) -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, ppid)) = stat_of(pid)
+            && ppid == me
+            && want(state)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `(state, ppid)` from `/proc/PID/stat`.
+pub fn stat_of(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` names a process that is running (not gone, not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    matches!(stat_of(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
