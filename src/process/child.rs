@@ -155,6 +155,13 @@ impl ChildState {
     }
 
     fn on_channel_error(&self, e: ChannelError) {
+        if let ChannelError::Io(io) = &e
+            && io.kind() == std::io::ErrorKind::ConnectionReset
+        {
+            // The child went away with our bytes unread: a close, and its
+            // exit status says why.
+            return;
+        }
         tracing::warn!(pid = self.pid(), error = %e, "control channel from child broke");
         let mut report = lock(&self.report);
         if matches!(*report, Report::Pending) {

@@ -399,12 +399,14 @@ impl<R: DeserializeOwned> Process<R> {
             Report::Outcome(Outcome::DecodeArgs(e)) => Err(ProcessError::DecodeArgs(e)),
             Report::Outcome(Outcome::EncodeResult(e)) => Err(ProcessError::EncodeResult(e)),
             Report::Refused(reason) => Err(ProcessError::Handshake(reason)),
-            Report::Broken(e) => Err(ProcessError::Channel(e)),
-            Report::Pending => Err(match status.map(sys::python_exitcode) {
-                Some(code) if code < 0 => ProcessError::Signaled { signal: -code },
-                Some(code) => ProcessError::Exited { code },
-                None => ProcessError::Exited { code: -1 },
-            }),
+            // A child that died abnormally is reported by how it died, even
+            // if it left a broken frame behind; a bad frame from a child
+            // that exited cleanly is reported as such.
+            Report::Broken(e) => match status.map(sys::python_exitcode) {
+                Some(code) if code != 0 => Err(died(code)),
+                _ => Err(ProcessError::Channel(e)),
+            },
+            Report::Pending => Err(died(status.map_or(-1, sys::python_exitcode))),
         }
     }
 
@@ -419,6 +421,16 @@ impl<R: DeserializeOwned> Process<R> {
         timeout: Duration,
     ) -> Option<std::result::Result<R, ProcessError>> {
         tokio::time::timeout(timeout, self.join()).await.ok()
+    }
+}
+
+/// The error for a child that ended, with Python exit code `code`, before
+/// it reported.
+fn died(code: i32) -> ProcessError {
+    if code < 0 {
+        ProcessError::Signaled { signal: -code }
+    } else {
+        ProcessError::Exited { code }
     }
 }
 

@@ -274,6 +274,7 @@ impl<S> BlockingFramed<S> {
 
     /// The underlying stream, mutably. Reading or writing it directly
     /// bypasses the framing and will likely corrupt the stream.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.io
     }
@@ -355,6 +356,7 @@ impl<S: Write> BlockingFramed<S> {
     ///
     /// [`ChannelError::Oversized`] before anything is written;
     /// [`ChannelError::Io`] if writing fails.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn send_frame(&mut self, body: &[u8]) -> Result<(), ChannelError> {
         self.wbuf.clear();
         self.codec.encode(body, &mut self.wbuf)?;

@@ -1,4 +1,6 @@
 //! The wire: length-prefixed frames carrying MessagePack messages.
 
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod fdstream;
 pub(crate) mod frame;
 pub(crate) mod message;

@@ -6,6 +6,8 @@
 
 mod child;
 mod pidfd;
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod scm;
 
 use std::ffi::CString;
 use std::io;
@@ -15,7 +17,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 use nix::sys::wait::WaitStatus;
 
@@ -177,18 +178,26 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// (every copy of it), then returns. Used by children to notice that their
 /// parent has died.
 pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
+    // nix's PollFlags does not know POLLRDHUP (its `revents()` would drop
+    // the whole set), so this one poll goes to libc directly.
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
     loop {
-        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-        let mut fds = [PollFd::new(sock, rdhup)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {
-                let ev = fds[0].revents().unwrap_or(PollFlags::empty());
-                if ev.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR) {
-                    return;
-                }
+        // SAFETY: `pfd` is a valid, initialised pollfd that outlives the
+        // call, and the count passed is 1, its exact length; `sock` keeps
+        // the descriptor open for the duration.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n < 0 {
+            if Errno::last() == Errno::EINTR {
+                continue;
             }
-            Err(Errno::EINTR) => continue,
-            Err(_) => return,
+            return;
+        }
+        if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return;
         }
     }
 }

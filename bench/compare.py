@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Run the Rust benchmark driver and the Python multiprocessing cases side
+by side, and print a table of per-operation times and ratios.
+
+    python3 bench/compare.py                      # every case, 5 reps
+    python3 bench/compare.py --cases pipe_rtt,spawn --reps 3
+    python3 bench/compare.py --rust-bin target/release/examples/bench
+    python3 bench/compare.py --python-only --n 1000
+
+For each case the Rust driver runs first
+(``cargo run --release --example bench -- CASE --reps R [--n N]``, or the
+binary given by ``--rust-bin``); then ``bench/mp_bench.py`` runs the same
+case. Without ``--n`` the Python side is given the n that the Rust line
+reports, so both sides do the same work (``spawn`` under the slow start
+methods, forkserver and spawn, is capped at the Python default n to keep a
+run short). A case the Rust driver does not know, or any failure, shows as
+"n/a". Every JSON line either side printed is written, unchanged, to
+``bench/results/latest.jsonl``.
+
+The ratio columns are python/rust: above 1 means Rust is faster. For
+``spawn`` the notes column also gives the Rust ``floor_spawn`` case (a bare
+re-exec of the same binary) and the ratio spawn/floor_spawn.
+
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+RESULTS = os.path.join(BENCH_DIR, "results", "latest.jsonl")
+MP_BENCH = os.path.join(BENCH_DIR, "mp_bench.py")
+
+sys.path.insert(0, BENCH_DIR)
+import mp_bench  # noqa: E402  (for the case list and default n only)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def json_lines(text):
+    """The JSON objects in `text` that look like benchmark lines."""
+    out = []
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw.startswith("{"):
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "case" in obj:
+            out.append((raw, obj))
+    return out
+
+
+def first_line(text):
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()[:120]
+    return ""
+
+
+class Runner:
+    def __init__(self, args):
+        self.args = args
+        self.raw = []  # every JSON line, in the order it was printed
+        self.rust_broken = None  # a reason when the driver cannot run at all
+
+    def _run(self, cmd):
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=REPO_DIR,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=self.args.timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return None, [], f"timed out after {self.args.timeout}s"
+        except OSError as e:
+            return None, [], str(e)
+        lines = json_lines(proc.stdout)
+        for raw, _ in lines:
+            self.raw.append(raw)
+        err = first_line(proc.stderr) or first_line(proc.stdout)
+        return proc.returncode, lines, err
+
+    def build_rust(self):
+        if self.args.python_only or self.args.rust_bin:
+            return
+        log("building the Rust driver: cargo build --release --example bench")
+        proc = subprocess.run(
+            ["cargo", "build", "--release", "--example", "bench"],
+            cwd=REPO_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-3:]
+            self.rust_broken = "the Rust driver did not build"
+            log(self.rust_broken + ":\n  " + "\n  ".join(tail))
+
+    def rust(self, case):
+        """The Rust line for `case` (a dict), or a string saying why not."""
+        if self.args.python_only:
+            return "skipped"
+        if self.rust_broken:
+            return self.rust_broken
+        if self.args.rust_bin:
+            cmd = [os.path.abspath(self.args.rust_bin)]
+        else:
+            cmd = ["cargo", "run", "--quiet", "--release", "--example", "bench", "--"]
+        cmd += [case, "--reps", str(self.args.reps)]
+        if self.args.n is not None:
+            cmd += ["--n", str(self.args.n)]
+        log(f"rust   {case}")
+        rc, lines, err = self._run(cmd)
+        for _, obj in lines:
+            if obj.get("case") == case and "per_op_us" in obj:
+                return obj
+        if rc is None:
+            return err
+        return f"exit {rc}: {err}" if err else f"exit {rc}"
+
+    def python(self, case, method, n):
+        cmd = [sys.executable, MP_BENCH, case, "--reps", str(self.args.reps)]
+        cmd += ["--start-method", method]
+        if n is not None:
+            cmd += ["--n", str(n)]
+        log(f"python {case} ({method}, n={n if n is not None else 'default'})")
+        rc, lines, err = self._run(cmd)
+        for _, obj in lines:
+            if obj.get("case") == case and "per_op_us" in obj:
+                return obj
+        return f"exit {rc}: {err}" if rc is not None else err
+
+
+def python_n(args, case, method, rust_line):
+    """The n the Python side runs with."""
+    if args.n is not None:
+        return args.n
+    if not isinstance(rust_line, dict) or not rust_line.get("n"):
+        return None  # the Python default
+    n = int(rust_line["n"])
+    if case == "spawn" and method != "fork":
+        n = min(n, mp_bench.default_n(case, method))
+    return n
+
+
+def fmt_us(v):
+    if not isinstance(v, (int, float)):
+        return "n/a"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def ratio(num, den):
+    if isinstance(num, dict) and isinstance(den, dict):
+        a, b = num.get("per_op_us"), den.get("per_op_us")
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+            return f"{a / b:.2f}"
+    return "n/a"
+
+
+def print_table(rows, methods):
+    header = ["case", "n rust", "n py", "rust us"]
+    header += [f"py-{m} us" for m in methods]
+    header += [f"{m}/rust" for m in methods]
+    header += ["notes"]
+    table = [header]
+    for r in rows:
+        rust = r["rust"]
+        py = r["python"]
+        n_py = sorted({str(v["n"]) for v in py.values() if isinstance(v, dict)})
+        cells = [
+            r["case"],
+            str(rust["n"]) if isinstance(rust, dict) else "-",
+            "/".join(n_py) if n_py else "-",
+            fmt_us(rust.get("per_op_us")) if isinstance(rust, dict) else "n/a",
+        ]
+        cells += [
+            fmt_us(py[m].get("per_op_us")) if isinstance(py.get(m), dict) else
+            ("-" if m not in py else "n/a")
+            for m in methods
+        ]
+        cells += [ratio(py[m], rust) if m in py else "-" for m in methods]
+        cells.append("; ".join(r["notes"]))
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for i, row in enumerate(table):
+        line = "  ".join(
+            c.ljust(w) if j in (0, len(row) - 1) else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths))
+        )
+        print(line.rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print("us = median microseconds per operation; X/rust = python/rust, above 1 means Rust is faster.")
+
+
+def main(argv=None):
+    all_cases = list(mp_bench.CASES)
+    parser = argparse.ArgumentParser(
+        description="Run the Rust driver and Python multiprocessing side by side."
+    )
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated cases (default: all of " + ",".join(all_cases) + ")")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per case (default 5)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="operations per rep, for both sides (default: each driver's own)")
+    parser.add_argument("--python-only", action="store_true", help="skip the Rust driver")
+    parser.add_argument("--rust-bin", default=None, metavar="PATH",
+                        help="a prebuilt driver binary instead of cargo run")
+    parser.add_argument("--start-methods", default=None,
+                        help="comma-separated Python start methods for every case "
+                             "(default: all three for spawn, fork for the rest)")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds allowed for one driver run (default 1800)")
+    args = parser.parse_args(argv)
+
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    cases = all_cases if not args.cases else [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in mp_bench.CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(all_cases)}")
+    forced = None
+    if args.start_methods:
+        forced = [m.strip() for m in args.start_methods.split(",") if m.strip()]
+        bad = [m for m in forced if m not in mp_bench.START_METHODS]
+        if bad:
+            parser.error(f"unknown start method(s) {', '.join(bad)}")
+    if args.rust_bin and not os.path.exists(args.rust_bin):
+        parser.error(f"--rust-bin {args.rust_bin}: no such file")
+
+    runner = Runner(args)
+    runner.build_rust()
+    rows = []
+    used_methods = []
+    for case in cases:
+        if forced:
+            methods = forced
+        elif case == "spawn":
+            methods = list(mp_bench.START_METHODS)
+        else:
+            methods = ["fork"]
+        for m in methods:
+            if m not in used_methods:
+                used_methods.append(m)
+        row = {"case": case, "rust": runner.rust(case), "python": {}, "notes": []}
+        if not isinstance(row["rust"], dict) and row["rust"] != "skipped":
+            row["notes"].append(f"rust n/a ({row['rust']})")
+        if case == "spawn" and not args.python_only:
+            floor = runner.rust("floor_spawn")
+            if isinstance(floor, dict):
+                row["notes"].append(
+                    f"rust floor_spawn {fmt_us(floor['per_op_us'])} us, "
+                    f"spawn/floor {ratio(row['rust'], floor)}"
+                )
+            else:
+                row["notes"].append(f"floor_spawn n/a ({floor})")
+        for m in methods:
+            res = runner.python(case, m, python_n(args, case, m, row["rust"]))
+            row["python"][m] = res
+            if not isinstance(res, dict):
+                row["notes"].append(f"python-{m} n/a ({res})")
+        rows.append(row)
+
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        for raw in runner.raw:
+            f.write(raw + "\n")
+
+    order = [m for m in mp_bench.START_METHODS if m in used_methods]
+    print_table(rows, order)
+    print(f"raw lines: {os.path.relpath(RESULTS, os.getcwd())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+//! Sentinel and `wait` cases, shared by the pidfd binary (`sentinel_wait`)
+//! and the fallback binary (`sentinel_fallback`), which differ only in
+//! whether `TOKIO_MULTIPROCESSING_NO_PIDFD` is set.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Failed, Trial};
+use tokio_multiprocessing as mp;
+
+use crate::common::{case, ensure};
+
+const T: Duration = Duration::from_secs(30);
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code);
+}
+
+/// How many pidfds this process holds open.
+fn open_pidfds() -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("pidfd"))
+        .count()
+}
+
+async fn sentinel_in_select(expect_pidfd: bool) -> Result<(), Failed> {
+    let p = mp::Process::new(sleep_ms, 100);
+    p.start().await?;
+    let pidfds = open_pidfds();
+    ensure(
+        (pidfds > 0) == expect_pidfd,
+        format!("{pidfds} pidfds open while a child runs; expected pidfd use: {expect_pidfd}"),
+    )?;
+    let mut sentinel = p.sentinel();
+    let mut ticks = 0;
+    let status = loop {
+        tokio::select! {
+            status = &mut sentinel => break status,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => ticks += 1,
+        }
+    };
+    ensure(status.success(), format!("{status:?}"))?;
+    ensure(
+        ticks >= 3,
+        format!("the select loop ran while the child slept ({ticks} ticks)"),
+    )?;
+    // Once ready it stays ready: the same sentinel, a clone, and a new one.
+    ensure(
+        (&mut sentinel).await.success(),
+        "polled again after completion",
+    )?;
+    ensure(sentinel.clone().await.success(), "a clone is ready")?;
+    ensure(p.sentinel().is_ready(), "a new sentinel is ready")?;
+    ensure(
+        p.sentinel().exit_status().is_some_and(|s| s.success()),
+        "exit status kept",
+    )?;
+    Ok(())
+}
+
+async fn sentinel_taken_before_start_waits_for_start_and_exit() -> Result<(), Failed> {
+    let p = mp::Process::new(exit_with, 4);
+    let mut sentinel = p.sentinel();
+    let early = tokio::time::timeout(Duration::from_millis(100), &mut sentinel).await;
+    ensure(early.is_err(), "pending before start")?;
+    p.start().await?;
+    let status = tokio::time::timeout(Duration::from_secs(10), &mut sentinel).await?;
+    ensure(status.code() == Some(4), format!("{status:?}"))?;
+    Ok(())
+}
+
+async fn wait_on_nothing_returns_at_once() -> Result<(), Failed> {
+    let t0 = Instant::now();
+    let ready = mp::wait::<mp::Sentinel>(&[], Some(Duration::from_secs(10))).await;
+    ensure(ready.is_empty(), "empty")?;
+    let ready = mp::wait::<mp::Sentinel>(&[], None).await;
+    ensure(ready.is_empty(), "empty without a timeout")?;
+    ensure(
+        t0.elapsed() < Duration::from_millis(100),
+        format!("took {:?}", t0.elapsed()),
+    )?;
+    Ok(())
+}
+
+async fn wait_times_out_with_nothing_ready() -> Result<(), Failed> {
+    let a = mp::Process::new(sleep_ms, 60_000);
+    let b = mp::Process::new(sleep_ms, 60_000);
+    a.start().await?;
+    b.start().await?;
+    let t0 = Instant::now();
+    let ready = mp::wait(
+        &[a.sentinel(), b.sentinel()],
+        Some(Duration::from_millis(250)),
+    )
+    .await;
+    let took = t0.elapsed();
+    ensure(ready.is_empty(), format!("nothing ready, got {ready:?}"))?;
+    ensure(
+        took >= Duration::from_millis(240),
+        format!("returned early, after {took:?}"),
+    )?;
+    ensure(
+        took < Duration::from_secs(2),
+        format!("returned late, after {took:?}"),
+    )?;
+    a.kill()?;
+    b.kill()?;
+    let ready = mp::wait(&[a.sentinel(), b.sentinel()], Some(Duration::from_secs(10))).await;
+    ensure(!ready.is_empty(), "killed children become ready")?;
+    Ok(())
+}
+
+async fn wait_returns_ready_indexes_ascending() -> Result<(), Failed> {
+    let slow = mp::Process::new(sleep_ms, 60_000);
+    let fast = mp::Process::new(sleep_ms, 0);
+    let slow2 = mp::Process::new(sleep_ms, 60_000);
+    for p in [&slow, &fast, &slow2] {
+        p.start().await?;
+    }
+    let objs = [slow.sentinel(), fast.sentinel(), slow2.sentinel()];
+    let ready = mp::wait(&objs, Some(Duration::from_secs(10))).await;
+    ensure(ready == vec![1], format!("only the fast one: {ready:?}"))?;
+    // Ready stays ready: waiting again returns it at once.
+    let t0 = Instant::now();
+    let again = mp::wait(&objs, Some(Duration::from_secs(10))).await;
+    ensure(
+        again == vec![1] && t0.elapsed() < Duration::from_millis(100),
+        format!("{again:?}"),
+    )?;
+
+    slow2.kill()?;
+    slow.kill()?;
+    let mut ready = Vec::new();
+    while ready.len() < 3 {
+        ready = mp::wait(&objs, Some(Duration::from_secs(10))).await;
+        if ready.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    ensure(ready == vec![0, 1, 2], format!("ascending: {ready:?}"))?;
+    ensure(slow.sentinel().await.signal() == Some(9), "killed by 9")?;
+
+    // Mixed kinds through `&dyn Waitable`.
+    let s = fast.sentinel();
+    let mixed: [&dyn mp::Waitable; 2] = [&s, &objs[0]];
+    ensure(
+        mp::wait(&mixed, Some(Duration::from_secs(1))).await == vec![0, 1],
+        "dyn waitables",
+    )?;
+    Ok(())
+}
+
+async fn many_sentinels_at_once() -> Result<(), Failed> {
+    let mut procs = Vec::new();
+    for i in 0..16u64 {
+        let p = mp::Process::new(sleep_ms, (i % 4) * 30);
+        p.start().await?;
+        procs.push(p);
+    }
+    let sentinels: Vec<mp::Sentinel> = procs.iter().map(|p| p.sentinel()).collect();
+    let mut done = vec![false; sentinels.len()];
+    while done.iter().any(|d| !d) {
+        for i in mp::wait(&sentinels, Some(Duration::from_secs(10))).await {
+            done[i] = true;
+        }
+    }
+    for p in &procs {
+        ensure(p.exitcode() == Some(0), format!("{p}"))?;
+        p.join().await?;
+    }
+    Ok(())
+}
+
+/// The cases; `expect_pidfd` says which reaping path the binary forces.
+pub(crate) fn all(expect_pidfd: bool) -> Vec<Trial> {
+    vec![
+        case("sentinel_in_select", T, move || {
+            sentinel_in_select(expect_pidfd)
+        }),
+        case(
+            "sentinel_taken_before_start_waits_for_start_and_exit",
+            T,
+            sentinel_taken_before_start_waits_for_start_and_exit,
+        ),
+        case(
+            "wait_on_nothing_returns_at_once",
+            T,
+            wait_on_nothing_returns_at_once,
+        ),
+        case(
+            "wait_times_out_with_nothing_ready",
+            T,
+            wait_times_out_with_nothing_ready,
+        ),
+        case(
+            "wait_returns_ready_indexes_ascending",
+            T,
+            wait_returns_ready_indexes_ascending,
+        ),
+        case("many_sentinels_at_once", T, many_sentinels_at_once),
+    ]
+}
