@@ -1,0 +1,154 @@
+//! The benchmark driver: runs one case `reps` times and prints one JSON
+//! line with the median time per operation.
+//!
+//! ```text
+//! cargo run --release --example bench -- spawn [--n 200] [--reps 5]
+//! cargo run --release --example bench -- all
+//! cargo run --release --example bench -- list
+//! ```
+//!
+//! `bench/compare.py` runs these cases next to the same ones written with
+//! Python's `multiprocessing` and prints the ratios.
+
+use std::time::{Duration, Instant};
+
+use tokio_multiprocessing as mp;
+
+/// Set in the environment of a `floor_spawn` child: it exits before doing
+/// anything else, so the case measures a bare re-exec of this binary.
+const FLOOR_ENV: &str = "TOKIO_MULTIPROCESSING_BENCH_FLOOR";
+
+/// One benchmark case: its name, default n, and a function that runs n
+/// operations and returns the time they took.
+struct Case {
+    name: &'static str,
+    default_n: u64,
+    about: &'static str,
+    run: fn(u64) -> futures::future::BoxFuture<'static, Result<Duration, String>>,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "spawn",
+        default_n: 200,
+        about: "start + join a Process with an empty target",
+        run: |n| Box::pin(spawn(n)),
+    },
+    Case {
+        name: "floor_spawn",
+        default_n: 200,
+        about: "re-exec this binary with no library code, started and reaped with tokio::process",
+        run: |n| Box::pin(floor_spawn(n)),
+    },
+];
+
+fn empty(_: ()) {}
+
+async fn spawn(n: u64) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let p = mp::Process::new(empty, ());
+        p.start().await.map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())?;
+    }
+    Ok(t0.elapsed())
+}
+
+async fn floor_spawn(n: u64) -> Result<Duration, String> {
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let status = tokio::process::Command::new("/proc/self/exe")
+            .env(FLOOR_ENV, "1")
+            .spawn()
+            .map_err(|e| e.to_string())?
+            .wait()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("floor child failed: {status}"));
+        }
+    }
+    Ok(t0.elapsed())
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> {
+    let n = n.unwrap_or(case.default_n).max(1);
+    // Warm up: page in the binary, start lazily created state.
+    (case.run)(n.min(10)).await?;
+    let mut per_op_us = Vec::new();
+    for _ in 0..reps {
+        let took = (case.run)(n).await?;
+        per_op_us.push(took.as_secs_f64() * 1e6 / n as f64);
+    }
+    per_op_us.sort_by(f64::total_cmp);
+    let med = median(&per_op_us);
+    let line = serde_json::json!({
+        "case": case.name,
+        "impl": "rust",
+        "n": n,
+        "reps": reps,
+        "per_op_us": (med * 1000.0).round() / 1000.0,
+        "ops_per_s": (1e6 / med).round(),
+        "min_per_op_us": (per_op_us[0] * 1000.0).round() / 1000.0,
+        "max_per_op_us": (per_op_us[per_op_us.len() - 1] * 1000.0).round() / 1000.0,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn usage() -> ! {
+    eprintln!("usage: bench CASE|all|list [--n N] [--reps R]");
+    std::process::exit(2);
+}
+
+fn main() {
+    if std::env::var_os(FLOOR_ENV).is_some() {
+        return;
+    }
+    let _guard = mp::init();
+
+    let mut args = std::env::args().skip(1);
+    let Some(which) = args.next() else { usage() };
+    let (mut n, mut reps) = (None, 5u32);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--n" => n = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--reps" => reps = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    if which == "list" {
+        for c in CASES {
+            println!("{:<14} n={:<8} {}", c.name, c.default_n, c.about);
+        }
+        return;
+    }
+    let selected: Vec<&Case> = if which == "all" {
+        CASES.iter().collect()
+    } else {
+        match CASES.iter().find(|c| c.name == which) {
+            Some(c) => vec![c],
+            None => {
+                eprintln!("bench: unknown case {which:?}; `list` names them");
+                std::process::exit(2);
+            }
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    for case in selected {
+        if let Err(e) = rt.block_on(run_case(case, n, reps.max(1))) {
+            eprintln!("bench: {}: {e}", case.name);
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Runs every example and checks what it prints. Each run is under a
+//! watchdog; `cargo test` builds the examples before it runs this.
+
+#[path = "common/run.rs"]
+mod run;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use run::{Output, example, run_with_watchdog};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn run_example(name: &str) -> Output {
+    let out =
+        run_with_watchdog(Command::new(example(name)), LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+#[test]
+fn process_reference_prints_the_reference_session() {
+    let out = run_example("process_reference");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "<Process(Process-1, initial)> false",
+            "<Process(Process-1, started)> true",
+            "<Process(Process-1, stopped[SIGTERM])> false",
+            "true",
+        ],
+        "stdout:\n{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn process_basics_says_hello_and_shows_pids() {
+    let out = run_example("process_basics");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "stdout:\n{}", out.stdout);
+    assert_eq!(lines[0], "hello bob");
+    let parent: u32 = lines[1]
+        .strip_prefix("Parent process ")
+        .and_then(|s| s.strip_suffix('.'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("parent line: {}", lines[1]));
+    assert_eq!(lines[2], "Child process will start.");
+    let child: u32 = lines[3]
+        .strip_prefix("Run child process test (")
+        .and_then(|s| s.strip_suffix(")..."))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("child line: {}", lines[3]));
+    assert_ne!(parent, child, "the child runs in another process");
+    assert_eq!(lines[4], "Child process end.");
+}
+
+#[test]
+fn countdown_counts_down_twice_in_parallel() {
+    let out = run_example("countdown");
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    for line in out.stdout.lines() {
+        let n: u32 = line
+            .strip_prefix("Count value ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        *seen.entry(n).or_default() += 1;
+    }
+    for n in 1..=20 {
+        let want = if n <= 10 { 2 } else { 1 };
+        assert_eq!(
+            seen.get(&n),
+            Some(&want),
+            "Count value {n}: stdout:\n{}",
+            out.stdout
+        );
+    }
+    assert_eq!(seen.len(), 20);
+}
+
+#[test]
+fn wait_many_reports_children_in_finishing_order() {
+    let out = run_example("wait_many");
+    let slept: Vec<u64> = out
+        .stdout
+        .lines()
+        .map(|line| {
+            let rest = line
+                .split("(slept ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("line {line:?}"));
+            rest.split(' ')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("line {line:?}"))
+        })
+        .collect();
+    assert_eq!(slept.len(), 8, "stdout:\n{}", out.stdout);
+    let mut sorted = slept.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        slept, sorted,
+        "finishing order follows the sleeps:\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.lines().all(|l| l.ends_with("exit code Some(0)")),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn bench_lists_its_cases_and_runs_one() {
+    let mut cmd = Command::new(example("bench"));
+    cmd.arg("list");
+    let out = run_with_watchdog(cmd, LIMIT).expect("bench list");
+    assert!(out.status.success());
+    for case in ["spawn", "floor_spawn"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(case)),
+            "{case} listed:\n{}",
+            out.stdout
+        );
+    }
+    let mut cmd = Command::new(example("bench"));
+    cmd.args(["spawn", "--n", "5", "--reps", "2"]);
+    let out = run_with_watchdog(cmd, LIMIT).expect("bench spawn");
+    assert!(out.status.success(), "{}", out.stderr);
+    let line: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect("one JSON line");
+    assert_eq!(line["case"], "spawn");
+    assert_eq!(line["n"], 5);
+    assert!(
+        line["per_op_us"].as_f64().is_some_and(|v| v > 0.0),
+        "{line}"
+    );
+
+    let mut cmd = Command::new(example("bench"));
+    cmd.arg("no_such_case");
+    let out = run_with_watchdog(cmd, LIMIT).expect("bench unknown");
+    assert_eq!(out.status.code(), Some(2), "an unknown case is an error");
+}
