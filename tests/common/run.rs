@@ -1,5 +1,7 @@
 //! Running a program under a watchdog and capturing what it prints.
 
+#![allow(dead_code)]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
