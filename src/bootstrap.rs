@@ -12,8 +12,10 @@ use crate::error::ChannelError;
 use crate::process::{Current, exit_rule, set_current};
 use crate::sys;
 use crate::target::{Resolved, fingerprint, resolve};
-use crate::wire::frame::{BlockingFramed, DEFAULT_MAX_FRAME};
-use crate::wire::message::{ChildMsg, Hello, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg};
+use crate::wire::frame::BlockingFramed;
+use crate::wire::message::{
+    ChildMsg, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
+};
 
 /// Set by the parent in a child's environment: `FD:NONCE`, the number of
 /// the inherited control socket and a random value the handshake repeats.
@@ -72,10 +74,16 @@ fn refuse(ch: &mut BlockingFramed<UnixStream>, reason: String) -> i32 {
     REFUSED_EXIT
 }
 
-fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
+/// The largest `Hello` a child accepts before it knows the real limit.
+const HELLO_MAX: usize = 4096;
+
+/// A child's life after it has its control socket: handshake, orders,
+/// target, report. Returns the exit code. Also the entry of children forked
+/// by the fork server.
+pub(crate) fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
     let stream = UnixStream::from(sock);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut ch = BlockingFramed::new(stream, DEFAULT_MAX_FRAME);
+    let mut ch = BlockingFramed::new(stream, HELLO_MAX);
 
     let hello: Hello = match ch.recv() {
         Ok(h) => h,
@@ -111,7 +119,9 @@ fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
             "the handshake nonce does not match the environment".to_owned(),
         );
     }
-    let run: ParentMsg = match ch.recv() {
+    let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
+    ch.set_max_frame(max_frame);
+    let orders: ParentMsg = match ch.recv() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its orders: {e}");
@@ -119,14 +129,25 @@ fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
         }
     };
     let _ = ch.get_ref().set_read_timeout(None);
-    let ParentMsg::Run {
-        id,
-        identity,
-        target,
-        args,
-        max_frame,
-    } = run;
+    match orders {
+        ParentMsg::Run {
+            id,
+            identity,
+            target,
+            args,
+        } => run_target(ch, id, identity, target, &args),
+        ParentMsg::Serve => crate::forkserver::serve(ch, max_frame),
+        ParentMsg::Fork { .. } => refuse(&mut ch, "a fork request before any orders".to_owned()),
+    }
+}
 
+fn run_target(
+    mut ch: BlockingFramed<UnixStream>,
+    id: u64,
+    identity: Identity,
+    target: TargetRef,
+    args: &[u8],
+) -> i32 {
     set_current(Current {
         name: identity.name,
         path: identity.path,
@@ -141,39 +162,34 @@ fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
 
     // SAFETY: the handshake above proved that the parent runs this very
     // build (magic, protocol version and build fingerprint match, and the
-    // socket's peer is our parent process, checked when it was claimed),
-    // and `target` came from that parent's `Target::__target_ref`.
+    // nonce matches the one our parent gave us through a channel only it
+    // and we hold), and `target` came from that parent's
+    // `Target::__target_ref`.
     let outcome = match unsafe { resolve(target) } {
-        Resolved::Sync(entry) => entry(&args),
+        Resolved::Sync(entry) => entry(args),
         Resolved::Async(entry) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(entry(&args)),
+            Ok(rt) => rt.block_on(entry(args)),
             Err(e) => Outcome::Panicked(crate::error::PanicInfo {
                 message: format!("could not build a Tokio runtime in the child: {e}"),
                 location: None,
             }),
         },
     };
-    let code = match outcome {
+    let mut code = match outcome {
         Outcome::Returned(_) => 0,
         _ => 1,
     };
-    let mut msg = ChildMsg::Outcome { id, outcome };
-    let max = usize::try_from(max_frame).unwrap_or(usize::MAX);
-    let mut ch = BlockingFramed::new(ch.into_inner(), max);
+    let msg = ChildMsg::Outcome { id, outcome };
     if let Err(ChannelError::Oversized { len, max }) = ch.send(&msg) {
-        msg = ChildMsg::Outcome {
-            id,
-            outcome: Outcome::EncodeResult(format!(
-                "the return value needs a frame of {len} bytes, over the maximum of {max}"
-            )),
-        };
-        let _ = ch.send(&msg);
         drop(msg);
-        exit_rule();
-        return 1;
+        let outcome = Outcome::EncodeResult(format!(
+            "the return value needs a frame of {len} bytes, over the maximum of {max}"
+        ));
+        let _ = ch.send(&ChildMsg::Outcome { id, outcome });
+        code = 1;
     }
     // Python's exit rule, inside the child too.
     exit_rule();
@@ -188,6 +204,8 @@ fn watch_parent(sock: &UnixStream) {
     };
     let spawned = std::thread::Builder::new()
         .name("tokio-multiprocessing-parent-watch".to_owned())
+        // It only polls one descriptor: a small stack is cheaper to map.
+        .stack_size(64 * 1024)
         .spawn(move || {
             sys::wait_peer_closed(watch.as_fd());
             sys::exit_immediately(1);

@@ -108,6 +108,7 @@
 
 mod bootstrap;
 mod error;
+mod forkserver;
 mod latch;
 mod process;
 mod sentinel;
@@ -116,6 +117,7 @@ mod target;
 mod wire;
 
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
+pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use sentinel::{Sentinel, Waitable, wait};
 pub use target::{Target, TargetRefHidden, marker};

@@ -103,6 +103,30 @@ async fn detached_children_outlive_their_parent() -> Result<(), Failed> {
     Ok(())
 }
 
+fn echo(x: u32) -> u32 {
+    x
+}
+
+/// A fork server that dies is replaced by re-executing: starts go on.
+async fn fork_server_death_falls_back_to_spawn() -> Result<(), Failed> {
+    let p = mp::Process::new(echo, 1);
+    p.start().await?;
+    ensure(p.join().await? == 1, "value through the fork server")?;
+    let server = mp::__fork_server_pid().ok_or("a fork server runs")?;
+    nix::sys::signal::kill(
+        Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    for i in 0..5 {
+        let p = mp::Process::new(echo, i);
+        p.start().await?;
+        ensure(p.join().await? == i, "value after the fork server died")?;
+    }
+    ensure(mp::__fork_server_pid().is_none(), "the dead server is gone")?;
+    ensure(!common::zombie_children().contains(&server), "and reaped")?;
+    Ok(())
+}
+
 fn main() {
     let guard = mp::init();
     nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
@@ -119,6 +143,11 @@ fn main() {
                 "detached_children_outlive_their_parent",
                 t,
                 detached_children_outlive_their_parent,
+            ),
+            case(
+                "fork_server_death_falls_back_to_spawn",
+                t,
+                fork_server_death_falls_back_to_spawn,
             ),
         ],
     )

@@ -145,6 +145,16 @@ impl ChildState {
                 }
             }
             Ok(ChildMsg::Refused { reason }) => *report = Report::Refused(reason),
+            Ok(
+                other @ (ChildMsg::Serving | ChildMsg::Forked { .. } | ChildMsg::ForkFailed { .. }),
+            ) => {
+                let e =
+                    ChannelError::Malformed(format!("unexpected message from a child: {other:?}"));
+                tracing::warn!(pid = self.pid(), error = %e, "protocol violation");
+                if matches!(*report, Report::Pending) {
+                    *report = Report::Broken(e);
+                }
+            }
             Err(e) => {
                 tracing::warn!(pid = self.pid(), error = %e, "malformed message from child");
                 if matches!(*report, Report::Pending) {
@@ -303,4 +313,5 @@ pub(crate) fn exit_rule() {
     for c in &children {
         c.join_blocking();
     }
+    crate::forkserver::shutdown();
 }

@@ -31,6 +31,7 @@ mod child;
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -40,7 +41,9 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::bootstrap::CHILD_ENV;
 use crate::error::{Error, ProcessError, Result, signal_name};
+use crate::forkserver::{StartMethod, get_start_method};
 use crate::sentinel::Sentinel;
 use crate::sys;
 use crate::target::{Target, decode_value, encode_value, fingerprint};
@@ -164,6 +167,7 @@ pub struct ProcessBuilder {
     daemon: bool,
     detached: bool,
     max_frame: Option<usize>,
+    start_method: Option<StartMethod>,
 }
 
 impl ProcessBuilder {
@@ -195,6 +199,13 @@ impl ProcessBuilder {
         self
     }
 
+    /// How to start this process; the default is the program's
+    /// [`get_start_method`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = Some(method);
+        self
+    }
+
     /// Builds the process without starting it.
     pub fn build<A, R, M, F>(self, target: F, args: A) -> Process<R>
     where
@@ -220,6 +231,7 @@ impl ProcessBuilder {
             authkey: cur.authkey.clone(),
             identity,
             max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
+            start_method: self.start_method,
             _result: PhantomData,
         }
     }
@@ -265,6 +277,7 @@ pub struct Process<R> {
     authkey: Vec<u8>,
     identity: Identity,
     max_frame: usize,
+    start_method: Option<StartMethod>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -325,11 +338,7 @@ impl<R: DeserializeOwned> Process<R> {
             ));
         }
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
-        let nonce = {
-            let mut b = [0u8; 8];
-            getrandom::fill(&mut b).map_err(|e| spawn_error(&e.to_string()))?;
-            u64::from_ne_bytes(b)
-        };
+        let nonce = nonce().map_err(ProcessError::Spawn)?;
         // Encode the orders before spawning: a failure here spawns nothing.
         let mut first = BytesMut::new();
         let hello = Hello {
@@ -337,6 +346,7 @@ impl<R: DeserializeOwned> Process<R> {
             version: PROTOCOL_VERSION,
             fingerprint: fingerprint(),
             nonce,
+            max_frame: self.max_frame as u64,
         };
         encode_message(&hello, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
         let run = ParentMsg::Run {
@@ -344,27 +354,26 @@ impl<R: DeserializeOwned> Process<R> {
             identity: self.identity.clone(),
             target: spec.target,
             args: args.into(),
-            max_frame: self.max_frame as u64,
         };
         encode_message(&run, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
 
         let (ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
-        let env = sys::child_env(
-            crate::bootstrap::CHILD_ENV,
-            (
-                crate::bootstrap::CHILD_ENV,
-                &format!("{}:{nonce:016x}", sys::CHILD_FD),
-            ),
-        );
-        let child = sys::Child::spawn(
-            std::os::fd::AsFd::as_fd(&theirs),
-            &sys::own_argv(),
-            &env,
-            self.identity.detached,
-        )
-        .map_err(ProcessError::Spawn)?;
+        let detached = self.identity.detached;
+        let forked = match self.start_method.unwrap_or_else(get_start_method) {
+            StartMethod::ForkServer => crate::forkserver::fork(&theirs, nonce, detached).await,
+            StartMethod::Spawn => None,
+        };
+        let child = match forked {
+            Some(pid) => sys::Child::adopt(pid),
+            None => {
+                let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
+                let env = sys::child_env(CHILD_ENV, (CHILD_ENV, &marker));
+                sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, detached)
+                    .map_err(ProcessError::Spawn)?
+            }
+        };
         drop(theirs);
-        tracing::debug!(pid = child.pid(), name = %self.identity.name, "spawned child");
+        tracing::debug!(pid = child.pid(), name = %self.identity.name, forked = forked.is_some(), "started child");
         child::start_watcher(self.state.clone(), child, ours, first, self.max_frame)
             .map_err(ProcessError::Spawn)?;
         Ok(())
@@ -432,6 +441,13 @@ fn died(code: i32) -> ProcessError {
     } else {
         ProcessError::Exited { code }
     }
+}
+
+/// A random value for a child's handshake.
+pub(crate) fn nonce() -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(u64::from_ne_bytes(b))
 }
 
 fn spawn_error(msg: &str) -> Error {

@@ -72,6 +72,11 @@ impl FrameCodec {
         self.max_frame
     }
 
+    /// Changes the largest accepted body length.
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.min(HEADER_MAX);
+    }
+
     /// The body length claimed by the header at the start of `src`, if the
     /// whole header is there.
     fn peek_len(src: &[u8]) -> Option<usize> {
@@ -281,6 +286,12 @@ impl<S> BlockingFramed<S> {
 
     /// The underlying stream. Bytes already read but not yet returned as a
     /// frame are lost.
+    /// Changes the largest frame accepted and sent; bytes already
+    /// buffered are kept.
+    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
+        self.codec.set_max_frame(max_frame);
+    }
+
     pub(crate) fn into_inner(self) -> S {
         self.io
     }

@@ -12,8 +12,8 @@ use crate::error::PanicInfo;
 /// Bumped whenever a message's layout changes.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
-/// The first four bytes of every `Hello` body, after the MessagePack array
-/// header: a child that reads anything else was not started by us.
+/// The `magic` field of every `Hello`: a child that reads anything else
+/// was not started by this library.
 pub(crate) const MAGIC: u32 = 0x746d_7031; // "tmp1"
 
 /// The first frame on a control channel, parent to child.
@@ -26,8 +26,11 @@ pub(crate) struct Hello {
     pub(crate) version: u32,
     /// The build fingerprint of the parent's executable.
     pub(crate) fingerprint: u64,
-    /// The nonce the parent also put in the child's environment.
+    /// The nonce the parent also put in the child's environment (or sent
+    /// to the fork server that forked the child).
     pub(crate) nonce: u64,
+    /// The largest frame either side accepts on this channel.
+    pub(crate) max_frame: u64,
 }
 
 /// Which kind of trampoline a [`TargetRef`] points at.
@@ -67,8 +70,12 @@ pub(crate) enum ParentMsg {
         identity: Identity,
         target: TargetRef,
         args: ByteBuf,
-        max_frame: u64,
     },
+    /// Become a fork server: fork a new child for every `Fork` request.
+    Serve,
+    /// Fork a child that will read its orders from the control socket
+    /// that travels with this frame (one descriptor, by `SCM_RIGHTS`).
+    Fork { id: u64, nonce: u64, detached: bool },
 }
 
 /// How a target ended in the child.
@@ -91,4 +98,10 @@ pub(crate) enum ChildMsg {
     Outcome { id: u64, outcome: Outcome },
     /// The child will not run anything: a protocol or build mismatch.
     Refused { reason: String },
+    /// The fork server is ready.
+    Serving,
+    /// The fork server forked request `id` as process `pid`.
+    Forked { id: u64, pid: u32 },
+    /// The fork server could not fork request `id`.
+    ForkFailed { id: u64, error: String },
 }

@@ -67,12 +67,21 @@ impl Child {
         attr.set_sigdefault(&default)?;
 
         let pid = posix_spawn(c"/proc/self/exe", &actions, &attr, argv, env)?;
+        Ok(Child::adopt(pid.as_raw() as u32))
+    }
+
+    /// Takes charge of `pid`, a child of this process that nothing else
+    /// waits for (one forked for us by the fork server).
+    pub(crate) fn adopt(pid: u32) -> Child {
+        let pid = Pid::from_raw(pid as i32);
+        // The pid cannot be reused before we reap it, so the pidfd names
+        // this very process even if it has already exited.
         let pidfd = if pidfd::enabled() {
             pidfd::open(pid.as_raw()).ok()
         } else {
             None
         };
-        Ok(Child { pid, pidfd })
+        Child { pid, pidfd }
     }
 
     /// The process id.
@@ -80,11 +89,11 @@ impl Child {
         self.pid.as_raw() as u32
     }
 
-    fn id(&self) -> Id<'_> {
-        match &self.pidfd {
-            Some(fd) => Id::PIDFd(fd.as_fd()),
-            None => Id::Pid(self.pid),
-        }
+    /// What `waitid` waits on. The pid, even with a pidfd: the pid stays
+    /// ours until we reap it, and `waitid(P_PIDFD)` needs Linux 5.4 where
+    /// `pidfd_open` needs only 5.3.
+    fn id(&self) -> Id<'static> {
+        Id::Pid(self.pid)
     }
 
     /// Reaps the child if it has exited, without blocking.

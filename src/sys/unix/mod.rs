@@ -5,6 +5,7 @@
 //! directly.
 
 mod child;
+mod fork;
 mod pidfd;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod scm;
@@ -21,6 +22,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 use nix::sys::wait::WaitStatus;
 
 pub(crate) use child::Child;
+pub(crate) use fork::{fork_sibling, libc_allows_raw_fork, thread_count};
 
 /// The descriptor number the control socket has in a freshly started child.
 pub(crate) const CHILD_FD: RawFd = 3;
