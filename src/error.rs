@@ -16,8 +16,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// clean close between frames ([`Closed`](ChannelError::Closed)).
 ///
 /// Converting into [`io::Error`] gives [`io::ErrorKind::InvalidData`] for a
-/// bad frame and [`io::ErrorKind::UnexpectedEof`] for a close, with this
-/// error as the source.
+/// bad frame and [`io::ErrorKind::UnexpectedEof`] for a close, wrapping this
+/// error (reach it with `get_ref` or `into_inner`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChannelError {

@@ -58,8 +58,21 @@
 //! A target is a plain function or a closure that captures nothing,
 //! synchronous or `async`, taking one argument (use a tuple for several)
 //! that is `Serialize + DeserializeOwned`, and returning such a value. See
-//! [`Target`]. Synchronous targets run on the child's main thread;
-//! asynchronous ones on a current-thread Tokio runtime built in the child.
+//! [`Target`]. Synchronous targets run on a plain thread of the child
+//! (the main thread, or a dedicated one when `init()` was called inside a
+//! runtime); asynchronous ones on a current-thread Tokio runtime built in
+//! the child.
+//!
+//! # Start methods
+//!
+//! By default children are forked by a *fork server*: on first use the
+//! program re-executes itself once as a single-threaded server that forks
+//! a child for every start, about twice as fast as re-executing the
+//! program per child. Forked children are still direct children of the
+//! program. The server only runs when it is single-threaded, so call
+//! [`init`] in a plain `fn main` before building a runtime to get it;
+//! otherwise, and on [`StartMethod::Spawn`], every child is a fresh
+//! re-execution. See [`set_start_method`].
 //!
 //! # Platform support
 //!

@@ -195,10 +195,14 @@ impl ChildState {
     }
 }
 
-/// Starts the watcher of a freshly spawned child: it writes `first` (the
-/// handshake frames), then reads the child's reports until the child exits,
-/// reaps it, and marks the state done.
-pub(crate) fn start_watcher(
+/// Takes charge of a freshly spawned child: records it, writes `first`
+/// (the handshake and the orders) to it, and starts the watcher that reads
+/// its reports until it exits, reaps it, and marks the state done.
+///
+/// The orders are written before this returns, so that a program that
+/// starts a child and then leaves (or drops its runtime) still gets the
+/// child running.
+pub(crate) async fn start_watcher(
     state: Arc<ChildState>,
     child: sys::Child,
     sock: OwnedFd,
@@ -208,29 +212,24 @@ pub(crate) fn start_watcher(
     let drain = sock.try_clone()?;
     let std_sock = std::os::unix::net::UnixStream::from(sock);
     std_sock.set_nonblocking(true)?;
-    let stream = tokio::net::UnixStream::from_std(std_sock)?;
+    let mut stream = tokio::net::UnixStream::from_std(std_sock)?;
     *lock(&state.drain) = Some(drain);
     state
         .child
         .set(child)
         .expect("a child state is started once");
     register(&state);
-    tokio::spawn(watch(state, stream, first, max_frame));
-    Ok(())
-}
-
-async fn watch(
-    state: Arc<ChildState>,
-    mut stream: tokio::net::UnixStream,
-    first: BytesMut,
-    max_frame: usize,
-) {
     if let Err(e) = stream.write_all(&first).await {
         // The child died (or closed its end) before reading its orders;
         // its exit status tells the story.
-        tracing::debug!(pid = state.pid(), error = %e, "could not write the handshake");
+        tracing::debug!(pid = state.pid(), error = %e, "could not write the orders");
     }
     drop(first);
+    tokio::spawn(watch(state, stream, max_frame));
+    Ok(())
+}
+
+async fn watch(state: Arc<ChildState>, stream: tokio::net::UnixStream, max_frame: usize) {
     let child = state.child.get().expect("started");
     let mut frames = FramedRead::new(stream, FrameCodec::new(max_frame));
     let exited = child.exited();

@@ -303,8 +303,8 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Starts the child process.
     ///
-    /// Returns once the child is spawned; it reads its orders from a
-    /// socket while this returns.
+    /// Returns once the child is running and its orders (the target and
+    /// the arguments) are written to its socket.
     ///
     /// # Errors
     ///
@@ -316,7 +316,10 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: it completes without waiting on anything, at its first poll.
+    /// Not cancel safe. Dropped after the child was spawned but before its
+    /// orders were written (large arguments fill the socket), the child
+    /// finds its orders truncated and exits with code 2 without running
+    /// anything; the process counts as started.
     pub async fn start(&self) -> Result<()> {
         let spec = self
             .spec
@@ -375,6 +378,7 @@ impl<R: DeserializeOwned> Process<R> {
         drop(theirs);
         tracing::debug!(pid = child.pid(), name = %self.identity.name, forked = forked.is_some(), "started child");
         child::start_watcher(self.state.clone(), child, ours, first, self.max_frame)
+            .await
             .map_err(ProcessError::Spawn)?;
         Ok(())
     }

@@ -409,9 +409,44 @@ async fn daemons_cannot_have_children() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `is_alive` reaps an exited child itself: on a current-thread runtime
+/// that is kept busy, the watcher task cannot run, so only `is_alive` can
+/// have reaped the zombie.
+fn is_alive_reaps() -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let p = mp::Process::new(square, 2);
+        p.start().await?;
+        let pid = p.pid().ok_or("pid")?;
+        // Block the runtime's only thread while the child exits.
+        let t0 = Instant::now();
+        while !crate::common::zombie_children().contains(&pid) {
+            ensure(
+                t0.elapsed() < Duration::from_secs(10),
+                "the child never exited",
+            )?;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        ensure(!p.is_alive(), "an exited child is not alive")?;
+        ensure(
+            !crate::common::zombie_children().contains(&pid),
+            "is_alive reaped it",
+        )?;
+        ensure(p.exitcode() == Some(0), format!("{:?}", p.exitcode()))?;
+        ensure(
+            tokio::time::timeout(Duration::from_secs(10), p.join()).await?? == 4,
+            "value",
+        )?;
+        Ok(())
+    })
+}
+
 /// Every case.
 pub(crate) fn all() -> Vec<Trial> {
     vec![
+        Trial::test("is_alive_reaps", is_alive_reaps),
         case(
             "state_before_and_after_start",
             T,
