@@ -82,7 +82,8 @@ fn is_running(pid: u32) -> bool {
     !matches!(state, Some("Z") | Some("X") | None)
 }
 
-fn exit_rule(method: mp::StartMethod, tag: &str) -> Result<(), Failed> {
+/// Runs the probe with start method `tag` (`forkserver` or `spawn`).
+fn exit_rule(tag: &str) -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("tmp-exit-rule-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -149,12 +150,8 @@ fn main() {
     let _guard = mp::init();
     let args = Arguments::from_args();
     let tests = vec![
-        Trial::test("exit_rule_with_the_fork_server", || {
-            exit_rule(mp::StartMethod::ForkServer, "forkserver")
-        }),
-        Trial::test("exit_rule_with_spawn", || {
-            exit_rule(mp::StartMethod::Spawn, "spawn")
-        }),
+        Trial::test("exit_rule_with_the_fork_server", || exit_rule("forkserver")),
+        Trial::test("exit_rule_with_spawn", || exit_rule("spawn")),
     ];
     libtest_mimic::run(&args, tests).exit()
 }
