@@ -31,8 +31,14 @@ const CASES: &[Case] = &[
     Case {
         name: "spawn",
         default_n: 200,
-        about: "start + join a Process with an empty target",
+        about: "start + join a Process with an empty target (default start method: fork server)",
         run: |n| Box::pin(spawn(n)),
+    },
+    Case {
+        name: "spawn_exec",
+        default_n: 200,
+        about: "start + join an empty target with StartMethod::Spawn (re-exec per child)",
+        run: |n| Box::pin(spawn_exec(n)),
     },
     Case {
         name: "floor_spawn",
@@ -44,14 +50,22 @@ const CASES: &[Case] = &[
 
 fn empty(_: ()) {}
 
-async fn spawn(n: u64) -> Result<Duration, String> {
+async fn start_join(n: u64, method: mp::StartMethod) -> Result<Duration, String> {
     let t0 = Instant::now();
     for _ in 0..n {
-        let p = mp::Process::new(empty, ());
+        let p = mp::Process::builder().start_method(method).build(empty, ());
         p.start().await.map_err(|e| e.to_string())?;
         p.join().await.map_err(|e| e.to_string())?;
     }
     Ok(t0.elapsed())
+}
+
+async fn spawn(n: u64) -> Result<Duration, String> {
+    start_join(n, mp::StartMethod::ForkServer).await
+}
+
+async fn spawn_exec(n: u64) -> Result<Duration, String> {
+    start_join(n, mp::StartMethod::Spawn).await
 }
 
 async fn floor_spawn(n: u64) -> Result<Duration, String> {

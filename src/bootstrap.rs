@@ -12,6 +12,7 @@ use crate::error::ChannelError;
 use crate::process::{Current, exit_rule, set_current};
 use crate::sys;
 use crate::target::{Resolved, fingerprint, resolve};
+use crate::wire::blocking::FdFrames;
 use crate::wire::frame::BlockingFramed;
 use crate::wire::message::{
     ChildMsg, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
@@ -83,45 +84,35 @@ const HELLO_MAX: usize = 4096;
 pub(crate) fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
     let stream = UnixStream::from(sock);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut ch = BlockingFramed::new(stream, HELLO_MAX);
-
-    let hello: Hello = match ch.recv() {
+    let mut reader = FdFrames::new(HELLO_MAX);
+    let hello: Hello = match reader.recv(&stream) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its handshake: {e}");
             return REFUSED_EXIT;
         }
     };
-    if hello.magic != MAGIC {
-        return refuse(
-            &mut ch,
-            "the handshake is not from tokio-multiprocessing".to_owned(),
-        );
-    }
-    if hello.version != PROTOCOL_VERSION {
-        return refuse(
-            &mut ch,
-            format!(
-                "protocol version {} but this child speaks {PROTOCOL_VERSION}",
-                hello.version
-            ),
-        );
-    }
-    if hello.fingerprint != fingerprint() {
-        return refuse(
-            &mut ch,
-            "the parent runs a different build of this program".to_owned(),
-        );
-    }
-    if hello.nonce != nonce {
-        return refuse(
-            &mut ch,
-            "the handshake nonce does not match the environment".to_owned(),
-        );
-    }
     let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
-    ch.set_max_frame(max_frame);
-    let orders: ParentMsg = match ch.recv() {
+    let mut ch = BlockingFramed::new(stream, max_frame);
+    let refusal = if hello.magic != MAGIC {
+        Some("the handshake is not from tokio-multiprocessing".to_owned())
+    } else if hello.version != PROTOCOL_VERSION {
+        Some(format!(
+            "protocol version {} but this child speaks {PROTOCOL_VERSION}",
+            hello.version
+        ))
+    } else if hello.fingerprint != fingerprint() {
+        Some("the parent runs a different build of this program".to_owned())
+    } else if hello.nonce != nonce {
+        Some("the handshake nonce does not match the environment".to_owned())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        return refuse(&mut ch, reason);
+    }
+    reader.set_max_frame(max_frame);
+    let orders: ParentMsg = match reader.recv(ch.get_ref()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its orders: {e}");
@@ -135,7 +126,15 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
             identity,
             target,
             args,
-        } => run_target(ch, id, identity, target, &args),
+            fds,
+        } => {
+            let fds = match reader.take_fds(fds as usize) {
+                Ok(fds) => fds,
+                Err(e) => return refuse(&mut ch, e.to_string()),
+            };
+            drop(reader);
+            run_target(ch, id, identity, target, &args, fds)
+        }
         ParentMsg::Serve => crate::forkserver::serve(ch, max_frame),
         ParentMsg::Fork { .. } => refuse(&mut ch, "a fork request before any orders".to_owned()),
     }
@@ -147,6 +146,7 @@ fn run_target(
     identity: Identity,
     target: TargetRef,
     args: &[u8],
+    fds: Vec<OwnedFd>,
 ) -> i32 {
     set_current(Current {
         name: identity.name,
@@ -165,13 +165,21 @@ fn run_target(
     // nonce matches the one our parent gave us through a channel only it
     // and we hold), and `target` came from that parent's
     // `Target::__target_ref`.
-    let outcome = match unsafe { resolve(target) } {
-        Resolved::Sync(entry) => entry(args),
-        Resolved::Async(entry) => match tokio::runtime::Builder::new_current_thread()
+    let entry = unsafe { resolve(target) };
+    // The handles in the arguments take their descriptors as they decode,
+    // which the trampolines do first thing (an async one before it returns
+    // its future).
+    let started = crate::handle::provide_fds(fds, move || match entry {
+        Resolved::Sync(entry) => Err(entry(args)),
+        Resolved::Async(entry) => Ok(entry(args)),
+    });
+    let outcome = match started {
+        Err(outcome) => outcome,
+        Ok(future) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(entry(args)),
+            Ok(rt) => rt.block_on(future),
             Err(e) => Outcome::Panicked(crate::error::PanicInfo {
                 message: format!("could not build a Tokio runtime in the child: {e}"),
                 location: None,

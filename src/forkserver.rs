@@ -25,13 +25,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::sync::OnceCell;
-use tokio_util::codec::Decoder;
 
 use crate::error::ChannelError;
 use crate::sys;
-use crate::wire::frame::{
-    BlockingFramed, DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message,
-};
+use crate::wire::blocking::FdFrames;
+use crate::wire::frame::{BlockingFramed, DEFAULT_MAX_FRAME, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
 
 /// How a new process is started.
@@ -322,47 +320,4 @@ fn reply(mut sock: &UnixStream, msg: &ChildMsg) -> Result<(), ChannelError> {
     encode_message(msg, &mut frame, DEFAULT_MAX_FRAME)?;
     sock.write_all(&frame)?;
     Ok(())
-}
-
-/// Blocking frame reader that keeps the descriptors arriving with the bytes.
-struct FdFrames {
-    codec: FrameCodec,
-    buf: BytesMut,
-    fds: Vec<OwnedFd>,
-}
-
-impl FdFrames {
-    fn new(max_frame: usize) -> Self {
-        FdFrames {
-            codec: FrameCodec::new(max_frame),
-            buf: BytesMut::new(),
-            fds: Vec::new(),
-        }
-    }
-
-    /// The oldest descriptor received and not yet taken.
-    fn take_fd(&mut self) -> Option<OwnedFd> {
-        (!self.fds.is_empty()).then(|| self.fds.remove(0))
-    }
-
-    fn next(&mut self, sock: &UnixStream) -> Result<BytesMut, ChannelError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buf)? {
-                return Ok(frame);
-            }
-            let n = match sys::scm::recv_with_fds(sock.as_fd(), &mut chunk, &mut self.fds) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return match self.codec.decode_eof(&mut self.buf)? {
-                    Some(frame) => Ok(frame),
-                    None => Err(ChannelError::Closed),
-                };
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
 }

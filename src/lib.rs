@@ -122,6 +122,8 @@
 mod bootstrap;
 mod error;
 mod forkserver;
+#[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
+mod handle;
 mod latch;
 mod process;
 mod sentinel;

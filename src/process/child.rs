@@ -18,6 +18,7 @@ use tokio_util::codec::FramedRead;
 use crate::error::ChannelError;
 use crate::latch::Latch;
 use crate::sys;
+use crate::wire::fdstream::FdStream;
 use crate::wire::frame::{FrameCodec, decode_message};
 use crate::wire::message::{ChildMsg, Outcome};
 
@@ -206,13 +207,13 @@ pub(crate) async fn start_watcher(
     state: Arc<ChildState>,
     child: sys::Child,
     sock: OwnedFd,
-    first: BytesMut,
+    (first, fds): (BytesMut, Vec<OwnedFd>),
     max_frame: usize,
 ) -> std::io::Result<()> {
     let drain = sock.try_clone()?;
-    let std_sock = std::os::unix::net::UnixStream::from(sock);
-    std_sock.set_nonblocking(true)?;
-    let mut stream = tokio::net::UnixStream::from_std(std_sock)?;
+    let mut stream = FdStream::from_owned_fd(sock)?;
+    // The descriptors of the handles in the arguments go with the first byte.
+    stream.queue_fds(fds);
     *lock(&state.drain) = Some(drain);
     state
         .child
@@ -229,7 +230,7 @@ pub(crate) async fn start_watcher(
     Ok(())
 }
 
-async fn watch(state: Arc<ChildState>, stream: tokio::net::UnixStream, max_frame: usize) {
+async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
     let child = state.child.get().expect("started");
     let mut frames = FramedRead::new(stream, FrameCodec::new(max_frame));
     let exited = child.exited();

@@ -224,9 +224,13 @@ impl ProcessBuilder {
         };
         Process {
             state: ChildState::new(self.daemon, self.detached),
-            spec: Mutex::new(Some(Spec {
-                target: target.__target_ref().0,
-                args: encode_value(&args),
+            spec: Mutex::new(Some({
+                let (args, fds) = crate::handle::collect_fds(|| encode_value(&args));
+                Spec {
+                    target: target.__target_ref().0,
+                    args,
+                    fds,
+                }
             })),
             authkey: cur.authkey.clone(),
             identity,
@@ -262,6 +266,8 @@ impl ProcessBuilder {
 struct Spec {
     target: TargetRef,
     args: std::result::Result<Vec<u8>, String>,
+    /// Descriptors of the handles in the arguments, sent with the orders.
+    fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A child process running a target function, whose `join` returns the
@@ -357,6 +363,7 @@ impl<R: DeserializeOwned> Process<R> {
             identity: self.identity.clone(),
             target: spec.target,
             args: args.into(),
+            fds: spec.fds.len() as u32,
         };
         encode_message(&run, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
 
@@ -377,9 +384,15 @@ impl<R: DeserializeOwned> Process<R> {
         };
         drop(theirs);
         tracing::debug!(pid = child.pid(), name = %self.identity.name, forked = forked.is_some(), "started child");
-        child::start_watcher(self.state.clone(), child, ours, first, self.max_frame)
-            .await
-            .map_err(ProcessError::Spawn)?;
+        child::start_watcher(
+            self.state.clone(),
+            child,
+            ours,
+            (first, spec.fds),
+            self.max_frame,
+        )
+        .await
+        .map_err(ProcessError::Spawn)?;
         Ok(())
     }
 

@@ -286,11 +286,6 @@ impl<S> BlockingFramed<S> {
 
     /// The underlying stream. Bytes already read but not yet returned as a
     /// frame are lost.
-    /// Changes the largest frame accepted and sent; bytes already
-    /// buffered are kept.
-    pub(crate) fn set_max_frame(&mut self, max_frame: usize) {
-        self.codec.set_max_frame(max_frame);
-    }
 
     pub(crate) fn into_inner(self) -> S {
         self.io

@@ -70,6 +70,9 @@ pub(crate) enum ParentMsg {
         identity: Identity,
         target: TargetRef,
         args: ByteBuf,
+        /// How many descriptors the arguments carry (they travel by
+        /// `SCM_RIGHTS` with or before this frame's first byte).
+        fds: u32,
     },
     /// Become a fork server: fork a new child for every `Fork` request.
     Serve,

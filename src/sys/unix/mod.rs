@@ -7,7 +7,6 @@
 mod child;
 mod fork;
 mod pidfd;
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod scm;
 
 use std::ffi::CString;
