@@ -286,7 +286,6 @@ impl<S> BlockingFramed<S> {
 
     /// The underlying stream. Bytes already read but not yet returned as a
     /// frame are lost.
-
     pub(crate) fn into_inner(self) -> S {
         self.io
     }
