@@ -30,64 +30,14 @@ struct CmsgBuf([u8; CMSG_BUF_LEN]);
 
 const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= 8);
 
-/// Flags for every `sendmsg`: no `SIGPIPE` where the platform allows it.
+/// Flags for every `sendmsg`: no `SIGPIPE`.
 fn send_flags() -> MsgFlags {
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "illumos",
-        target_os = "solaris",
-    ))]
-    let flags = MsgFlags::MSG_NOSIGNAL;
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-        target_os = "illumos",
-        target_os = "solaris",
-    )))]
-    let flags = MsgFlags::empty();
-    flags
+    MsgFlags::MSG_NOSIGNAL
 }
-
-/// Whether `recvmsg` can mark received descriptors close-on-exec atomically.
-const ATOMIC_CLOEXEC: bool = cfg!(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "dragonfly",
-    target_os = "netbsd",
-    target_os = "openbsd",
-));
 
 /// Flags for every `recvmsg`: received descriptors are close-on-exec.
 fn recv_flags() -> MsgFlags {
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-    ))]
-    let flags = MsgFlags::MSG_CMSG_CLOEXEC;
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "dragonfly",
-        target_os = "netbsd",
-        target_os = "openbsd",
-    )))]
-    let flags = MsgFlags::empty();
-    flags
+    MsgFlags::MSG_CMSG_CLOEXEC
 }
 
 /// Sends the bytes of `bufs` on the stream socket `sock`, with `fds`
@@ -159,7 +109,6 @@ pub(crate) fn recv_with_fds(
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<usize> {
     let mut space = CmsgBuf([0; CMSG_BUF_LEN]);
-    let first_new = fds.len();
     loop {
         let mut iov = [IoSliceMut::new(&mut *buf)];
         let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space.0), recv_flags())
@@ -186,20 +135,8 @@ pub(crate) fn recv_with_fds(
                 }
             }
         }
-        if !ATOMIC_CLOEXEC {
-            for fd in &fds[first_new..] {
-                set_cloexec(fd)?;
-            }
-        }
         return Ok(bytes);
     }
-}
-
-/// Marks `fd` close-on-exec, where `recvmsg` could not do it atomically.
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
 }
 
 /// Closes every descriptor found in `SCM_RIGHTS` messages in `space`, the
