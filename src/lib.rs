@@ -126,6 +126,7 @@ mod forkserver;
 mod handle;
 mod latch;
 mod process;
+mod queue;
 mod sentinel;
 mod sys;
 mod target;
