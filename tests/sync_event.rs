@@ -126,7 +126,7 @@ async fn set_clear_and_is_set_are_shared() -> Result<(), Failed> {
     event.clear();
     let p = mp::Process::new(flip, event.clone());
     p.start().await?;
-    ensure(p.join().await?.0 == false, "the child saw the clear")?;
+    ensure(!p.join().await?.0, "the child saw the clear")?;
     Ok(())
 }
 

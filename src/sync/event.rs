@@ -27,9 +27,9 @@ const LEN: usize = HEADER + 8;
 /// ```no_run
 /// use tokio_multiprocessing as mp;
 ///
-/// async fn waiter(ready: mp::Event) -> &'static str {
+/// async fn waiter(ready: mp::Event) -> String {
 ///     ready.wait().await;
-///     "released"
+///     "released".to_owned()
 /// }
 ///
 /// #[tokio::main]
