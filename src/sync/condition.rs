@@ -316,10 +316,11 @@ impl Condition {
     ///
     /// # Cancel safety
     ///
-    /// Not cancel safe in the sense that matters: the lock is released on
-    /// the first poll (or when the future is dropped unpolled) and a
-    /// dropped future does not take it back. A dropped waiter does not
-    /// swallow a notification: one meant for it goes to another waiter.
+    /// The lock is released on the first poll (or when the future is
+    /// dropped unpolled), so a future dropped before it completes leaves
+    /// the lock released, not held: the caller has given up its guard. A
+    /// dropped waiter does not swallow a notification: one that picked it
+    /// goes to another waiter.
     pub async fn wait<'a>(&'a self, guard: LockGuard<'a>) -> LockResult<LockGuard<'a>> {
         self.wait_until(guard, None)
             .await
