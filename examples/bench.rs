@@ -46,6 +46,18 @@ const CASES: &[Case] = &[
         about: "re-exec this binary with no library code, started and reaped with tokio::process",
         run: |n| Box::pin(floor_spawn(n)),
     },
+    Case {
+        name: "lock_uncontended",
+        default_n: 1_000_000,
+        about: "acquire + release a Lock in a child, timed in the child",
+        run: |n| Box::pin(lock_uncontended(n)),
+    },
+    Case {
+        name: "lock_contended",
+        default_n: 1_000_000,
+        about: "2 children, n/2 acquire + release each on one Lock, from the first start to the last end",
+        run: |n| Box::pin(lock_contended(n)),
+    },
 ];
 
 fn empty(_: ()) {}
@@ -83,6 +95,61 @@ async fn floor_spawn(n: u64) -> Result<Duration, String> {
         }
     }
     Ok(t0.elapsed())
+}
+
+/// Nanoseconds since the Unix epoch: a clock that children can compare.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A child's side of the lock cases: meet the others (if there is a
+/// barrier), then take and release the lock n times. Returns when it
+/// started and ended.
+fn lock_loop((lock, n, barrier): (mp::Lock, u64, Option<mp::Barrier>)) -> (u64, u64) {
+    if let Some(b) = barrier {
+        b.blocking_wait().expect("the start barrier");
+    }
+    let t0 = wall_ns();
+    for _ in 0..n {
+        drop(lock.blocking_lock().expect("not poisoned"));
+    }
+    (t0, wall_ns())
+}
+
+async fn lock_children(children: u64, n: u64) -> Result<Duration, String> {
+    let lock = mp::Lock::new().map_err(|e| e.to_string())?;
+    let barrier = if children > 1 {
+        Some(mp::Barrier::new(children as u32).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let per_child = (n / children).max(1);
+    let mut ps = Vec::new();
+    for _ in 0..children {
+        let p = mp::Process::new(lock_loop, (lock.clone(), per_child, barrier.clone()));
+        p.start().await.map_err(|e| e.to_string())?;
+        ps.push(p);
+    }
+    let (mut first, mut last) = (u64::MAX, 0);
+    for p in ps {
+        let (t0, t1) = p.join().await.map_err(|e| e.to_string())?;
+        first = first.min(t0);
+        last = last.max(t1);
+    }
+    // Report the time for exactly n operations' worth, scaled if n did
+    // not split evenly.
+    let took = last.saturating_sub(first) as f64 * n as f64 / (per_child * children) as f64;
+    Ok(Duration::from_nanos(took as u64))
+}
+
+async fn lock_uncontended(n: u64) -> Result<Duration, String> {
+    lock_children(1, n).await
+}
+
+async fn lock_contended(n: u64) -> Result<Duration, String> {
+    lock_children(2, n).await
 }
 
 fn median(sorted: &[f64]) -> f64 {

@@ -128,6 +128,8 @@ mod latch;
 mod process;
 mod queue;
 mod sentinel;
+mod shm;
+pub mod sync;
 mod sys;
 mod target;
 mod wire;
@@ -136,6 +138,10 @@ pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use sentinel::{Sentinel, Waitable, wait};
+pub use sync::{
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
+    SemaphorePermit,
+};
 pub use target::{Target, TargetRefHidden, marker};
 
 /// Marks the program as a multiprocessing program and, in a child, runs the

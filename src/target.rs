@@ -261,6 +261,29 @@ pub(crate) unsafe fn resolve(target: TargetRef) -> Resolved {
     }
 }
 
+/// Names a plain function for another process running this same image
+/// (a barrier's action, stored in shared memory): its distance from the
+/// anchor.
+pub(crate) fn fn_to_offset(f: fn()) -> i64 {
+    offset_of(f as usize)
+}
+
+/// Turns an offset from [`fn_to_offset`] back into the function.
+///
+/// # Safety
+///
+/// `offset` must have been returned by [`fn_to_offset`] in a process
+/// running the same executable image as this one (same build
+/// fingerprint, see [`fingerprint`]).
+pub(crate) unsafe fn fn_from_offset(offset: i64) -> fn() {
+    let addr = anchor_addr().wrapping_add(offset as usize);
+    // SAFETY: the caller guarantees that `offset` is the distance from the
+    // anchor to a `fn()` in this same image; ASLR moves the image as a
+    // whole, so `anchor + offset` is that function here, and a `usize`
+    // holding a function's address converts to a valid pointer to it.
+    unsafe { std::mem::transmute::<usize, fn()>(addr) }
+}
+
 /// A build fingerprint: the executable's identity plus a layout constant of
 /// this build (the distance between two of our functions).
 pub(crate) fn fingerprint() -> u64 {
@@ -349,6 +372,21 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(info.message, "boom 7");
+    }
+
+    static CALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn mark() {
+        CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_plain_fn_round_trips_through_its_offset() {
+        let off = fn_to_offset(mark);
+        // SAFETY: same process, same image; the offset came from fn_to_offset.
+        let f = unsafe { fn_from_offset(off) };
+        f();
+        assert!(CALLED.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     #[test]

@@ -83,7 +83,11 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(None),
+        0 => {
+            // The C library's fork handlers did not run: clear what they would.
+            super::proc::forget_identity();
+            Ok(None)
+        }
         pid => Ok(Some(pid as u32)),
     }
 }

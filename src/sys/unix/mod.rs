@@ -6,8 +6,11 @@
 
 mod child;
 mod fork;
+pub(crate) mod futex;
 mod pidfd;
+pub(crate) mod proc;
 pub(crate) mod scm;
+pub(crate) mod shm;
 
 use std::ffi::CString;
 use std::io;

@@ -1,0 +1,267 @@
+//! Shared-memory segments that travel to child processes.
+//!
+//! A [`Segment`] is a small anonymous shared-memory file (a `memfd`) mapped
+//! into this process. Cloning a segment shares the mapping; serializing it
+//! (only possible inside a target's arguments, see `crate::handle`) sends a
+//! duplicate of its descriptor, and deserializing it in the child maps the
+//! same memory there. Its words are read and written only as atomics.
+//!
+//! Every segment starts with a 16-byte header:
+//!
+//! ```text
+//!  0        4        8                16
+//! +--------+--------+-----------------+----------------------
+//! | magic  | kind   | id (random)     | the primitive's words
+//! +--------+--------+-----------------+----------------------
+//! ```
+//!
+//! `kind` says which primitive laid the segment out, so a handle that
+//! arrives as the wrong type is refused instead of misread; `id` tells two
+//! handles of the same segment apart from two handles of equal-looking
+//! ones, in any process.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use serde::de::Error as _;
+use serde::{Deserializer, Serializer};
+
+use crate::sys::shm::{self, Mapping};
+
+/// `"tmps"`: the first word of every segment.
+const MAGIC: u32 = 0x746d_7073;
+
+/// Byte offset of the first word after the header.
+pub(crate) const HEADER: usize = 16;
+
+/// Which primitive a segment belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Kind {
+    Lock = 1,
+    RLock = 2,
+    Semaphore = 3,
+    BoundedSemaphore = 4,
+    Event = 5,
+    Condition = 6,
+    Barrier = 7,
+}
+
+impl Kind {
+    fn memfd_name(self) -> &'static CStr {
+        match self {
+            Kind::Lock => c"tokio-mp-lock",
+            Kind::RLock => c"tokio-mp-rlock",
+            Kind::Semaphore => c"tokio-mp-semaphore",
+            Kind::BoundedSemaphore => c"tokio-mp-bounded-semaphore",
+            Kind::Event => c"tokio-mp-event",
+            Kind::Condition => c"tokio-mp-condition",
+            Kind::Barrier => c"tokio-mp-barrier",
+        }
+    }
+}
+
+/// A shared-memory segment: a mapped `memfd` and the descriptor it came
+/// from. Cheap to clone; the memory is unmapped when the last clone goes.
+#[derive(Clone)]
+pub(crate) struct Segment {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    map: Mapping,
+    fd: OwnedFd,
+}
+
+impl Segment {
+    /// Creates a zeroed segment of `len` bytes (header included) for a
+    /// primitive of `kind`, and writes its header.
+    pub(crate) fn create(kind: Kind, len: usize) -> io::Result<Segment> {
+        assert!(len >= HEADER && len % 8 == 0, "bad segment length {len}");
+        let fd = shm::create(kind.memfd_name(), len)?;
+        let map = Mapping::new(fd.as_fd(), len)?;
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
+        let seg = Segment {
+            inner: Arc::new(Inner { map, fd }),
+        };
+        seg.u64(8)
+            .store(u64::from_ne_bytes(id) | 1, Ordering::Relaxed);
+        seg.u32(4).store(kind as u32, Ordering::Relaxed);
+        seg.u32(0).store(MAGIC, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// Maps a segment received from another process, checking that it is
+    /// at least `len` bytes long and was laid out for `kind`.
+    pub(crate) fn open(fd: OwnedFd, kind: Kind, len: usize) -> io::Result<Segment> {
+        let size = shm::size(fd.as_fd())?;
+        if size < len {
+            return Err(invalid(format!(
+                "shared-memory segment of {size} bytes, expected {len}"
+            )));
+        }
+        let map = Mapping::new(fd.as_fd(), len)?;
+        let seg = Segment {
+            inner: Arc::new(Inner { map, fd }),
+        };
+        if seg.u32(0).load(Ordering::Acquire) != MAGIC {
+            return Err(invalid("not a tokio-multiprocessing segment".to_owned()));
+        }
+        let found = seg.u32(4).load(Ordering::Relaxed);
+        if found != kind as u32 {
+            return Err(invalid(format!(
+                "segment of kind {found} where a {kind:?} was expected"
+            )));
+        }
+        Ok(seg)
+    }
+
+    /// The 32-bit word at byte `offset`.
+    #[inline]
+    pub(crate) fn u32(&self, offset: usize) -> &AtomicU32 {
+        self.inner.map.u32_at(offset)
+    }
+
+    /// The 64-bit word at byte `offset`.
+    #[inline]
+    pub(crate) fn u64(&self, offset: usize) -> &AtomicU64 {
+        self.inner.map.u64_at(offset)
+    }
+
+    /// The segment's random id, the same in every process that maps it.
+    pub(crate) fn id(&self) -> u64 {
+        self.u64(8).load(Ordering::Relaxed)
+    }
+
+    /// Serializes the segment as its descriptor (see `crate::handle`).
+    pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::handle::serialize_fd(self.inner.fd.as_fd(), serializer)
+    }
+
+    /// Deserializes a segment written by [`serialize`](Self::serialize) and
+    /// maps it, as [`open`](Self::open) does.
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+        kind: Kind,
+        len: usize,
+    ) -> Result<Segment, D::Error> {
+        let fd = crate::handle::deserialize_fd(deserializer)?;
+        Segment::open(fd, kind, len).map_err(D::Error::custom)
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &format_args!("{:016x}", self.id()))
+            .field("len", &self.inner.map.len())
+            .finish()
+    }
+}
+
+/// Implements `Serialize` and `Deserialize` for a handle whose only state
+/// is the segment at field path `$field` (rebuilt by `$wrap` from `$seg`).
+macro_rules! segment_serde {
+    ($ty:ty, $kind:expr, $len:expr, |$seg:ident| $wrap:expr, $($field:tt).+) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.$($field).+.serialize(serializer)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let $seg = crate::shm::Segment::deserialize(deserializer, $kind, $len)?;
+                Ok($wrap)
+            }
+        }
+    };
+}
+pub(crate) use segment_serde;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::futex;
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    struct Probe(Segment);
+    segment_serde!(Probe, Kind::Event, 64, |seg| Probe(seg), 0);
+
+    #[test]
+    fn a_new_segment_is_zeroed_with_a_header() {
+        let seg = Segment::create(Kind::Lock, 64).unwrap();
+        assert_eq!(seg.u32(0).load(Ordering::Relaxed), MAGIC);
+        assert_eq!(seg.u32(4).load(Ordering::Relaxed), Kind::Lock as u32);
+        assert_ne!(seg.id(), 0);
+        for off in (HEADER..64).step_by(4) {
+            assert_eq!(seg.u32(off).load(Ordering::Relaxed), 0);
+        }
+    }
+
+    #[test]
+    fn two_mappings_of_one_segment_share_their_words() {
+        let a = Segment::create(Kind::Event, 64).unwrap();
+        let fd = a.inner.fd.try_clone().unwrap();
+        let b = Segment::open(fd, Kind::Event, 64).unwrap();
+        assert_ne!(a.u32(16).as_ptr(), b.u32(16).as_ptr(), "two mappings");
+        a.u32(16).store(7, Ordering::Relaxed);
+        assert_eq!(b.u32(16).load(Ordering::Relaxed), 7);
+        b.u64(24).fetch_add(5, Ordering::Relaxed);
+        assert_eq!(a.u64(24).load(Ordering::Relaxed), 5);
+        assert_eq!(a.id(), b.id());
+    }
+
+    /// A shared futex keys on the memory, not on the address: a wake sent
+    /// through one mapping reaches a sleeper on another, as it must between
+    /// processes (a `FUTEX_PRIVATE` wait would sleep on).
+    #[test]
+    fn a_wake_through_one_mapping_reaches_a_sleeper_on_another() {
+        let a = Segment::create(Kind::Event, 64).unwrap();
+        let b = Segment::open(a.inner.fd.try_clone().unwrap(), Kind::Event, 64).unwrap();
+        let sleeper = std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while b.u32(16).load(Ordering::Acquire) == 0 {
+                futex::wait(b.u32(16), 0, Some(Duration::from_secs(10)));
+            }
+            t0.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        a.u32(16).store(1, Ordering::Release);
+        futex::wake_all(a.u32(16));
+        let took = sleeper.join().unwrap();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_segment_of_another_kind_or_size_is_refused() {
+        let a = Segment::create(Kind::Event, 64).unwrap();
+        let err = Segment::open(a.inner.fd.try_clone().unwrap(), Kind::Lock, 64).unwrap_err();
+        assert!(err.to_string().contains("Lock"), "{err}");
+        let err = Segment::open(a.inner.fd.try_clone().unwrap(), Kind::Event, 128).unwrap_err();
+        assert!(err.to_string().contains("expected 128"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_travels_as_its_descriptor() {
+        let probe = Probe(Segment::create(Kind::Event, 64).unwrap());
+        probe.0.u32(16).store(42, Ordering::Relaxed);
+        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&probe));
+        let bytes = bytes.unwrap();
+        assert_eq!(fds.len(), 1);
+        let back: Probe =
+            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
+        assert_eq!(back.0.u32(16).load(Ordering::Relaxed), 42);
+        assert_eq!(back.0.id(), probe.0.id());
+    }
+}

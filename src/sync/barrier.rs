@@ -1,0 +1,617 @@
+//! [`Barrier`]: a meeting point for a fixed number of parties, shared
+//! between processes.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::shm::{HEADER, Kind, Segment, segment_serde};
+use crate::sync::error::BrokenBarrier;
+use crate::sync::park::{Park, deadline_after, slice};
+use crate::sys::futex;
+
+/// The barrier's state word (the futex word), see [`State`].
+const STATE: usize = HEADER;
+/// The number of parties.
+const PARTIES: usize = HEADER + 4;
+/// 1 if there is an action.
+const HAS_ACTION: usize = HEADER + 8;
+/// The action's offset from the crate's anchor (see `crate::target`).
+const ACTION: usize = HEADER + 16;
+/// The build fingerprint of the process that stored the action.
+const FINGERPRINT: usize = HEADER + 24;
+const LEN: usize = HEADER + 32;
+
+/// The most parties a barrier can have.
+pub(crate) const MAX_PARTIES: u32 = COUNT_MASK;
+
+const COUNT_MASK: u32 = (1 << 15) - 1;
+const MODE_SHIFT: u32 = 15;
+const GEN_SHIFT: u32 = 17;
+
+/// Parties arrive and wait for the round to fill.
+const FILLING: u32 = 0;
+/// `reset` was called while parties waited: they leave with an error, and
+/// the last to leave opens the next round.
+const RESETTING: u32 = 1;
+/// Broken until `reset`.
+const BROKEN: u32 = 2;
+
+/// The state word, unpacked:
+///
+/// ```text
+///  31 ............. 17  16  15  14 ............. 0
+/// +--------------------+------+--------------------+
+/// | generation (15 b)  | mode |  count (15 bits)   |
+/// +--------------------+------+--------------------+
+/// ```
+///
+/// `count` is the number of parties inside the current round (arrived and
+/// not yet left); it reaches `parties` when the last one arrives, which
+/// then runs the action and opens the next round: count 0, generation + 1.
+/// A waiter leaves with its index as soon as the generation differs from
+/// the one it arrived in; it leaves with an error when the mode says
+/// broken or resetting first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    generation: u32,
+    mode: u32,
+    count: u32,
+}
+
+impl State {
+    fn unpack(w: u32) -> State {
+        State {
+            generation: w >> GEN_SHIFT,
+            mode: (w >> MODE_SHIFT) & 0b11,
+            count: w & COUNT_MASK,
+        }
+    }
+
+    fn pack(self) -> u32 {
+        ((self.generation & ((1 << 15) - 1)) << GEN_SHIFT) | (self.mode << MODE_SHIFT) | self.count
+    }
+}
+
+/// Where a party stands after trying to enter a round.
+enum Entry {
+    /// Waiting in `generation` with arrival `index`.
+    Waiting { generation: u32, index: usize },
+    /// The last to arrive, holding the round full: run the action.
+    Last { index: usize },
+    /// Must wait for the word to move on from this value first.
+    Blocked(u32),
+}
+
+/// Where a waiting party stands.
+enum Progress {
+    Done(Result<usize, BrokenBarrier>),
+    Sleep(u32),
+}
+
+/// A barrier that a fixed number of parties, in any processes, meet at:
+/// Python's `multiprocessing.Barrier`.
+///
+/// Each of the `n` parties calls [`wait`](Self::wait); all of them are
+/// released together when the `n`-th arrives, each with a distinct index
+/// from `0` to `n - 1` (its order of arrival). The barrier can then be
+/// used again, as many rounds as wanted. An action given to
+/// [`with_action`](Self::with_action) runs once per round, in the process
+/// of the last party to arrive, before anyone is released.
+///
+/// The barrier breaks when a waiter times out, on [`abort`](Self::abort),
+/// or when the action panics: every party waiting then, and every one that
+/// arrives later, gets [`BrokenBarrier`] until [`reset`](Self::reset).
+///
+/// # Examples
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// fn round_done() {
+///     println!("everyone is here");
+/// }
+///
+/// async fn party(barrier: mp::Barrier) -> usize {
+///     barrier.wait().await.expect("not broken")
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> mp::Result<()> {
+///     let _init = mp::init();
+///     let barrier = mp::Barrier::with_action(3, round_done)?;
+///     let a = mp::Process::builder().spawn(party, barrier.clone()).await?;
+///     let b = mp::Process::builder().spawn(party, barrier.clone()).await?;
+///     let mine = barrier.wait().await.expect("not broken");
+///     let mut indexes = vec![mine, a.join().await?, b.join().await?];
+///     indexes.sort();
+///     assert_eq!(indexes, [0, 1, 2]);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Barrier {
+    seg: Segment,
+}
+
+segment_serde!(Barrier, Kind::Barrier, LEN, |seg| Barrier { seg }, seg);
+
+impl Barrier {
+    /// Creates a barrier for `parties` parties, with no action.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` if `parties` is 0 or above 32767; otherwise when the
+    /// shared memory cannot be created.
+    pub fn new(parties: u32) -> crate::Result<Barrier> {
+        Self::create(parties, None)
+    }
+
+    /// Creates a barrier whose `action` runs once per round, in the last
+    /// party to arrive, before the others are released.
+    ///
+    /// The action is a plain function (or a closure that captures
+    /// nothing). It is named across processes as a target is, so it runs
+    /// in whichever process arrives last, which must be this program or a
+    /// child of it. If it panics, the barrier breaks and the panic goes on
+    /// in the party that ran it.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_action(parties: u32, action: fn()) -> crate::Result<Barrier> {
+        Self::create(parties, Some(action))
+    }
+
+    fn create(parties: u32, action: Option<fn()>) -> crate::Result<Barrier> {
+        if parties == 0 || parties > MAX_PARTIES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a barrier needs 1 to {MAX_PARTIES} parties, not {parties}"),
+            )
+            .into());
+        }
+        let seg = Segment::create(Kind::Barrier, LEN)?;
+        seg.u32(PARTIES).store(parties, Ordering::Relaxed);
+        if let Some(action) = action {
+            seg.u64(ACTION).store(
+                crate::target::fn_to_offset(action) as u64,
+                Ordering::Relaxed,
+            );
+            seg.u64(FINGERPRINT)
+                .store(crate::target::fingerprint(), Ordering::Relaxed);
+            seg.u32(HAS_ACTION).store(1, Ordering::Relaxed);
+        }
+        Ok(Barrier { seg })
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        self.seg.u32(STATE)
+    }
+
+    /// The number of parties the barrier waits for.
+    pub fn parties(&self) -> u32 {
+        self.seg.u32(PARTIES).load(Ordering::Relaxed)
+    }
+
+    /// How many parties wait in the current round.
+    pub fn n_waiting(&self) -> u32 {
+        let s = State::unpack(self.state().load(Ordering::Acquire));
+        if s.mode == FILLING { s.count } else { 0 }
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        State::unpack(self.state().load(Ordering::Acquire)).mode == BROKEN
+    }
+
+    fn cas(&self, from: u32, to: State) -> Result<(), u32> {
+        self.state()
+            .compare_exchange(from, to.pack(), Ordering::AcqRel, Ordering::Acquire)
+            .map(drop)
+    }
+
+    fn wake(&self) {
+        futex::wake_all(self.state());
+    }
+
+    fn enter(&self) -> Result<Entry, BrokenBarrier> {
+        let parties = self.parties();
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            if s.mode == BROKEN {
+                return Err(BrokenBarrier);
+            }
+            if s.mode == RESETTING || s.count >= parties {
+                return Ok(Entry::Blocked(w));
+            }
+            let next = State {
+                count: s.count + 1,
+                ..s
+            };
+            match self.cas(w, next) {
+                Ok(()) if next.count == parties => {
+                    return Ok(Entry::Last {
+                        index: s.count as usize,
+                    });
+                }
+                Ok(()) => {
+                    return Ok(Entry::Waiting {
+                        generation: s.generation,
+                        index: s.count as usize,
+                    });
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Takes this party out of a broken or resetting round; the last out
+    /// of a resetting round opens the next one.
+    fn leave_broken(&self) -> BrokenBarrier {
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            let mut next = State {
+                count: s.count.saturating_sub(1),
+                ..s
+            };
+            if s.mode == RESETTING && next.count == 0 {
+                next.mode = FILLING;
+                next.generation = s.generation.wrapping_add(1);
+            }
+            match self.cas(w, next) {
+                Ok(()) => {
+                    if next.mode != s.mode || next.count == 0 {
+                        self.wake();
+                    }
+                    return BrokenBarrier;
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Breaks the barrier and takes this party out of the round.
+    fn break_and_leave(&self) -> BrokenBarrier {
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            if s.mode != FILLING {
+                return self.leave_broken();
+            }
+            let next = State {
+                mode: BROKEN,
+                count: s.count.saturating_sub(1),
+                ..s
+            };
+            match self.cas(w, next) {
+                Ok(()) => {
+                    self.wake();
+                    return BrokenBarrier;
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// The last party: run the action, then open the next round.
+    fn finish_round(&self, index: usize) -> Result<usize, BrokenBarrier> {
+        if let Err(payload) = std::panic::catch_unwind(|| self.run_action()) {
+            self.break_and_leave();
+            std::panic::resume_unwind(payload);
+        }
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            if s.mode != FILLING {
+                // Broken or reset while the action ran.
+                return Err(self.leave_broken());
+            }
+            let next = State {
+                generation: s.generation.wrapping_add(1),
+                mode: FILLING,
+                count: 0,
+            };
+            match self.cas(w, next) {
+                Ok(()) => {
+                    self.wake();
+                    return Ok(index);
+                }
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    fn run_action(&self) {
+        if self.seg.u32(HAS_ACTION).load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let stored = self.seg.u64(FINGERPRINT).load(Ordering::Relaxed);
+        assert!(
+            stored == crate::target::fingerprint(),
+            "this barrier's action was stored by another build of the program"
+        );
+        let offset = self.seg.u64(ACTION).load(Ordering::Relaxed) as i64;
+        // SAFETY: `offset` was stored by `create` from
+        // `target::fn_to_offset` in a process whose build fingerprint is the
+        // one checked just above, so that process ran this same executable
+        // image; a segment only reaches processes that run this program.
+        let action = unsafe { crate::target::fn_from_offset(offset) };
+        action();
+    }
+
+    /// One look at a waiting party's round.
+    fn progress(&self, generation: u32, index: usize, timed_out: bool) -> Progress {
+        let w = self.state().load(Ordering::Acquire);
+        let s = State::unpack(w);
+        if s.generation != generation {
+            return Progress::Done(Ok(index));
+        }
+        if s.mode != FILLING {
+            return Progress::Done(Err(self.leave_broken()));
+        }
+        if timed_out {
+            return Progress::Done(Err(self.break_and_leave()));
+        }
+        Progress::Sleep(w)
+    }
+
+    fn park(w: u32) -> Park {
+        Park {
+            word: STATE,
+            expected: w,
+            waiters: None,
+        }
+    }
+
+    fn wait_blocking_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
+        let (generation, index) = loop {
+            match self.enter()? {
+                Entry::Waiting { generation, index } => break (generation, index),
+                Entry::Last { index } => return self.finish_round(index),
+                Entry::Blocked(w) => {
+                    let Some(timeout) = slice(deadline) else {
+                        return Err(BrokenBarrier);
+                    };
+                    Self::park(w).blocking(&self.seg, timeout);
+                }
+            }
+        };
+        let mut timed_out = false;
+        loop {
+            match self.progress(generation, index, timed_out) {
+                Progress::Done(r) => return r,
+                Progress::Sleep(w) => match slice(deadline) {
+                    None => timed_out = true,
+                    Some(timeout) => {
+                        Self::park(w).blocking(&self.seg, timeout);
+                    }
+                },
+            }
+        }
+    }
+
+    async fn wait_until(&self, deadline: Option<Instant>) -> Result<usize, BrokenBarrier> {
+        let (generation, index) = loop {
+            match self.enter()? {
+                Entry::Waiting { generation, index } => break (generation, index),
+                Entry::Last { index } => return self.finish_round(index),
+                Entry::Blocked(w) => {
+                    let Some(timeout) = slice(deadline) else {
+                        return Err(BrokenBarrier);
+                    };
+                    Self::park(w).sleep(&self.seg, timeout).await;
+                }
+            }
+        };
+        let mut leave = Leave {
+            barrier: self,
+            active: true,
+        };
+        let mut timed_out = false;
+        loop {
+            match self.progress(generation, index, timed_out) {
+                Progress::Done(r) => {
+                    leave.active = false;
+                    return r;
+                }
+                Progress::Sleep(w) => match slice(deadline) {
+                    None => timed_out = true,
+                    Some(timeout) => {
+                        Self::park(w).sleep(&self.seg, timeout).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Waits until all parties have arrived; returns this party's index
+    /// in the round, `0` to `parties - 1` in order of arrival. The last to
+    /// arrive runs the action first.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokenBarrier`] if the barrier is broken, or breaks while this
+    /// party waits.
+    ///
+    /// # Panics
+    ///
+    /// If the action panics, in the party that ran it (the barrier breaks
+    /// first).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a party that stops waiting breaks the round, as a
+    /// timeout does, so that the others are not left waiting for it.
+    pub async fn wait(&self) -> Result<usize, BrokenBarrier> {
+        self.wait_until(None).await
+    }
+
+    /// [`wait`](Self::wait) for synchronous code: waits on this thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait(&self) -> Result<usize, BrokenBarrier> {
+        self.wait_blocking_until(None)
+    }
+
+    /// Like [`wait`](Self::wait), but after about `timeout` without the
+    /// round filling, breaks the barrier (every waiting party gets
+    /// [`BrokenBarrier`]) and returns the error, as Python does.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Self::wait), and on timeout.
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`wait`](Self::wait).
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrier> {
+        self.wait_until(deadline_after(timeout)).await
+    }
+
+    /// [`wait_timeout`](Self::wait_timeout) for synchronous code.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_timeout`](Self::wait_timeout).
+    ///
+    /// # Panics
+    ///
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait_timeout(&self, timeout: Duration) -> Result<usize, BrokenBarrier> {
+        self.wait_blocking_until(deadline_after(timeout))
+    }
+
+    /// Breaks the barrier: every waiting party, and every one that arrives
+    /// until [`reset`](Self::reset), gets [`BrokenBarrier`].
+    pub fn abort(&self) {
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            let next = State { mode: BROKEN, ..s };
+            match self.cas(w, next) {
+                Ok(()) => break,
+                Err(now) => w = now,
+            }
+        }
+        self.wake();
+    }
+
+    /// Returns the barrier to its empty, unbroken state. Parties waiting
+    /// in the current round get [`BrokenBarrier`]; parties arriving
+    /// meanwhile wait until they have left, then start a new round.
+    pub fn reset(&self) {
+        let mut w = self.state().load(Ordering::Acquire);
+        loop {
+            let s = State::unpack(w);
+            let next = if s.count == 0 {
+                State {
+                    generation: s.generation.wrapping_add(1),
+                    mode: FILLING,
+                    count: 0,
+                }
+            } else {
+                State {
+                    mode: RESETTING,
+                    ..s
+                }
+            };
+            match self.cas(w, next) {
+                Ok(()) => break,
+                Err(now) => w = now,
+            }
+        }
+        self.wake();
+    }
+}
+
+/// Breaks the round when a waiting future is dropped.
+struct Leave<'a> {
+    barrier: &'a Barrier,
+    active: bool,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            self.barrier.break_and_leave();
+        }
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.is_broken())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_word_round_trips() {
+        let s = State {
+            generation: 32767,
+            mode: BROKEN,
+            count: 12345,
+        };
+        assert_eq!(State::unpack(s.pack()), s);
+        let wrapped = State {
+            generation: 32768,
+            ..s
+        };
+        assert_eq!(State::unpack(wrapped.pack()).generation, 0);
+    }
+
+    #[test]
+    fn one_party_passes_at_once_round_after_round() {
+        let b = Barrier::new(1).unwrap();
+        for _ in 0..40_000 {
+            assert_eq!(b.blocking_wait(), Ok(0));
+        }
+    }
+
+    #[test]
+    fn threads_get_distinct_indexes() {
+        let b = Barrier::new(4).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|_| b.blocking_wait().unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<Vec<usize>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for round in 0..200 {
+            let mut idx: Vec<usize> = all.iter().map(|v| v[round]).collect();
+            idx.sort_unstable();
+            assert_eq!(idx, [0, 1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn zero_parties_is_refused() {
+        assert!(Barrier::new(0).is_err());
+        assert!(Barrier::new(MAX_PARTIES + 1).is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! Who holds a lock, and whether that process still lives.
+//!
+//! A process is named by its pid and, against pid reuse, by the low 32 bits
+//! of its start time (field 22 of `/proc/PID/stat`, in clock ticks since
+//! boot). This process's own pair is read once and cached; a raw fork
+//! (the fork server's) and a `fork(2)` through the C library both clear the
+//! cache in the new process.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// `pid << 32 | start_tag` of this process, or 0 before the first use.
+static IDENTITY: AtomicU64 = AtomicU64::new(0);
+
+/// A process as recorded in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcId {
+    /// The process id.
+    pub(crate) pid: u32,
+    /// The low 32 bits of its start time.
+    pub(crate) start: u32,
+}
+
+impl ProcId {
+    /// Packs the pair into one word: the pid in the high half.
+    pub(crate) fn to_bits(self) -> u64 {
+        (u64::from(self.pid) << 32) | u64::from(self.start)
+    }
+
+    /// Unpacks [`to_bits`](Self::to_bits).
+    pub(crate) fn from_bits(bits: u64) -> ProcId {
+        ProcId {
+            pid: (bits >> 32) as u32,
+            start: bits as u32,
+        }
+    }
+}
+
+/// This process: its pid and start tag. A relaxed load after the first call.
+#[inline]
+pub(crate) fn me() -> ProcId {
+    let bits = IDENTITY.load(Ordering::Relaxed);
+    if bits != 0 {
+        return ProcId::from_bits(bits);
+    }
+    me_slow()
+}
+
+#[cold]
+fn me_slow() -> ProcId {
+    static AT_FORK: Once = Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: `forget_identity` is an `extern "C" fn()` that only
+        // stores to an atomic, which is async-signal-safe and so fine in a
+        // child handler after fork; the other two handlers are absent.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_identity_at_fork)) };
+        if rc != 0 {
+            tracing::warn!(
+                rc,
+                "pthread_atfork failed; fork(2) children must not use a lock their parent used"
+            );
+        }
+    });
+    let pid = std::process::id();
+    let start = stat(pid).map_or(0, |s| s.start as u32);
+    let id = ProcId { pid, start };
+    IDENTITY.store(id.to_bits(), Ordering::Relaxed);
+    id
+}
+
+/// Forgets the cached identity; the next [`me`] reads it afresh. Called in
+/// a new process right after a fork.
+pub(crate) fn forget_identity() {
+    IDENTITY.store(0, Ordering::Relaxed);
+}
+
+extern "C" fn forget_identity_at_fork() {
+    forget_identity();
+}
+
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy)]
+struct Stat {
+    state: u8,
+    start: u64,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Parses the state (field 3) and start time (field 22) of a stat line.
+fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name (field 2) is in parentheses and may contain spaces
+    // and parentheses: everything after the last ')' is plain fields.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    // `fields` now stands after field 3; field 22 is 19 further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some(Stat { state, start })
+}
+
+/// Whether the process recorded as `who` is certainly gone: it does not
+/// exist, has exited (a zombie waiting to be reaped counts as gone), or its
+/// pid now names a process that started at another time. `check_start`
+/// says whether `who.start` was recorded by that very process; when it was
+/// not, only existence is checked.
+pub(crate) fn is_dead(who: ProcId, check_start: bool) -> bool {
+    if who.pid == 0 {
+        return false;
+    }
+    match stat(who.pid) {
+        Some(s) => {
+            matches!(s.state, b'Z' | b'X' | b'x')
+                || (check_start && who.start != 0 && s.start as u32 != who.start)
+        }
+        // No /proc entry: gone, unless /proc is not there at all, in which
+        // case ask the kernel whether the pid exists.
+        None => {
+            if std::path::Path::new("/proc/self/stat").exists() {
+                true
+            } else {
+                let pid = Pid::from_raw(who.pid as i32);
+                kill(pid, None) == Err(Errno::ESRCH)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_with_an_awkward_name() {
+        let line =
+            "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, b'S');
+        assert_eq!(s.start, 987654);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_bogus_start_time_is_not() {
+        let me = me();
+        assert_eq!(me.pid, std::process::id());
+        assert_ne!(me.start, 0);
+        assert!(!is_dead(me, true));
+        let impostor = ProcId {
+            pid: me.pid,
+            start: me.start.wrapping_add(1),
+        };
+        assert!(is_dead(impostor, true));
+        assert!(
+            !is_dead(impostor, false),
+            "without a start time only existence counts"
+        );
+        assert_eq!(ProcId::from_bits(me.to_bits()), me);
+    }
+
+    #[test]
+    fn a_reaped_child_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(is_dead(ProcId { pid, start: 0 }, false));
+    }
+}

@@ -1,0 +1,126 @@
+//! Shared memory: an anonymous file (`memfd`) mapped `MAP_SHARED`.
+//!
+//! The file has no name in any filesystem; it lives as long as some process
+//! holds a descriptor or a mapping of it. A child receives the descriptor
+//! (by `SCM_RIGHTS`) and maps it too, and both see the same bytes.
+
+use std::ffi::CStr;
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+/// Creates an anonymous shared-memory file of `len` zero bytes,
+/// close-on-exec. `name` shows in `/proc/PID/fd` (as `memfd:NAME`).
+pub(crate) fn create(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)?;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    nix::unistd::ftruncate(&fd, len)?;
+    Ok(fd)
+}
+
+/// The size in bytes of the file behind `fd`.
+pub(crate) fn size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let st = nix::sys::stat::fstat(fd)?;
+    usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// A read-write `MAP_SHARED` mapping of a whole shared-memory file.
+///
+/// The mapping stays valid until the value is dropped, independently of the
+/// descriptor it was made from.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; every access
+// through it is atomic (`u32_at`/`u64_at`), so sharing or sending it
+// between threads is as safe as sharing atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of the file behind `fd`, read-write and
+    /// shared. `len` must not exceed the file's size (see [`size`]).
+    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        let nz = NonZeroUsize::new(len).ok_or(io::ErrorKind::InvalidInput)?;
+        // SAFETY: we ask the kernel for a fresh mapping at an address of its
+        // choice (no MAP_FIXED), so no existing memory of ours is replaced;
+        // the pointer is only used through this value, which unmaps it once.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                0,
+            )
+        }?;
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The mapping's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The 32-bit atomic word at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the word is not inside the mapping or `offset` is not a multiple
+    /// of 4.
+    #[inline]
+    pub(crate) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.len,
+            "bad u32 offset {offset}"
+        );
+        // SAFETY: the word lies inside the mapping (checked above), which is
+        // page aligned, so `offset % 4 == 0` makes the pointer aligned for
+        // `AtomicU32`; the memory stays mapped for as long as `self` is
+        // borrowed; and this crate only ever touches shared memory through
+        // atomics of the same size at the same offsets (every layout is
+        // fixed in `crate::shm` and the primitives), in every process.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// The 64-bit atomic word at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the word is not inside the mapping or `offset` is not a multiple
+    /// of 8.
+    #[inline]
+    pub(crate) fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset % 8 == 0 && offset + 8 <= self.len,
+            "bad u64 offset {offset}"
+        );
+        // SAFETY: as in `u32_at`, with 8-byte alignment.
+        unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` describe exactly the mapping `new` made,
+        // which nothing else unmaps; no reference into it outlives `self`
+        // (every accessor borrows `self`).
+        if let Err(e) = unsafe { munmap(self.ptr.cast(), self.len) } {
+            tracing::warn!(error = %e, "munmap of a shared-memory segment failed");
+        }
+    }
+}
