@@ -126,7 +126,7 @@ mod forkserver;
 mod handle;
 mod latch;
 mod process;
-mod queue;
+pub mod queue;
 mod sentinel;
 mod shm;
 pub mod sync;
@@ -137,6 +137,7 @@ mod wire;
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
+pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 pub use sentinel::{Sentinel, Waitable, wait};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,

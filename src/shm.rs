@@ -49,6 +49,8 @@ pub(crate) enum Kind {
     Event = 5,
     Condition = 6,
     Barrier = 7,
+    Queue = 8,
+    JoinableQueue = 9,
 }
 
 impl Kind {
@@ -61,6 +63,8 @@ impl Kind {
             Kind::Event => c"tokio-mp-event",
             Kind::Condition => c"tokio-mp-condition",
             Kind::Barrier => c"tokio-mp-barrier",
+            Kind::Queue => c"tokio-mp-queue",
+            Kind::JoinableQueue => c"tokio-mp-joinable-queue",
         }
     }
 }
@@ -134,6 +138,32 @@ impl Segment {
     }
 
     /// The segment's random id, the same in every process that maps it.
+    /// Copies `bytes` into the segment at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Mapping::write_bytes`]: the caller holds the lock that guards
+    /// the range, and the range holds no atomic word.
+    pub(crate) unsafe fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.map.write_bytes(offset, bytes) }
+    }
+
+    /// Copies bytes out of the segment at `offset`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Mapping::read_bytes`].
+    pub(crate) unsafe fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.map.read_bytes(offset, out) }
+    }
+
+    /// The segment's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.u64(8).load(Ordering::Relaxed)
     }

@@ -41,9 +41,21 @@ const WRAP: u32 = u32::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Full;
 
+impl<M: Memory + ?Sized> Memory for &M {
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn write(&self, at: usize, bytes: &[u8]) {
+        (**self).write(at, bytes)
+    }
+    fn read(&self, at: usize, out: &mut [u8]) {
+        (**self).read(at, out)
+    }
+}
+
 /// The cursors of a ring and the buffer they index.
 pub(crate) struct Ring<'a, M: Memory> {
-    pub(crate) mem: &'a M,
+    pub(crate) mem: M,
     pub(crate) head: &'a AtomicU64,
     pub(crate) tail: &'a AtomicU64,
     pub(crate) count: &'a AtomicU64,
@@ -131,6 +143,7 @@ impl<M: Memory> Ring<'_, M> {
     }
 
     /// How many records the ring holds.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> u64 {
         self.count.load(Ordering::Acquire)
     }
@@ -172,7 +185,7 @@ mod tests {
                 count: AtomicU64::new(0),
             }
         }
-        fn ring(&self) -> Ring<'_, VecMemory> {
+        fn ring(&self) -> Ring<'_, &VecMemory> {
             Ring {
                 mem: &self.mem,
                 head: &self.head,

@@ -73,8 +73,8 @@ mod condition;
 pub mod error;
 mod event;
 mod lock;
-mod park;
-mod raw;
+pub(crate) mod park;
+pub(crate) mod raw;
 mod rlock;
 mod semaphore;
 

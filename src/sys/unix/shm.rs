@@ -91,9 +91,11 @@ impl Mapping {
         // SAFETY: the word lies inside the mapping (checked above), which is
         // page aligned, so `offset % 4 == 0` makes the pointer aligned for
         // `AtomicU32`; the memory stays mapped for as long as `self` is
-        // borrowed; and this crate only ever touches shared memory through
+        // borrowed; and this crate only ever touches these words through
         // atomics of the same size at the same offsets (every layout is
-        // fixed in `crate::shm` and the primitives), in every process.
+        // fixed in `crate::shm`, the primitives and the queue), in every
+        // process; plain bytes are only copied in a queue's ring region,
+        // which holds no atomic word.
         unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
     }
 
@@ -111,6 +113,66 @@ impl Mapping {
         );
         // SAFETY: as in `u32_at`, with 8-byte alignment.
         unsafe { AtomicU64::from_ptr(self.ptr.as_ptr().add(offset).cast()) }
+    }
+}
+
+impl Mapping {
+    /// Copies `bytes` into the mapping at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the mapping.
+    ///
+    /// # Safety
+    ///
+    /// No other thread or process may access the range meanwhile, and the
+    /// range must hold no word that is accessed atomically: the caller
+    /// holds a lock that every access to the range takes (a queue's lock
+    /// over its ring region).
+    pub(crate) unsafe fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        assert!(
+            offset
+                .checked_add(bytes.len())
+                .is_some_and(|end| end <= self.len),
+            "bad range"
+        );
+        // SAFETY: the range is inside the mapping (checked above) and,
+        // by the caller's guarantee, nobody else touches it meanwhile;
+        // `bytes` is ordinary memory of ours, which cannot overlap a
+        // shared mapping we are writing.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Copies `out.len()` bytes from the mapping at byte `offset`.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the mapping.
+    ///
+    /// # Safety
+    ///
+    /// As for [`write_bytes`](Self::write_bytes).
+    pub(crate) unsafe fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+        assert!(
+            offset
+                .checked_add(out.len())
+                .is_some_and(|end| end <= self.len),
+            "bad range"
+        );
+        // SAFETY: as in `write_bytes`, reading into our own buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
     }
 }
 
