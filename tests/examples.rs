@@ -148,3 +148,110 @@ fn bench_lists_its_cases_and_runs_one() {
     let out = run_with_watchdog(cmd, LIMIT).expect("bench unknown");
     assert_eq!(out.status.code(), Some(2), "an unknown case is an error");
 }
+
+#[test]
+fn whoami_prints_whole_lines_from_seven_processes() {
+    let out = run_example("whoami");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "stdout:\n{}", out.stdout);
+    assert!(
+        lines[0].starts_with("function call: name:MainProcess, pid:"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("spawned child: name:Process-1, pid:"),
+        "{}",
+        lines[1]
+    );
+    let mut pids = std::collections::HashSet::new();
+    let mut labels = Vec::new();
+    for line in &lines {
+        if *line == "Main process exit." {
+            continue;
+        }
+        // Every other line is whole: "LABEL: name:NAME, pid:PID".
+        let (label, rest) = line
+            .split_once(": name:")
+            .unwrap_or_else(|| panic!("torn line {line:?}"));
+        let (_name, pid) = rest
+            .split_once(", pid:")
+            .unwrap_or_else(|| panic!("torn line {line:?}"));
+        let pid: u32 = pid.parse().unwrap_or_else(|_| panic!("torn line {line:?}"));
+        assert!(pids.insert(pid), "one line per process: {line}");
+        labels.push(label.to_owned());
+    }
+    labels.sort();
+    let mut want = vec!["function call".to_owned(), "spawned child".to_owned()];
+    want.extend((0..5).map(|i| format!("run process {i}")));
+    want.sort();
+    assert_eq!(labels, want);
+    assert_eq!(
+        lines.iter().filter(|l| **l == "Main process exit.").count(),
+        1
+    );
+}
+
+#[test]
+fn queue_hello_prints_the_list() {
+    let out = run_example("queue_hello");
+    assert_eq!(out.stdout, "[42, None, 'hello']\n");
+}
+
+#[test]
+fn queue_reader_writer_passes_a_b_c_in_order() {
+    let out = run_example("queue_reader_writer");
+    let puts: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Put "))
+        .collect();
+    let gets: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Get "))
+        .collect();
+    assert_eq!(
+        puts,
+        [
+            "Put A to queue...",
+            "Put B to queue...",
+            "Put C to queue..."
+        ],
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        gets,
+        [
+            "Get A from queue.",
+            "Get B from queue.",
+            "Get C from queue."
+        ],
+        "{}",
+        out.stdout
+    );
+    for who in ["Process to write: ", "Process to read: "] {
+        assert_eq!(
+            out.stdout.lines().filter(|l| l.starts_with(who)).count(),
+            1,
+            "{}",
+            out.stdout
+        );
+    }
+    // Each value is put before it is taken.
+    let pos = |s: &str| out.stdout.find(s).unwrap();
+    for v in ["A", "B", "C"] {
+        assert!(
+            pos(&format!("Put {v} ")) < pos(&format!("Get {v} ")),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn lock_serial_runs_the_three_in_series() {
+    let out = run_example("lock_serial");
+    assert_eq!(out.stdout, "hello world 0\nhello world 1\nhello world 2\n");
+}
