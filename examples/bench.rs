@@ -47,6 +47,18 @@ const CASES: &[Case] = &[
         run: |n| Box::pin(floor_spawn(n)),
     },
     Case {
+        name: "queue_oneway",
+        default_n: 100_000,
+        about: "n small ints through a Queue, producer child to consumer child",
+        run: |n| Box::pin(queue_oneway(n)),
+    },
+    Case {
+        name: "queue_rtt",
+        default_n: 10_000,
+        about: "put to a Queue, a child echoes it on another, get: one round trip",
+        run: |n| Box::pin(queue_rtt(n)),
+    },
+    Case {
         name: "lock_uncontended",
         default_n: 1_000_000,
         about: "acquire + release a Lock in a child, timed in the child",
@@ -150,6 +162,72 @@ async fn lock_uncontended(n: u64) -> Result<Duration, String> {
 
 async fn lock_contended(n: u64) -> Result<Duration, String> {
     lock_children(2, n).await
+}
+
+/// The producer of `queue_oneway`: waits at the event, then puts n items
+/// and a stop marker. Returns when it started.
+fn queue_producer((q, n, go): (mp::Queue<Option<u64>>, u64, mp::Event)) -> u64 {
+    go.blocking_wait();
+    let t0 = wall_ns();
+    for i in 0..n {
+        q.blocking_put(Some(i)).expect("put");
+    }
+    q.blocking_put(None).expect("put");
+    t0
+}
+
+/// The consumer of `queue_oneway`: takes items until the stop marker.
+/// Returns when it took the last one, and how many it took.
+fn queue_consumer(q: mp::Queue<Option<u64>>) -> (u64, u64) {
+    let mut count = 0;
+    while q.blocking_get().expect("get").is_some() {
+        count += 1;
+    }
+    (wall_ns(), count)
+}
+
+async fn queue_oneway(n: u64) -> Result<Duration, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let q = mp::Queue::new().map_err(|e| err(&e))?;
+    let go = mp::Event::new().map_err(|e| err(&e))?;
+    let consumer = mp::Process::new(queue_consumer, q.clone());
+    let producer = mp::Process::new(queue_producer, (q.clone(), n, go.clone()));
+    consumer.start().await.map_err(|e| err(&e))?;
+    producer.start().await.map_err(|e| err(&e))?;
+    go.set();
+    let t0 = producer.join().await.map_err(|e| err(&e))?;
+    let (t1, count) = consumer.join().await.map_err(|e| err(&e))?;
+    if count != n {
+        return Err(format!("the consumer took {count} of {n} items"));
+    }
+    Ok(Duration::from_nanos(t1.saturating_sub(t0)))
+}
+
+fn queue_echo((inq, outq): (mp::Queue<Option<u64>>, mp::Queue<Option<u64>>)) {
+    while let Some(i) = inq.blocking_get().expect("get") {
+        outq.blocking_put(Some(i)).expect("put");
+    }
+}
+
+async fn queue_rtt(n: u64) -> Result<Duration, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let (to, from) = (
+        mp::Queue::new().map_err(|e| err(&e))?,
+        mp::Queue::new().map_err(|e| err(&e))?,
+    );
+    let echo = mp::Process::new(queue_echo, (to.clone(), from.clone()));
+    echo.start().await.map_err(|e| err(&e))?;
+    to.put(Some(0)).await.map_err(|e| err(&e))?;
+    from.get().await.map_err(|e| err(&e))?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        to.put(Some(i)).await.map_err(|e| err(&e))?;
+        from.get().await.map_err(|e| err(&e))?;
+    }
+    let took = t0.elapsed();
+    to.put(None).await.map_err(|e| err(&e))?;
+    echo.join().await.map_err(|e| err(&e))?;
+    Ok(took)
 }
 
 fn median(sorted: &[f64]) -> f64 {
