@@ -185,6 +185,9 @@ pub enum Error {
     /// The operating system reported an error.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// Taking an item from a queue failed.
+    #[error(transparent)]
+    Get(#[from] crate::queue::GetError),
 }
 
 /// The name of signal `signal` (`SIGTERM`), or its number as text.
