@@ -120,6 +120,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bootstrap;
+mod connection;
 mod error;
 mod forkserver;
 #[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
@@ -131,6 +132,7 @@ mod sys;
 mod target;
 mod wire;
 
+pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};

@@ -111,7 +111,7 @@ impl Future for Sentinel {
     }
 }
 
-mod private {
+pub(crate) mod private {
     pub trait Sealed {}
 }
 

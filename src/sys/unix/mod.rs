@@ -8,6 +8,7 @@ mod child;
 mod fork;
 mod pidfd;
 pub(crate) mod scm;
+pub(crate) mod stream;
 
 use std::ffi::CString;
 use std::io;
