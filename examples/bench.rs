@@ -46,6 +46,24 @@ const CASES: &[Case] = &[
         about: "re-exec this binary with no library code, started and reaped with tokio::process",
         run: |n| Box::pin(floor_spawn(n)),
     },
+    Case {
+        name: "pipe_oneway",
+        default_n: 1_000_000,
+        about: "n small ints parent -> child over a Pipe, until the reader confirms the count (seed 001)",
+        run: |n| Box::pin(pipe_oneway(n)),
+    },
+    Case {
+        name: "pipe_rtt",
+        default_n: 10_000,
+        about: "Pipe round trip: the parent sends an int, a child echoes it",
+        run: |n| Box::pin(pipe_rtt(n)),
+    },
+    Case {
+        name: "pipe_rtt_floor",
+        default_n: 10_000,
+        about: "raw socketpair ping-pong of 8 bytes between the same two processes, no framing",
+        run: |n| Box::pin(pipe_rtt_floor(n)),
+    },
 ];
 
 fn empty(_: ()) {}
@@ -83,6 +101,109 @@ async fn floor_spawn(n: u64) -> Result<Duration, String> {
         }
     }
     Ok(t0.elapsed())
+}
+
+/// Seed 001's reader: says it is up (`None`), counts numbers until `None`
+/// (Python's 'DONE'), then confirms the count.
+fn pipe_reader(mut conn: mp::Connection<Option<u64>>) {
+    conn.blocking_send(&None).expect("ready");
+    let mut count = 0u64;
+    while let Ok(Some(_)) = conn.blocking_recv() {
+        count += 1;
+    }
+    conn.blocking_send(&Some(count)).expect("count");
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn pipe_oneway(n: u64) -> Result<Duration, String> {
+    let (mut conn, theirs) = mp::Pipe::new::<Option<u64>>().map_err(err)?;
+    let reader = mp::Process::builder()
+        .daemon(true)
+        .build(pipe_reader, theirs);
+    reader.start().await.map_err(err)?;
+    conn.recv().await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        conn.send(&Some(i)).await.map_err(err)?;
+    }
+    conn.send(&None).await.map_err(err)?;
+    let count = conn.recv().await.map_err(err)?;
+    let took = t0.elapsed();
+    if count != Some(n) {
+        return Err(format!("the reader counted {count:?} of {n}"));
+    }
+    reader.join().await.map_err(err)?;
+    Ok(took)
+}
+
+/// Sends back every number until the parent hangs up.
+fn pipe_echo(mut conn: mp::Connection<u64>) {
+    while let Ok(v) = conn.blocking_recv() {
+        if conn.blocking_send(&v).is_err() {
+            break;
+        }
+    }
+}
+
+async fn pipe_rtt(n: u64) -> Result<Duration, String> {
+    let (mut conn, theirs) = mp::Pipe::new::<u64>().map_err(err)?;
+    let echo = mp::Process::new(pipe_echo, theirs);
+    echo.start().await.map_err(err)?;
+    // Warm up: the child is running before the clock starts.
+    conn.send(&u64::MAX).await.map_err(err)?;
+    conn.recv().await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        conn.send(&i).await.map_err(err)?;
+        let back = conn.recv().await.map_err(err)?;
+        if back != i {
+            return Err(format!("sent {i}, got {back} back"));
+        }
+    }
+    let took = t0.elapsed();
+    conn.close();
+    echo.join().await.map_err(err)?;
+    Ok(took)
+}
+
+/// The floor's child: echoes 8-byte messages on the bare socket.
+fn raw_echo(conn: mp::Connection<()>) {
+    use std::io::{Read, Write};
+    let mut sock = conn.into_std().expect("the socket");
+    let mut buf = [0u8; 8];
+    while sock.read_exact(&mut buf).is_ok() {
+        if sock.write_all(&buf).is_err() {
+            break;
+        }
+    }
+}
+
+async fn pipe_rtt_floor(n: u64) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = mp::Pipe::new::<()>().map_err(err)?;
+    let echo = mp::Process::new(raw_echo, theirs);
+    echo.start().await.map_err(err)?;
+    let sock = ours.into_std().map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    let mut sock = tokio::net::UnixStream::from_std(sock).map_err(err)?;
+    let mut buf = [0u8; 8];
+    sock.write_all(&u64::MAX.to_le_bytes()).await.map_err(err)?;
+    sock.read_exact(&mut buf).await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        sock.write_all(&i.to_le_bytes()).await.map_err(err)?;
+        sock.read_exact(&mut buf).await.map_err(err)?;
+        if u64::from_le_bytes(buf) != i {
+            return Err(format!("sent {i}, got {buf:?} back"));
+        }
+    }
+    let took = t0.elapsed();
+    drop(sock);
+    echo.join().await.map_err(err)?;
+    Ok(took)
 }
 
 fn median(sorted: &[f64]) -> f64 {

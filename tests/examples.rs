@@ -124,7 +124,13 @@ fn bench_lists_its_cases_and_runs_one() {
     cmd.arg("list");
     let out = run_with_watchdog(cmd, LIMIT).expect("bench list");
     assert!(out.status.success());
-    for case in ["spawn", "floor_spawn"] {
+    for case in [
+        "spawn",
+        "floor_spawn",
+        "pipe_oneway",
+        "pipe_rtt",
+        "pipe_rtt_floor",
+    ] {
         assert!(
             out.stdout.lines().any(|l| l.starts_with(case)),
             "{case} listed:\n{}",
@@ -142,6 +148,17 @@ fn bench_lists_its_cases_and_runs_one() {
         line["per_op_us"].as_f64().is_some_and(|v| v > 0.0),
         "{line}"
     );
+
+    for case in ["pipe_oneway", "pipe_rtt", "pipe_rtt_floor"] {
+        let mut cmd = Command::new(example("bench"));
+        cmd.args([case, "--n", "200", "--reps", "1"]);
+        let out = run_with_watchdog(cmd, LIMIT).expect("bench pipe case");
+        assert!(out.status.success(), "{case}: {}", out.stderr);
+        let line: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).expect("one JSON line");
+        assert_eq!(line["case"], case);
+        assert_eq!(line["n"], 200);
+    }
 
     let mut cmd = Command::new(example("bench"));
     cmd.arg("no_such_case");
