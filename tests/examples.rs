@@ -119,6 +119,21 @@ fn wait_many_reports_children_in_finishing_order() {
 }
 
 #[test]
+fn pipe_throughput_times_three_counts() {
+    let out = run_example("pipe_throughput");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "stdout:\n{}", out.stdout);
+    for (line, count) in lines.iter().zip(["10000", "100000", "1000000"]) {
+        let secs: f64 = line
+            .strip_prefix(&format!("Sending {count} numbers to Pipe() took "))
+            .and_then(|s| s.strip_suffix(" seconds"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        assert!(secs > 0.0 && secs < 60.0, "{line}");
+    }
+}
+
+#[test]
 fn bench_lists_its_cases_and_runs_one() {
     let mut cmd = Command::new(example("bench"));
     cmd.arg("list");
