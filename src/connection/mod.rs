@@ -77,11 +77,13 @@ use chan::{Chan, closed_here};
 /// end's send queue and returns; a task on the current runtime writes out
 /// everything queued in one system call once the sending task yields, and
 /// a backlog of 256 KiB makes `send` wait for the socket. A loop of small
-/// sends thus costs one write per burst, not one per message. `recv`,
-/// `poll`, [`flush`](Connection::flush), `close` and dropping the end
-/// write out the queue first. The `blocking_*` forms, for synchronous code
-/// (a child's target runs without a runtime unless it is `async`), write
-/// directly.
+/// sends thus costs one write per burst, not one per message. A send
+/// right after a receive on the same end (a reply, or the next request)
+/// is written at once instead, so a request-reply exchange pays no
+/// delay. `recv`, `poll`, [`flush`](Connection::flush), `close` and
+/// dropping the end write out the queue first. The `blocking_*` forms,
+/// for synchronous code (a child's target runs without a runtime unless it
+/// is `async`), write directly.
 ///
 /// # Ends that closed
 ///
