@@ -52,6 +52,9 @@
 //! | `multiprocessing.connection.wait(objs, timeout)` | [`mp::wait(&objs, timeout).await`](wait) |
 //! | `current_process()`, `parent_process().pid` | [`current_process()`], [`parent_pid()`] |
 //! | `repr(p)` | `format!("{p}")` |
+//! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new()`](Pipe::new), [`Pipe::oneway()`](Pipe::oneway) (a [`Receiver`] and a [`Sender`]) |
+//! | `conn.send(x)`, `conn.recv()` | [`conn.send(&x).await`](Connection::send), [`conn.recv().await`](Connection::recv), or `blocking_send`/`blocking_recv` in sync code |
+//! | `conn.poll(timeout)`, `conn.close()` | [`conn.poll(d).await`](Connection::poll), [`conn.close()`](Connection::close) |
 //!
 //! # Targets
 //!
