@@ -7,7 +7,7 @@
 //! ambiguity: `NotX::check(&v)` has one candidate impl when `v` lacks `X`
 //! and two (an error) when it has it.
 
-#![allow(dead_code, clippy::diverging_sub_expression)]
+#![allow(dead_code)]
 
 use std::rc::Rc;
 use std::time::Duration;

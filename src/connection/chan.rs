@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 #[cfg(test)]
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -642,8 +642,11 @@ impl Chan {
         // A send right after a receive (a reply, or the next request) goes
         // out at once; a send after a send waits to be coalesced.
         if self.shared.eager.swap(false, Ordering::Relaxed) {
-            self.shared.enqueue(msg, false)?;
+            let (backlog, _) = self.shared.enqueue(msg, false)?;
             self.shared.flush_soon();
+            if backlog >= HIGH_WATER {
+                self.shared.flush_to(HIGH_WATER).await?;
+            }
             return Ok(());
         }
         let (backlog, spawn) = self.shared.enqueue(msg, true)?;
@@ -803,24 +806,47 @@ impl std::fmt::Debug for Chan {
 impl Drop for Chan {
     fn drop(&mut self) {
         let shared = &self.shared;
-        let (pending, task) = {
+        let pending = {
             let mut w = lock(&shared.write);
             w.orphaned = true;
-            (w.backlog() > 0 && w.broken.is_none(), w.task)
+            w.backlog() > 0 && w.broken.is_none()
         };
-        // A scheduled flush task writes the rest (and if its runtime shuts
-        // down first, its guard does).
-        if !pending || task {
-            return;
-        }
-        if !matches!(shared.try_flush(), Ok(Step::WouldBlock | Step::Busy)) {
+        // Write what the socket takes now, even if a flush task is
+        // scheduled: its thread may be about to block (in the exit rule,
+        // say) and never run it.
+        if !pending || !matches!(shared.try_flush(), Ok(Step::WouldBlock | Step::Busy)) {
             return;
         }
         if runtime::Handle::try_current().is_ok() {
+            // A flush task writes the rest (its guard does, if its runtime
+            // shuts down first); the exit rule does, if the program leaves
+            // before either could.
             shared.ensure_task();
+            remember_orphan(shared);
         } else {
             let _ = shared.blocking_flush();
         }
+    }
+}
+
+/// Ends dropped with bytes still queued, which tasks are writing out.
+static ORPHANS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+fn remember_orphan(shared: &Arc<Shared>) {
+    let mut orphans = lock(&ORPHANS);
+    orphans.retain(|o| o.strong_count() > 0);
+    orphans.push(Arc::downgrade(shared));
+}
+
+/// Writes out, blocking, what dropped ends still have queued. Called by
+/// the exit rule before it waits for children, which may be waiting for
+/// these very bytes while the thread that would run the flush tasks is
+/// the one about to block.
+pub(crate) fn flush_orphans() {
+    let orphans = std::mem::take(&mut *lock(&ORPHANS));
+    for shared in orphans.iter().filter_map(Weak::upgrade) {
+        // A failure (the peer is gone) leaves nothing to wait for.
+        let _ = shared.blocking_flush();
     }
 }
 
@@ -1048,6 +1074,60 @@ mod tests {
             let got = reader.join().unwrap();
             assert_eq!(got, (0..1000).collect::<Vec<_>>());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recv_cancelled_in_select_loses_nothing() {
+        let (a, mut b) = pair();
+        let writer = tokio::spawn(async move {
+            for i in 0..200u32 {
+                // Large enough to arrive in pieces, so that cancellations
+                // land in the middle of messages.
+                a.send(&(i, ByteBuf::from(vec![i as u8; 100_000])))
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        let mut next = 0u32;
+        let mut cancelled = 0;
+        while next < 200 {
+            tokio::select! {
+                got = b.recv::<(u32, ByteBuf)>() => {
+                    let (i, body) = got.unwrap();
+                    assert_eq!(i, next);
+                    assert!(body.len() == 100_000 && body.iter().all(|&x| x == i as u8));
+                    next += 1;
+                }
+                () = tokio::time::sleep(Duration::from_millis(1)) => cancelled += 1,
+            }
+        }
+        assert!(matches!(
+            within(b.recv::<(u32, ByteBuf)>()).await,
+            Err(ChannelError::Closed)
+        ));
+        within(writer).await.unwrap();
+        assert!(cancelled > 0, "some receives were cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_send_cancelled_while_waiting_for_room_still_sends() {
+        let (a, mut b) = pair();
+        let big = ByteBuf::from(vec![3u8; 4 * HIGH_WATER]);
+        // Nobody reads yet: the send waits for room, and is given up.
+        let r = tokio::time::timeout(Duration::from_millis(50), a.send(&big)).await;
+        assert!(r.is_err(), "the send had to wait");
+        let reader = tokio::spawn(async move {
+            let first = b.recv::<ByteBuf>().await.unwrap();
+            let second = b.recv::<ByteBuf>().await.unwrap();
+            (first, second)
+        });
+        within(a.send(&ByteBuf::from(vec![4u8; 10]))).await.unwrap();
+        let (first, second) = within(reader).await.unwrap();
+        assert!(first == big, "the cancelled send's message arrived whole");
+        assert_eq!(second.as_slice(), [4u8; 10]);
     }
 
     #[test]

@@ -51,6 +51,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{ChannelError, Result};
 use crate::sentinel::{Waitable, private::Sealed};
 use crate::wire::frame::DEFAULT_MAX_FRAME;
+pub(crate) use chan::flush_orphans;
 use chan::{Chan, closed_here};
 
 /// Creates pipes: connected pairs of ends that carry messages of type `T`
