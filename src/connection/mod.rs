@@ -123,9 +123,11 @@ use chan::{Chan, closed_here};
 /// # Caveats
 ///
 /// Dropping an end with messages still queued writes them out before the
-/// descriptor closes: in the background if a runtime is running, otherwise
-/// by blocking the thread until the peer has taken them or is gone (as
-/// Python's blocking `send` would).
+/// descriptor closes: what the socket takes at once, the rest in the
+/// background if a runtime is running, otherwise by blocking the thread
+/// until the peer has taken them or is gone (as Python's blocking `send`
+/// would). The [`InitGuard`](crate::InitGuard)'s exit rule writes out what
+/// is still queued before it joins the children.
 ///
 /// An end belongs to one reader at a time. Two processes that both read
 /// from copies of the same end split its bytes between them and break the
