@@ -39,6 +39,10 @@ sys.path.insert(0, BENCH_DIR)
 import mp_bench  # noqa: E402  (for the case list and default n only)
 
 
+# Rust-only floor cases shown in the notes of the case they bound.
+FLOORS = {"spawn": "floor_spawn", "pipe_rtt": "pipe_rtt_floor"}
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -263,15 +267,16 @@ def main(argv=None):
         row = {"case": case, "rust": runner.rust(case), "python": {}, "notes": []}
         if not isinstance(row["rust"], dict) and row["rust"] != "skipped":
             row["notes"].append(f"rust n/a ({row['rust']})")
-        if case == "spawn" and not args.python_only:
-            floor = runner.rust("floor_spawn")
+        floor_case = FLOORS.get(case)
+        if floor_case and not args.python_only:
+            floor = runner.rust(floor_case)
             if isinstance(floor, dict):
                 row["notes"].append(
-                    f"rust floor_spawn {fmt_us(floor['per_op_us'])} us, "
-                    f"spawn/floor {ratio(row['rust'], floor)}"
+                    f"rust {floor_case} {fmt_us(floor['per_op_us'])} us, "
+                    f"{case}/floor {ratio(row['rust'], floor)}"
                 )
             else:
-                row["notes"].append(f"floor_spawn n/a ({floor})")
+                row["notes"].append(f"{floor_case} n/a ({floor})")
         for m in methods:
             res = runner.python(case, m, python_n(args, case, m, row["rust"]))
             row["python"][m] = res

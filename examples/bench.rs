@@ -70,6 +70,24 @@ const CASES: &[Case] = &[
         about: "2 children, n/2 acquire + release each on one Lock, from the first start to the last end",
         run: |n| Box::pin(lock_contended(n)),
     },
+    Case {
+        name: "pipe_oneway",
+        default_n: 1_000_000,
+        about: "n small ints parent -> child over a Pipe, until the reader confirms the count (seed 001)",
+        run: |n| Box::pin(pipe_oneway(n)),
+    },
+    Case {
+        name: "pipe_rtt",
+        default_n: 10_000,
+        about: "Pipe round trip: the parent sends an int, a child echoes it",
+        run: |n| Box::pin(pipe_rtt(n)),
+    },
+    Case {
+        name: "pipe_rtt_floor",
+        default_n: 10_000,
+        about: "raw socketpair ping-pong of 8 bytes between the same two processes, no framing",
+        run: |n| Box::pin(pipe_rtt_floor(n)),
+    },
 ];
 
 fn empty(_: ()) {}
@@ -187,16 +205,15 @@ fn queue_consumer(q: mp::Queue<Option<u64>>) -> (u64, u64) {
 }
 
 async fn queue_oneway(n: u64) -> Result<Duration, String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    let q = mp::Queue::new().map_err(|e| err(&e))?;
-    let go = mp::Event::new().map_err(|e| err(&e))?;
+    let q = mp::Queue::new().map_err(err)?;
+    let go = mp::Event::new().map_err(err)?;
     let consumer = mp::Process::new(queue_consumer, q.clone());
     let producer = mp::Process::new(queue_producer, (q.clone(), n, go.clone()));
-    consumer.start().await.map_err(|e| err(&e))?;
-    producer.start().await.map_err(|e| err(&e))?;
+    consumer.start().await.map_err(err)?;
+    producer.start().await.map_err(err)?;
     go.set();
-    let t0 = producer.join().await.map_err(|e| err(&e))?;
-    let (t1, count) = consumer.join().await.map_err(|e| err(&e))?;
+    let t0 = producer.join().await.map_err(err)?;
+    let (t1, count) = consumer.join().await.map_err(err)?;
     if count != n {
         return Err(format!("the consumer took {count} of {n} items"));
     }
@@ -210,23 +227,125 @@ fn queue_echo((inq, outq): (mp::Queue<Option<u64>>, mp::Queue<Option<u64>>)) {
 }
 
 async fn queue_rtt(n: u64) -> Result<Duration, String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let (to, from) = (
-        mp::Queue::new().map_err(|e| err(&e))?,
-        mp::Queue::new().map_err(|e| err(&e))?,
+        mp::Queue::new().map_err(err)?,
+        mp::Queue::new().map_err(err)?,
     );
     let echo = mp::Process::new(queue_echo, (to.clone(), from.clone()));
-    echo.start().await.map_err(|e| err(&e))?;
-    to.put(Some(0)).await.map_err(|e| err(&e))?;
-    from.get().await.map_err(|e| err(&e))?;
+    echo.start().await.map_err(err)?;
+    to.put(Some(0)).await.map_err(err)?;
+    from.get().await.map_err(err)?;
     let t0 = Instant::now();
     for i in 0..n {
-        to.put(Some(i)).await.map_err(|e| err(&e))?;
-        from.get().await.map_err(|e| err(&e))?;
+        to.put(Some(i)).await.map_err(err)?;
+        from.get().await.map_err(err)?;
     }
     let took = t0.elapsed();
-    to.put(None).await.map_err(|e| err(&e))?;
-    echo.join().await.map_err(|e| err(&e))?;
+    to.put(None).await.map_err(err)?;
+    echo.join().await.map_err(err)?;
+    Ok(took)
+}
+
+/// Seed 001's reader: says it is up (`None`), counts numbers until `None`
+/// (Python's 'DONE'), then confirms the count.
+fn pipe_reader(mut conn: mp::Connection<Option<u64>>) {
+    conn.blocking_send(&None).expect("ready");
+    let mut count = 0u64;
+    while let Ok(Some(_)) = conn.blocking_recv() {
+        count += 1;
+    }
+    conn.blocking_send(&Some(count)).expect("count");
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn pipe_oneway(n: u64) -> Result<Duration, String> {
+    let (mut conn, theirs) = mp::Pipe::new::<Option<u64>>().map_err(err)?;
+    let reader = mp::Process::builder()
+        .daemon(true)
+        .build(pipe_reader, theirs);
+    reader.start().await.map_err(err)?;
+    conn.recv().await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        conn.send(&Some(i)).await.map_err(err)?;
+    }
+    conn.send(&None).await.map_err(err)?;
+    let count = conn.recv().await.map_err(err)?;
+    let took = t0.elapsed();
+    if count != Some(n) {
+        return Err(format!("the reader counted {count:?} of {n}"));
+    }
+    reader.join().await.map_err(err)?;
+    Ok(took)
+}
+
+/// Sends back every number until the parent hangs up.
+fn pipe_echo(mut conn: mp::Connection<u64>) {
+    while let Ok(v) = conn.blocking_recv() {
+        if conn.blocking_send(&v).is_err() {
+            break;
+        }
+    }
+}
+
+async fn pipe_rtt(n: u64) -> Result<Duration, String> {
+    let (mut conn, theirs) = mp::Pipe::new::<u64>().map_err(err)?;
+    let echo = mp::Process::new(pipe_echo, theirs);
+    echo.start().await.map_err(err)?;
+    // Warm up: the child is running before the clock starts.
+    conn.send(&u64::MAX).await.map_err(err)?;
+    conn.recv().await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        conn.send(&i).await.map_err(err)?;
+        let back = conn.recv().await.map_err(err)?;
+        if back != i {
+            return Err(format!("sent {i}, got {back} back"));
+        }
+    }
+    let took = t0.elapsed();
+    conn.close();
+    echo.join().await.map_err(err)?;
+    Ok(took)
+}
+
+/// The floor's child: echoes 8-byte messages on the bare socket.
+fn raw_echo(conn: mp::Connection<()>) {
+    use std::io::{Read, Write};
+    let mut sock = conn.into_std().expect("the socket");
+    let mut buf = [0u8; 8];
+    while sock.read_exact(&mut buf).is_ok() {
+        if sock.write_all(&buf).is_err() {
+            break;
+        }
+    }
+}
+
+async fn pipe_rtt_floor(n: u64) -> Result<Duration, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = mp::Pipe::new::<()>().map_err(err)?;
+    let echo = mp::Process::new(raw_echo, theirs);
+    echo.start().await.map_err(err)?;
+    let sock = ours.into_std().map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    let mut sock = tokio::net::UnixStream::from_std(sock).map_err(err)?;
+    let mut buf = [0u8; 8];
+    sock.write_all(&u64::MAX.to_le_bytes()).await.map_err(err)?;
+    sock.read_exact(&mut buf).await.map_err(err)?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        sock.write_all(&i.to_le_bytes()).await.map_err(err)?;
+        sock.read_exact(&mut buf).await.map_err(err)?;
+        if u64::from_le_bytes(buf) != i {
+            return Err(format!("sent {i}, got {buf:?} back"));
+        }
+    }
+    let took = t0.elapsed();
+    drop(sock);
+    echo.join().await.map_err(err)?;
     Ok(took)
 }
 

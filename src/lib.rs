@@ -52,6 +52,9 @@
 //! | `multiprocessing.connection.wait(objs, timeout)` | [`mp::wait(&objs, timeout).await`](wait) |
 //! | `current_process()`, `parent_process().pid` | [`current_process()`], [`parent_pid()`] |
 //! | `repr(p)` | `format!("{p}")` |
+//! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new()`](Pipe::new), [`Pipe::oneway()`](Pipe::oneway) (a [`Receiver`] and a [`Sender`]) |
+//! | `conn.send(x)`, `conn.recv()` | [`conn.send(&x).await`](Connection::send), [`conn.recv().await`](Connection::recv), or `blocking_send`/`blocking_recv` in sync code |
+//! | `conn.poll(timeout)`, `conn.close()` | [`conn.poll(d).await`](Connection::poll), [`conn.close()`](Connection::close) |
 //!
 //! # Targets
 //!
@@ -120,6 +123,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod bootstrap;
+mod connection;
 mod error;
 mod forkserver;
 #[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
@@ -134,6 +138,7 @@ mod sys;
 mod target;
 mod wire;
 
+pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};

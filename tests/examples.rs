@@ -119,12 +119,33 @@ fn wait_many_reports_children_in_finishing_order() {
 }
 
 #[test]
+fn pipe_throughput_times_three_counts() {
+    let out = run_example("pipe_throughput");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "stdout:\n{}", out.stdout);
+    for (line, count) in lines.iter().zip(["10000", "100000", "1000000"]) {
+        let secs: f64 = line
+            .strip_prefix(&format!("Sending {count} numbers to Pipe() took "))
+            .and_then(|s| s.strip_suffix(" seconds"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        assert!(secs > 0.0 && secs < 60.0, "{line}");
+    }
+}
+
+#[test]
 fn bench_lists_its_cases_and_runs_one() {
     let mut cmd = Command::new(example("bench"));
     cmd.arg("list");
     let out = run_with_watchdog(cmd, LIMIT).expect("bench list");
     assert!(out.status.success());
-    for case in ["spawn", "floor_spawn"] {
+    for case in [
+        "spawn",
+        "floor_spawn",
+        "pipe_oneway",
+        "pipe_rtt",
+        "pipe_rtt_floor",
+    ] {
         assert!(
             out.stdout.lines().any(|l| l.starts_with(case)),
             "{case} listed:\n{}",
@@ -142,6 +163,17 @@ fn bench_lists_its_cases_and_runs_one() {
         line["per_op_us"].as_f64().is_some_and(|v| v > 0.0),
         "{line}"
     );
+
+    for case in ["pipe_oneway", "pipe_rtt", "pipe_rtt_floor"] {
+        let mut cmd = Command::new(example("bench"));
+        cmd.args([case, "--n", "200", "--reps", "1"]);
+        let out = run_with_watchdog(cmd, LIMIT).expect("bench pipe case");
+        assert!(out.status.success(), "{case}: {}", out.stderr);
+        let line: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).expect("one JSON line");
+        assert_eq!(line["case"], case);
+        assert_eq!(line["n"], 200);
+    }
 
     let mut cmd = Command::new(example("bench"));
     cmd.arg("no_such_case");

@@ -310,6 +310,9 @@ pub(crate) fn exit_rule() {
             tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
         }
     }
+    // A child may be waiting for messages that dropped pipe ends still
+    // hold, on a thread that is about to block here.
+    crate::connection::flush_orphans();
     for c in &children {
         c.join_blocking();
     }

@@ -11,6 +11,7 @@ mod pidfd;
 pub(crate) mod proc;
 pub(crate) mod scm;
 pub(crate) mod shm;
+pub(crate) mod stream;
 
 use std::ffi::CString;
 use std::io;

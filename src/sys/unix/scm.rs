@@ -31,7 +31,7 @@ struct CmsgBuf([u8; CMSG_BUF_LEN]);
 const _: () = assert!(std::mem::align_of::<libc::cmsghdr>() <= 8);
 
 /// Flags for every `sendmsg`: no `SIGPIPE`.
-fn send_flags() -> MsgFlags {
+pub(super) fn send_flags() -> MsgFlags {
     MsgFlags::MSG_NOSIGNAL
 }
 
