@@ -156,5 +156,58 @@ fn send_future_follows_the_message(conn: &mp::Connection<std::cell::Cell<u8>>) {
     assert_traits!(conn.send(&msg) => !Send & !Sync & !Unpin);
 }
 
+fn queues(q: mp::Queue<u64>, jq: mp::JoinableQueue<u64>, local: mp::Queue<Local>) {
+    assert_traits!(q.clone() => Send & Sync & Unpin);
+    assert_traits!(jq.clone() => Send & Sync & Unpin);
+    assert_traits!(local => Send & Sync & Unpin);
+    assert_traits!(q.put(1) => Send & Sync & !Unpin);
+    assert_traits!(q.put_timeout(1, Duration::ZERO) => Send & Sync & !Unpin);
+    assert_traits!(q.get() => Send & Sync & !Unpin);
+    assert_traits!(q.get_timeout(Duration::ZERO) => Send & Sync & !Unpin);
+    assert_traits!(jq.put(1) => Send & Sync & !Unpin);
+    assert_traits!(jq.get() => Send & Sync & !Unpin);
+    assert_traits!(jq.join() => Send & Sync & !Unpin);
+    assert_traits!(mp::PutError::Full(1u64) => Send & Sync & Unpin);
+    assert_traits!(mp::GetError::Empty => Send & Sync & Unpin);
+}
+
+fn locks(lock: &mp::Lock, rlock: &mp::RLock, cond: &mp::Condition) {
+    assert_traits!(lock.clone() => Send & Sync & Unpin);
+    assert_traits!(rlock.clone() => Send & Sync & Unpin);
+    assert_traits!(cond.clone() => Send & Sync & Unpin);
+    assert_traits!(lock.lock() => Send & Sync & !Unpin);
+    assert_traits!(lock.lock_timeout(Duration::ZERO) => Send & Sync & !Unpin);
+    assert_traits!(lock.blocking_lock() => Send & Sync & Unpin);
+    assert_traits!(rlock.lock() => Send & Sync & !Unpin);
+    // Owned by (process, thread), as in Python: the guard stays on its thread.
+    assert_traits!(rlock.blocking_lock() => !Send & Unpin);
+    assert_traits!(cond.lock() => Send & Sync & !Unpin);
+}
+
+async fn condition_wait(cond: &mp::Condition) {
+    let guard = cond.blocking_lock().unwrap();
+    assert_traits!(cond.wait(guard) => Send & !Unpin);
+}
+
+fn semaphores_events_barriers(
+    sem: &mp::Semaphore,
+    bsem: &mp::BoundedSemaphore,
+    ev: &mp::Event,
+    b: &mp::Barrier,
+) {
+    assert_traits!(sem.clone() => Send & Sync & Unpin);
+    assert_traits!(bsem.clone() => Send & Sync & Unpin);
+    assert_traits!(ev.clone() => Send & Sync & Unpin);
+    assert_traits!(b.clone() => Send & Sync & Unpin);
+    assert_traits!(sem.acquire() => Send & Sync & !Unpin);
+    assert_traits!(sem.blocking_acquire() => Send & Sync & Unpin);
+    assert_traits!(sem.acquire_timeout(Duration::ZERO) => Send & Sync & !Unpin);
+    assert_traits!(bsem.acquire() => Send & Sync & !Unpin);
+    assert_traits!(ev.wait() => Send & Sync & !Unpin);
+    assert_traits!(ev.wait_timeout(Duration::ZERO) => Send & Sync & !Unpin);
+    assert_traits!(b.wait() => Send & Sync & !Unpin);
+    assert_traits!(b.wait_timeout(Duration::ZERO) => Send & Sync & !Unpin);
+}
+
 #[test]
 fn the_assertions_compile() {}
