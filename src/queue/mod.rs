@@ -86,6 +86,9 @@ const RING: usize = 128;
 
 const _: () = assert!(JOIN_WAITERS + 4 <= RING);
 
+/// How long a consumer watches for an item before it goes to sleep.
+const SPIN: Duration = Duration::from_micros(20);
+
 /// The default ring size of a queue, in bytes of encoded items.
 pub const DEFAULT_BUFFER: usize = 64 * 1024 * 1024;
 
@@ -239,6 +242,26 @@ impl Local {
         word.fetch_add(1, Ordering::SeqCst);
         if self.word32(waiters).load(Ordering::SeqCst) > 0 {
             futex::wake(word, 1);
+        }
+    }
+
+    /// Watches the word `park` would sleep on for a few microseconds, and
+    /// says whether it changed. A reply in a request-response exchange
+    /// usually comes within that time, and catching it here saves the
+    /// hand-off to a sleeping thread and back (two thread wake-ups).
+    fn spin_until_changed(&self, park: &Park) -> bool {
+        let word = self.word32(park.word);
+        let until = Instant::now() + SPIN;
+        loop {
+            for _ in 0..64 {
+                if word.load(Ordering::Acquire) != park.expected {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return false;
+            }
         }
     }
 
@@ -418,6 +441,7 @@ impl Core {
                 Some(Ok(bytes)) => return self.decode(bytes),
                 Some(Err(None)) => return Err(GetError::Closed),
                 Some(Err(Some(park))) if wait => match slice(deadline) {
+                    Some(_) if self.local.spin_until_changed(&park) => {}
                     Some(t) => {
                         park.sleep(self.local.seg(), t).await;
                     }
@@ -438,6 +462,7 @@ impl Core {
                 Some(Ok(bytes)) => return self.decode(bytes),
                 Some(Err(None)) => return Err(GetError::Closed),
                 Some(Err(Some(park))) if wait => match slice(deadline) {
+                    Some(_) if self.local.spin_until_changed(&park) => {}
                     Some(t) => {
                         park.blocking(self.local.seg(), t);
                     }
