@@ -36,8 +36,9 @@
 //!
 //! The task that reaps a child lives on the runtime that started it. If that
 //! runtime shuts down while the child runs, sentinels taken from it stay
-//! pending until the program's [`InitGuard`](crate::InitGuard) reaps the
-//! child at exit.
+//! pending until something reaps the child: a `join` (which starts a new
+//! watcher on its own runtime), `is_alive`, `exitcode`, or the program's
+//! [`InitGuard`](crate::InitGuard) at exit.
 
 use std::fmt;
 use std::future::{Future, poll_fn};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -54,6 +54,11 @@ pub(crate) struct ChildState {
     pub(crate) exit: Arc<Latch<ExitStatus>>,
     /// Set once the watcher has read everything the child sent.
     pub(crate) done: Latch<()>,
+    /// Set when the watcher task was dropped before it finished (its
+    /// runtime shut down); a later `join` starts a new one.
+    watcher_lost: Latch<()>,
+    rewatching: AtomicBool,
+    max_frame: OnceLock<usize>,
     report: Mutex<Report>,
     /// A second descriptor of our end of the control socket, for draining
     /// at program exit when no runtime is left to run the watcher.
@@ -75,6 +80,9 @@ impl ChildState {
             reap_lock: Mutex::new(()),
             exit: Arc::new(Latch::new()),
             done: Latch::new(),
+            watcher_lost: Latch::new(),
+            rewatching: AtomicBool::new(false),
+            max_frame: OnceLock::new(),
             report: Mutex::new(Report::Pending),
             drain: Mutex::new(None),
         })
@@ -103,7 +111,6 @@ impl ChildState {
         match child.try_reap() {
             Ok(Some(status)) => {
                 self.exit.set(status);
-                drop(lock(&self.drain).take());
                 unregister(self.key);
                 tracing::debug!(
                     pid = child.pid(),
@@ -193,6 +200,47 @@ impl ChildState {
             child.wait_exited_blocking(drain.as_ref().map(|fd| fd.as_fd()));
         }
         self.try_reap();
+        drop(lock(&self.drain).take());
+    }
+
+    /// Waits until the watcher has read everything the child sent. If the
+    /// watcher was lost with its runtime, starts a new one on the current
+    /// runtime, reading on from a second descriptor of the channel.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes (a new watcher, once started, runs on
+    /// its own).
+    pub(crate) async fn wait_done(self: &Arc<Self>) {
+        tokio::select! {
+            () = self.done.wait() => return,
+            () = self.watcher_lost.wait() => {}
+        }
+        if self.done.get().is_none() && !self.rewatching.swap(true, Ordering::AcqRel) {
+            let stream = lock(&self.drain)
+                .as_ref()
+                .and_then(|fd| fd.try_clone().ok())
+                .and_then(|fd| FdStream::from_owned_fd(fd).ok());
+            let max_frame = self
+                .max_frame
+                .get()
+                .copied()
+                .unwrap_or(crate::wire::frame::DEFAULT_MAX_FRAME);
+            match stream {
+                Some(stream) => {
+                    tracing::debug!(
+                        pid = self.pid(),
+                        "watching a child again after its runtime shut down"
+                    );
+                    spawn_watch(self.clone(), stream, max_frame);
+                }
+                None => {
+                    self.try_reap();
+                    self.done.set(());
+                }
+            }
+        }
+        self.done.wait().await;
     }
 }
 
@@ -226,8 +274,31 @@ pub(crate) async fn start_watcher(
         tracing::debug!(pid = state.pid(), error = %e, "could not write the orders");
     }
     drop(first);
-    tokio::spawn(watch(state, stream, max_frame));
+    spawn_watch(state, stream, max_frame);
     Ok(())
+}
+
+/// Marks the watcher lost if it is dropped before it finished; created
+/// outside the watcher's future and moved into it, so that a future
+/// dropped before its first poll counts too.
+struct Lost(Arc<ChildState>);
+
+impl Drop for Lost {
+    fn drop(&mut self) {
+        if self.0.done.get().is_none() {
+            self.0.rewatching.store(false, Ordering::Release);
+            self.0.watcher_lost.set(());
+        }
+    }
+}
+
+/// Spawns a watcher on the current runtime.
+fn spawn_watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
+    let lost = Lost(state.clone());
+    tokio::spawn(async move {
+        let _lost = lost;
+        watch(state, stream, max_frame).await;
+    });
 }
 
 async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
@@ -277,6 +348,7 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
         delay = (delay * 2).min(Duration::from_millis(100));
     }
     drop(frames);
+    drop(lock(&state.drain).take());
     state.done.set(());
 }
 

@@ -414,7 +414,7 @@ impl<R: DeserializeOwned> Process<R> {
         if !self.state.started() {
             return Err(ProcessError::NotStarted);
         }
-        self.state.done.wait().await;
+        self.state.wait_done().await;
         let status = self.state.try_reap();
         match self.state.take_report() {
             Report::Taken => Err(ProcessError::AlreadyJoined),

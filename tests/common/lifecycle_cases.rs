@@ -420,20 +420,23 @@ fn is_alive_reaps() -> Result<(), Failed> {
         let p = mp::Process::new(square, 2);
         p.start().await?;
         let pid = p.pid().ok_or("pid")?;
-        // Block the runtime's only thread while the child exits.
+        // Block the runtime's only thread while the child exits: only
+        // `is_alive` can reap it meanwhile. (A zombie shows in /proc a
+        // moment before it can be reaped, while its other threads exit,
+        // so poll `is_alive` itself.)
         let t0 = Instant::now();
-        while !crate::common::zombie_children().contains(&pid) {
+        while p.is_alive() {
             ensure(
                 t0.elapsed() < Duration::from_secs(10),
                 "the child never exited",
             )?;
             std::thread::sleep(Duration::from_millis(2));
         }
-        ensure(!p.is_alive(), "an exited child is not alive")?;
         ensure(
             !crate::common::zombie_children().contains(&pid),
             "is_alive reaped it",
         )?;
+        ensure(!crate::common::children().contains(&pid), "and it is gone")?;
         ensure(p.exitcode() == Some(0), format!("{:?}", p.exitcode()))?;
         ensure(
             tokio::time::timeout(Duration::from_secs(10), p.join()).await?? == 4,
@@ -443,9 +446,42 @@ fn is_alive_reaps() -> Result<(), Failed> {
     })
 }
 
+fn sleep_then_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    x * x
+}
+
+/// A child started on a runtime that then shuts down is still joined, with
+/// its value, from another runtime.
+fn joined_from_another_runtime() -> Result<(), Failed> {
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let p = first.block_on(async {
+        let p = mp::Process::new(sleep_then_square, 6);
+        p.start().await.map(|()| p)
+    })?;
+    drop(first); // the watcher task goes with it
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    second.block_on(async {
+        let value = tokio::time::timeout(Duration::from_secs(10), p.join()).await??;
+        ensure(value == 36, format!("value {value}"))?;
+        ensure(p.exitcode() == Some(0), format!("{:?}", p.exitcode()))?;
+        ensure(
+            p.sentinel().is_ready(),
+            "the sentinel is ready after the join",
+        )?;
+        Ok(())
+    })
+}
+
 /// Every case.
 pub(crate) fn all() -> Vec<Trial> {
     vec![
+        Trial::test("joined_from_another_runtime", joined_from_another_runtime),
         Trial::test("is_alive_reaps", is_alive_reaps),
         case(
             "state_before_and_after_start",
