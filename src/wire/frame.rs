@@ -35,7 +35,7 @@ pub(crate) const DEFAULT_MAX_FRAME: usize = 128 * 1024 * 1024;
 
 /// The most the decoder reserves beyond the bytes it already holds while it
 /// waits for the rest of a frame.
-const RESERVE_STEP: usize = 64 * 1024;
+pub(crate) const RESERVE_STEP: usize = 64 * 1024;
 
 /// How much [`BlockingFramed`] asks its reader for at a time.
 const READ_CHUNK: usize = 64 * 1024;

@@ -5,3 +5,5 @@ pub(crate) mod blocking;
 pub(crate) mod fdstream;
 pub(crate) mod frame;
 pub(crate) mod message;
+#[cfg(test)]
+mod proptests;

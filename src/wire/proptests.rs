@@ -1,0 +1,202 @@
+//! Property tests of the wire: every message survives a round trip, and
+//! any byte stream, cut anywhere, gives frames or a typed error — never a
+//! panic, and never an allocation sized by a length the peer only claims.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use serde_bytes::ByteBuf;
+use tokio_util::codec::Decoder;
+
+use crate::error::{ChannelError, PanicInfo};
+use crate::wire::frame::{FrameCodec, RESERVE_STEP, decode_message, encode_message};
+use crate::wire::message::{ChildMsg, Hello, Identity, Outcome, ParentMsg, TargetKind, TargetRef};
+
+fn bytes() -> impl Strategy<Value = ByteBuf> {
+    proptest::collection::vec(any::<u8>(), 0..256).prop_map(ByteBuf::from)
+}
+
+fn target() -> impl Strategy<Value = TargetRef> {
+    (any::<bool>(), any::<i64>()).prop_map(|(sync, offset)| TargetRef {
+        kind: if sync {
+            TargetKind::Sync
+        } else {
+            TargetKind::Async
+        },
+        offset,
+    })
+}
+
+fn identity() -> impl Strategy<Value = Identity> {
+    (
+        ".{0,20}",
+        proptest::collection::vec(any::<u32>(), 0..4),
+        bytes(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(name, path, authkey, daemon, detached, parent_pid)| Identity {
+                name,
+                path,
+                authkey,
+                daemon,
+                detached,
+                parent_pid,
+            },
+        )
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        bytes().prop_map(Outcome::Returned),
+        (".{0,40}", proptest::option::of(".{0,40}"))
+            .prop_map(|(message, location)| Outcome::Panicked(PanicInfo { message, location })),
+        ".{0,40}".prop_map(Outcome::DecodeArgs),
+        ".{0,40}".prop_map(Outcome::EncodeResult),
+    ]
+}
+
+fn parent_msg() -> impl Strategy<Value = ParentMsg> {
+    prop_oneof![
+        (any::<u64>(), identity(), target(), bytes(), any::<u32>()).prop_map(
+            |(id, identity, target, args, fds)| ParentMsg::Run {
+                id,
+                identity,
+                target,
+                args,
+                fds
+            }
+        ),
+        Just(ParentMsg::Serve),
+        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, nonce, detached)| {
+            ParentMsg::Fork {
+                id,
+                nonce,
+                detached,
+            }
+        }),
+    ]
+}
+
+fn child_msg() -> impl Strategy<Value = ChildMsg> {
+    prop_oneof![
+        (any::<u64>(), outcome()).prop_map(|(id, outcome)| ChildMsg::Outcome { id, outcome }),
+        ".{0,40}".prop_map(|reason| ChildMsg::Refused { reason }),
+        Just(ChildMsg::Serving),
+        (any::<u64>(), any::<u32>()).prop_map(|(id, pid)| ChildMsg::Forked { id, pid }),
+        (any::<u64>(), ".{0,40}").prop_map(|(id, error)| ChildMsg::ForkFailed { id, error }),
+    ]
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(magic, version, fingerprint, nonce, max_frame)| Hello {
+            magic,
+            version,
+            fingerprint,
+            nonce,
+            max_frame,
+        })
+}
+
+/// Encodes `msg` as one frame, decodes it back through the codec, and
+/// checks that the result encodes to the very same bytes.
+fn round_trip<T>(msg: &T) -> Result<(), TestCaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut wire = BytesMut::new();
+    encode_message(msg, &mut wire, 1 << 20).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let first = wire.clone();
+    let mut codec = FrameCodec::new(1 << 20);
+    let body = codec
+        .decode(&mut wire)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let body = body.ok_or_else(|| TestCaseError::fail("no frame"))?;
+    prop_assert!(wire.is_empty(), "one frame, nothing left");
+    let back: T = decode_message(&body).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut again = BytesMut::new();
+    encode_message(&back, &mut again, 1 << 20).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(first, again);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn parent_messages_round_trip(msg in parent_msg()) {
+        round_trip(&msg)?;
+    }
+
+    #[test]
+    fn child_messages_round_trip(msg in child_msg()) {
+        round_trip(&msg)?;
+    }
+
+    #[test]
+    fn hellos_round_trip(msg in hello()) {
+        round_trip(&msg)?;
+    }
+
+    /// Any bytes, delivered in any chunks: frames or a typed error, no
+    /// panic, and the buffer stays within a small multiple of what arrived
+    /// plus one reserve step (the buffer's own growth may double it),
+    /// whatever length a header claims: random headers under a 128 MiB
+    /// limit mostly claim tens of megabytes.
+    #[test]
+    fn any_byte_stream_in_any_chunks(
+        input in proptest::collection::vec(any::<u8>(), 0..4096),
+        cuts in proptest::collection::vec(1usize..64, 1..64),
+        max in prop_oneof![Just(16usize), Just(1 << 20), Just(128 << 20)],
+    ) {
+        let mut codec = FrameCodec::new(max);
+        let mut buf = BytesMut::new();
+        let mut fed = 0usize;
+        let mut cut = cuts.iter().cycle();
+        let mut failed = false;
+        while fed < input.len() && !failed {
+            let n = (*cut.next().unwrap()).min(input.len() - fed);
+            buf.extend_from_slice(&input[fed..fed + n]);
+            fed += n;
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(body)) => {
+                        prop_assert!(body.len() <= max);
+                        // Whatever the body is, decoding it as a message
+                        // gives a message or a typed error.
+                        let _ = decode_message::<ChildMsg>(&body);
+                        let _ = decode_message::<ParentMsg>(&body);
+                    }
+                    Ok(None) => break,
+                    Err(ChannelError::Oversized { len, max: m }) => {
+                        prop_assert!(len > m);
+                        failed = true;
+                        break;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("unexpected error {e:?}"))),
+                }
+            }
+            prop_assert!(
+                buf.capacity() <= 2 * (fed + RESERVE_STEP) + 64,
+                "capacity {} after {fed} bytes",
+                buf.capacity()
+            );
+        }
+        if !failed {
+            match codec.decode_eof(&mut buf) {
+                Ok(_) => {}
+                Err(ChannelError::Truncated { expected, received }) => prop_assert!(received < expected),
+                Err(ChannelError::Oversized { .. }) => {}
+                Err(e) => return Err(TestCaseError::fail(format!("unexpected error at the end {e:?}"))),
+            }
+        }
+    }
+}
