@@ -158,6 +158,10 @@ fn run_target(
     if !identity.detached {
         watch_parent(ch.get_ref());
     }
+    CONTROL_FD.store(
+        std::os::fd::AsRawFd::as_raw_fd(ch.get_ref()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     install_panic_hook();
 
     // SAFETY: the handshake above proved that the parent runs this very
@@ -220,6 +224,22 @@ fn watch_parent(sock: &UnixStream) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the parent watcher thread");
+    }
+}
+
+/// The control socket's descriptor in this child, for tests that play a
+/// misbehaving child.
+static CONTROL_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// In a child started by this library, the descriptor of its control
+/// channel to the parent; `None` in a parent. For tests that must write
+/// malformed frames on purpose; writing to it otherwise breaks the child's
+/// report.
+#[doc(hidden)]
+pub fn __control_fd() -> Option<std::os::fd::RawFd> {
+    match CONTROL_FD.load(std::sync::atomic::Ordering::Relaxed) {
+        -1 => None,
+        fd => Some(fd),
     }
 }
 

@@ -138,6 +138,7 @@ mod sys;
 mod target;
 mod wire;
 
+pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};

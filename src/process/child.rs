@@ -26,6 +26,9 @@ use crate::wire::message::{ChildMsg, Outcome};
 /// some other process still holds the child's end of the channel.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// The request id of a `Process`'s one `Run`.
+pub(crate) const RUN_ID: u64 = 1;
+
 /// What the child reported, as far as the parent knows.
 #[derive(Debug)]
 pub(crate) enum Report {
@@ -147,9 +150,21 @@ impl ChildState {
     fn on_frame(&self, body: &[u8]) {
         let mut report = lock(&self.report);
         match decode_message::<ChildMsg>(body) {
-            Ok(ChildMsg::Outcome { outcome, .. }) => {
+            Ok(ChildMsg::Outcome {
+                id: RUN_ID,
+                outcome,
+            }) => {
                 if matches!(*report, Report::Pending) {
                     *report = Report::Outcome(outcome);
+                }
+            }
+            Ok(ChildMsg::Outcome { id, .. }) => {
+                let e = ChannelError::Malformed(format!(
+                    "a reply to request {id}, which was never sent"
+                ));
+                tracing::warn!(pid = self.pid(), error = %e, "protocol violation");
+                if matches!(*report, Report::Pending) {
+                    *report = Report::Broken(e);
                 }
             }
             Ok(ChildMsg::Refused { reason }) => *report = Report::Refused(reason),

@@ -359,7 +359,7 @@ impl<R: DeserializeOwned> Process<R> {
         };
         encode_message(&hello, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
         let run = ParentMsg::Run {
-            id: 1,
+            id: child::RUN_ID,
             identity: self.identity.clone(),
             target: spec.target,
             args: args.into(),
