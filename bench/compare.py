@@ -215,6 +215,69 @@ def print_table(rows, methods):
     print("us = median microseconds per operation; X/rust = python/rust, above 1 means Rust is faster.")
 
 
+def markdown_table(rows, methods):
+    """The table as Markdown, for docs/performance.md."""
+    head = ["case", "n", "this crate (us/op)"] + [f"Python {m} (us/op)" for m in methods]
+    head += [f"Python {m} / this" for m in methods] + ["notes"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        rust = r["rust"]
+        py = r["python"]
+        cells = [
+            f"`{r['case']}`",
+            str(rust["n"]) if isinstance(rust, dict) else "-",
+            fmt_us(rust.get("per_op_us")) if isinstance(rust, dict) else "n/a",
+        ]
+        cells += [fmt_us(py[m].get("per_op_us")) if isinstance(py.get(m), dict) else "-" for m in methods]
+        cells += [ratio(py[m], rust) + "x" if isinstance(py.get(m), dict) else "-" for m in methods]
+        cells.append("; ".join(r["notes"]))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows, methods, path):
+    """A bar chart of Python's time over ours, per case and start method
+    (log scale; above 1 means this crate is faster)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("--plot needs matplotlib: pip install matplotlib")
+        return False
+    labels, values, colors = [], [], []
+    palette = {"fork": "#4c72b0", "forkserver": "#55a868", "spawn": "#c44e52"}
+    for r in rows:
+        rust = r["rust"]
+        if not isinstance(rust, dict):
+            continue
+        for m in methods:
+            res = r["python"].get(m)
+            if isinstance(res, dict) and res.get("per_op_us") and rust.get("per_op_us"):
+                labels.append(f"{r['case']} ({m})")
+                values.append(res["per_op_us"] / rust["per_op_us"])
+                colors.append(palette.get(m, "#8172b2"))
+    if not values:
+        log("nothing to plot")
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(values) + 1.5))
+    y = range(len(values))
+    ax.barh(list(y), values, color=colors)
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(labels)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.1f}x", va="center", fontsize=8)
+    ax.set_xlabel("Python multiprocessing time / tokio-multiprocessing time (log scale; > 1: faster than Python)")
+    ax.set_title("tokio-multiprocessing vs Python multiprocessing, medians, same machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None):
     all_cases = list(mp_bench.CASES)
     parser = argparse.ArgumentParser(
@@ -231,6 +294,10 @@ def main(argv=None):
     parser.add_argument("--start-methods", default=None,
                         help="comma-separated Python start methods for every case "
                              "(default: all three for spawn, fork for the rest)")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw the ratios as a bar chart (needs matplotlib)")
+    parser.add_argument("--markdown", default=None, metavar="MD",
+                        help="also write the table as Markdown")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds allowed for one driver run (default 1800)")
     args = parser.parse_args(argv)
@@ -292,6 +359,12 @@ def main(argv=None):
     order = [m for m in mp_bench.START_METHODS if m in used_methods]
     print_table(rows, order)
     print(f"raw lines: {os.path.relpath(RESULTS, os.getcwd())}")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown_table(rows, order))
+        print(f"markdown table: {args.markdown}")
+    if args.plot and plot(rows, order, args.plot):
+        print(f"plot: {args.plot}")
     return 0
 
 
