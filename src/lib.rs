@@ -126,6 +126,10 @@ mod bootstrap;
 mod connection;
 mod error;
 mod forkserver;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzz;
 #[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
 mod handle;
 mod latch;
