@@ -129,6 +129,7 @@ mod forkserver;
 #[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
 mod handle;
 mod latch;
+mod pool;
 mod process;
 pub mod queue;
 mod sentinel;
@@ -139,8 +140,9 @@ mod target;
 mod wire;
 
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
-pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
+pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result, TaskError};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
+pub use pool::{AsyncResult, Pool, PoolBuilder, PoolStats};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 pub use sentinel::{Sentinel, Waitable, wait};
