@@ -255,6 +255,42 @@ async fn a_failing_initializer_fails_build() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Succeeds until the file at `path` exists.
+fn init_until(path: String) {
+    assert!(!std::path::Path::new(&path).exists(), "the switch is on");
+}
+
+fn exit_now(_: ()) -> u64 {
+    std::process::exit(3)
+}
+
+async fn a_worker_that_cannot_be_replaced_fails_the_queue() -> Result<(), Failed> {
+    let switch = scratch("switch");
+    let pool = mp::Pool::builder()
+        .processes(1)
+        .initializer(init_until, switch.clone())
+        .build()
+        .await?;
+    std::fs::write(&switch, b"")?;
+    let doomed = pool.apply_async(exit_now, ());
+    let behind = pool.apply_async(square, 2);
+    ensure(
+        matches!(doomed.await, Err(mp::TaskError::WorkerDied { exitcode: 3 })),
+        "the task that exited",
+    )?;
+    match behind.await {
+        Err(mp::TaskError::Initializer(msg)) => ensure(msg.contains("the switch is on"), msg)?,
+        other => return Err(format!("{other:?}").into()),
+    }
+    let later = pool.apply(square, 2).await;
+    ensure(
+        matches!(later, Err(mp::TaskError::Closed)),
+        format!("{later:?}"),
+    )?;
+    pool.join().await?;
+    Ok(())
+}
+
 async fn max_tasks_per_child_retires_workers() -> Result<(), Failed> {
     ensure(
         mp::Pool::builder()
@@ -328,6 +364,11 @@ fn main() {
             "a_failing_initializer_fails_build",
             T,
             a_failing_initializer_fails_build,
+        ),
+        case(
+            "a_worker_that_cannot_be_replaced_fails_the_queue",
+            T,
+            a_worker_that_cannot_be_replaced_fails_the_queue,
         ),
         case(
             "max_tasks_per_child_retires_workers",

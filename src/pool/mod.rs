@@ -104,6 +104,8 @@ struct Shared {
     stats: Counters,
     config: Config,
     next_id: AtomicU64,
+    /// Worker slots still running.
+    live_slots: AtomicUsize,
 }
 
 impl Shared {
@@ -329,6 +331,7 @@ impl PoolBuilder {
                 window: WINDOW,
             },
             next_id: AtomicU64::new(0),
+            live_slots: AtomicUsize::new(processes),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);

@@ -65,21 +65,39 @@ async fn reap(process: &Process<()>, gentle: bool) -> i32 {
 
 /// Runs one worker slot until the pool shuts down. `ready` hears whether
 /// the first worker started (and its initializer ran).
+///
+/// When the last slot ends because its worker could not be replaced, no
+/// worker is left to run anything: the pool stops taking work and every
+/// queued task fails with [`TaskError::Initializer`].
 pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result<(), String>>) {
+    let failure = slot(&shared, ready).await;
+    let last = shared.live_slots.fetch_sub(1, Ordering::AcqRel) == 1;
+    if let (true, Some(why)) = (last, failure) {
+        shared.state.send_replace(State::Terminated);
+        let drained: Vec<Job> = shared.lock_queue().drain(..).collect();
+        for job in drained {
+            deliver(&shared, job, Err(TaskError::Initializer(why.clone())));
+        }
+    }
+}
+
+/// The body of [`supervise`]; returns why the slot gave up, if it did.
+async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Option<String> {
     let mut ready = Some(ready);
     let mut state = shared.state.subscribe();
     loop {
         if *state.borrow() == State::Terminated {
-            return;
+            return None;
         }
-        let mut worker = match start(&shared).await {
+        let mut worker = match start(shared).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "pool worker failed to start");
+                let why = format!("a worker failed to start: {e}");
                 if let Some(r) = ready.take() {
-                    let _ = r.send(Err(format!("a worker failed to start: {e}")));
+                    let _ = r.send(Err(why.clone()));
                 }
-                return;
+                return Some(why);
             }
         };
         let first = tokio::select! {
@@ -98,21 +116,24 @@ pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result
                     Some(FromWorker::InitFailed(m)) => format!("the initializer {m}"),
                     _ => format!("the worker exited during startup (exit code {code})"),
                 };
+                if *state.borrow() == State::Terminated {
+                    return None;
+                }
                 if let Some(r) = ready.take() {
-                    let _ = r.send(Err(why));
-                } else if *state.borrow() != State::Terminated {
+                    let _ = r.send(Err(why.clone()));
+                } else {
                     // A replacement whose initializer fails would fail again:
                     // the slot gives up rather than restart forever.
                     tracing::error!(reason = %why, "pool worker could not be replaced");
                 }
-                return;
+                return Some(why);
             }
         }
         shared.stats.workers.fetch_add(1, Ordering::Relaxed);
-        let end = run(&shared, &mut worker, &mut state).await;
+        let end = run(shared, &mut worker, &mut state).await;
         shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
         match end {
-            End::Shutdown => return,
+            End::Shutdown => return None,
             End::Replace => {
                 shared.stats.restarted.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("pool worker replaced");
