@@ -55,6 +55,10 @@
 //! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new()`](Pipe::new), [`Pipe::oneway()`](Pipe::oneway) (a [`Receiver`] and a [`Sender`]) |
 //! | `conn.send(x)`, `conn.recv()` | [`conn.send(&x).await`](Connection::send), [`conn.recv().await`](Connection::recv), or `blocking_send`/`blocking_recv` in sync code |
 //! | `conn.poll(timeout)`, `conn.close()` | [`conn.poll(d).await`](Connection::poll), [`conn.close()`](Connection::close) |
+//! | `Pool(n)`, `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new(n).await?`](Pool::new), [`Pool::builder()`](Pool::builder)`.processes(n).initializer(f, a).max_tasks_per_child(k).build().await?` |
+//! | `pool.apply(f, (x,))`, `pool.apply_async(f, (x,)).get()` | [`pool.apply(f, x).await`](Pool::apply), [`pool.apply_async(f, x).await`](Pool::apply_async) (an [`AsyncResult`]) |
+//! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`pool.map(f, xs).await`](Pool::map), [`pool.map_chunked(f, xs, n).await`](Pool::map_chunked) |
+//! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close()`](Pool::close), [`join().await`](Pool::join), [`terminate().await`](Pool::terminate) |
 //!
 //! # Targets
 //!
