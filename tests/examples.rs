@@ -164,10 +164,18 @@ fn bench_lists_its_cases_and_runs_one() {
         "{line}"
     );
 
-    for case in ["pipe_oneway", "pipe_rtt", "pipe_rtt_floor"] {
+    for case in [
+        "pipe_oneway",
+        "pipe_rtt",
+        "pipe_rtt_floor",
+        "pool_map_c1",
+        "pool_map",
+        "pool_apply_seq",
+        "pool_apply_async",
+    ] {
         let mut cmd = Command::new(example("bench"));
         cmd.args([case, "--n", "200", "--reps", "1"]);
-        let out = run_with_watchdog(cmd, LIMIT).expect("bench pipe case");
+        let out = run_with_watchdog(cmd, LIMIT).expect("bench case");
         assert!(out.status.success(), "{case}: {}", out.stderr);
         let line: serde_json::Value =
             serde_json::from_str(out.stdout.trim()).expect("one JSON line");
