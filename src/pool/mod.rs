@@ -56,6 +56,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result, TaskError};
 use crate::target::{Target, decode_value, encode_value};
 use crate::wire::message::{Outcome, TargetRef};
+use worker::{Batch, BatchBuilder};
 
 /// Jobs a worker may have in flight at once.
 const WINDOW: usize = 4;
@@ -74,7 +75,7 @@ type Reply = oneshot::Sender<std::result::Result<Vec<Outcome>, TaskError>>;
 struct Job {
     id: u64,
     target: TargetRef,
-    args: Vec<ByteBuf>,
+    args: Batch,
     /// How many tasks the job holds.
     len: usize,
     reply: Reply,
@@ -384,7 +385,7 @@ impl Pool {
         &self.handle.shared
     }
 
-    fn job(&self, target: TargetRef, args: Vec<ByteBuf>) -> (Job, AsyncResult<()>) {
+    fn job(&self, target: TargetRef, args: Batch) -> (Job, AsyncResult<()>) {
         let (reply, rx) = oneshot::channel();
         let len = args.len();
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
@@ -431,11 +432,11 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let bytes = match encode_value(&args) {
-            Ok(b) => ByteBuf::from(b),
-            Err(e) => return AsyncResult::failed(TaskError::Encode(e)),
-        };
-        let (job, result) = self.job(f.__target_ref().0, vec![bytes]);
+        let mut batch = BatchBuilder::default();
+        if let Err(e) = batch.push(&args) {
+            return AsyncResult::failed(TaskError::Encode(e));
+        }
+        let (job, result) = self.job(f.__target_ref().0, batch.take());
         match self.shared().submit(vec![job]) {
             Ok(()) => result.cast(),
             Err(e) => AsyncResult::failed(e),
@@ -497,24 +498,19 @@ impl Pool {
         let chunksize = chunksize.max(1);
         let mut jobs = Vec::new();
         let mut results = Vec::new();
-        let mut chunk = Vec::with_capacity(chunksize);
+        let mut chunk = BatchBuilder::default();
         let mut total = 0;
         for item in iterable {
-            chunk.push(ByteBuf::from(
-                encode_value(&item).map_err(TaskError::Encode)?,
-            ));
+            chunk.push(&item).map_err(TaskError::Encode)?;
             total += 1;
             if chunk.len() == chunksize {
-                let (job, r) = self.job(
-                    target,
-                    std::mem::replace(&mut chunk, Vec::with_capacity(chunksize)),
-                );
+                let (job, r) = self.job(target, chunk.take());
                 jobs.push(job);
                 results.push(r);
             }
         }
         if !chunk.is_empty() {
-            let (job, r) = self.job(target, chunk);
+            let (job, r) = self.job(target, chunk.take());
             jobs.push(job);
             results.push(r);
         }

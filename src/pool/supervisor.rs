@@ -225,7 +225,7 @@ async fn run(
             let msg = ToWorker::Job {
                 id: job.id,
                 target: job.target,
-                args: job.args.clone(),
+                args: job.args.clone(), // shares the buffer
             };
             if inflight.is_empty() {
                 front_since = Instant::now();

@@ -1,6 +1,7 @@
 //! The child side of a pool worker, and the messages it exchanges with its
 //! supervisor in the parent.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -16,8 +17,75 @@ pub(crate) enum ToWorker {
     Job {
         id: u64,
         target: TargetRef,
-        args: Vec<ByteBuf>,
+        args: Batch,
     },
+}
+
+/// The encoded arguments of a job, back to back in one buffer: argument
+/// `i` is `bytes[ends[i - 1]..ends[i]]`. One buffer rather than one per
+/// argument, so a chunk of a `map` costs one allocation, and a job kept
+/// for re-dispatch is shared, not copied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    bytes: Bytes,
+    ends: Vec<u64>,
+}
+
+impl Batch {
+    /// How many arguments the batch holds.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The encoded arguments, in order. A malformed batch (ends out of
+    /// range or decreasing) yields empty slices, which fail to decode.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let end = usize::try_from(end).unwrap_or(usize::MAX);
+            let arg = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            arg
+        })
+    }
+}
+
+/// Builds a [`Batch`] by encoding arguments one after another.
+#[derive(Debug, Default)]
+pub(crate) struct BatchBuilder {
+    buf: Vec<u8>,
+    ends: Vec<u64>,
+}
+
+impl BatchBuilder {
+    /// Appends one encoded argument.
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
+        let before = self.buf.len();
+        if let Err(e) = rmp_serde::encode::write(&mut self.buf, value) {
+            self.buf.truncate(before);
+            return Err(e.to_string());
+        }
+        self.ends.push(self.buf.len() as u64);
+        Ok(())
+    }
+
+    /// How many arguments were pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether nothing was pushed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The finished batch; the builder starts over, empty.
+    pub(crate) fn take(&mut self) -> Batch {
+        Batch {
+            bytes: Bytes::from(std::mem::take(&mut self.buf)),
+            ends: std::mem::take(&mut self.ends),
+        }
+    }
 }
 
 /// Worker to parent.
@@ -94,7 +162,7 @@ pub(crate) async fn serve((mut jobs, replies, init): WorkerArgs) {
         };
         let ToWorker::Job { id, target, args } = job;
         let mut outcomes = Vec::with_capacity(args.len());
-        for a in &args {
+        for a in args.iter() {
             outcomes.push(run(target, a).await);
         }
         if replies
