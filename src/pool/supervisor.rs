@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{FromWorker, ToWorker, serve};
+use super::worker::{Msg, serve};
 use super::{Job, Shared, State};
-use crate::connection::{Pipe, Receiver, Sender};
+use crate::connection::{Connection, Pipe};
 use crate::error::TaskError;
 use crate::process::Process;
 
@@ -28,22 +28,16 @@ enum End {
 
 struct Worker {
     process: Process<()>,
-    jobs: Sender<ToWorker>,
-    replies: Receiver<FromWorker>,
+    conn: Connection<Msg>,
 }
 
 async fn start(shared: &Shared) -> Result<Worker, String> {
-    let (w_jobs, jobs) = Pipe::oneway::<ToWorker>().map_err(|e| e.to_string())?;
-    let (replies, w_replies) = Pipe::oneway::<FromWorker>().map_err(|e| e.to_string())?;
+    let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
     let process = Process::builder()
         .daemon(true)
-        .build(serve, (w_jobs, w_replies, shared.config.init.clone()));
+        .build(serve, (w_conn, shared.config.init.clone()));
     process.start().await.map_err(|e| e.to_string())?;
-    Ok(Worker {
-        process,
-        jobs,
-        replies,
-    })
+    Ok(Worker { process, conn })
 }
 
 /// Kills a worker and waits for it; returns its exit code (`-N` for signal N).
@@ -101,11 +95,11 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
             }
         };
         let first = tokio::select! {
-            m = worker.replies.recv() => m.ok(),
+            m = worker.conn.recv() => m.ok(),
             _ = state.wait_for(|s| *s == State::Terminated) => None,
         };
         match first {
-            Some(FromWorker::Ready) => {
+            Some(Msg::Ready) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
@@ -113,7 +107,7 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
             other => {
                 let code = reap(&worker.process, false).await;
                 let why = match other {
-                    Some(FromWorker::InitFailed(m)) => format!("the initializer {m}"),
+                    Some(Msg::InitFailed(m)) => format!("the initializer {m}"),
                     _ => format!("the worker exited during startup (exit code {code})"),
                 };
                 if *state.borrow() == State::Terminated {
@@ -222,7 +216,7 @@ async fn run(
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
             };
-            let msg = ToWorker::Job {
+            let msg = Msg::Job {
                 id: job.id,
                 target: job.target,
                 args: job.args.clone(), // shares the buffer
@@ -233,19 +227,19 @@ async fn run(
             sent += 1;
             inflight.push_back(job);
             set_busy(&mut busy, true);
-            if worker.jobs.send(&msg).await.is_err() {
+            if worker.conn.send(&msg).await.is_err() {
                 break;
             }
         }
         set_busy(&mut busy, !inflight.is_empty());
         if inflight.is_empty() {
             if !may_take(sent) {
-                worker.jobs.close();
+                worker.conn.close();
                 reap(&worker.process, true).await;
                 break End::Replace;
             }
             if current == State::Closed && shared.lock_queue().is_empty() {
-                worker.jobs.close();
+                worker.conn.close();
                 if worker.process.join_timeout(GRACE).await.is_none() {
                     reap(&worker.process, false).await;
                 }
@@ -255,8 +249,8 @@ async fn run(
         let deadline = shared.config.timeout.map(|t| front_since + t);
         let room = inflight.len() < window && may_take(sent);
         tokio::select! {
-            msg = worker.replies.recv() => match msg {
-                Ok(FromWorker::Done { id, outcomes }) => {
+            msg = worker.conn.recv() => match msg {
+                Ok(Msg::Done { id, outcomes }) => {
                     if let Some(pos) = inflight.iter().position(|j| j.id == id) {
                         let job = inflight.remove(pos).expect("position is in range");
                         // Counted idle before the result is seen, so stats
@@ -271,7 +265,7 @@ async fn run(
             },
             _ = worker.process.sentinel() => {
                 // Replies that arrived before the exit still count.
-                while let Ok(Some(FromWorker::Done { id, outcomes })) = worker.replies.try_recv() {
+                while let Ok(Some(Msg::Done { id, outcomes })) = worker.conn.try_recv() {
                     if let Some(pos) = inflight.iter().position(|j| j.id == id) {
                         let job = inflight.remove(pos).expect("position is in range");
                         deliver(shared, job, Ok(outcomes));

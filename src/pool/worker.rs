@@ -5,20 +5,28 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::connection::{Receiver, Sender};
+use crate::connection::Connection;
 use crate::target::{Resolved, resolve};
 use crate::wire::message::{Outcome, TargetRef};
 
-/// Parent to worker.
+/// The messages between a worker and its slot in the parent, both ways
+/// on one duplex pipe, so that a reply right after a request (and the
+/// next request right after a reply) is written at once.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ToWorker {
-    /// Run `target` on every argument of `args`, in order, and reply
-    /// with one [`FromWorker::Done`]. A single task is a job of one.
+pub(crate) enum Msg {
+    /// Parent to worker: run `target` on every argument of `args`, in
+    /// order, and reply with one `Done`. A single task is a job of one.
     Job {
         id: u64,
         target: TargetRef,
         args: Batch,
     },
+    /// Worker to parent: the initializer (if any) ran; jobs may come.
+    Ready,
+    /// Worker to parent: the initializer did not return; the worker exits.
+    InitFailed(String),
+    /// Worker to parent: job `id` ended, one outcome per argument.
+    Done { id: u64, outcomes: Vec<Outcome> },
 }
 
 /// The encoded arguments of a job, back to back in one buffer: argument
@@ -88,23 +96,8 @@ impl BatchBuilder {
     }
 }
 
-/// Worker to parent.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum FromWorker {
-    /// The initializer (if any) ran; jobs may come.
-    Ready,
-    /// The initializer did not return; the worker exits.
-    InitFailed(String),
-    /// Job `id` ended: one outcome per argument.
-    Done { id: u64, outcomes: Vec<Outcome> },
-}
-
-/// What a worker is started with: its two pipe ends and the initializer.
-pub(crate) type WorkerArgs = (
-    Receiver<ToWorker>,
-    Sender<FromWorker>,
-    Option<(TargetRef, ByteBuf)>,
-);
+/// What a worker is started with: its end of the pipe and the initializer.
+pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>);
 
 /// Runs one target on one argument.
 async fn run(target: TargetRef, args: &[u8]) -> Outcome {
@@ -131,45 +124,41 @@ pub(crate) fn describe(outcome: &Outcome) -> String {
 
 /// The worker loop: runs jobs one at a time, in the order they come,
 /// until the parent closes its end.
-pub(crate) async fn serve((mut jobs, replies, init): WorkerArgs) {
+pub(crate) async fn serve((mut conn, init): WorkerArgs) {
     if let Some((target, args)) = init {
         let outcome = run(target, &args).await;
         if !matches!(outcome, Outcome::Returned(_)) {
-            let _ = replies
-                .send(&FromWorker::InitFailed(describe(&outcome)))
-                .await;
-            let _ = replies.flush().await;
+            let _ = conn.send(&Msg::InitFailed(describe(&outcome))).await;
+            let _ = conn.flush().await;
             return;
         }
     }
-    if replies.send(&FromWorker::Ready).await.is_err() {
+    if conn.send(&Msg::Ready).await.is_err() {
         return;
     }
     loop {
         // Replies are written before the next job runs: a synchronous
         // target blocks this thread, and a reply held back behind it
         // would be late, or lost if the target kills the process.
-        if replies.flush().await.is_err() {
+        if conn.flush().await.is_err() {
             return;
         }
-        let job = match jobs.try_recv() {
+        let job = match conn.try_recv() {
             Ok(Some(job)) => job,
-            Ok(None) => match jobs.recv().await {
+            Ok(None) => match conn.recv().await {
                 Ok(job) => job,
                 Err(_) => return,
             },
             Err(_) => return,
         };
-        let ToWorker::Job { id, target, args } = job;
+        let Msg::Job { id, target, args } = job else {
+            continue;
+        };
         let mut outcomes = Vec::with_capacity(args.len());
         for a in args.iter() {
             outcomes.push(run(target, a).await);
         }
-        if replies
-            .send(&FromWorker::Done { id, outcomes })
-            .await
-            .is_err()
-        {
+        if conn.send(&Msg::Done { id, outcomes }).await.is_err() {
             return;
         }
     }
