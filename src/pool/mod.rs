@@ -56,7 +56,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result, TaskError};
 use crate::target::{Target, decode_value, encode_value};
 use crate::wire::message::{Outcome, TargetRef};
-use worker::{Batch, BatchBuilder};
+use worker::{Batch, BatchBuilder, Results};
 
 /// Jobs a worker may have in flight at once.
 const WINDOW: usize = 4;
@@ -69,7 +69,7 @@ enum State {
     Terminated,
 }
 
-type Reply = oneshot::Sender<std::result::Result<Vec<Outcome>, TaskError>>;
+type Reply = oneshot::Sender<std::result::Result<Results, TaskError>>;
 
 /// One message's worth of work: a task, or a chunk of a `map`.
 struct Job {
@@ -522,9 +522,9 @@ impl Pool {
         let mut first_err = None;
         for r in results {
             match r.outcomes().await {
-                Ok(outcomes) => {
-                    for o in outcomes {
-                        match decode_outcome::<R>(o) {
+                Ok(results) => {
+                    for item in results.into_items() {
+                        match decode_item::<R>(item) {
                             Ok(v) => out.push(v),
                             Err(e) => {
                                 first_err.get_or_insert(e);
@@ -612,6 +612,15 @@ impl Pool {
     }
 }
 
+fn decode_item<R: DeserializeOwned>(
+    item: std::result::Result<bytes::Bytes, Outcome>,
+) -> std::result::Result<R, TaskError> {
+    match item {
+        Ok(bytes) => decode_value(&bytes).map_err(TaskError::Decode),
+        Err(outcome) => decode_outcome(outcome),
+    }
+}
+
 fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> std::result::Result<R, TaskError> {
     match o {
         Outcome::Returned(b) => decode_value(&b).map_err(TaskError::Decode),
@@ -624,7 +633,7 @@ fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> std::result::Result<R, Tas
 }
 
 enum Inner {
-    Pending(oneshot::Receiver<std::result::Result<Vec<Outcome>, TaskError>>),
+    Pending(oneshot::Receiver<std::result::Result<Results, TaskError>>),
     Failed(Option<TaskError>),
 }
 
@@ -653,7 +662,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 impl<R> AsyncResult<R> {
-    fn pending(rx: oneshot::Receiver<std::result::Result<Vec<Outcome>, TaskError>>) -> Self {
+    fn pending(rx: oneshot::Receiver<std::result::Result<Results, TaskError>>) -> Self {
         AsyncResult {
             inner: Inner::Pending(rx),
             _value: PhantomData,
@@ -685,7 +694,7 @@ impl<R> AsyncResult<R> {
     fn poll_outcomes(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<std::result::Result<Vec<Outcome>, TaskError>> {
+    ) -> Poll<std::result::Result<Results, TaskError>> {
         match &mut self.inner {
             Inner::Pending(rx) => Pin::new(rx)
                 .poll(cx)
@@ -694,7 +703,7 @@ impl<R> AsyncResult<R> {
         }
     }
 
-    async fn outcomes(mut self) -> std::result::Result<Vec<Outcome>, TaskError> {
+    async fn outcomes(mut self) -> std::result::Result<Results, TaskError> {
         std::future::poll_fn(|cx| self.poll_outcomes(cx)).await
     }
 }
@@ -705,11 +714,11 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.poll_outcomes(cx).map(|r| {
-            let outcome = r?
-                .into_iter()
+            let item = r?
+                .into_items()
                 .next()
                 .ok_or_else(|| TaskError::Decode("the worker sent no outcome".to_owned()))?;
-            decode_outcome(outcome)
+            decode_item(item)
         })
     }
 }

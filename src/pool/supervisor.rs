@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{Msg, serve};
+use super::worker::{Msg, Results, serve};
 use super::{Job, Shared, State};
 use crate::connection::{Connection, Pipe};
 use crate::error::TaskError;
@@ -137,23 +137,15 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
 }
 
 /// Hands a job's result over and counts it.
-pub(super) fn deliver(
-    shared: &Shared,
-    job: Job,
-    result: Result<Vec<crate::wire::message::Outcome>, TaskError>,
-) {
-    use crate::wire::message::Outcome;
+pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskError>) {
     match &result {
-        Ok(outcomes) => {
-            let ok = outcomes
-                .iter()
-                .filter(|o| matches!(o, Outcome::Returned(_)))
-                .count();
-            shared.stats.completed.fetch_add(ok, Ordering::Relaxed);
+        Ok(results) => {
+            let failed = results.failed();
             shared
                 .stats
-                .failed
-                .fetch_add(outcomes.len() - ok, Ordering::Relaxed);
+                .completed
+                .fetch_add(results.len() - failed, Ordering::Relaxed);
+            shared.stats.failed.fetch_add(failed, Ordering::Relaxed);
         }
         Err(e) => {
             tracing::warn!(error = %e, "pool task failed");
@@ -250,13 +242,13 @@ async fn run(
         let room = inflight.len() < window && may_take(sent);
         tokio::select! {
             msg = worker.conn.recv() => match msg {
-                Ok(Msg::Done { id, outcomes }) => {
+                Ok(Msg::Done { id, results }) => {
                     if let Some(pos) = inflight.iter().position(|j| j.id == id) {
                         let job = inflight.remove(pos).expect("position is in range");
                         // Counted idle before the result is seen, so stats
                         // read after a result agree with it.
                         set_busy(&mut busy, !inflight.is_empty());
-                        deliver(shared, job, Ok(outcomes));
+                        deliver(shared, job, Ok(results));
                     }
                     front_since = Instant::now();
                 }
@@ -265,10 +257,10 @@ async fn run(
             },
             _ = worker.process.sentinel() => {
                 // Replies that arrived before the exit still count.
-                while let Ok(Some(Msg::Done { id, outcomes })) = worker.conn.try_recv() {
+                while let Ok(Some(Msg::Done { id, results })) = worker.conn.try_recv() {
                     if let Some(pos) = inflight.iter().position(|j| j.id == id) {
                         let job = inflight.remove(pos).expect("position is in range");
-                        deliver(shared, job, Ok(outcomes));
+                        deliver(shared, job, Ok(results));
                     }
                 }
                 break died(shared, worker, &mut inflight).await;

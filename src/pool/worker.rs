@@ -25,8 +25,45 @@ pub(crate) enum Msg {
     Ready,
     /// Worker to parent: the initializer did not return; the worker exits.
     InitFailed(String),
-    /// Worker to parent: job `id` ended, one outcome per argument.
-    Done { id: u64, outcomes: Vec<Outcome> },
+    /// Worker to parent: job `id` ended.
+    Done { id: u64, results: Results },
+}
+
+/// The outcomes of a job, one per argument: the encoded values back to
+/// back in one buffer (an empty slot for an argument that failed), and the
+/// failures beside them with their indexes, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Results {
+    values: Batch,
+    failures: Vec<(u64, Outcome)>,
+}
+
+impl Results {
+    /// How many outcomes there are.
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// How many of them are failures.
+    pub(crate) fn failed(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// The outcomes in order: an encoded value, or how the task failed.
+    pub(crate) fn into_items(self) -> impl Iterator<Item = Result<Bytes, Outcome>> {
+        let mut failures = self.failures.into_iter().peekable();
+        let values = self.values;
+        let slices: Vec<(usize, usize)> = values.ranges().collect();
+        slices
+            .into_iter()
+            .enumerate()
+            .map(
+                move |(i, (start, end))| match failures.next_if(|(at, _)| *at == i as u64) {
+                    Some((_, outcome)) => Err(outcome),
+                    None => Ok(values.bytes.slice(start..end)),
+                },
+            )
+    }
 }
 
 /// The encoded arguments of a job, back to back in one buffer: argument
@@ -45,15 +82,26 @@ impl Batch {
         self.ends.len()
     }
 
-    /// The encoded arguments, in order. A malformed batch (ends out of
-    /// range or decreasing) yields empty slices, which fail to decode.
+    /// The encoded arguments, in order.
     fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.ranges().map(|(start, end)| &self.bytes[start..end])
+    }
+
+    /// Where each argument lies in the buffer. A malformed batch (ends
+    /// out of range or decreasing) yields empty ranges, which fail to
+    /// decode.
+    fn ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let mut start = 0usize;
+        let len = self.bytes.len();
         self.ends.iter().map(move |&end| {
             let end = usize::try_from(end).unwrap_or(usize::MAX);
-            let arg = self.bytes.get(start..end).unwrap_or_default();
+            let range = if start <= end && end <= len {
+                (start, end)
+            } else {
+                (0, 0)
+            };
             start = end;
-            arg
+            range
         })
     }
 }
@@ -75,6 +123,12 @@ impl BatchBuilder {
         }
         self.ends.push(self.buf.len() as u64);
         Ok(())
+    }
+
+    /// Appends bytes that are already encoded.
+    fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.ends.push(self.buf.len() as u64);
     }
 
     /// How many arguments were pushed.
@@ -154,11 +208,22 @@ pub(crate) async fn serve((mut conn, init): WorkerArgs) {
         let Msg::Job { id, target, args } = job else {
             continue;
         };
-        let mut outcomes = Vec::with_capacity(args.len());
-        for a in args.iter() {
-            outcomes.push(run(target, a).await);
+        let mut values = BatchBuilder::default();
+        let mut failures = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            match run(target, a).await {
+                Outcome::Returned(bytes) => values.push_raw(&bytes),
+                failure => {
+                    values.push_raw(&[]);
+                    failures.push((i as u64, failure));
+                }
+            }
         }
-        if conn.send(&Msg::Done { id, outcomes }).await.is_err() {
+        let results = Results {
+            values: values.take(),
+            failures,
+        };
+        if conn.send(&Msg::Done { id, results }).await.is_err() {
             return;
         }
     }
