@@ -57,6 +57,15 @@ async fn reap(process: &Process<()>, gentle: bool) -> i32 {
     process.exitcode().unwrap_or(-1)
 }
 
+/// Closes an idle worker's pipe, which ends its loop, and reaps it; kills
+/// it if it has not exited within the grace period.
+async fn retire(conn: &mut Connection<Msg>, process: &Process<()>) {
+    conn.close();
+    if process.join_timeout(GRACE).await.is_none() {
+        reap(process, false).await;
+    }
+}
+
 /// Runs one worker slot until the pool shuts down. `ready` hears whether
 /// the first worker started (and its initializer ran).
 ///
@@ -226,15 +235,11 @@ async fn run(
         set_busy(&mut busy, !inflight.is_empty());
         if inflight.is_empty() {
             if !may_take(sent) {
-                worker.conn.close();
-                reap(&worker.process, true).await;
+                retire(&mut worker.conn, &worker.process).await;
                 break End::Replace;
             }
             if current == State::Closed && shared.lock_queue().is_empty() {
-                worker.conn.close();
-                if worker.process.join_timeout(GRACE).await.is_none() {
-                    reap(&worker.process, false).await;
-                }
+                retire(&mut worker.conn, &worker.process).await;
                 break End::Shutdown;
             }
         }
