@@ -88,6 +88,30 @@ const CASES: &[Case] = &[
         about: "raw socketpair ping-pong of 8 bytes between the same two processes, no framing",
         run: |n| Box::pin(pipe_rtt_floor(n)),
     },
+    Case {
+        name: "pool_map_c1",
+        default_n: 100_000,
+        about: "Pool(2).map_chunked over n trivial tasks, chunksize 1",
+        run: |n| Box::pin(pool_case(n, PoolRun::MapC1)),
+    },
+    Case {
+        name: "pool_map",
+        default_n: 100_000,
+        about: "Pool(2).map over n trivial tasks, default chunks",
+        run: |n| Box::pin(pool_case(n, PoolRun::Map)),
+    },
+    Case {
+        name: "pool_apply_seq",
+        default_n: 2_000,
+        about: "Pool(2).apply of a trivial task, awaited one after another",
+        run: |n| Box::pin(pool_case(n, PoolRun::ApplySeq)),
+    },
+    Case {
+        name: "pool_apply_async",
+        default_n: 10_000,
+        about: "Pool(2).apply_async of n trivial tasks in flight, then all awaited",
+        run: |n| Box::pin(pool_case(n, PoolRun::ApplyAsync)),
+    },
 ];
 
 fn empty(_: ()) {}
@@ -386,6 +410,49 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
 fn usage() -> ! {
     eprintln!("usage: bench CASE|all|list [--n N] [--reps R]");
     std::process::exit(2);
+}
+
+fn identity(x: u64) -> u64 {
+    x
+}
+
+#[derive(Clone, Copy)]
+enum PoolRun {
+    MapC1,
+    Map,
+    ApplySeq,
+    ApplyAsync,
+}
+
+/// A two-worker pool, warmed up as the Python side does (1000 tasks,
+/// chunksize 1) outside the timed part.
+async fn pool_case(n: u64, run: PoolRun) -> Result<Duration, String> {
+    let err = |e: mp::TaskError| e.to_string();
+    let pool = mp::Pool::new(2).await.map_err(|e| e.to_string())?;
+    pool.map_chunked(identity, 0..1000, 1).await.map_err(err)?;
+    let t0 = Instant::now();
+    match run {
+        PoolRun::MapC1 => {
+            pool.map_chunked(identity, 0..n, 1).await.map_err(err)?;
+        }
+        PoolRun::Map => {
+            pool.map(identity, 0..n).await.map_err(err)?;
+        }
+        PoolRun::ApplySeq => {
+            for i in 0..n {
+                pool.apply(identity, i).await.map_err(err)?;
+            }
+        }
+        PoolRun::ApplyAsync => {
+            let pending: Vec<_> = (0..n).map(|i| pool.apply_async(identity, i)).collect();
+            for r in pending {
+                r.await.map_err(err)?;
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    pool.terminate().await;
+    Ok(elapsed)
 }
 
 fn main() {

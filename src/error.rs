@@ -188,6 +188,75 @@ pub enum Error {
     /// Taking an item from a queue failed.
     #[error(transparent)]
     Get(#[from] crate::queue::GetError),
+    /// A pool task, or starting a pool, failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// `Pool::join` was called before `close` or `terminate`.
+    #[error("the pool is still running: close or terminate it before join")]
+    StillRunning,
+}
+
+/// Why a pool task did not give its value.
+///
+/// `Debug` names the kind plainly (`WorkerDied`, `TimedOut`, `Cancelled`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The target panicked in the worker; the worker goes on.
+    #[error("the task panicked: {0}")]
+    Panicked(PanicInfo),
+    /// The worker died while running the task (`-N`: killed by signal N).
+    #[error("the worker died while running the task ({})", describe_exit(*exitcode))]
+    WorkerDied {
+        /// The worker's exit code, `-N` if signal N killed it.
+        exitcode: i32,
+    },
+    /// The task ran past the pool's task timeout; its worker was replaced.
+    #[error("the task timed out")]
+    TimedOut,
+    /// The task was cancelled before it finished (the pool was terminated
+    /// or dropped).
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// The arguments failed to encode; nothing was submitted.
+    #[error("the arguments failed to encode: {0}")]
+    Encode(String),
+    /// The value the task returned failed to encode in the worker.
+    #[error("the return value failed to encode in the worker: {0}")]
+    EncodeResult(String),
+    /// A value failed to decode (the arguments in the worker, or the
+    /// return value in the parent).
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    /// The pool is closed or terminated and takes no more tasks.
+    #[error("the pool is closed")]
+    Closed,
+    /// A worker could not be started: its initializer failed.
+    #[error("a pool worker failed to start: {0}")]
+    Initializer(String),
+}
+
+impl TaskError {
+    /// True if the target panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Panicked(_))
+    }
+
+    /// The signal that killed the worker, if one did during the task.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            TaskError::WorkerDied { exitcode } if *exitcode < 0 => Some(-exitcode),
+            _ => None,
+        }
+    }
+}
+
+fn describe_exit(code: i32) -> String {
+    if code < 0 {
+        format!("killed by {}", signal_name(-code))
+    } else {
+        format!("exit code {code}")
+    }
 }
 
 /// The name of signal `signal` (`SIGTERM`), or its number as text.

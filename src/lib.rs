@@ -55,6 +55,10 @@
 //! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new()`](Pipe::new), [`Pipe::oneway()`](Pipe::oneway) (a [`Receiver`] and a [`Sender`]) |
 //! | `conn.send(x)`, `conn.recv()` | [`conn.send(&x).await`](Connection::send), [`conn.recv().await`](Connection::recv), or `blocking_send`/`blocking_recv` in sync code |
 //! | `conn.poll(timeout)`, `conn.close()` | [`conn.poll(d).await`](Connection::poll), [`conn.close()`](Connection::close) |
+//! | `Pool(n)`, `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new(n).await?`](Pool::new), [`Pool::builder()`](Pool::builder)`.processes(n).initializer(f, a).max_tasks_per_child(k).build().await?` |
+//! | `pool.apply(f, (x,))`, `pool.apply_async(f, (x,)).get()` | [`pool.apply(f, x).await`](Pool::apply), [`pool.apply_async(f, x).await`](Pool::apply_async) (an [`AsyncResult`]) |
+//! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`pool.map(f, xs).await`](Pool::map), [`pool.map_chunked(f, xs, n).await`](Pool::map_chunked) |
+//! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close()`](Pool::close), [`join().await`](Pool::join), [`terminate().await`](Pool::terminate) |
 //!
 //! # Targets
 //!
@@ -133,6 +137,7 @@ pub mod fuzz;
 #[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
 mod handle;
 mod latch;
+mod pool;
 mod process;
 pub mod queue;
 mod sentinel;
@@ -144,8 +149,9 @@ mod wire;
 
 pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
-pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result};
+pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result, TaskError};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
+pub use pool::{AsyncResult, Pool, PoolBuilder, PoolStats};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 pub use sentinel::{Sentinel, Waitable, wait};

@@ -211,3 +211,28 @@ fn semaphores_events_barriers(
 
 #[test]
 fn the_assertions_compile() {}
+
+fn pool_types(
+    pool: mp::Pool,
+    builder: mp::PoolBuilder,
+    stats: mp::PoolStats,
+    result: mp::AsyncResult<u64>,
+) {
+    assert_traits!(result => Send & Sync & Unpin);
+    assert_traits!(pool => Send & Sync & Unpin);
+    assert_traits!(builder => Send & Sync & Unpin);
+    assert_traits!(stats => Send & Sync & Unpin);
+    let err = mp::TaskError::Cancelled;
+    assert_traits!(err => Send & Sync & Unpin);
+}
+
+fn pool_futures(pool: &mp::Pool) {
+    assert_traits!(mp::Pool::new(2) => Send & Sync & !Unpin);
+    assert_traits!(mp::Pool::builder().build() => Send & Sync & !Unpin);
+    assert_traits!(pool.apply(square, 3) => Send & Sync & !Unpin);
+    assert_traits!(pool.apply(async_square, 3) => Send & Sync & !Unpin);
+    assert_traits!(pool.map(square, vec![1, 2]) => Send & Sync & !Unpin);
+    assert_traits!(pool.map_chunked(square, 0..10, 2) => Send & Sync & !Unpin);
+    assert_traits!(pool.join() => Send & Sync & !Unpin);
+    assert_traits!(pool.terminate() => Send & Sync & !Unpin);
+}

@@ -164,10 +164,18 @@ fn bench_lists_its_cases_and_runs_one() {
         "{line}"
     );
 
-    for case in ["pipe_oneway", "pipe_rtt", "pipe_rtt_floor"] {
+    for case in [
+        "pipe_oneway",
+        "pipe_rtt",
+        "pipe_rtt_floor",
+        "pool_map_c1",
+        "pool_map",
+        "pool_apply_seq",
+        "pool_apply_async",
+    ] {
         let mut cmd = Command::new(example("bench"));
         cmd.args([case, "--n", "200", "--reps", "1"]);
-        let out = run_with_watchdog(cmd, LIMIT).expect("bench pipe case");
+        let out = run_with_watchdog(cmd, LIMIT).expect("bench case");
         assert!(out.status.success(), "{case}: {}", out.stderr);
         let line: serde_json::Value =
             serde_json::from_str(out.stdout.trim()).expect("one JSON line");
@@ -286,4 +294,47 @@ fn queue_reader_writer_passes_a_b_c_in_order() {
 fn lock_serial_runs_the_three_in_series() {
     let out = run_example("lock_serial");
     assert_eq!(out.stdout, "hello world 0\nhello world 1\nhello world 2\n");
+}
+
+#[test]
+fn pool_map_prints_the_squares() {
+    let out = run_example("pool_map");
+    assert_eq!(out.stdout, "[1, 4, 9]\n", "stdout:\n{}", out.stdout);
+}
+
+#[test]
+fn pool_apply_async_runs_five_tasks_on_four_workers() {
+    let out = run_example("pool_apply_async");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 13, "stdout:\n{}", out.stdout);
+    let parent: u32 = lines[0]
+        .strip_prefix("Parent process ")
+        .and_then(|s| s.strip_suffix('.'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("parent line: {}", lines[0]));
+    assert_eq!(lines[12], "All subprocesses done.");
+    assert!(lines.contains(&"Waiting for all subprocesses done..."));
+    let mut workers = std::collections::HashSet::new();
+    for task in 0..5 {
+        let run = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("Run task {task} (")))
+            .and_then(|s| s.strip_suffix(")..."))
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no start line for task {task}:\n{}", out.stdout));
+        assert_ne!(run, parent, "task {task} ran in the parent");
+        workers.insert(run);
+        let secs: f64 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("Task {task} runs ")))
+            .and_then(|s| s.strip_suffix(" seconds."))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no end line for task {task}:\n{}", out.stdout));
+        assert!((0.0..3.5).contains(&secs), "task {task} ran {secs} s");
+    }
+    assert!(
+        (1..=4).contains(&workers.len()),
+        "{} workers for four slots",
+        workers.len()
+    );
 }

@@ -1,0 +1,724 @@
+//! A pool of worker processes: [`Pool`].
+//!
+//! ```no_run
+//! use tokio_multiprocessing as mp;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> mp::Result<()> {
+//!     let _guard = mp::init(); // first thing: in a child this never returns
+//!     let pool = mp::Pool::new(4).await?;
+//!     assert_eq!(pool.map(square, [1, 2, 3]).await?, [1, 4, 9]);
+//!     assert_eq!(pool.apply(square, 12).await?, 144);
+//!     pool.close();
+//!     pool.join().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each worker is a child [`Process`](crate::Process) running a loop that
+//! takes jobs (one task, or a chunk of a `map`) from a pipe, runs them one
+//! at a time in the order they came, and sends back one reply per job. In
+//! the parent, one task per worker keeps a small window of jobs in flight
+//! on its pipe, so the worker never waits a round trip between jobs, and
+//! replaces the worker when it dies, outlives a task's timeout, or has run
+//! [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child) jobs.
+//!
+//! # Caveats
+//!
+//! Dropping the last [`Pool`] handle terminates the pool: the workers are
+//! killed and every unfinished task resolves with
+//! [`TaskError::Cancelled`]. Workers are daemonic, so the
+//! [`InitGuard`](crate::InitGuard) terminates any still running when `main`
+//! ends. No worker is left a zombie: each is reaped by its supervising task.
+
+mod supervisor;
+pub(crate) mod worker;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_bytes::ByteBuf;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result, TaskError};
+use crate::target::{Target, decode_value, encode_value};
+use crate::wire::message::{Outcome, TargetRef};
+use worker::{Batch, BatchBuilder, Results};
+
+/// Jobs a worker may have in flight at once.
+const WINDOW: usize = 4;
+
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Closed,
+    Terminated,
+}
+
+type Reply = oneshot::Sender<std::result::Result<Results, TaskError>>;
+
+/// One message's worth of work: a task, or a chunk of a `map`.
+struct Job {
+    id: u64,
+    target: TargetRef,
+    args: Batch,
+    /// How many tasks the job holds.
+    len: usize,
+    reply: Reply,
+}
+
+#[derive(Default)]
+struct Counters {
+    workers: AtomicUsize,
+    busy: AtomicUsize,
+    completed: AtomicUsize,
+    failed: AtomicUsize,
+    restarted: AtomicUsize,
+}
+
+struct Config {
+    init: Option<(TargetRef, ByteBuf)>,
+    max_tasks: Option<usize>,
+    timeout: Option<Duration>,
+    window: usize,
+}
+
+/// What the pool's handles and its supervising tasks share.
+struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    notify: Notify,
+    state: watch::Sender<State>,
+    stats: Counters,
+    config: Config,
+    next_id: AtomicU64,
+    /// Worker slots still running.
+    live_slots: AtomicUsize,
+}
+
+impl Shared {
+    fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next job whose result someone still wants; the others are
+    /// cancelled and never run.
+    ///
+    /// A worker that is already busy (`idle` false) gets another job only
+    /// when there are more jobs than idle workers, so a short task does
+    /// not wait behind a long one while a worker has nothing to do.
+    fn pop_job(&self, idle: bool) -> Option<Job> {
+        let mut q = self.lock_queue();
+        if !idle {
+            let workers = self.stats.workers.load(Ordering::Relaxed);
+            let busy = self.stats.busy.load(Ordering::Relaxed);
+            if q.len() <= workers.saturating_sub(busy) {
+                return None;
+            }
+        }
+        while let Some(job) = q.pop_front() {
+            if !job.reply.is_closed() {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    fn submit(&self, jobs: Vec<Job>) -> std::result::Result<(), TaskError> {
+        let mut q = self.lock_queue();
+        if *self.state.borrow() != State::Running {
+            return Err(TaskError::Closed);
+        }
+        q.extend(jobs);
+        drop(q);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// Moves to `Terminated` and cancels every queued job.
+    fn begin_terminate(&self) {
+        self.state.send_replace(State::Terminated);
+        let drained: Vec<Job> = self.lock_queue().drain(..).collect();
+        for job in drained {
+            supervisor::deliver(self, job, Err(TaskError::Cancelled));
+        }
+    }
+}
+
+/// The handle whose drop terminates the pool.
+struct Handle {
+    shared: Arc<Shared>,
+    slots: Mutex<Vec<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.begin_terminate();
+    }
+}
+
+/// A pool of worker processes that run targets in parallel.
+///
+/// Python's `multiprocessing.Pool`. Cloning gives another handle to the
+/// same pool (an `Arc` inside), so a server can share one between its
+/// handlers; dropping the last handle terminates it.
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> mp::Result<()> {
+///     let _guard = mp::init();
+///     let pool = mp::Pool::new(0).await?; // one worker per CPU
+///     let pending = pool.apply_async(square, 7);
+///     assert_eq!(pool.map(square, 1..=3).await?, [1, 4, 9]);
+///     assert_eq!(pending.await?, 49);
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Pool {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.handle.processes)
+            .field("state", &*self.handle.shared.state.borrow())
+            .finish()
+    }
+}
+
+/// How many tasks a pool has run, is running and holds, from
+/// [`Pool::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Workers running now.
+    pub workers: usize,
+    /// Workers with at least one job in flight.
+    pub busy: usize,
+    /// Jobs (tasks, or chunks of a `map`) waiting for a worker.
+    pub queued: usize,
+    /// Tasks that returned a value.
+    pub completed: usize,
+    /// Tasks that ended in an error.
+    pub failed: usize,
+    /// Workers replaced after they died, timed out or retired.
+    pub restarted: usize,
+}
+
+/// Configures a [`Pool`] before it starts.
+///
+/// ```no_run
+/// # use tokio_multiprocessing as mp;
+/// # use std::time::Duration;
+/// fn setup(_: ()) {}
+/// # async fn demo() -> mp::Result<()> {
+/// let pool = mp::Pool::builder()
+///     .processes(4)
+///     .initializer(setup, ())
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct PoolBuilder {
+    processes: usize,
+    init: Option<(TargetRef, std::result::Result<ByteBuf, String>)>,
+    max_tasks: Option<usize>,
+    timeout: Option<Duration>,
+}
+
+impl PoolBuilder {
+    /// The number of workers; 0 (the default) means the available parallelism.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// A target every worker runs once, before any task. If it panics in
+    /// the first workers, [`build`](Self::build) fails.
+    pub fn initializer<A, M, F>(mut self, f: F, args: A) -> Self
+    where
+        F: Target<A, (), M>,
+        A: Serialize,
+    {
+        let args = encode_value(&args).map(ByteBuf::from);
+        self.init = Some((f.__target_ref().0, args));
+        self
+    }
+
+    /// Replaces a worker after it has run `k` jobs (a task, or a chunk of
+    /// a `map`), as Python's `maxtasksperchild`. `k = 0` fails the build.
+    pub fn max_tasks_per_child(mut self, k: usize) -> Self {
+        self.max_tasks = Some(k);
+        self
+    }
+
+    /// A task running longer than `d` fails with [`TaskError::TimedOut`];
+    /// its worker gets `SIGTERM`, then `SIGKILL` half a second later, and
+    /// is replaced.
+    pub fn task_timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Starts the workers and waits until each has run the initializer.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Initializer`] (inside [`Error::Task`]) if a worker
+    /// failed to start or its initializer did not return; the workers
+    /// already started are killed and reaped first. An
+    /// [`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput)
+    /// error for `max_tasks_per_child(0)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future part way leaves the workers
+    /// started so far to be terminated with the pool's handle.
+    pub async fn build(self) -> Result<Pool> {
+        if self.max_tasks == Some(0) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "max_tasks_per_child must be at least 1",
+            )));
+        }
+        let init = match self.init {
+            None => None,
+            Some((t, Ok(a))) => Some((t, a)),
+            Some((_, Err(e))) => {
+                return Err(
+                    TaskError::Initializer(format!("its arguments failed to encode: {e}")).into(),
+                );
+            }
+        };
+        let processes = match self.processes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            state: watch::Sender::new(State::Running),
+            stats: Counters::default(),
+            config: Config {
+                init,
+                max_tasks: self.max_tasks,
+                timeout: self.timeout,
+                window: WINDOW,
+            },
+            next_id: AtomicU64::new(0),
+            live_slots: AtomicUsize::new(processes),
+        });
+        let mut slots = Vec::with_capacity(processes);
+        let mut readies = Vec::with_capacity(processes);
+        for _ in 0..processes {
+            let (tx, rx) = oneshot::channel();
+            slots.push(tokio::spawn(supervisor::supervise(shared.clone(), tx)));
+            readies.push(rx);
+        }
+        let pool = Pool {
+            handle: Arc::new(Handle {
+                shared,
+                slots: Mutex::new(slots),
+                processes,
+            }),
+        };
+        for ready in readies {
+            let failure = match ready.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => why,
+                Err(_) => "a worker slot ended before its worker started".to_owned(),
+            };
+            pool.terminate().await;
+            return Err(TaskError::Initializer(failure).into());
+        }
+        Ok(pool)
+    }
+}
+
+impl Pool {
+    /// Starts a pool of `n` workers; `n = 0` means the available parallelism.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`PoolBuilder::build`].
+    pub async fn new(n: usize) -> Result<Pool> {
+        Pool::builder().processes(n).build().await
+    }
+
+    /// A builder for a pool with an initializer, a task timeout or a limit
+    /// on tasks per worker.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    fn job(&self, target: TargetRef, args: Batch) -> (Job, AsyncResult<()>) {
+        let (reply, rx) = oneshot::channel();
+        let len = args.len();
+        let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
+        (
+            Job {
+                id,
+                target,
+                args,
+                len,
+                reply,
+            },
+            AsyncResult::pending(rx),
+        )
+    }
+
+    /// Runs `f(args)` in a worker and waits for its value.
+    ///
+    /// # Errors
+    ///
+    /// Every way a task can fail: see [`TaskError`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before the task reached a worker cancels the
+    /// task; once a worker has it, it runs to the end and its value is
+    /// dropped.
+    pub async fn apply<A, R, M, F>(&self, f: F, args: A) -> std::result::Result<R, TaskError>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.apply_async(f, args).await
+    }
+
+    /// Submits `f(args)` and returns at once; the [`AsyncResult`] resolves
+    /// to its value.
+    ///
+    /// Dropping the `AsyncResult` before the task reached a worker cancels
+    /// it: it never runs.
+    pub fn apply_async<A, R, M, F>(&self, f: F, args: A) -> AsyncResult<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let mut batch = BatchBuilder::default();
+        if let Err(e) = batch.push(&args) {
+            return AsyncResult::failed(TaskError::Encode(e));
+        }
+        let (job, result) = self.job(f.__target_ref().0, batch.take());
+        match self.shared().submit(vec![job]) {
+            Ok(()) => result.cast(),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    /// Runs `f` on every item, in chunks, and returns the values in input
+    /// order.
+    ///
+    /// The chunk size is Python's default: the number of items divided by
+    /// four times the number of workers, rounded up.
+    ///
+    /// # Errors
+    ///
+    /// The first failure in input order, reported once every chunk has
+    /// finished; the pool stays usable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future cancels the chunks that had not reached a worker.
+    pub async fn map<A, R, M, F, I>(
+        &self,
+        f: F,
+        iterable: I,
+    ) -> std::result::Result<Vec<R>, TaskError>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = iterable.into_iter().collect();
+        let chunksize = items.len().div_ceil(4 * self.handle.processes).max(1);
+        self.map_chunked(f, items, chunksize).await
+    }
+
+    /// [`map`](Self::map) with the given chunk size (0 counts as 1).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`map`](Self::map).
+    pub async fn map_chunked<A, R, M, F, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> std::result::Result<Vec<R>, TaskError>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let target = f.__target_ref().0;
+        let chunksize = chunksize.max(1);
+        let mut jobs = Vec::new();
+        let mut results = Vec::new();
+        let mut chunk = BatchBuilder::default();
+        let mut total = 0;
+        for item in iterable {
+            chunk.push(&item).map_err(TaskError::Encode)?;
+            total += 1;
+            if chunk.len() == chunksize {
+                let (job, r) = self.job(target, chunk.take());
+                jobs.push(job);
+                results.push(r);
+            }
+        }
+        if !chunk.is_empty() {
+            let (job, r) = self.job(target, chunk.take());
+            jobs.push(job);
+            results.push(r);
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.shared().submit(jobs)?;
+        let mut out = Vec::with_capacity(total);
+        let mut first_err = None;
+        for r in results {
+            match r.outcomes().await {
+                Ok(results) => {
+                    for item in results.into_items() {
+                        match decode_item::<R>(item) {
+                            Ok(v) => out.push(v),
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Stops taking work: later submissions fail with [`TaskError::Closed`];
+    /// queued tasks still run. Python's `close`.
+    pub fn close(&self) {
+        self.shared().state.send_if_modified(|s| match s {
+            State::Running => {
+                *s = State::Closed;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Waits for the workers to finish every queued task and exit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StillRunning`] unless [`close`](Self::close) or
+    /// [`terminate`](Self::terminate) was called first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a later `join` goes on waiting.
+    pub async fn join(&self) -> Result<()> {
+        if *self.shared().state.borrow() == State::Running {
+            return Err(Error::StillRunning);
+        }
+        loop {
+            let slot = self
+                .handle
+                .slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            match slot {
+                Some(h) => {
+                    let _ = h.await;
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Kills the workers at once; every unfinished task resolves with
+    /// [`TaskError::Cancelled`]. Returns once the workers are reaped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the pool is terminated from the first poll; dropping
+    /// the future only stops waiting for the reaping.
+    pub async fn terminate(&self) {
+        self.shared().begin_terminate();
+        let _ = self.join().await;
+    }
+
+    /// How many workers there are, how many are busy, and how many tasks
+    /// are queued, done, failed and restarted.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.shared().stats;
+        PoolStats {
+            workers: c.workers.load(Ordering::Relaxed),
+            busy: c.busy.load(Ordering::Relaxed),
+            queued: self.shared().lock_queue().len(),
+            completed: c.completed.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            restarted: c.restarted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn decode_item<R: DeserializeOwned>(
+    item: std::result::Result<bytes::Bytes, Outcome>,
+) -> std::result::Result<R, TaskError> {
+    match item {
+        Ok(bytes) => decode_value(&bytes).map_err(TaskError::Decode),
+        Err(outcome) => decode_outcome(outcome),
+    }
+}
+
+fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> std::result::Result<R, TaskError> {
+    match o {
+        Outcome::Returned(b) => decode_value(&b).map_err(TaskError::Decode),
+        Outcome::Panicked(info) => Err(TaskError::Panicked(info)),
+        Outcome::DecodeArgs(e) => Err(TaskError::Decode(format!(
+            "in the worker, the arguments: {e}"
+        ))),
+        Outcome::EncodeResult(e) => Err(TaskError::EncodeResult(e)),
+    }
+}
+
+enum Inner {
+    Pending(oneshot::Receiver<std::result::Result<Results, TaskError>>),
+    Failed(Option<TaskError>),
+}
+
+/// The value of a task submitted with [`Pool::apply_async`], as a future.
+///
+/// Python's `AsyncResult`: await it for the value, or ask
+/// [`ready`](Self::ready). Dropping it before the task reached a worker
+/// cancels the task, which then never runs.
+///
+/// # Cancel safety
+///
+/// Awaiting it in a `select!` and dropping the poll loses nothing until
+/// the `AsyncResult` itself is dropped.
+#[must_use = "dropping an AsyncResult cancels its task if it has not started"]
+pub struct AsyncResult<R> {
+    inner: Inner,
+    _value: PhantomData<fn() -> R>,
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.ready())
+            .finish()
+    }
+}
+
+impl<R> AsyncResult<R> {
+    fn pending(rx: oneshot::Receiver<std::result::Result<Results, TaskError>>) -> Self {
+        AsyncResult {
+            inner: Inner::Pending(rx),
+            _value: PhantomData,
+        }
+    }
+
+    fn failed(e: TaskError) -> Self {
+        AsyncResult {
+            inner: Inner::Failed(Some(e)),
+            _value: PhantomData,
+        }
+    }
+
+    fn cast<S>(self) -> AsyncResult<S> {
+        AsyncResult {
+            inner: self.inner,
+            _value: PhantomData,
+        }
+    }
+
+    /// Whether the task has ended, so that awaiting gives its result at once.
+    pub fn ready(&self) -> bool {
+        match &self.inner {
+            Inner::Pending(rx) => !rx.is_empty() || rx.is_terminated(),
+            Inner::Failed(_) => true,
+        }
+    }
+
+    fn poll_outcomes(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<Results, TaskError>> {
+        match &mut self.inner {
+            Inner::Pending(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(TaskError::Cancelled))),
+            Inner::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(TaskError::Cancelled))),
+        }
+    }
+
+    async fn outcomes(mut self) -> std::result::Result<Results, TaskError> {
+        std::future::poll_fn(|cx| self.poll_outcomes(cx)).await
+    }
+}
+
+impl<R: DeserializeOwned> Future for AsyncResult<R> {
+    type Output = std::result::Result<R, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.poll_outcomes(cx).map(|r| {
+            let item = r?
+                .into_items()
+                .next()
+                .ok_or_else(|| TaskError::Decode("the worker sent no outcome".to_owned()))?;
+            decode_item(item)
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The child side of a pool worker, and the messages it exchanges with its
+//! supervisor in the parent.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::connection::Connection;
+use crate::target::{Resolved, resolve};
+use crate::wire::message::{Outcome, TargetRef};
+
+/// The messages between a worker and its slot in the parent, both ways
+/// on one duplex pipe, so that a reply right after a request (and the
+/// next request right after a reply) is written at once.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    /// Parent to worker: run `target` on every argument of `args`, in
+    /// order, and reply with one `Done`. A single task is a job of one.
+    Job {
+        id: u64,
+        target: TargetRef,
+        args: Batch,
+    },
+    /// Worker to parent: the initializer (if any) ran; jobs may come.
+    Ready,
+    /// Worker to parent: the initializer did not return; the worker exits.
+    InitFailed(String),
+    /// Worker to parent: job `id` ended.
+    Done { id: u64, results: Results },
+}
+
+/// The outcomes of a job, one per argument: the encoded values back to
+/// back in one buffer (an empty slot for an argument that failed), and the
+/// failures beside them with their indexes, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Results {
+    values: Batch,
+    failures: Vec<(u64, Outcome)>,
+}
+
+impl Results {
+    /// How many outcomes there are.
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// How many of them are failures.
+    pub(crate) fn failed(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// The outcomes in order: an encoded value, or how the task failed.
+    pub(crate) fn into_items(self) -> impl Iterator<Item = Result<Bytes, Outcome>> {
+        let mut failures = self.failures.into_iter().peekable();
+        let values = self.values;
+        let slices: Vec<(usize, usize)> = values.ranges().collect();
+        slices
+            .into_iter()
+            .enumerate()
+            .map(
+                move |(i, (start, end))| match failures.next_if(|(at, _)| *at == i as u64) {
+                    Some((_, outcome)) => Err(outcome),
+                    None => Ok(values.bytes.slice(start..end)),
+                },
+            )
+    }
+}
+
+/// The encoded arguments of a job, back to back in one buffer: argument
+/// `i` is `bytes[ends[i - 1]..ends[i]]`. One buffer rather than one per
+/// argument, so a chunk of a `map` costs one allocation, and a job kept
+/// for re-dispatch is shared, not copied.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    bytes: Bytes,
+    ends: Vec<u64>,
+}
+
+impl Batch {
+    /// How many arguments the batch holds.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The encoded arguments, in order.
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.ranges().map(|(start, end)| &self.bytes[start..end])
+    }
+
+    /// Where each argument lies in the buffer. A malformed batch (ends
+    /// out of range or decreasing) yields empty ranges, which fail to
+    /// decode.
+    fn ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let mut start = 0usize;
+        let len = self.bytes.len();
+        self.ends.iter().map(move |&end| {
+            let end = usize::try_from(end).unwrap_or(usize::MAX);
+            let range = if start <= end && end <= len {
+                (start, end)
+            } else {
+                (0, 0)
+            };
+            start = end;
+            range
+        })
+    }
+}
+
+/// Builds a [`Batch`] by encoding arguments one after another.
+#[derive(Debug, Default)]
+pub(crate) struct BatchBuilder {
+    buf: Vec<u8>,
+    ends: Vec<u64>,
+}
+
+impl BatchBuilder {
+    /// Appends one encoded argument.
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
+        let before = self.buf.len();
+        if let Err(e) = rmp_serde::encode::write(&mut self.buf, value) {
+            self.buf.truncate(before);
+            return Err(e.to_string());
+        }
+        self.ends.push(self.buf.len() as u64);
+        Ok(())
+    }
+
+    /// Appends bytes that are already encoded.
+    fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.ends.push(self.buf.len() as u64);
+    }
+
+    /// How many arguments were pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether nothing was pushed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The finished batch; the builder starts over, empty.
+    pub(crate) fn take(&mut self) -> Batch {
+        Batch {
+            bytes: Bytes::from(std::mem::take(&mut self.buf)),
+            ends: std::mem::take(&mut self.ends),
+        }
+    }
+}
+
+/// What a worker is started with: its end of the pipe and the initializer.
+pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>);
+
+/// Runs one target on one argument.
+async fn run(target: TargetRef, args: &[u8]) -> Outcome {
+    // SAFETY: `serve` is crate-private, so it only runs as the target of a
+    // pool worker, in a child this library started, whose handshake
+    // checked that it runs the parent's executable image (the build
+    // fingerprint); every `TargetRef` it receives was made by the parent's
+    // `Target::__target_ref` (see `Pool::submit` and the builder).
+    match unsafe { resolve(target) } {
+        Resolved::Sync(entry) => entry(args),
+        Resolved::Async(entry) => entry(args).await,
+    }
+}
+
+/// Describes an outcome that is not a return value, for an initializer.
+pub(crate) fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Returned(_) => "returned".to_owned(),
+        Outcome::Panicked(info) => format!("panicked: {info}"),
+        Outcome::DecodeArgs(e) => format!("its arguments did not decode: {e}"),
+        Outcome::EncodeResult(e) => format!("its value did not encode: {e}"),
+    }
+}
+
+/// The worker loop: runs jobs one at a time, in the order they come,
+/// until the parent closes its end.
+pub(crate) async fn serve((mut conn, init): WorkerArgs) {
+    if let Some((target, args)) = init {
+        let outcome = run(target, &args).await;
+        if !matches!(outcome, Outcome::Returned(_)) {
+            let _ = conn.send(&Msg::InitFailed(describe(&outcome))).await;
+            let _ = conn.flush().await;
+            return;
+        }
+    }
+    if conn.send(&Msg::Ready).await.is_err() {
+        return;
+    }
+    loop {
+        // Replies are written before the next job runs: a synchronous
+        // target blocks this thread, and a reply held back behind it
+        // would be late, or lost if the target kills the process.
+        if conn.flush().await.is_err() {
+            return;
+        }
+        let job = match conn.try_recv() {
+            Ok(Some(job)) => job,
+            Ok(None) => match conn.recv().await {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let Msg::Job { id, target, args } = job else {
+            continue;
+        };
+        let mut values = BatchBuilder::default();
+        let mut failures = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            match run(target, a).await {
+                Outcome::Returned(bytes) => values.push_raw(&bytes),
+                failure => {
+                    values.push_raw(&[]);
+                    failures.push((i as u64, failure));
+                }
+            }
+        }
+        let results = Results {
+            values: values.take(),
+            failures,
+        };
+        if conn.send(&Msg::Done { id, results }).await.is_err() {
+            return;
+        }
+    }
+}
