@@ -53,14 +53,7 @@ async fn hundreds_of_pipes_leak_nothing() -> Result<(), Failed> {
     cycles(16).await?;
     let fds_before = common::open_fds();
     cycles(400).await?;
-    let mut fds_after = common::open_fds();
-    for _ in 0..100 {
-        if fds_after <= fds_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        fds_after = common::open_fds();
-    }
+    let fds_after = common::open_fds_settled(fds_before).await;
     println!("open fds: {fds_before} before, {fds_after} after 400 pipes");
     ensure(
         fds_after <= fds_before,

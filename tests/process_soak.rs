@@ -38,14 +38,7 @@ async fn thousand_cycles_leak_nothing() -> Result<(), Failed> {
     let children_before = common::children();
     cycles(1000).await?;
     // The watcher tasks close their sockets just after the values arrive.
-    let mut fds_after = common::open_fds();
-    for _ in 0..100 {
-        if fds_after <= fds_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        fds_after = common::open_fds();
-    }
+    let fds_after = common::open_fds_settled(fds_before).await;
     let zombies = common::zombie_children();
     println!("open fds: {fds_before} before, {fds_after} after 1000 cycles; zombies: {zombies:?}");
     ensure(

@@ -161,14 +161,7 @@ async fn every_kind_of_bad_frame() -> Result<(), Failed> {
         )
     })
     .await?;
-    let mut fds_after = common::open_fds();
-    for _ in 0..100 {
-        if fds_after <= fds_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        fds_after = common::open_fds();
-    }
+    let fds_after = common::open_fds_settled(fds_before).await;
     ensure(
         fds_after <= fds_before,
         format!("descriptors {fds_before} -> {fds_after}"),

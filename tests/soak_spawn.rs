@@ -48,14 +48,7 @@ async fn ten_thousand_cycles() -> Result<(), Failed> {
     let t0 = Instant::now();
     cycles(10_000).await?;
     let took = t0.elapsed();
-    let mut fds1 = common::open_fds();
-    for _ in 0..100 {
-        if fds1 <= fds0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        fds1 = common::open_fds();
-    }
+    let fds1 = common::open_fds_settled(fds0).await;
     let (rss1, zombies, children1) = (rss_kib(), common::zombie_children(), common::children());
     println!(
         "10,000 cycles in {took:?}: fds {fds0} -> {fds1}, RSS {rss0} KiB -> {rss1} KiB, zombies {zombies:?}"

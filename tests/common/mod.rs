@@ -71,6 +71,21 @@ pub fn open_fds() -> usize {
         .unwrap_or(0)
 }
 
+/// The number of open descriptors once it has fallen back to `target`,
+/// or after about a second: the tasks that watch children close their
+/// sockets a moment after the values arrive.
+pub async fn open_fds_settled(target: usize) -> usize {
+    let mut now = open_fds();
+    for _ in 0..100 {
+        if now <= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        now = open_fds();
+    }
+    now
+}
+
 /// Pids of this process's children that are zombies.
 pub fn zombie_children() -> Vec<u32> {
     children_in_state(|s| s == 'Z')
