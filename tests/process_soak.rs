@@ -10,24 +10,8 @@ use common::{case, ensure};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-fn echo(x: u32) -> u32 {
-    x
-}
-
 async fn cycles(n: u32) -> Result<(), Failed> {
-    const BATCH: u32 = 8;
-    for start in (0..n).step_by(BATCH as usize) {
-        let mut procs = Vec::new();
-        for i in start..(start + BATCH).min(n) {
-            let p = mp::Process::new(echo, i);
-            p.start().await?;
-            procs.push((i, p));
-        }
-        for (i, p) in procs {
-            ensure(p.join().await? == i, "value")?;
-        }
-    }
-    Ok(())
+    common::start_join_cycles(n, 8).await
 }
 
 async fn thousand_cycles_leak_nothing() -> Result<(), Failed> {

@@ -10,10 +10,6 @@ use common::{case, ensure};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-fn echo(x: u32) -> u32 {
-    x
-}
-
 /// This process's resident set, in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -27,19 +23,7 @@ fn rss_kib() -> u64 {
 }
 
 async fn cycles(n: u32) -> Result<(), Failed> {
-    const BATCH: u32 = 16;
-    for start in (0..n).step_by(BATCH as usize) {
-        let mut procs = Vec::new();
-        for i in start..(start + BATCH).min(n) {
-            let p = mp::Process::new(echo, i);
-            p.start().await?;
-            procs.push((i, p));
-        }
-        for (i, p) in procs {
-            ensure(p.join().await? == i, "value")?;
-        }
-    }
-    Ok(())
+    common::start_join_cycles(n, 16).await
 }
 
 async fn ten_thousand_cycles() -> Result<(), Failed> {

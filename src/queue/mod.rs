@@ -759,35 +759,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     queue_methods!();
 }
 
-impl<T> Clone for Queue<T> {
-    fn clone(&self) -> Self {
-        Queue {
-            core: self.core.clone(),
-            _items: PhantomData,
-        }
-    }
-}
-
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Queue")
             .field("len", &self.core.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl<T> Serialize for Queue<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.core.serialize(serializer)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for Queue<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Queue {
-            core: Core::deserialize(deserializer, Kind::Queue)?,
-            _items: PhantomData,
-        })
     }
 }
 
@@ -856,15 +832,6 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 }
 
-impl<T> Clone for JoinableQueue<T> {
-    fn clone(&self) -> Self {
-        JoinableQueue {
-            core: self.core.clone(),
-            _items: PhantomData,
-        }
-    }
-}
-
 impl<T> fmt::Debug for JoinableQueue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JoinableQueue")
@@ -877,31 +844,45 @@ impl<T> fmt::Debug for JoinableQueue<T> {
     }
 }
 
-impl<T> Serialize for JoinableQueue<T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.core.serialize(serializer)
-    }
+/// The trait impls `Queue` and `JoinableQueue` share: both are a `Core`
+/// and a marker, differing only in the segment kind.
+macro_rules! queue_impls {
+    ($ty:ident, $kind:expr) => {
+        impl<T> Clone for $ty<T> {
+            fn clone(&self) -> Self {
+                $ty {
+                    core: self.core.clone(),
+                    _items: PhantomData,
+                }
+            }
+        }
+
+        impl<T> Serialize for $ty<T> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                self.core.serialize(serializer)
+            }
+        }
+
+        impl<'de, T> Deserialize<'de> for $ty<T> {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Ok($ty {
+                    core: Core::deserialize(deserializer, $kind)?,
+                    _items: PhantomData,
+                })
+            }
+        }
+
+        impl<T> crate::sentinel::private::Sealed for $ty<T> {}
+
+        impl<T> crate::sentinel::Waitable for $ty<T> {
+            fn ready(
+                &self,
+            ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+                Box::pin(self.core.ready())
+            }
+        }
+    };
 }
 
-impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(JoinableQueue {
-            core: Core::deserialize(deserializer, Kind::JoinableQueue)?,
-            _items: PhantomData,
-        })
-    }
-}
-
-impl<T> crate::sentinel::private::Sealed for Queue<T> {}
-impl<T> crate::sentinel::Waitable for Queue<T> {
-    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(self.core.ready())
-    }
-}
-
-impl<T> crate::sentinel::private::Sealed for JoinableQueue<T> {}
-impl<T> crate::sentinel::Waitable for JoinableQueue<T> {
-    fn ready(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        Box::pin(self.core.ready())
-    }
-}
+queue_impls!(Queue, Kind::Queue);
+queue_impls!(JoinableQueue, Kind::JoinableQueue);

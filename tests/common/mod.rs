@@ -55,6 +55,27 @@ pub fn run(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
     conclusion.exit()
 }
 
+fn echo(x: u32) -> u32 {
+    x
+}
+
+/// Starts and joins `n` children that echo their argument, `batch` at a
+/// time, checking every value.
+pub async fn start_join_cycles(n: u32, batch: u32) -> Result<(), Failed> {
+    for start in (0..n).step_by(batch.max(1) as usize) {
+        let mut procs = Vec::new();
+        for i in start..(start + batch).min(n) {
+            let p = mp::Process::new(echo, i);
+            p.start().await?;
+            procs.push((i, p));
+        }
+        for (i, p) in procs {
+            ensure(p.join().await? == i, "value")?;
+        }
+    }
+    Ok(())
+}
+
 /// Fails with `msg` unless `cond` holds.
 pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> Result<(), Failed> {
     if cond {
