@@ -151,7 +151,7 @@ pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result, TaskError};
 pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
-pub use pool::{AsyncResult, Pool, PoolBuilder, PoolStats};
+pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 pub use sentinel::{Sentinel, Waitable, wait};
@@ -159,7 +159,7 @@ pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
     SemaphorePermit,
 };
-pub use target::{Target, TargetRefHidden, marker};
+pub use target::{StarTarget, Target, TargetRefHidden, marker};
 
 /// Marks the program as a multiprocessing program and, in a child, runs the
 /// child's work.

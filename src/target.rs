@@ -144,9 +144,9 @@ fn finish<R: Serialize>(value: R) -> Outcome {
     }
 }
 
-fn sync_trampoline<F, A, R>(args: &[u8]) -> Outcome
+/// Decodes the arguments, calls, and encodes the value, catching a panic.
+fn run_sync<A, R>(args: &[u8], call: impl FnOnce(A) -> R) -> Outcome
 where
-    F: Fn(A) -> R + Copy,
     A: DeserializeOwned,
     R: Serialize,
 {
@@ -154,19 +154,15 @@ where
         Ok(a) => a,
         Err(e) => return Outcome::DecodeArgs(e),
     };
-    // SAFETY: this trampoline is only named by `Target::__target_ref` for a
-    // value of `F` the caller held, so `F` is inhabited; `conjure` checks
-    // the size at compile time and `F: Copy` is required above.
-    let f: F = unsafe { conjure::<F>() };
-    match std::panic::catch_unwind(AssertUnwindSafe(move || f(args))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(move || call(args))) {
         Ok(value) => finish(value),
         Err(payload) => Outcome::Panicked(panic_info(payload)),
     }
 }
 
-fn async_trampoline<F, A, R, Fut>(args: &[u8]) -> OutcomeFuture
+/// [`run_sync`] for a call that returns a future.
+fn run_async<A, R, Fut>(args: &[u8], call: impl FnOnce(A) -> Fut) -> OutcomeFuture
 where
-    F: Fn(A) -> Fut + Copy,
     Fut: Future<Output = R> + Send + 'static,
     A: DeserializeOwned,
     R: Serialize,
@@ -175,10 +171,7 @@ where
         Ok(a) => a,
         Err(e) => return Box::pin(std::future::ready(Outcome::DecodeArgs(e))),
     };
-    // SAFETY: as in `sync_trampoline`: named only for a value of `F` that
-    // existed, zero-sized by the compile-time check, and `Copy`.
-    let f: F = unsafe { conjure::<F>() };
-    let fut = match std::panic::catch_unwind(AssertUnwindSafe(move || f(args))) {
+    let fut = match std::panic::catch_unwind(AssertUnwindSafe(move || call(args))) {
         Ok(fut) => fut,
         Err(payload) => {
             return Box::pin(std::future::ready(Outcome::Panicked(panic_info(payload))));
@@ -189,6 +182,37 @@ where
             Ok(value) => finish(value),
             Err(payload) => Outcome::Panicked(panic_info(payload)),
         }
+    })
+}
+
+fn sync_trampoline<F, A, R>(args: &[u8]) -> Outcome
+where
+    F: Fn(A) -> R + Copy,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    run_sync(args, |a| {
+        // SAFETY: this trampoline is only named by `Target::__target_ref`
+        // for a value of `F` the caller held, so `F` is inhabited;
+        // `conjure` checks the size at compile time and `F: Copy` is
+        // required above.
+        let f: F = unsafe { conjure::<F>() };
+        f(a)
+    })
+}
+
+fn async_trampoline<F, A, R, Fut>(args: &[u8]) -> OutcomeFuture
+where
+    F: Fn(A) -> Fut + Copy,
+    Fut: Future<Output = R> + Send + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    run_async(args, |a| {
+        // SAFETY: as in `sync_trampoline`: named only for a value of `F`
+        // that existed, zero-sized by the compile-time check, and `Copy`.
+        let f: F = unsafe { conjure::<F>() };
+        f(a)
     })
 }
 
@@ -224,6 +248,98 @@ where
         })
     }
 }
+
+/// A function of several arguments that [`Pool::starmap`](crate::Pool::starmap)
+/// can run in a worker, each item being the tuple of its arguments.
+///
+/// Implemented for plain functions and non-capturing closures of one to
+/// six arguments, synchronous (`fn(A1, A2) -> R`) or asynchronous
+/// (`async fn(A1, A2) -> R`), with every argument and `R`
+/// `Serialize + DeserializeOwned + Send + 'static`. `Args` is the tuple
+/// `(A1, A2)` (or `(A1,)` for one argument).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a target taking the arguments `{Args}` and returning `{R}`",
+    label = "not a plain function or non-capturing closure of the right signature",
+    note = "a starmap target is a plain fn or a closure that captures nothing, with one to six \
+            arguments, each and the value Serialize + DeserializeOwned + Send + 'static"
+)]
+pub trait StarTarget<Args, R, M>: Copy + Send + Sync + 'static {
+    #[doc(hidden)]
+    fn __target_ref(&self) -> TargetRefHidden;
+}
+
+macro_rules! star_targets {
+    ($($arg:ident),+) => {
+        impl<F, R, $($arg,)+> StarTarget<($($arg,)+), R, marker::Sync> for F
+        where
+            F: Fn($($arg),+) -> R + Copy + Send + Sync + 'static,
+            $($arg: Serialize + DeserializeOwned + Send + 'static,)+
+            R: Serialize + DeserializeOwned + Send + 'static,
+        {
+            fn __target_ref(&self) -> TargetRefHidden {
+                #[allow(non_snake_case)]
+                fn trampoline<F, R, $($arg,)+>(args: &[u8]) -> Outcome
+                where
+                    F: Fn($($arg),+) -> R + Copy,
+                    $($arg: DeserializeOwned,)+
+                    R: Serialize,
+                {
+                    run_sync(args, |($($arg,)+): ($($arg,)+)| {
+                        // SAFETY: as in `sync_trampoline`: named only for a
+                        // value of `F` that existed, zero-sized by the
+                        // compile-time check, and `Copy`.
+                        let f: F = unsafe { conjure::<F>() };
+                        f($($arg),+)
+                    })
+                }
+                const { assert_zero_sized::<F>() };
+                let entry: SyncEntry = trampoline::<F, R, $($arg,)+>;
+                TargetRefHidden(TargetRef {
+                    kind: TargetKind::Sync,
+                    offset: offset_of(entry as usize),
+                })
+            }
+        }
+
+        impl<F, R, Fut, $($arg,)+> StarTarget<($($arg,)+), R, marker::Async<Fut>> for F
+        where
+            F: Fn($($arg),+) -> Fut + Copy + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            $($arg: Serialize + DeserializeOwned + Send + 'static,)+
+            R: Serialize + DeserializeOwned + Send + 'static,
+        {
+            fn __target_ref(&self) -> TargetRefHidden {
+                #[allow(non_snake_case)]
+                fn trampoline<F, R, Fut, $($arg,)+>(args: &[u8]) -> OutcomeFuture
+                where
+                    F: Fn($($arg),+) -> Fut + Copy,
+                    Fut: Future<Output = R> + Send + 'static,
+                    $($arg: DeserializeOwned,)+
+                    R: Serialize,
+                {
+                    run_async(args, |($($arg,)+): ($($arg,)+)| {
+                        // SAFETY: as in `sync_trampoline`.
+                        let f: F = unsafe { conjure::<F>() };
+                        f($($arg),+)
+                    })
+                }
+                const { assert_zero_sized::<F>() };
+                let entry: AsyncEntry = trampoline::<F, R, Fut, $($arg,)+>;
+                TargetRefHidden(TargetRef {
+                    kind: TargetKind::Async,
+                    offset: offset_of(entry as usize),
+                })
+            }
+        }
+    };
+}
+
+star_targets!(A1);
+star_targets!(A1, A2);
+star_targets!(A1, A2, A3);
+star_targets!(A1, A2, A3, A4);
+star_targets!(A1, A2, A3, A4, A5);
+star_targets!(A1, A2, A3, A4, A5, A6);
 
 /// A target resolved in the child, ready to call.
 pub(crate) enum Resolved {

@@ -226,6 +226,10 @@ fn pool_types(
     assert_traits!(err => Send & Sync & Unpin);
 }
 
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
 fn pool_futures(pool: &mp::Pool) {
     assert_traits!(mp::Pool::new(2) => Send & Sync & !Unpin);
     assert_traits!(mp::Pool::builder().build() => Send & Sync & !Unpin);
@@ -233,6 +237,10 @@ fn pool_futures(pool: &mp::Pool) {
     assert_traits!(pool.apply(async_square, 3) => Send & Sync & !Unpin);
     assert_traits!(pool.map(square, vec![1, 2]) => Send & Sync & !Unpin);
     assert_traits!(pool.map_chunked(square, 0..10, 2) => Send & Sync & !Unpin);
+    assert_traits!(pool.starmap(add, vec![(1, 2)]) => Send & Sync & !Unpin);
+    assert_traits!(pool.imap(square, 0..10) => Send & !Sync & Unpin);
+    assert_traits!(pool.imap_unordered(square, 0..10) => Send & !Sync & Unpin);
+    assert_traits!(pool.imap_stream(square, futures::stream::iter(0..10)) => Send & !Sync & Unpin);
     assert_traits!(pool.join() => Send & Sync & !Unpin);
     assert_traits!(pool.terminate() => Send & Sync & !Unpin);
 }

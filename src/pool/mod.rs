@@ -35,15 +35,18 @@
 //! [`InitGuard`](crate::InitGuard) terminates any still running when `main`
 //! ends. No worker is left a zombie: each is reaped by its supervising task.
 
+mod imap;
 mod supervisor;
 pub(crate) mod worker;
+
+pub use imap::{Imap, ImapUnordered};
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -54,7 +57,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result, TaskError};
-use crate::target::{Target, decode_value, encode_value};
+use crate::target::{StarTarget, Target, decode_value, encode_value};
 use crate::wire::message::{Outcome, TargetRef};
 use worker::{Batch, BatchBuilder, Results};
 
@@ -94,6 +97,9 @@ struct Config {
     init: Option<(TargetRef, ByteBuf)>,
     max_tasks: Option<usize>,
     timeout: Option<Duration>,
+    /// Jobs a worker runs at once.
+    concurrency: usize,
+    /// Jobs a worker may have in flight: the ones it runs and a few more.
     window: usize,
 }
 
@@ -107,6 +113,10 @@ struct Shared {
     next_id: AtomicU64,
     /// Worker slots still running.
     live_slots: AtomicUsize,
+    /// Bumped when the result of a job that may be waiting in a worker is
+    /// dropped; the supervisors then tell their workers to drop it.
+    cancels: AtomicU64,
+    cancelled: Notify,
 }
 
 impl Shared {
@@ -146,6 +156,12 @@ impl Shared {
         drop(q);
         self.notify.notify_waiters();
         Ok(())
+    }
+
+    /// A job's result was dropped before it arrived.
+    fn result_dropped(&self) {
+        self.cancels.fetch_add(1, Ordering::Release);
+        self.cancelled.notify_waiters();
     }
 
     /// Moves to `Terminated` and cancels every queued job.
@@ -250,6 +266,7 @@ pub struct PoolBuilder {
     init: Option<(TargetRef, std::result::Result<ByteBuf, String>)>,
     max_tasks: Option<usize>,
     timeout: Option<Duration>,
+    concurrency: Option<usize>,
 }
 
 impl PoolBuilder {
@@ -286,6 +303,19 @@ impl PoolBuilder {
         self
     }
 
+    /// How many tasks a worker runs at once (default 1).
+    ///
+    /// Async targets interleave on the worker's runtime, so `c` of them
+    /// waiting on I/O or timers take the time of one. A synchronous target
+    /// holds the worker's thread while it runs, so the others pause. The
+    /// tasks a worker runs share its fate: if it dies, or is killed
+    /// because one of them outlived the task timeout, the others fail with
+    /// [`TaskError::WorkerDied`]. `c = 0` fails the build.
+    pub fn concurrency(mut self, c: usize) -> Self {
+        self.concurrency = Some(c);
+        self
+    }
+
     /// Starts the workers and waits until each has run the initializer.
     ///
     /// # Errors
@@ -294,7 +324,7 @@ impl PoolBuilder {
     /// failed to start or its initializer did not return; the workers
     /// already started are killed and reaped first. An
     /// [`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput)
-    /// error for `max_tasks_per_child(0)`.
+    /// error for `max_tasks_per_child(0)` or `concurrency(0)`.
     ///
     /// # Cancel safety
     ///
@@ -307,6 +337,13 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1",
             )));
         }
+        if self.concurrency == Some(0) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "concurrency must be at least 1",
+            )));
+        }
+        let concurrency = self.concurrency.unwrap_or(1);
         let init = match self.init {
             None => None,
             Some((t, Ok(a))) => Some((t, a)),
@@ -329,10 +366,13 @@ impl PoolBuilder {
                 init,
                 max_tasks: self.max_tasks,
                 timeout: self.timeout,
-                window: WINDOW,
+                concurrency,
+                window: WINDOW + concurrency - 1,
             },
             next_id: AtomicU64::new(0),
             live_slots: AtomicUsize::new(processes),
+            cancels: AtomicU64::new(0),
+            cancelled: Notify::new(),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);
@@ -385,8 +425,12 @@ impl Pool {
         &self.handle.shared
     }
 
-    fn job(&self, target: TargetRef, args: Batch) -> (Job, AsyncResult<()>) {
+    fn job(&self, target: TargetRef, args: Batch) -> (Job, JobRx) {
         let (reply, rx) = oneshot::channel();
+        let rx = JobRx {
+            rx,
+            shared: Arc::downgrade(&self.handle.shared),
+        };
         let len = args.len();
         let id = self.shared().next_id.fetch_add(1, Ordering::Relaxed);
         (
@@ -397,7 +441,7 @@ impl Pool {
                 len,
                 reply,
             },
-            AsyncResult::pending(rx),
+            rx,
         )
     }
 
@@ -436,9 +480,9 @@ impl Pool {
         if let Err(e) = batch.push(&args) {
             return AsyncResult::failed(TaskError::Encode(e));
         }
-        let (job, result) = self.job(f.__target_ref().0, batch.take());
+        let (job, rx) = self.job(f.__target_ref().0, batch.take());
         match self.shared().submit(vec![job]) {
-            Ok(()) => result.cast(),
+            Ok(()) => AsyncResult::pending(rx),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -447,7 +491,9 @@ impl Pool {
     /// order.
     ///
     /// The chunk size is Python's default: the number of items divided by
-    /// four times the number of workers, rounded up.
+    /// four times the number of workers, rounded up. With a
+    /// [`task_timeout`](PoolBuilder::task_timeout), every item is a job of
+    /// its own, so each task has the whole timeout.
     ///
     /// # Errors
     ///
@@ -469,11 +515,18 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let items: Vec<A> = iterable.into_iter().collect();
-        let chunksize = items.len().div_ceil(4 * self.handle.processes).max(1);
+        let chunksize = self.default_chunksize(items.len());
         self.map_chunked(f, items, chunksize).await
     }
 
-    /// [`map`](Self::map) with the given chunk size (0 counts as 1).
+    /// Python's default chunk size for `n` items: `n / (4 × workers)`,
+    /// rounded up.
+    fn default_chunksize(&self, n: usize) -> usize {
+        n.div_ceil(4 * self.handle.processes).max(1)
+    }
+
+    /// [`map`](Self::map) with the given chunk size (0 counts as 1; with a
+    /// task timeout, the chunk size is 1).
     ///
     /// # Errors
     ///
@@ -494,8 +547,91 @@ impl Pool {
         R: DeserializeOwned,
         I: IntoIterator<Item = A>,
     {
-        let target = f.__target_ref().0;
-        let chunksize = chunksize.max(1);
+        self.map_refs(f.__target_ref().0, iterable, chunksize).await
+    }
+
+    /// Like [`map`](Self::map), for a function of several arguments: each
+    /// item is the tuple of one call's arguments. Python's `starmap`.
+    ///
+    /// ```no_run
+    /// # use tokio_multiprocessing as mp;
+    /// fn power(base: u64, exp: u32) -> u64 {
+    ///     base.pow(exp)
+    /// }
+    /// # async fn demo(pool: mp::Pool) -> Result<(), mp::TaskError> {
+    /// assert_eq!(pool.starmap(power, [(2, 3), (3, 2)]).await?, [8, 9]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`map`](Self::map).
+    pub async fn starmap<Args, R, M, F, I>(
+        &self,
+        f: F,
+        iterable: I,
+    ) -> std::result::Result<Vec<R>, TaskError>
+    where
+        F: StarTarget<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = Args>,
+    {
+        let items: Vec<Args> = iterable.into_iter().collect();
+        let chunksize = self.default_chunksize(items.len());
+        self.starmap_chunked(f, items, chunksize).await
+    }
+
+    /// [`starmap`](Self::starmap) with the given chunk size (0 counts as 1).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`map`](Self::map).
+    pub async fn starmap_chunked<Args, R, M, F, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> std::result::Result<Vec<R>, TaskError>
+    where
+        F: StarTarget<Args, R, M>,
+        Args: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = Args>,
+    {
+        self.map_refs(f.__target_ref().0, iterable, chunksize).await
+    }
+
+    /// The chunk size to use: with a task timeout every task is its own
+    /// job, so that each has its own deadline.
+    fn effective_chunksize(&self, chunksize: usize) -> usize {
+        if self.shared().config.timeout.is_some() {
+            1
+        } else {
+            chunksize.max(1)
+        }
+    }
+
+    async fn map_refs<A, R, I>(
+        &self,
+        target: TargetRef,
+        iterable: I,
+        chunksize: usize,
+    ) -> std::result::Result<Vec<R>, TaskError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        let chunksize = self.effective_chunksize(chunksize);
         let mut jobs = Vec::new();
         let mut results = Vec::new();
         let mut chunk = BatchBuilder::default();
@@ -521,7 +657,7 @@ impl Pool {
         let mut out = Vec::with_capacity(total);
         let mut first_err = None;
         for r in results {
-            match r.outcomes().await {
+            match r.await {
                 Ok(results) => {
                     for item in results.into_items() {
                         match decode_item::<R>(item) {
@@ -541,6 +677,77 @@ impl Pool {
             Some(e) => Err(e),
             None => Ok(out),
         }
+    }
+
+    /// Runs `f` on every item of `iterable`, lazily, and yields the
+    /// results in input order as a [`Stream`](futures::Stream). Python's
+    /// `imap`.
+    ///
+    /// The input is read only as the window of jobs in flight has room,
+    /// so it may be endless. Every input item gives one result, an error
+    /// included. See [`Imap`]; [`Imap::chunksize`] sets Python's
+    /// `chunksize` (1 by default).
+    ///
+    /// ```no_run
+    /// # use tokio_multiprocessing as mp;
+    /// use futures::StreamExt;
+    ///
+    /// fn square(x: u64) -> u64 {
+    ///     x * x
+    /// }
+    /// # async fn demo(pool: mp::Pool) -> Result<(), mp::TaskError> {
+    /// let mut squares = pool.imap(square, 1..); // endless input
+    /// let mut total = 0;
+    /// while let Some(v) = squares.next().await {
+    ///     total += v?;
+    ///     if total > 1000 {
+    ///         break; // dropping the stream cancels what has not started
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn imap<A, R, M, F, I>(&self, f: F, iterable: I) -> Imap<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        Imap::new(self, f.__target_ref().0, iter_source(iterable))
+    }
+
+    /// [`imap`](Self::imap), yielding each result as soon as it is ready
+    /// rather than in input order. Python's `imap_unordered`.
+    pub fn imap_unordered<A, R, M, F, I>(&self, f: F, iterable: I) -> ImapUnordered<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
+    {
+        ImapUnordered::new(self, f.__target_ref().0, iter_source(iterable))
+    }
+
+    /// [`imap`](Self::imap) over a [`Stream`](futures::Stream) of inputs:
+    /// items are submitted as they arrive, within the same bounded window.
+    pub fn imap_stream<A, R, M, F, S>(&self, f: F, stream: S) -> Imap<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        S: futures::Stream<Item = A> + Send + 'static,
+    {
+        Imap::new(self, f.__target_ref().0, stream_source(stream))
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) over a
+    /// [`Stream`](futures::Stream) of inputs.
+    pub fn imap_unordered_stream<A, R, M, F, S>(&self, f: F, stream: S) -> ImapUnordered<R>
+    where
+        F: Target<A, R, M>,
+        A: Serialize,
+        S: futures::Stream<Item = A> + Send + 'static,
+    {
+        ImapUnordered::new(self, f.__target_ref().0, stream_source(stream))
     }
 
     /// Stops taking work: later submissions fail with [`TaskError::Closed`];
@@ -612,6 +819,26 @@ impl Pool {
     }
 }
 
+fn iter_source<A, I>(iterable: I) -> imap::Source
+where
+    A: Serialize,
+    I: IntoIterator<Item = A>,
+    I::IntoIter: Send + 'static,
+{
+    Box::pin(futures::stream::iter(
+        iterable.into_iter().map(|a| encode_value(&a)),
+    ))
+}
+
+fn stream_source<A, S>(stream: S) -> imap::Source
+where
+    A: Serialize,
+    S: futures::Stream<Item = A> + Send + 'static,
+{
+    use futures::StreamExt;
+    Box::pin(stream.map(|a| encode_value(&a)))
+}
+
 fn decode_item<R: DeserializeOwned>(
     item: std::result::Result<bytes::Bytes, Outcome>,
 ) -> std::result::Result<R, TaskError> {
@@ -632,8 +859,47 @@ fn decode_outcome<R: DeserializeOwned>(o: Outcome) -> std::result::Result<R, Tas
     }
 }
 
+type JobResult = std::result::Result<Results, TaskError>;
+
+/// The receiving end of a job's reply. Dropping it before the reply came
+/// asks the supervisors to drop the job if a worker holds it unstarted.
+struct JobRx {
+    rx: oneshot::Receiver<JobResult>,
+    shared: Weak<Shared>,
+}
+
+impl JobRx {
+    fn ready(&self) -> bool {
+        !self.rx.is_empty() || self.rx.is_terminated()
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(TaskError::Cancelled)))
+    }
+}
+
+impl Future for JobRx {
+    type Output = JobResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResult> {
+        self.get_mut().poll(cx)
+    }
+}
+
+impl Drop for JobRx {
+    fn drop(&mut self) {
+        if !self.ready() {
+            if let Some(shared) = self.shared.upgrade() {
+                shared.result_dropped();
+            }
+        }
+    }
+}
+
 enum Inner {
-    Pending(oneshot::Receiver<std::result::Result<Results, TaskError>>),
+    Pending(JobRx),
     Failed(Option<TaskError>),
 }
 
@@ -662,7 +928,7 @@ impl<R> std::fmt::Debug for AsyncResult<R> {
 }
 
 impl<R> AsyncResult<R> {
-    fn pending(rx: oneshot::Receiver<std::result::Result<Results, TaskError>>) -> Self {
+    fn pending(rx: JobRx) -> Self {
         AsyncResult {
             inner: Inner::Pending(rx),
             _value: PhantomData,
@@ -676,17 +942,10 @@ impl<R> AsyncResult<R> {
         }
     }
 
-    fn cast<S>(self) -> AsyncResult<S> {
-        AsyncResult {
-            inner: self.inner,
-            _value: PhantomData,
-        }
-    }
-
     /// Whether the task has ended, so that awaiting gives its result at once.
     pub fn ready(&self) -> bool {
         match &self.inner {
-            Inner::Pending(rx) => !rx.is_empty() || rx.is_terminated(),
+            Inner::Pending(rx) => rx.ready(),
             Inner::Failed(_) => true,
         }
     }
@@ -696,15 +955,9 @@ impl<R> AsyncResult<R> {
         cx: &mut Context<'_>,
     ) -> Poll<std::result::Result<Results, TaskError>> {
         match &mut self.inner {
-            Inner::Pending(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(TaskError::Cancelled))),
+            Inner::Pending(rx) => rx.poll(cx),
             Inner::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(TaskError::Cancelled))),
         }
-    }
-
-    async fn outcomes(mut self) -> std::result::Result<Results, TaskError> {
-        std::future::poll_fn(|cx| self.poll_outcomes(cx)).await
     }
 }
 

@@ -33,9 +33,14 @@ struct Worker {
 
 async fn start(shared: &Shared) -> Result<Worker, String> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
-    let process = Process::builder()
-        .daemon(true)
-        .build(serve, (w_conn, shared.config.init.clone()));
+    let process = Process::builder().daemon(true).build(
+        serve,
+        (
+            w_conn,
+            shared.config.init.clone(),
+            shared.config.concurrency,
+        ),
+    );
     process.start().await.map_err(|e| e.to_string())?;
     Ok(Worker { process, conn })
 }
@@ -109,6 +114,9 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
         };
         match first {
             Some(Msg::Ready) => {
+                // Counted before the pool is ready, so dispatch sees every
+                // worker from the start.
+                shared.stats.workers.fetch_add(1, Ordering::Relaxed);
                 if let Some(r) = ready.take() {
                     let _ = r.send(Ok(()));
                 }
@@ -132,7 +140,6 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
                 return Some(why);
             }
         }
-        shared.stats.workers.fetch_add(1, Ordering::Relaxed);
         let end = run(shared, &mut worker, &mut state).await;
         shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
         match end {
@@ -177,16 +184,97 @@ fn requeue(shared: &Shared, rest: VecDeque<Job>) {
     shared.notify.notify_waiters();
 }
 
+/// A job sent to the worker, with when it started there (if it has).
+struct Sent {
+    job: Job,
+    since: Option<Instant>,
+    cancel_sent: bool,
+}
+
+/// The jobs sent to one worker, oldest first. The worker starts them in
+/// that order, up to `concurrency` at once, so the running ones are always
+/// the first `concurrency` entries.
+struct Inflight {
+    jobs: VecDeque<Sent>,
+    concurrency: usize,
+}
+
+impl Inflight {
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn push(&mut self, job: Job) {
+        self.jobs.push_back(Sent {
+            job,
+            since: None,
+            cancel_sent: false,
+        });
+        self.mark_started();
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Job> {
+        let pos = self.jobs.iter().position(|s| s.job.id == id)?;
+        let sent = self.jobs.remove(pos)?;
+        self.mark_started();
+        Some(sent.job)
+    }
+
+    /// Stamps the jobs that the worker is now running.
+    fn mark_started(&mut self) {
+        let now = Instant::now();
+        for sent in self.jobs.iter_mut().take(self.concurrency) {
+            sent.since.get_or_insert(now);
+        }
+    }
+
+    /// The running job that started first, and when it must end.
+    fn oldest(&self, timeout: Duration) -> Option<(u64, Instant)> {
+        self.jobs
+            .iter()
+            .take(self.concurrency)
+            .filter_map(|s| s.since.map(|t| (s.job.id, t + timeout)))
+            .min_by_key(|&(_, t)| t)
+    }
+
+    /// Jobs not started whose results nobody wants: their ids, once each.
+    fn unwanted(&mut self) -> Vec<u64> {
+        self.jobs
+            .iter_mut()
+            .skip(self.concurrency)
+            .filter(|s| !s.cancel_sent && s.job.reply.is_closed())
+            .map(|s| {
+                s.cancel_sent = true;
+                s.job.id
+            })
+            .collect()
+    }
+
+    /// Empties the list: the jobs the worker was running, and the rest.
+    fn split(&mut self) -> (Vec<Job>, VecDeque<Job>) {
+        let mut all: VecDeque<Job> = self.jobs.drain(..).map(|s| s.job).collect();
+        let rest = all.split_off(self.concurrency.min(all.len()));
+        (all.into(), rest)
+    }
+}
+
 async fn run(
     shared: &Shared,
     worker: &mut Worker,
     state: &mut tokio::sync::watch::Receiver<State>,
 ) -> End {
     let window = shared.config.window;
-    let mut inflight: VecDeque<Job> = VecDeque::new();
+    let mut inflight = Inflight {
+        jobs: VecDeque::new(),
+        concurrency: shared.config.concurrency.max(1),
+    };
     let mut sent = 0usize;
-    let mut front_since = Instant::now();
     let mut busy = false;
+    let mut cancels_seen = shared.cancels.load(Ordering::Acquire);
     let set_busy = |busy: &mut bool, now: bool| {
         if *busy != now {
             *busy = now;
@@ -203,13 +291,25 @@ async fn run(
         let notified = shared.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let cancelled = shared.cancelled.notified();
+        tokio::pin!(cancelled);
+        cancelled.as_mut().enable();
         let current = *state.borrow_and_update();
         if current == State::Terminated {
             reap(&worker.process, false).await;
-            for job in inflight.drain(..) {
-                deliver(shared, job, Err(TaskError::Cancelled));
+            for sent in inflight.jobs.drain(..) {
+                deliver(shared, sent.job, Err(TaskError::Cancelled));
             }
             break End::Shutdown;
+        }
+        // Tell the worker about jobs it has not started whose results
+        // were dropped.
+        let cancels = shared.cancels.load(Ordering::Acquire);
+        if cancels != cancels_seen {
+            cancels_seen = cancels;
+            for id in inflight.unwanted() {
+                let _ = worker.conn.send(&Msg::Cancel { id }).await;
+            }
         }
         // Fill the window.
         let may_take = |sent: usize| shared.config.max_tasks.is_none_or(|k| sent < k);
@@ -222,11 +322,8 @@ async fn run(
                 target: job.target,
                 args: job.args.clone(), // shares the buffer
             };
-            if inflight.is_empty() {
-                front_since = Instant::now();
-            }
             sent += 1;
-            inflight.push_back(job);
+            inflight.push(job);
             set_busy(&mut busy, true);
             if worker.conn.send(&msg).await.is_err() {
                 break;
@@ -243,43 +340,49 @@ async fn run(
                 break End::Shutdown;
             }
         }
-        let deadline = shared.config.timeout.map(|t| front_since + t);
+        let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
         let room = inflight.len() < window && may_take(sent);
+        let waiting = inflight.len() > inflight.concurrency;
         tokio::select! {
             msg = worker.conn.recv() => match msg {
                 Ok(Msg::Done { id, results }) => {
-                    if let Some(pos) = inflight.iter().position(|j| j.id == id) {
-                        let job = inflight.remove(pos).expect("position is in range");
+                    if let Some(job) = inflight.remove(id) {
                         // Counted idle before the result is seen, so stats
                         // read after a result agree with it.
                         set_busy(&mut busy, !inflight.is_empty());
                         deliver(shared, job, Ok(results));
                     }
-                    front_since = Instant::now();
+                }
+                Ok(Msg::Dropped { id }) => {
+                    if let Some(job) = inflight.remove(id) {
+                        deliver(shared, job, Err(TaskError::Cancelled));
+                    }
                 }
                 Ok(_) => {}
-                Err(_) => break died(shared, worker, &mut inflight).await,
+                Err(_) => break died(shared, worker, &mut inflight, None).await,
             },
             _ = worker.process.sentinel() => {
                 // Replies that arrived before the exit still count.
-                while let Ok(Some(Msg::Done { id, results })) = worker.conn.try_recv() {
-                    if let Some(pos) = inflight.iter().position(|j| j.id == id) {
-                        let job = inflight.remove(pos).expect("position is in range");
-                        deliver(shared, job, Ok(results));
+                while let Ok(Some(msg)) = worker.conn.try_recv() {
+                    let (id, result) = match msg {
+                        Msg::Done { id, results } => (id, Ok(results)),
+                        Msg::Dropped { id } => (id, Err(TaskError::Cancelled)),
+                        _ => continue,
+                    };
+                    if let Some(job) = inflight.remove(id) {
+                        deliver(shared, job, result);
                     }
                 }
-                break died(shared, worker, &mut inflight).await;
+                break died(shared, worker, &mut inflight, None).await;
             }
             _ = &mut notified, if room => {}
+            _ = &mut cancelled, if waiting => {}
             _ = state.changed() => {}
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
-                if deadline.is_some() && !inflight.is_empty() => {
-                let job = inflight.pop_front().expect("a job is in flight");
-                deliver(shared, job, Err(TaskError::TimedOut));
+            _ = tokio::time::sleep_until(oldest.map_or_else(Instant::now, |(_, t)| t)),
+                if oldest.is_some() => {
+                let late = oldest.map(|(id, _)| id);
                 tracing::warn!("pool task timed out; its worker is replaced");
-                reap(&worker.process, true).await;
-                requeue(shared, std::mem::take(&mut inflight));
-                break End::Replace;
+                break died(shared, worker, &mut inflight, late).await;
             }
         }
     };
@@ -287,14 +390,34 @@ async fn run(
     end
 }
 
-/// The worker died: the job it was running fails, the ones behind it go
-/// back to the queue.
-async fn died(shared: &Shared, worker: &mut Worker, inflight: &mut VecDeque<Job>) -> End {
-    let exitcode = reap(&worker.process, false).await;
-    tracing::warn!(exitcode, "pool worker died");
-    if let Some(job) = inflight.pop_front() {
+/// The worker died, or is killed because job `late` outlived the task
+/// timeout: `late` fails with [`TaskError::TimedOut`], the other jobs it
+/// was running with [`TaskError::WorkerDied`], and the ones it had not
+/// started go back to the queue.
+async fn died(
+    shared: &Shared,
+    worker: &mut Worker,
+    inflight: &mut Inflight,
+    late: Option<u64>,
+) -> End {
+    let (running, rest) = inflight.split();
+    let mut others = Vec::with_capacity(running.len());
+    for job in running {
+        if Some(job.id) == late {
+            // Failed before the worker is reaped, which may take the grace
+            // period.
+            deliver(shared, job, Err(TaskError::TimedOut));
+        } else {
+            others.push(job);
+        }
+    }
+    let exitcode = reap(&worker.process, late.is_some()).await;
+    if late.is_none() {
+        tracing::warn!(exitcode, "pool worker died");
+    }
+    for job in others {
         deliver(shared, job, Err(TaskError::WorkerDied { exitcode }));
     }
-    requeue(shared, std::mem::take(inflight));
+    requeue(shared, rest);
     End::Replace
 }

@@ -1,7 +1,11 @@
 //! The child side of a pool worker, and the messages it exchanges with its
 //! supervisor in the parent.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -27,6 +31,12 @@ pub(crate) enum Msg {
     InitFailed(String),
     /// Worker to parent: job `id` ended.
     Done { id: u64, results: Results },
+    /// Parent to worker: nobody wants job `id` any more; drop it unless
+    /// it has started.
+    Cancel { id: u64 },
+    /// Worker to parent: job `id` was dropped before it started, after a
+    /// `Cancel`. Every job gets exactly one `Done` or `Dropped`.
+    Dropped { id: u64 },
 }
 
 /// The outcomes of a job, one per argument: the encoded values back to
@@ -126,7 +136,7 @@ impl BatchBuilder {
     }
 
     /// Appends bytes that are already encoded.
-    fn push_raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         self.ends.push(self.buf.len() as u64);
     }
@@ -150,8 +160,17 @@ impl BatchBuilder {
     }
 }
 
-/// What a worker is started with: its end of the pipe and the initializer.
-pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>);
+/// What a worker is started with: its end of the pipe, the initializer,
+/// and how many jobs it may run at once (async targets interleave; a
+/// synchronous one holds the worker's thread while it runs).
+pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>, usize);
+
+/// A job the worker has received and not started.
+struct Pending {
+    id: u64,
+    target: TargetRef,
+    args: Batch,
+}
 
 /// Runs one target on one argument.
 async fn run(target: TargetRef, args: &[u8]) -> Outcome {
@@ -176,9 +195,63 @@ pub(crate) fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// The worker loop: runs jobs one at a time, in the order they come,
-/// until the parent closes its end.
-pub(crate) async fn serve((mut conn, init): WorkerArgs) {
+/// Runs every argument of a job, in order.
+async fn run_job(job: Pending) -> (u64, Results) {
+    let mut values = BatchBuilder::default();
+    let mut failures = Vec::new();
+    for (i, a) in job.args.iter().enumerate() {
+        match run(job.target, a).await {
+            Outcome::Returned(bytes) => values.push_raw(&bytes),
+            failure => {
+                values.push_raw(&[]);
+                failures.push((i as u64, failure));
+            }
+        }
+    }
+    let results = Results {
+        values: values.take(),
+        failures,
+    };
+    (job.id, results)
+}
+
+/// Files a message from the parent: a job joins the waiting line, a
+/// cancel takes its job out of the line and answers `Dropped`.
+async fn take(conn: &Connection<Msg>, waiting: &mut VecDeque<Pending>, msg: Msg) -> bool {
+    match msg {
+        Msg::Job { id, target, args } => waiting.push_back(Pending { id, target, args }),
+        Msg::Cancel { id } => {
+            // A job that has started (or ended) is not in the line: its
+            // `Done` answers for it.
+            if let Some(pos) = waiting.iter().position(|j| j.id == id) {
+                waiting.remove(pos);
+                return conn.send(&Msg::Dropped { id }).await.is_ok();
+            }
+        }
+        _ => {}
+    }
+    true
+}
+
+/// Takes every message that has already arrived, without waiting.
+/// `false` once the parent's end is gone.
+async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut VecDeque<Pending>) -> bool {
+    loop {
+        match conn.try_recv() {
+            Ok(Some(msg)) => {
+                if !take(conn, waiting, msg).await {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The worker loop: runs jobs in the order they come, up to `concurrency`
+/// at once, until the parent closes its end.
+pub(crate) async fn serve((mut conn, init, concurrency): WorkerArgs) {
     if let Some((target, args)) = init {
         let outcome = run(target, &args).await;
         if !matches!(outcome, Outcome::Returned(_)) {
@@ -190,39 +263,71 @@ pub(crate) async fn serve((mut conn, init): WorkerArgs) {
     if conn.send(&Msg::Ready).await.is_err() {
         return;
     }
+    let mut waiting = VecDeque::new();
+    if concurrency <= 1 {
+        serve_one_at_a_time(conn, waiting).await;
+        return;
+    }
+    let mut running = FuturesUnordered::new();
+    loop {
+        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut waiting).await {
+            return;
+        }
+        while running.len() < concurrency {
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
+            running.push(run_job(job));
+        }
+        if running.is_empty() {
+            let Ok(msg) = conn.recv().await else { return };
+            if !take(&conn, &mut waiting, msg).await {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some((id, results)) = running.next() => {
+                if conn.send(&Msg::Done { id, results }).await.is_err() {
+                    return;
+                }
+            }
+            msg = conn.recv() => {
+                let Ok(msg) = msg else { return };
+                if !take(&conn, &mut waiting, msg).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// [`serve`] with one job at a time: each runs on this task, and its
+/// reply is written before the next starts.
+async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: VecDeque<Pending>) {
     loop {
         // Replies are written before the next job runs: a synchronous
         // target blocks this thread, and a reply held back behind it
         // would be late, or lost if the target kills the process.
-        if conn.flush().await.is_err() {
+        // Messages that already arrived are read first, so a cancel
+        // that came behind its job still finds it waiting.
+        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut waiting).await {
             return;
         }
-        let job = match conn.try_recv() {
-            Ok(Some(job)) => job,
-            Ok(None) => match conn.recv().await {
-                Ok(job) => job,
+        let job = match waiting.pop_front() {
+            Some(job) => job,
+            None => match conn.recv().await {
+                Ok(msg) => {
+                    if !take(&conn, &mut waiting, msg).await {
+                        return;
+                    }
+                    continue;
+                }
                 Err(_) => return,
             },
-            Err(_) => return,
         };
-        let Msg::Job { id, target, args } = job else {
-            continue;
-        };
-        let mut values = BatchBuilder::default();
-        let mut failures = Vec::new();
-        for (i, a) in args.iter().enumerate() {
-            match run(target, a).await {
-                Outcome::Returned(bytes) => values.push_raw(&bytes),
-                failure => {
-                    values.push_raw(&[]);
-                    failures.push((i as u64, failure));
-                }
-            }
-        }
-        let results = Results {
-            values: values.take(),
-            failures,
-        };
+        let (id, results) = run_job(job).await;
         if conn.send(&Msg::Done { id, results }).await.is_err() {
             return;
         }
