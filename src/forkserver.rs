@@ -247,6 +247,9 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
     if ch.send(&ChildMsg::Serving).is_err() {
         return 1;
     }
+    // Ctrl-C reaches the whole process group; the server is the parent's
+    // machinery, stopped by the parent (or its death), not by the key.
+    sys::set_interrupt_ignored(true);
     let sock = ch.into_inner();
     if sock.set_read_timeout(None).is_err() {
         return 1;
@@ -287,6 +290,7 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
                 // The new process: leave the server's channel, become the child.
                 drop(reader);
                 drop(sock);
+                sys::set_interrupt_ignored(false);
                 if detached {
                     let _ = nix::unistd::setsid();
                 }

@@ -51,6 +51,7 @@ pub(crate) enum Kind {
     Barrier = 7,
     Queue = 8,
     JoinableQueue = 9,
+    PoolWorker = 10,
 }
 
 impl Kind {
@@ -65,6 +66,7 @@ impl Kind {
             Kind::Barrier => c"tokio-mp-barrier",
             Kind::Queue => c"tokio-mp-queue",
             Kind::JoinableQueue => c"tokio-mp-joinable-queue",
+            Kind::PoolWorker => c"tokio-mp-pool-worker",
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{Msg, Results, serve};
+use super::worker::{Msg, Progress, Results, serve};
 use super::{Job, Shared, State};
 use crate::connection::{Connection, Pipe};
 use crate::error::TaskError;
@@ -17,6 +17,13 @@ use crate::process::Process;
 
 /// How long a worker past its task timeout has between `SIGTERM` and `SIGKILL`.
 const GRACE: Duration = Duration::from_millis(500);
+
+/// Starts of a replacement worker that may fail in a row before its slot
+/// gives up.
+const MAX_START_FAILURES: u32 = 5;
+
+/// The pause before retrying a failed start, times the failures so far.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why a worker's run ended.
 enum End {
@@ -29,20 +36,27 @@ enum End {
 struct Worker {
     process: Process<()>,
     conn: Connection<Msg>,
+    progress: Progress,
 }
 
 async fn start(shared: &Shared) -> Result<Worker, String> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
+    let progress = Progress::new().map_err(|e| e.to_string())?;
     let process = Process::builder().daemon(true).build(
         serve,
         (
             w_conn,
             shared.config.init.clone(),
             shared.config.concurrency,
+            progress.clone(),
         ),
     );
     process.start().await.map_err(|e| e.to_string())?;
-    Ok(Worker { process, conn })
+    Ok(Worker {
+        process,
+        conn,
+        progress,
+    })
 }
 
 /// Kills a worker and waits for it; returns its exit code (`-N` for signal N).
@@ -93,52 +107,67 @@ pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result
 async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Option<String> {
     let mut ready = Some(ready);
     let mut state = shared.state.subscribe();
+    let mut failures = 0u32;
     loop {
         if *state.borrow() == State::Terminated {
             return None;
         }
-        let mut worker = match start(shared).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "pool worker failed to start");
-                let why = format!("a worker failed to start: {e}");
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Err(why.clone()));
-                }
-                return Some(why);
-            }
+        let started = match start(shared).await {
+            Ok(w) => Ok(w),
+            Err(e) => Err((format!("a worker failed to start: {e}"), false)),
         };
-        let first = tokio::select! {
-            m = worker.conn.recv() => m.ok(),
-            _ = state.wait_for(|s| *s == State::Terminated) => None,
-        };
-        match first {
-            Some(Msg::Ready) => {
-                // Counted before the pool is ready, so dispatch sees every
-                // worker from the start.
-                shared.stats.workers.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = ready.take() {
-                    let _ = r.send(Ok(()));
-                }
-            }
-            other => {
-                let code = reap(&worker.process, false).await;
-                let why = match other {
-                    Some(Msg::InitFailed(m)) => format!("the initializer {m}"),
-                    _ => format!("the worker exited during startup (exit code {code})"),
+        let worker = match started {
+            Ok(mut worker) => {
+                let first = tokio::select! {
+                    m = worker.conn.recv() => m.ok(),
+                    _ = state.wait_for(|s| *s == State::Terminated) => None,
                 };
+                match first {
+                    Some(Msg::Ready) => Ok(worker),
+                    other => {
+                        let code = reap(&worker.process, false).await;
+                        Err(match other {
+                            Some(Msg::InitFailed(m)) => (format!("the initializer {m}"), true),
+                            _ => (
+                                format!("the worker exited during startup (exit code {code})"),
+                                false,
+                            ),
+                        })
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let mut worker = match worker {
+            Ok(worker) => worker,
+            Err((why, initializer)) => {
                 if *state.borrow() == State::Terminated {
                     return None;
                 }
                 if let Some(r) = ready.take() {
                     let _ = r.send(Err(why.clone()));
-                } else {
-                    // A replacement whose initializer fails would fail again:
-                    // the slot gives up rather than restart forever.
-                    tracing::error!(reason = %why, "pool worker could not be replaced");
+                    return Some(why);
                 }
-                return Some(why);
+                failures += 1;
+                // An initializer that failed would fail again, and so
+                // would a start that keeps failing: the slot gives up
+                // rather than restart forever. A replacement killed while
+                // it started (by a signal from outside, say) is retried.
+                if initializer || failures >= MAX_START_FAILURES {
+                    tracing::error!(reason = %why, "pool worker could not be replaced");
+                    return Some(why);
+                }
+                tracing::warn!(reason = %why, failures, "pool worker failed to start; retrying");
+                tokio::time::sleep(RETRY_PAUSE * failures).await;
+                continue;
             }
+        };
+        failures = 0;
+        // Counted before the pool is ready, so dispatch sees every worker
+        // from the start.
+        shared.stats.workers.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = ready.take() {
+            let _ = r.send(Ok(()));
         }
         let end = run(shared, &mut worker, &mut state).await;
         shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
@@ -187,6 +216,8 @@ fn requeue(shared: &Shared, rest: VecDeque<Job>) {
 /// A job sent to the worker, with when it started there (if it has).
 struct Sent {
     job: Job,
+    /// Its place among the jobs sent to this worker, from 0.
+    seq: u64,
     since: Option<Instant>,
     cancel_sent: bool,
 }
@@ -197,6 +228,7 @@ struct Sent {
 struct Inflight {
     jobs: VecDeque<Sent>,
     concurrency: usize,
+    sent: u64,
 }
 
 impl Inflight {
@@ -211,9 +243,11 @@ impl Inflight {
     fn push(&mut self, job: Job) {
         self.jobs.push_back(Sent {
             job,
+            seq: self.sent,
             since: None,
             cancel_sent: false,
         });
+        self.sent += 1;
         self.mark_started();
     }
 
@@ -254,11 +288,18 @@ impl Inflight {
             .collect()
     }
 
-    /// Empties the list: the jobs the worker was running, and the rest.
-    fn split(&mut self) -> (Vec<Job>, VecDeque<Job>) {
-        let mut all: VecDeque<Job> = self.jobs.drain(..).map(|s| s.job).collect();
-        let rest = all.split_off(self.concurrency.min(all.len()));
-        (all.into(), rest)
+    /// Empties the list: the jobs the worker had started (the first
+    /// `started` sent), and the rest.
+    fn split(&mut self, started: u64) -> (Vec<Job>, VecDeque<Job>) {
+        let (mut ran, mut rest) = (Vec::new(), VecDeque::new());
+        for sent in self.jobs.drain(..) {
+            if sent.seq < started {
+                ran.push(sent.job);
+            } else {
+                rest.push_back(sent.job);
+            }
+        }
+        (ran, rest)
     }
 }
 
@@ -271,6 +312,7 @@ async fn run(
     let mut inflight = Inflight {
         jobs: VecDeque::new(),
         concurrency: shared.config.concurrency.max(1),
+        sent: 0,
     };
     let mut sent = 0usize;
     let mut busy = false;
@@ -392,30 +434,30 @@ async fn run(
 
 /// The worker died, or is killed because job `late` outlived the task
 /// timeout: `late` fails with [`TaskError::TimedOut`], the other jobs it
-/// was running with [`TaskError::WorkerDied`], and the ones it had not
-/// started go back to the queue.
+/// had started with [`TaskError::WorkerDied`], and the ones it had not
+/// started (its progress word says which) go back to the queue.
 async fn died(
     shared: &Shared,
     worker: &mut Worker,
     inflight: &mut Inflight,
     late: Option<u64>,
 ) -> End {
-    let (running, rest) = inflight.split();
-    let mut others = Vec::with_capacity(running.len());
-    for job in running {
-        if Some(job.id) == late {
-            // Failed before the worker is reaped, which may take the grace
-            // period.
-            deliver(shared, job, Err(TaskError::TimedOut));
-        } else {
-            others.push(job);
+    if let Some(id) = late {
+        // Failed before the worker is reaped, which may take the grace
+        // period.
+        if let Some(pos) = inflight.jobs.iter().position(|s| s.job.id == id) {
+            if let Some(sent) = inflight.jobs.remove(pos) {
+                deliver(shared, sent.job, Err(TaskError::TimedOut));
+            }
         }
     }
     let exitcode = reap(&worker.process, late.is_some()).await;
     if late.is_none() {
         tracing::warn!(exitcode, "pool worker died");
     }
-    for job in others {
+    // Read once the worker is gone, so its last word is in.
+    let (ran, rest) = inflight.split(worker.progress.count());
+    for job in ran {
         deliver(shared, job, Err(TaskError::WorkerDied { exitcode }));
     }
     requeue(shared, rest);

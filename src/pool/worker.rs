@@ -2,6 +2,7 @@
 //! supervisor in the parent.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::connection::Connection;
+use crate::shm::{HEADER, Kind, Segment};
 use crate::target::{Resolved, resolve};
 use crate::wire::message::{Outcome, TargetRef};
 
@@ -161,15 +163,72 @@ impl BatchBuilder {
 }
 
 /// What a worker is started with: its end of the pipe, the initializer,
-/// and how many jobs it may run at once (async targets interleave; a
-/// synchronous one holds the worker's thread while it runs).
-pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>, usize);
+/// how many jobs it may run at once (async targets interleave; a
+/// synchronous one holds the worker's thread while it runs), and the word
+/// where it records which jobs it has started.
+pub(crate) type WorkerArgs = (
+    Connection<Msg>,
+    Option<(TargetRef, ByteBuf)>,
+    usize,
+    Progress,
+);
+
+/// A word in memory shared by a worker and its supervisor: how many of
+/// the jobs sent to the worker, counted in the order they were sent, it
+/// has started, or skipped. The worker writes it before a job runs, so
+/// when the worker dies the supervisor knows which jobs ran (and fail)
+/// and which never started (and go back to the queue), without a message
+/// per job.
+#[derive(Debug, Clone)]
+pub(crate) struct Progress(Segment);
+
+const PROGRESS_LEN: usize = HEADER + 8;
+
+crate::shm::segment_serde!(
+    Progress,
+    Kind::PoolWorker,
+    PROGRESS_LEN,
+    |seg| Progress(seg),
+    0
+);
+
+impl Progress {
+    pub(crate) fn new() -> std::io::Result<Progress> {
+        Segment::create(Kind::PoolWorker, PROGRESS_LEN).map(Progress)
+    }
+
+    /// Records that every job up to the one numbered `seq` has started or
+    /// was skipped.
+    fn started(&self, seq: u64) {
+        self.0.u64(HEADER).store(seq + 1, Ordering::Release);
+    }
+
+    /// How many jobs, in the order sent, have started or were skipped.
+    pub(crate) fn count(&self) -> u64 {
+        self.0.u64(HEADER).load(Ordering::Acquire)
+    }
+}
 
 /// A job the worker has received and not started.
 struct Pending {
     id: u64,
+    /// Its place among the jobs received, from 0.
+    seq: u64,
     target: TargetRef,
     args: Batch,
+}
+
+/// The jobs received and not started, in the order they came.
+#[derive(Default)]
+struct Line {
+    waiting: VecDeque<Pending>,
+    received: u64,
+}
+
+impl Line {
+    fn pop_front(&mut self) -> Option<Pending> {
+        self.waiting.pop_front()
+    }
 }
 
 /// Runs one target on one argument.
@@ -217,14 +276,23 @@ async fn run_job(job: Pending) -> (u64, Results) {
 
 /// Files a message from the parent: a job joins the waiting line, a
 /// cancel takes its job out of the line and answers `Dropped`.
-async fn take(conn: &Connection<Msg>, waiting: &mut VecDeque<Pending>, msg: Msg) -> bool {
+async fn take(conn: &Connection<Msg>, line: &mut Line, msg: Msg) -> bool {
     match msg {
-        Msg::Job { id, target, args } => waiting.push_back(Pending { id, target, args }),
+        Msg::Job { id, target, args } => {
+            let seq = line.received;
+            line.received += 1;
+            line.waiting.push_back(Pending {
+                id,
+                seq,
+                target,
+                args,
+            });
+        }
         Msg::Cancel { id } => {
             // A job that has started (or ended) is not in the line: its
             // `Done` answers for it.
-            if let Some(pos) = waiting.iter().position(|j| j.id == id) {
-                waiting.remove(pos);
+            if let Some(pos) = line.waiting.iter().position(|j| j.id == id) {
+                line.waiting.remove(pos);
                 return conn.send(&Msg::Dropped { id }).await.is_ok();
             }
         }
@@ -235,7 +303,7 @@ async fn take(conn: &Connection<Msg>, waiting: &mut VecDeque<Pending>, msg: Msg)
 
 /// Takes every message that has already arrived, without waiting.
 /// `false` once the parent's end is gone.
-async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut VecDeque<Pending>) -> bool {
+async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut Line) -> bool {
     loop {
         match conn.try_recv() {
             Ok(Some(msg)) => {
@@ -251,7 +319,11 @@ async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut VecDeque<Pending
 
 /// The worker loop: runs jobs in the order they come, up to `concurrency`
 /// at once, until the parent closes its end.
-pub(crate) async fn serve((mut conn, init, concurrency): WorkerArgs) {
+pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
+    // Ctrl-C reaches the whole process group. A worker is the pool's to
+    // stop: the parent may handle the key and finish or cancel its tasks,
+    // and if the key ends the parent, the worker follows it.
+    crate::sys::set_interrupt_ignored(true);
     if let Some((target, args)) = init {
         let outcome = run(target, &args).await;
         if !matches!(outcome, Outcome::Returned(_)) {
@@ -263,9 +335,9 @@ pub(crate) async fn serve((mut conn, init, concurrency): WorkerArgs) {
     if conn.send(&Msg::Ready).await.is_err() {
         return;
     }
-    let mut waiting = VecDeque::new();
+    let mut waiting = Line::default();
     if concurrency <= 1 {
-        serve_one_at_a_time(conn, waiting).await;
+        serve_one_at_a_time(conn, waiting, progress).await;
         return;
     }
     let mut running = FuturesUnordered::new();
@@ -277,6 +349,7 @@ pub(crate) async fn serve((mut conn, init, concurrency): WorkerArgs) {
             let Some(job) = waiting.pop_front() else {
                 break;
             };
+            progress.started(job.seq);
             running.push(run_job(job));
         }
         if running.is_empty() {
@@ -305,7 +378,7 @@ pub(crate) async fn serve((mut conn, init, concurrency): WorkerArgs) {
 
 /// [`serve`] with one job at a time: each runs on this task, and its
 /// reply is written before the next starts.
-async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: VecDeque<Pending>) {
+async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: Line, progress: Progress) {
     loop {
         // Replies are written before the next job runs: a synchronous
         // target blocks this thread, and a reply held back behind it
@@ -327,6 +400,7 @@ async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: VecDeque<Pe
                 Err(_) => return,
             },
         };
+        progress.started(job.seq);
         let (id, results) = run_job(job).await;
         if conn.send(&Msg::Done { id, results }).await.is_err() {
             return;

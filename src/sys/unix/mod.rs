@@ -207,6 +207,22 @@ pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
     }
 }
 
+/// Sets what `SIGINT` (Ctrl-C) does to this process: nothing (`ignore`)
+/// or the default, which ends it.
+pub(crate) fn set_interrupt_ignored(ignore: bool) {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    let handler = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    // SAFETY: `SIG_IGN` and `SIG_DFL` run no code of ours in a signal
+    // handler, so no async-signal-safety rule can be broken; replacing a
+    // handler that tokio installed only stops its notifications (callers
+    // do this before any runtime of theirs listens for SIGINT).
+    let _ = unsafe { signal(Signal::SIGINT, handler) };
+}
+
 /// Ends the process at once with `code`: no destructors, no exit handlers,
 /// no flushing. For a child whose parent is gone.
 pub(crate) fn exit_immediately(code: i32) -> ! {
