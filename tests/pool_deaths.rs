@@ -122,6 +122,40 @@ async fn a_task_past_its_timeout_fails_and_its_worker_is_replaced() -> Result<()
     Ok(())
 }
 
+/// Returns the worker's pid; fails (with a panic) in the worker whose pid
+/// is `dead`, which the test killed before the task was submitted.
+fn pid_unless(dead: u32) -> u32 {
+    assert_ne!(std::process::id(), dead, "ran in a dead worker");
+    std::process::id()
+}
+
+/// A task submitted just after an idle worker was killed, before its slot
+/// has seen the death, never started there: it runs on the replacement
+/// rather than failing with the death of a worker it never reached.
+async fn a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere() -> Result<(), Failed> {
+    let pool = mp::Pool::new(1).await?;
+    let mut lost = Vec::new();
+    for round in 0..20 {
+        let victim = pool.apply(pid, ()).await?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        match pool.apply(pid_unless, victim).await {
+            Ok(p) => ensure(p != victim, "a new worker")?,
+            Err(e) => lost.push((round, e)),
+        }
+    }
+    ensure(
+        lost.is_empty(),
+        format!(
+            "{} of 20 tasks failed although no worker had started them: {lost:?}",
+            lost.len()
+        ),
+    )?;
+    Ok(())
+}
+
 /// An initializer that SIGKILLs its own worker the second time it runs
 /// (counted in the file at `path`), as if the worker were killed from
 /// outside while it started.
@@ -183,6 +217,11 @@ fn main() {
             "a_task_past_its_timeout_fails_and_its_worker_is_replaced",
             T,
             a_task_past_its_timeout_fails_and_its_worker_is_replaced,
+        ),
+        case(
+            "a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere",
+            T,
+            a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere,
         ),
         case(
             "a_replacement_killed_while_starting_is_replaced_again",
