@@ -323,6 +323,14 @@ async fn round(
         maps.push(MapRun { items, chunk });
     }
     ensure(next_id == TASKS, "the plan covers every task")?;
+    // Each worker death is a kill or an abort, so these bound the
+    // replacements.
+    let aborts = applied.iter().filter(|(k, _)| *k == Kind::Abort).count()
+        + maps
+            .iter()
+            .flat_map(|m| &m.items)
+            .filter(|(k, _, _)| *k == Kind::Abort)
+            .count();
     let running: Vec<_> = maps
         .iter()
         .map(|m| {
@@ -400,8 +408,8 @@ async fn round(
         format!("{tally:?}, {stats:?}"),
     )?;
     ensure(
-        stats.restarted >= tally.aborted && stats.restarted <= kills + TASKS as usize,
-        format!("{kills} kills, {tally:?}, {stats:?}"),
+        stats.restarted >= tally.aborted && stats.restarted <= kills + aborts,
+        format!("{kills} kills, {aborts} aborts submitted, {tally:?}, {stats:?}"),
     )?;
 
     // Still usable.
