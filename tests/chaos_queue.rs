@@ -282,6 +282,18 @@ async fn producers_and_consumers_killed_at_random() -> Result<(), Failed> {
         }
     }
 
+    // The queue's count agrees with its ring, and it still works.
+    ensure(
+        q.is_empty() && q.len() == 0,
+        format!("drained, yet len() is {}", q.len()),
+    )?;
+    q.put((u32::MAX, 0)).await.map_err(|e| e.to_string())?;
+    ensure(q.len() == 1, format!("len() {} after one put", q.len()))?;
+    ensure(
+        q.get_timeout(Duration::from_secs(1)).await? == (u32::MAX, 0),
+        "a put and a get after the chaos",
+    )?;
+
     // What each producer acknowledged: 0, 1, 2, ... with no gap.
     let mut acked: HashMap<u32, u32> = HashMap::new();
     for (who, h) in acks {
