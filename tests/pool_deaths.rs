@@ -122,6 +122,84 @@ async fn a_task_past_its_timeout_fails_and_its_worker_is_replaced() -> Result<()
     Ok(())
 }
 
+/// Returns the worker's pid; fails (with a panic) in the worker whose pid
+/// is `dead`, which the test killed before the task was submitted.
+fn pid_unless(dead: u32) -> u32 {
+    assert_ne!(std::process::id(), dead, "ran in a dead worker");
+    std::process::id()
+}
+
+/// A task submitted just after an idle worker was killed, before its slot
+/// has seen the death, never started there: it runs on the replacement
+/// rather than failing with the death of a worker it never reached.
+async fn a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere() -> Result<(), Failed> {
+    let pool = mp::Pool::new(1).await?;
+    let mut lost = Vec::new();
+    for round in 0..20 {
+        let victim = pool.apply(pid, ()).await?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        match pool.apply(pid_unless, victim).await {
+            Ok(p) => ensure(p != victim, "a new worker")?,
+            Err(e) => lost.push((round, e)),
+        }
+    }
+    ensure(
+        lost.is_empty(),
+        format!(
+            "{} of 20 tasks failed although no worker had started them: {lost:?}",
+            lost.len()
+        ),
+    )?;
+    Ok(())
+}
+
+/// An initializer that SIGKILLs its own worker the second time it runs
+/// (counted in the file at `path`), as if the worker were killed from
+/// outside while it started.
+fn second_start_is_killed(path: std::path::PathBuf) {
+    let runs = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&path, runs.to_string()).expect("count the starts");
+    if runs == 2 {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A worker killed before it is ready (here inside the initializer, which
+/// had not failed) is not an initializer failure: the slot starts another.
+async fn a_replacement_killed_while_starting_is_replaced_again() -> Result<(), Failed> {
+    let path = std::env::temp_dir().join(format!("pool-deaths-starts-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let pool = mp::Pool::builder()
+        .processes(1)
+        .initializer(second_start_is_killed, path.clone())
+        .build()
+        .await?;
+    let killed = pool.apply(die, Death::Kill).await;
+    ensure(
+        matches!(killed, Err(mp::TaskError::WorkerDied { exitcode: -9 })),
+        format!("{killed:?}"),
+    )?;
+    // The replacement dies while it starts; the one after it serves.
+    let after = pool.apply(square, 3).await;
+    let starts = std::fs::read_to_string(&path).unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    ensure(
+        matches!(after, Ok(9)),
+        format!("after a replacement was killed while starting: {after:?} (starts: {starts})"),
+    )?;
+    ensure(starts.trim() == "3", format!("starts: {starts}"))?;
+    let stats = pool.stats();
+    ensure(stats.workers == 1, format!("{stats:?}"))?;
+    Ok(())
+}
+
 fn main() {
     let guard = mp::init();
     let tests = vec![
@@ -139,6 +217,16 @@ fn main() {
             "a_task_past_its_timeout_fails_and_its_worker_is_replaced",
             T,
             a_task_past_its_timeout_fails_and_its_worker_is_replaced,
+        ),
+        case(
+            "a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere",
+            T,
+            a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere,
+        ),
+        case(
+            "a_replacement_killed_while_starting_is_replaced_again",
+            T,
+            a_replacement_killed_while_starting_is_replaced_again,
         ),
     ];
     common::run(guard, tests)
