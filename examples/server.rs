@@ -23,7 +23,7 @@
 //!
 //! On SIGINT (Ctrl-C) or SIGTERM it stops accepting connections, lets the
 //! requests in flight finish, closes the pool, waits for the workers to
-//! exit and exits with status 0. The workers ignore SIGINT, so a Ctrl-C
+//! exit and exits with status 0. Pool workers ignore SIGINT, so a Ctrl-C
 //! that reaches the whole process group does not cut their tasks short.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -60,23 +60,6 @@ fn count_primes(n: u64) -> u64 {
         true
     };
     (0..n).filter(|&k| is_prime(k)).count() as u64
-}
-
-/// Run by every worker before its first task: a Ctrl-C in a terminal
-/// sends SIGINT to the whole process group, workers included, and a
-/// worker killed by it would fail the request it was running. The server
-/// alone handles SIGINT; the workers finish their tasks and exit when the
-/// pool is closed.
-fn ignore_sigint(_: ()) {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: `SigIgn` installs no handler, so no code of ours ever runs
-    // in signal context.
-    if let Err(e) = unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) } {
-        eprintln!(
-            "worker {}: could not ignore SIGINT: {e}",
-            std::process::id()
-        );
-    }
 }
 
 fn always_panics(_: ()) {
@@ -135,11 +118,9 @@ async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
-    let pool = mp::Pool::builder()
-        .processes(0) // one worker per CPU
-        .initializer(ignore_sigint, ())
-        .build()
-        .await?;
+    // One worker per CPU. Workers ignore SIGINT, so a Ctrl-C that reaches
+    // the whole process group is the server's to handle.
+    let pool = mp::Pool::new(0).await?;
     let app = Router::new()
         .route("/primes/{n}", get(primes))
         .route("/panic", get(panic))
