@@ -659,6 +659,19 @@ impl Chan {
         Ok(())
     }
 
+    /// Queues a message without writing it or scheduling a write: the
+    /// caller flushes when its batch is complete.
+    pub(crate) fn feed<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        self.shared.enqueue(msg, false).map(|_| ())
+    }
+
+    /// A whole message already read from the socket, if there is one; no
+    /// system call.
+    pub(crate) fn take_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ChannelError> {
+        let read = self.read.get_mut().unwrap_or_else(PoisonError::into_inner);
+        read.take(self.shared.max)
+    }
+
     pub(crate) fn blocking_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
         self.shared.enqueue(msg, false)?;
         self.shared.blocking_flush()

@@ -433,6 +433,12 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         self.end.open()?.send(msg).await
     }
 
+    /// Queues a message to be written by the next [`flush`](Self::flush),
+    /// for a batch sent with one system call.
+    pub(crate) fn feed(&self, msg: &T) -> Result<(), ChannelError> {
+        self.end.open()?.feed(msg)
+    }
+
     /// Sends a message from synchronous code, writing it (and anything
     /// queued before it) before returning.
     ///
@@ -480,6 +486,12 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// dropped in a `select!` loses no message.
     pub async fn recv(&mut self) -> Result<T, ChannelError> {
         self.end.open_mut()?.recv().await
+    }
+
+    /// A whole message already read from the socket, without a system
+    /// call.
+    pub(crate) fn take_buffered(&mut self) -> Result<Option<T>, ChannelError> {
+        self.end.open_mut()?.take_buffered()
     }
 
     /// Receives a message if a whole one has arrived, without waiting.

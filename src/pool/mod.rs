@@ -61,8 +61,9 @@ use crate::target::{StarTarget, Target, decode_value, encode_value};
 use crate::wire::message::{Outcome, TargetRef};
 use worker::{Batch, BatchBuilder, Results};
 
-/// Jobs a worker may have in flight at once.
-const WINDOW: usize = 4;
+/// The most jobs a worker may have queued behind the ones it runs; how
+/// many it gets depends on how long its jobs take (see the supervisor).
+const WINDOW: usize = 32;
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +100,8 @@ struct Config {
     timeout: Option<Duration>,
     /// Jobs a worker runs at once.
     concurrency: usize,
-    /// Jobs a worker may have in flight: the ones it runs and a few more.
+    /// The most jobs a worker may have in flight: the ones it runs and
+    /// some more.
     window: usize,
 }
 
@@ -367,7 +369,7 @@ impl PoolBuilder {
                 max_tasks: self.max_tasks,
                 timeout: self.timeout,
                 concurrency,
-                window: WINDOW + concurrency - 1,
+                window: WINDOW + concurrency,
             },
             next_id: AtomicU64::new(0),
             live_slots: AtomicUsize::new(processes),

@@ -216,6 +216,7 @@ fn requeue(shared: &Shared, rest: VecDeque<Job>) {
 /// A job sent to the worker, with when it started there (if it has).
 struct Sent {
     job: Job,
+    sent_at: Instant,
     /// Its place among the jobs sent to this worker, from 0.
     seq: u64,
     since: Option<Instant>,
@@ -243,6 +244,7 @@ impl Inflight {
     fn push(&mut self, job: Job) {
         self.jobs.push_back(Sent {
             job,
+            sent_at: Instant::now(),
             seq: self.sent,
             since: None,
             cancel_sent: false,
@@ -251,11 +253,11 @@ impl Inflight {
         self.mark_started();
     }
 
-    fn remove(&mut self, id: u64) -> Option<Job> {
+    fn remove(&mut self, id: u64) -> Option<Sent> {
         let pos = self.jobs.iter().position(|s| s.job.id == id)?;
         let sent = self.jobs.remove(pos)?;
         self.mark_started();
-        Some(sent.job)
+        Some(sent)
     }
 
     /// Stamps the jobs that the worker is now running.
@@ -303,12 +305,56 @@ impl Inflight {
     }
 }
 
+/// How much work, in expected run time, a worker may hold queued behind
+/// the jobs it runs: enough that it never waits a round trip for the next
+/// job, little enough that a job queued behind a long one waits little
+/// longer than it would in the pool's own queue.
+const PREFETCH_BUDGET: Duration = Duration::from_micros(500);
+
+/// How long a worker's jobs take, which sets how many it may hold.
+struct Pace {
+    /// A moving average of the time a job runs, in nanoseconds.
+    average_ns: Option<f64>,
+    last_done: Instant,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            average_ns: None,
+            last_done: Instant::now(),
+        }
+    }
+
+    /// A job sent at `sent_at` ended now: it ran from when it was sent or
+    /// the job before it ended, whichever came later.
+    fn done(&mut self, sent_at: Instant) {
+        let now = Instant::now();
+        let ran = now.duration_since(sent_at.max(self.last_done)).as_nanos() as f64;
+        self.last_done = now;
+        self.average_ns = Some(match self.average_ns {
+            None => ran,
+            Some(avg) => 0.8 * avg + 0.2 * ran,
+        });
+    }
+
+    /// Jobs the worker may have in flight: the ones it runs, plus as many
+    /// as fit the prefetch budget, within `[concurrency + 1, max]`.
+    fn window(&self, concurrency: usize, max: usize) -> usize {
+        let extra = match self.average_ns {
+            None => 3,
+            Some(avg) => (PREFETCH_BUDGET.as_nanos() as f64 / avg.max(1.0)) as usize,
+        };
+        (concurrency + extra).clamp(concurrency + 1, max.max(concurrency + 1))
+    }
+}
+
 async fn run(
     shared: &Shared,
     worker: &mut Worker,
     state: &mut tokio::sync::watch::Receiver<State>,
 ) -> End {
-    let window = shared.config.window;
+    let mut pace = Pace::new();
     let mut inflight = Inflight {
         jobs: VecDeque::new(),
         concurrency: shared.config.concurrency.max(1),
@@ -354,7 +400,10 @@ async fn run(
             }
         }
         // Fill the window.
+        // The jobs go out together, in one write.
+        let window = pace.window(inflight.concurrency, shared.config.window);
         let may_take = |sent: usize| shared.config.max_tasks.is_none_or(|k| sent < k);
+        let mut fed = false;
         while inflight.len() < window && may_take(sent) {
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
@@ -367,9 +416,14 @@ async fn run(
             sent += 1;
             inflight.push(job);
             set_busy(&mut busy, true);
-            if worker.conn.send(&msg).await.is_err() {
+            fed = true;
+            if worker.conn.feed(&msg).is_err() {
                 break;
             }
+        }
+        if fed {
+            // A failed write shows as the worker's death below.
+            let _ = worker.conn.flush().await;
         }
         set_busy(&mut busy, !inflight.is_empty());
         if inflight.is_empty() {
@@ -386,23 +440,36 @@ async fn run(
         let room = inflight.len() < window && may_take(sent);
         let waiting = inflight.len() > inflight.concurrency;
         tokio::select! {
-            msg = worker.conn.recv() => match msg {
-                Ok(Msg::Done { id, results }) => {
-                    if let Some(job) = inflight.remove(id) {
-                        // Counted idle before the result is seen, so stats
-                        // read after a result agree with it.
-                        set_busy(&mut busy, !inflight.is_empty());
-                        deliver(shared, job, Ok(results));
+            msg = worker.conn.recv() => {
+                let Ok(mut msg) = msg else {
+                    break died(shared, worker, &mut inflight, None).await;
+                };
+                // Every reply that came in the same read is handled before
+                // the window is refilled, so the refill is one write.
+                loop {
+                    match msg {
+                        Msg::Done { id, results } => {
+                            if let Some(sent) = inflight.remove(id) {
+                                pace.done(sent.sent_at);
+                                // Counted idle before the result is seen, so
+                                // stats read after a result agree with it.
+                                set_busy(&mut busy, !inflight.is_empty());
+                                deliver(shared, sent.job, Ok(results));
+                            }
+                        }
+                        Msg::Dropped { id } => {
+                            if let Some(sent) = inflight.remove(id) {
+                                deliver(shared, sent.job, Err(TaskError::Cancelled));
+                            }
+                        }
+                        _ => {}
+                    }
+                    match worker.conn.take_buffered() {
+                        Ok(Some(next)) => msg = next,
+                        _ => break,
                     }
                 }
-                Ok(Msg::Dropped { id }) => {
-                    if let Some(job) = inflight.remove(id) {
-                        deliver(shared, job, Err(TaskError::Cancelled));
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break died(shared, worker, &mut inflight, None).await,
-            },
+            }
             _ = worker.process.sentinel() => {
                 // Replies that arrived before the exit still count.
                 while let Ok(Some(msg)) = worker.conn.try_recv() {
@@ -411,8 +478,8 @@ async fn run(
                         Msg::Dropped { id } => (id, Err(TaskError::Cancelled)),
                         _ => continue,
                     };
-                    if let Some(job) = inflight.remove(id) {
-                        deliver(shared, job, result);
+                    if let Some(sent) = inflight.remove(id) {
+                        deliver(shared, sent.job, result);
                     }
                 }
                 break died(shared, worker, &mut inflight, None).await;
