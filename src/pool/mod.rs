@@ -36,6 +36,7 @@
 //! ends. No worker is left a zombie: each is reaped by its supervising task.
 
 mod imap;
+mod page;
 mod supervisor;
 pub(crate) mod worker;
 

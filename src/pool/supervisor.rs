@@ -9,11 +9,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::worker::{Msg, Progress, Results, serve};
+use super::page::Page;
+use super::worker::{Msg, Results, serve};
 use super::{Job, Shared, State};
 use crate::connection::{Connection, Pipe};
 use crate::error::TaskError;
 use crate::process::Process;
+use crate::target::decode_value;
 
 /// How long a worker past its task timeout has between `SIGTERM` and `SIGKILL`.
 const GRACE: Duration = Duration::from_millis(500);
@@ -36,26 +38,26 @@ enum End {
 struct Worker {
     process: Process<()>,
     conn: Connection<Msg>,
-    progress: Progress,
+    page: Page,
 }
 
 async fn start(shared: &Shared) -> Result<Worker, String> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
-    let progress = Progress::new().map_err(|e| e.to_string())?;
+    let page = Page::new().map_err(|e| e.to_string())?;
     let process = Process::builder().daemon(true).build(
         serve,
         (
             w_conn,
             shared.config.init.clone(),
             shared.config.concurrency,
-            progress.clone(),
+            page.clone(),
         ),
     );
     process.start().await.map_err(|e| e.to_string())?;
     Ok(Worker {
         process,
         conn,
-        progress,
+        page,
     })
 }
 
@@ -390,6 +392,10 @@ async fn run(
             }
             break End::Shutdown;
         }
+        if let Err(e) = drain_ring(shared, worker, &mut inflight, Some(&mut pace), &mut busy) {
+            tracing::error!(error = %e, "pool worker broke its reply ring; it is replaced");
+            break died(shared, worker, &mut inflight, None).await;
+        }
         // Tell the worker about jobs it has not started whose results
         // were dropped.
         let cancels = shared.cancels.load(Ordering::Acquire);
@@ -439,31 +445,20 @@ async fn run(
         let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
         let room = inflight.len() < window && may_take(sent);
         let waiting = inflight.len() > inflight.concurrency;
+        if !inflight.is_empty() && worker.page.sleep() {
+            // Replies came while the window was filled.
+            continue;
+        }
         tokio::select! {
             msg = worker.conn.recv() => {
+                worker.page.wake();
                 let Ok(mut msg) = msg else {
                     break died(shared, worker, &mut inflight, None).await;
                 };
                 // Every reply that came in the same read is handled before
                 // the window is refilled, so the refill is one write.
                 loop {
-                    match msg {
-                        Msg::Done { id, results } => {
-                            if let Some(sent) = inflight.remove(id) {
-                                pace.done(sent.sent_at);
-                                // Counted idle before the result is seen, so
-                                // stats read after a result agree with it.
-                                set_busy(&mut busy, !inflight.is_empty());
-                                deliver(shared, sent.job, Ok(results));
-                            }
-                        }
-                        Msg::Dropped { id } => {
-                            if let Some(sent) = inflight.remove(id) {
-                                deliver(shared, sent.job, Err(TaskError::Cancelled));
-                            }
-                        }
-                        _ => {}
-                    }
+                    on_reply(shared, &mut inflight, Some(&mut pace), &mut busy, msg);
                     match worker.conn.take_buffered() {
                         Ok(Some(next)) => msg = next,
                         _ => break,
@@ -473,14 +468,7 @@ async fn run(
             _ = worker.process.sentinel() => {
                 // Replies that arrived before the exit still count.
                 while let Ok(Some(msg)) = worker.conn.try_recv() {
-                    let (id, result) = match msg {
-                        Msg::Done { id, results } => (id, Ok(results)),
-                        Msg::Dropped { id } => (id, Err(TaskError::Cancelled)),
-                        _ => continue,
-                    };
-                    if let Some(sent) = inflight.remove(id) {
-                        deliver(shared, sent.job, result);
-                    }
+                    on_reply(shared, &mut inflight, None, &mut busy, msg);
                 }
                 break died(shared, worker, &mut inflight, None).await;
             }
@@ -499,10 +487,53 @@ async fn run(
     end
 }
 
+/// Handles one message from a worker: a reply resolves its job.
+fn on_reply(
+    shared: &Shared,
+    inflight: &mut Inflight,
+    pace: Option<&mut Pace>,
+    busy: &mut bool,
+    msg: Msg,
+) {
+    let (id, result) = match msg {
+        Msg::Done { id, results } => (id, Ok(results)),
+        Msg::Dropped { id } => (id, Err(TaskError::Cancelled)),
+        _ => return,
+    };
+    let Some(sent) = inflight.remove(id) else {
+        return;
+    };
+    if let (Some(pace), true) = (pace, result.is_ok()) {
+        pace.done(sent.sent_at);
+    }
+    if *busy && inflight.is_empty() {
+        // Counted idle before the result is seen, so stats read after a
+        // result agree with it.
+        *busy = false;
+        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+    deliver(shared, sent.job, result);
+}
+
+/// Handles every reply waiting in the worker's ring.
+fn drain_ring(
+    shared: &Shared,
+    worker: &Worker,
+    inflight: &mut Inflight,
+    mut pace: Option<&mut Pace>,
+    busy: &mut bool,
+) -> Result<(), String> {
+    while let Some(bytes) = worker.page.pop()? {
+        let msg: Msg = decode_value(&bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
+        on_reply(shared, inflight, pace.as_deref_mut(), busy, msg);
+    }
+    Ok(())
+}
+
 /// The worker died, or is killed because job `late` outlived the task
 /// timeout: `late` fails with [`TaskError::TimedOut`], the other jobs it
 /// had started with [`TaskError::WorkerDied`], and the ones it had not
-/// started (its progress word says which) go back to the queue.
+/// started (its shared page says which) go back to the queue.
 async fn died(
     shared: &Shared,
     worker: &mut Worker,
@@ -523,7 +554,11 @@ async fn died(
         tracing::warn!(exitcode, "pool worker died");
     }
     // Read once the worker is gone, so its last word is in.
-    let (ran, rest) = inflight.split(worker.progress.count());
+    // Replies it published before it died count.
+    if let Err(e) = drain_ring(shared, worker, inflight, None, &mut false) {
+        tracing::warn!(error = %e, "a dead pool worker left a broken reply ring");
+    }
+    let (ran, rest) = inflight.split(worker.page.started_count());
     for job in ran {
         deliver(shared, job, Err(TaskError::WorkerDied { exitcode }));
     }

@@ -2,7 +2,7 @@
 //! supervisor in the parent.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -10,8 +10,8 @@ use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::page::Page;
 use crate::connection::Connection;
-use crate::shm::{HEADER, Kind, Segment};
 use crate::target::{Resolved, resolve};
 use crate::wire::message::{Outcome, TargetRef};
 
@@ -39,6 +39,8 @@ pub(crate) enum Msg {
     /// Worker to parent: job `id` was dropped before it started, after a
     /// `Cancel`. Every job gets exactly one `Done` or `Dropped`.
     Dropped { id: u64 },
+    /// Worker to parent: replies wait in the shared page's ring.
+    Ring,
 }
 
 /// The outcomes of a job, one per argument: the encoded values back to
@@ -164,50 +166,9 @@ impl BatchBuilder {
 
 /// What a worker is started with: its end of the pipe, the initializer,
 /// how many jobs it may run at once (async targets interleave; a
-/// synchronous one holds the worker's thread while it runs), and the word
-/// where it records which jobs it has started.
-pub(crate) type WorkerArgs = (
-    Connection<Msg>,
-    Option<(TargetRef, ByteBuf)>,
-    usize,
-    Progress,
-);
-
-/// A word in memory shared by a worker and its supervisor: how many of
-/// the jobs sent to the worker, counted in the order they were sent, it
-/// has started, or skipped. The worker writes it before a job runs, so
-/// when the worker dies the supervisor knows which jobs ran (and fail)
-/// and which never started (and go back to the queue), without a message
-/// per job.
-#[derive(Debug, Clone)]
-pub(crate) struct Progress(Segment);
-
-const PROGRESS_LEN: usize = HEADER + 8;
-
-crate::shm::segment_serde!(
-    Progress,
-    Kind::PoolWorker,
-    PROGRESS_LEN,
-    |seg| Progress(seg),
-    0
-);
-
-impl Progress {
-    pub(crate) fn new() -> std::io::Result<Progress> {
-        Segment::create(Kind::PoolWorker, PROGRESS_LEN).map(Progress)
-    }
-
-    /// Records that every job up to the one numbered `seq` has started or
-    /// was skipped.
-    fn started(&self, seq: u64) {
-        self.0.u64(HEADER).store(seq + 1, Ordering::Release);
-    }
-
-    /// How many jobs, in the order sent, have started or were skipped.
-    pub(crate) fn count(&self) -> u64 {
-        self.0.u64(HEADER).load(Ordering::Acquire)
-    }
-}
+/// synchronous one holds the worker's thread while it runs), and the page
+/// it shares with its supervisor.
+pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>, usize, Page);
 
 /// A job the worker has received and not started.
 struct Pending {
@@ -219,10 +180,21 @@ struct Pending {
 }
 
 /// The jobs received and not started, in the order they came.
-#[derive(Default)]
 struct Line {
     waiting: VecDeque<Pending>,
     received: u64,
+    /// When the socket was last read.
+    last_read: Instant,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            waiting: VecDeque::new(),
+            received: 0,
+            last_read: Instant::now(),
+        }
+    }
 }
 
 impl Line {
@@ -301,13 +273,29 @@ async fn take(conn: &Connection<Msg>, line: &mut Line, msg: Msg) -> bool {
     true
 }
 
-/// Takes every message that has already arrived, without waiting.
-/// `false` once the parent's end is gone.
-async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut Line) -> bool {
+/// How long a worker with jobs waiting goes without looking at its socket
+/// for new messages (a cancel, or more jobs). Looking costs a system call,
+/// too much to pay before every short job.
+const LOOK_EVERY: Duration = Duration::from_micros(200);
+
+/// Takes every message that has already arrived, without waiting: the
+/// ones read already, and, if the line is empty or the socket was last
+/// read [`LOOK_EVERY`] ago, what the socket holds. `false` once the
+/// parent's end is gone.
+async fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
     loop {
-        match conn.try_recv() {
+        let next = match conn.take_buffered() {
+            Ok(Some(msg)) => Ok(Some(msg)),
+            Ok(None) if line.waiting.is_empty() || line.last_read.elapsed() >= LOOK_EVERY => {
+                line.last_read = Instant::now();
+                conn.try_recv()
+            }
+            Ok(None) => return true,
+            Err(e) => Err(e),
+        };
+        match next {
             Ok(Some(msg)) => {
-                if !take(conn, waiting, msg).await {
+                if !take(conn, line, msg).await {
                     return false;
                 }
             }
@@ -317,9 +305,24 @@ async fn take_arrived(conn: &mut Connection<Msg>, waiting: &mut Line) -> bool {
     }
 }
 
+/// Sends a reply through the shared page's ring, ringing the doorbell if
+/// the supervisor sleeps, or over the socket if it does not fit. False
+/// once the parent's end is gone.
+async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
+    let pushed = match crate::target::encode_value(&msg) {
+        Ok(bytes) => page.push(&bytes),
+        Err(_) => None,
+    };
+    match pushed {
+        Some(false) => true,
+        Some(true) => conn.send(&Msg::Ring).await.is_ok(),
+        None => conn.send(&msg).await.is_ok(),
+    }
+}
+
 /// The worker loop: runs jobs in the order they come, up to `concurrency`
 /// at once, until the parent closes its end.
-pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
+pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
     // Ctrl-C reaches the whole process group. A worker is the pool's to
     // stop: the parent may handle the key and finish or cancel its tasks,
     // and if the key ends the parent, the worker follows it.
@@ -337,7 +340,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
     }
     let mut waiting = Line::default();
     if concurrency <= 1 {
-        serve_one_at_a_time(conn, waiting, progress).await;
+        serve_one_at_a_time(conn, waiting, page).await;
         return;
     }
     let mut running = FuturesUnordered::new();
@@ -349,7 +352,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
             let Some(job) = waiting.pop_front() else {
                 break;
             };
-            progress.started(job.seq);
+            page.started(job.seq);
             running.push(run_job(job));
         }
         if running.is_empty() {
@@ -362,7 +365,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
         tokio::select! {
             biased;
             Some((id, results)) = running.next() => {
-                if conn.send(&Msg::Done { id, results }).await.is_err() {
+                if !reply(&conn, &page, Msg::Done { id, results }).await {
                     return;
                 }
             }
@@ -378,7 +381,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, progress): WorkerArgs) {
 
 /// [`serve`] with one job at a time: each runs on this task, and its
 /// reply is written before the next starts.
-async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: Line, progress: Progress) {
+async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: Line, page: Page) {
     loop {
         // Replies are written before the next job runs: a synchronous
         // target blocks this thread, and a reply held back behind it
@@ -400,9 +403,9 @@ async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: Line, progr
                 Err(_) => return,
             },
         };
-        progress.started(job.seq);
+        page.started(job.seq);
         let (id, results) = run_job(job).await;
-        if conn.send(&Msg::Done { id, results }).await.is_err() {
+        if !reply(&conn, &page, Msg::Done { id, results }).await {
             return;
         }
     }

@@ -1,0 +1,254 @@
+//! The page of memory a worker shares with its supervisor: which jobs it
+//! has started, and a ring of replies.
+//!
+//! ```text
+//!  HEADER   +8      +16     +24       +32
+//! +--------+-------+-------+---------+--------------------------+
+//! | started| head  | tail  | sleeping| ring: RING bytes          |
+//! +--------+-------+-------+---------+--------------------------+
+//! ```
+//!
+//! `started` counts the jobs, in the order sent, that the worker has
+//! started (or skipped). It is written before a job runs, so when the
+//! worker dies the supervisor knows which jobs ran (they fail) and which
+//! never started (they go back to the queue).
+//!
+//! The ring carries the worker's replies, one producer (the worker) and
+//! one consumer (the supervisor). A reply in the ring is safe the moment
+//! `tail` is published, even if the worker dies right after, so the worker
+//! need not make a system call per reply. `head` and `tail` are byte
+//! positions that only grow; a record is an 8-byte length word and the
+//! encoded reply, padded to 8 bytes, and a length of `u32::MAX` says the
+//! rest of the ring up to its end is skipped. The worker writes only
+//! between `tail` and `head + RING`, and publishes with a release store of
+//! `tail`; the supervisor reads only between `head` and `tail`, and frees
+//! with a release store of `head`.
+//!
+//! `sleeping` is how the supervisor asks to be woken: it sets the word,
+//! looks at the ring once more, and only then waits on the socket. A
+//! worker that publishes a reply and finds the word set clears it and
+//! sends a one-frame doorbell over the socket. A reply that does not fit
+//! goes over the socket instead.
+
+use std::sync::atomic::Ordering;
+
+use crate::shm::{HEADER, Kind, Segment};
+
+/// Bytes of the reply ring.
+const RING: u64 = 64 * 1024;
+
+const STARTED: usize = HEADER;
+const HEAD: usize = HEADER + 8;
+const TAIL: usize = HEADER + 16;
+const SLEEPING: usize = HEADER + 24;
+const DATA: usize = HEADER + 32;
+
+/// The length word that skips to the end of the ring.
+const WRAP: u32 = u32::MAX;
+
+pub(crate) const PAGE_LEN: usize = DATA + RING as usize;
+
+/// A worker's shared page. Cloning shares it.
+#[derive(Debug, Clone)]
+pub(crate) struct Page(Segment);
+
+crate::shm::segment_serde!(Page, Kind::PoolWorker, PAGE_LEN, |seg| Page(seg), 0);
+
+fn padded(len: usize) -> u64 {
+    8 + (len as u64).div_ceil(8) * 8
+}
+
+impl Page {
+    pub(crate) fn new() -> std::io::Result<Page> {
+        Segment::create(Kind::PoolWorker, PAGE_LEN).map(Page)
+    }
+
+    // ---- the worker's side ----
+
+    /// Records that every job up to the one numbered `seq` has started or
+    /// was skipped.
+    pub(crate) fn started(&self, seq: u64) {
+        self.0.u64(STARTED).store(seq + 1, Ordering::Release);
+    }
+
+    /// Puts a reply in the ring. `None` if it does not fit (it goes over
+    /// the socket instead); otherwise whether the supervisor asked to be
+    /// woken (then the caller rings the doorbell).
+    pub(crate) fn push(&self, reply: &[u8]) -> Option<bool> {
+        let need = padded(reply.len());
+        if need > RING / 2 {
+            return None;
+        }
+        let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
+        let head = self.0.u64(HEAD).load(Ordering::Acquire);
+        let to_end = RING - tail % RING;
+        let skip = if need > to_end { to_end } else { 0 };
+        if tail + skip + need - head > RING {
+            return None;
+        }
+        if skip > 0 {
+            self.write_at(tail, &(WRAP as u64).to_ne_bytes());
+        }
+        let at = tail + skip;
+        self.write_at(at, &(reply.len() as u64).to_ne_bytes());
+        self.write_at(at + 8, reply);
+        self.0.u64(TAIL).store(at + need, Ordering::SeqCst);
+        // Ordered after the publication (both SeqCst): either the
+        // supervisor sees the reply before it sleeps, or this sees its
+        // request to be woken.
+        Some(self.0.u32(SLEEPING).swap(0, Ordering::SeqCst) == 1)
+    }
+
+    fn write_at(&self, pos: u64, bytes: &[u8]) {
+        // SAFETY: the worker is the ring's only writer, and it writes only
+        // at positions from `tail` up to `head + RING` (checked by `push`),
+        // which the supervisor does not read until `tail` is published
+        // past them; the bytes are ordinary data, never accessed as
+        // atomics. The range is inside the mapping: `pos % RING` plus a
+        // record never crosses the ring's end (`push` skips to the start
+        // first).
+        unsafe { self.0.write_bytes(DATA + (pos % RING) as usize, bytes) }
+    }
+
+    // ---- the supervisor's side ----
+
+    /// How many jobs, in the order sent, the worker has started or skipped.
+    pub(crate) fn started_count(&self) -> u64 {
+        self.0.u64(STARTED).load(Ordering::Acquire)
+    }
+
+    /// Takes the next reply from the ring, if there is one.
+    ///
+    /// # Errors
+    ///
+    /// A description of what is wrong if the worker left the ring in a
+    /// state it cannot be in; the supervisor then treats the worker as
+    /// broken.
+    pub(crate) fn pop(&self) -> Result<Option<Vec<u8>>, String> {
+        let head_word = self.0.u64(HEAD);
+        let mut head = head_word.load(Ordering::Relaxed);
+        let tail = self.0.u64(TAIL).load(Ordering::Acquire);
+        loop {
+            if head == tail {
+                return Ok(None);
+            }
+            if tail < head || tail - head > RING {
+                return Err(format!("reply ring positions out of order: {head}..{tail}"));
+            }
+            let mut word = [0u8; 8];
+            self.read_at(head, &mut word);
+            let len = u64::from_ne_bytes(word);
+            let to_end = RING - head % RING;
+            if len == u64::from(WRAP) {
+                head += to_end;
+                continue;
+            }
+            if len > RING {
+                return Err(format!("reply ring record of {len} bytes"));
+            }
+            let need = padded(len as usize);
+            if need > to_end || need > tail - head {
+                return Err(format!("reply ring record of {len} bytes is out of bounds"));
+            }
+            let mut reply = vec![0u8; len as usize];
+            self.read_at(head + 8, &mut reply);
+            head_word.store(head + need, Ordering::Release);
+            return Ok(Some(reply));
+        }
+    }
+
+    fn read_at(&self, pos: u64, out: &mut [u8]) {
+        // SAFETY: the supervisor is the ring's only reader, and it reads
+        // only between `head` and the published `tail` (checked by `pop`),
+        // which the worker does not write again until `head` moves past
+        // them; the bytes are ordinary data. The range is inside the
+        // mapping (`pop` checks the record against the ring's end).
+        unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
+    }
+
+    /// Takes back a request to be woken (the supervisor is awake).
+    pub(crate) fn wake(&self) {
+        self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
+    }
+
+    /// Asks the worker to ring the doorbell for its next reply. Returns
+    /// true if replies are already waiting (then there is no need to sleep).
+    pub(crate) fn sleep(&self) -> bool {
+        self.0.u32(SLEEPING).store(1, Ordering::SeqCst);
+        let waiting =
+            self.0.u64(TAIL).load(Ordering::SeqCst) != self.0.u64(HEAD).load(Ordering::Relaxed);
+        if waiting {
+            self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
+        }
+        waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_come_out_in_order_across_many_wraps() {
+        let page = Page::new().unwrap();
+        let mut next_out = 0u32;
+        for round in 0..20_000u32 {
+            let len = (round as usize * 7919) % 3000;
+            let reply: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+            let mut pushed = page.push(&reply);
+            if pushed.is_none() {
+                // Full: drain, then it fits.
+                while let Some(r) = page.pop().unwrap() {
+                    let want = (next_out as usize * 7919) % 3000;
+                    assert_eq!(r.len(), want);
+                    next_out += 1;
+                }
+                pushed = page.push(&reply);
+            }
+            assert!(pushed.is_some(), "round {round}");
+            if round % 3 == 0 {
+                let r = page.pop().unwrap().expect("a reply");
+                let want = (next_out as usize * 7919) % 3000;
+                assert_eq!(r.len(), want);
+                assert!(
+                    r.iter()
+                        .enumerate()
+                        .all(|(i, b)| *b == (i as u32 ^ next_out) as u8)
+                );
+                next_out += 1;
+            }
+        }
+        while page.pop().unwrap().is_some() {
+            next_out += 1;
+        }
+        assert_eq!(next_out, 20_000);
+    }
+
+    #[test]
+    fn a_reply_too_big_for_the_ring_is_refused() {
+        let page = Page::new().unwrap();
+        assert!(page.push(&vec![0u8; RING as usize]).is_none());
+        assert!(page.push(&[1, 2, 3]).is_some());
+    }
+
+    #[test]
+    fn the_doorbell_is_asked_for_once() {
+        let page = Page::new().unwrap();
+        assert!(!page.sleep(), "nothing waits yet");
+        assert_eq!(page.push(b"a"), Some(true), "the supervisor sleeps");
+        assert_eq!(page.push(b"b"), Some(false), "already rung");
+        assert!(page.sleep(), "replies wait: no need to sleep");
+    }
+
+    #[test]
+    fn a_corrupt_ring_is_an_error_not_a_panic() {
+        let page = Page::new().unwrap();
+        page.push(b"hello").unwrap();
+        page.0.u64(TAIL).store(RING * 3, Ordering::Release);
+        assert!(page.pop().is_err());
+        page.0.u64(TAIL).store(16, Ordering::Release);
+        page.0.u64(HEAD).store(0, Ordering::Release);
+        page.write_at(0, &(RING * 2).to_ne_bytes());
+        assert!(page.pop().is_err());
+    }
+}
