@@ -40,6 +40,13 @@ pub(crate) fn run_if_child() {
     };
     let sock = match sys::claim_control_socket(fd) {
         Ok(sock) => sock,
+        Err(why @ sys::NotOurs::ParentGone { .. }) => {
+            // A child whose parent died before it got here. Running as a
+            // parent would run the whole program again, orphaned; there is
+            // no target to run either.
+            eprintln!("tokio-multiprocessing: this child does not run: {why}");
+            std::process::exit(REFUSED_EXIT);
+        }
         Err(why) => {
             // A stale or forged value: not our child. Never run anything.
             tracing::warn!(

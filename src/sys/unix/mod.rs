@@ -113,6 +113,9 @@ pub(crate) enum NotOurs {
     NotASocket,
     /// The socket's peer is not our parent process.
     ForeignPeer { peer: i32, parent: i32 },
+    /// The socket's peer is not our parent process and has closed its end:
+    /// the parent that started us has exited.
+    ParentGone { peer: i32 },
 }
 
 /// Takes ownership of `fd` if, and only if, it is an `AF_UNIX` stream socket
@@ -142,6 +145,13 @@ pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
         Err(_) => return Err(NotOurs::NotASocket),
     };
     if peer != parent {
+        // The socket's maker is not our parent. If it has also closed its
+        // end, we are the child of a parent that exited before we got
+        // here (we were handed to a reaper, hence the other parent): a
+        // marker that is not stale, on a socket nobody will ever write to.
+        if peer_closed(borrowed) {
+            return Err(NotOurs::ParentGone { peer });
+        }
         return Err(NotOurs::ForeignPeer { peer, parent });
     }
     // SAFETY: the descriptor is open, refers to the socket our parent gave
@@ -161,6 +171,12 @@ impl std::fmt::Display for NotOurs {
                 write!(
                     f,
                     "the socket's peer is pid {peer}, not our parent {parent}"
+                )
+            }
+            NotOurs::ParentGone { peer } => {
+                write!(
+                    f,
+                    "the parent that started this child (pid {peer}) has exited"
                 )
             }
         }
@@ -205,6 +221,21 @@ pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
             return;
         }
     }
+}
+
+/// Whether the peer of `sock` has closed its end (every copy of it) by
+/// now. Does not wait.
+pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: as in `wait_peer_closed`: a valid, initialised pollfd, a
+    // count of 1, and `sock` open for the duration. A zero timeout makes
+    // the call return at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
 }
 
 /// Ends the process at once with `code`: no destructors, no exit handlers,
