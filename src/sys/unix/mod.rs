@@ -259,3 +259,19 @@ fn drain_nonblocking(fd: BorrowedFd<'_>) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_closed_sees_the_other_end_go() {
+        let (a, b) = socketpair().expect("socketpair");
+        assert!(!peer_closed(a.as_fd()));
+        // Unread data does not hide the hang-up.
+        socket::send(b.as_raw_fd(), b"x", socket::MsgFlags::empty()).expect("send");
+        assert!(!peer_closed(a.as_fd()));
+        drop(b);
+        assert!(peer_closed(a.as_fd()));
+    }
+}
