@@ -117,28 +117,39 @@ fn slow_start_flag(parent: u32) -> PathBuf {
     std::env::temp_dir().join(format!("tmp-parent-death-slow-start-{parent}"))
 }
 
-/// The middle process of `a_child_whose_parent_died_before_it_started_exits`:
-/// raises the flag that delays its children, re-executes a grandchild,
-/// and kills itself, long before the grandchild reaches `init()`.
-async fn start_and_die(_: ()) {
+/// A grandchild's target: leaves `path` behind.
+fn touch(path: PathBuf) {
+    std::fs::write(path, b"ran").expect("write");
+}
+
+/// The middle process of the `..._parent_died_before_it_started_...`
+/// cases: raises the flag that delays its children, re-executes a
+/// grandchild that would create `path`, and kills itself, long before the
+/// grandchild reaches `init()`.
+async fn start_and_die((path, detached): (PathBuf, bool)) {
     let flag = slow_start_flag(std::process::id());
     std::fs::write(&flag, b"").expect("raise the flag");
     let g = mp::Process::builder()
         .start_method(mp::StartMethod::Spawn)
-        .build(echo, 7);
+        .detached(detached)
+        .build(touch, path);
     g.start().await.expect("grandchild starts");
     let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
 }
 
 /// A re-executed child whose parent is gone by the time it reaches
 /// `init()` must not take its marker for a stale one and run the program
-/// as a parent: it refuses, and exits with 2. The grandchild is found as
-/// the one new child of this process, the subreaper, once the middle one
-/// is dead: the binary runs its cases one at a time.
-async fn a_child_whose_parent_died_before_it_started_exits() -> Result<(), Failed> {
+/// as a parent. An ordinary one refuses, with 2, without running its
+/// target; a detached one runs its target, as it would have had its
+/// parent lived on. The grandchild is found as the one new child of this
+/// process, the subreaper, once the middle one is dead: the binary runs
+/// its cases one at a time.
+async fn orphaned_before_init(detached: bool) -> Result<(), Failed> {
     for round in 0..3 {
+        let ran = scratch(&format!("orphan-{detached}-{round}"));
+        let _ = std::fs::remove_file(&ran);
         let before = common::children();
-        let m = mp::Process::new(start_and_die, ());
+        let m = mp::Process::new(start_and_die, (ran.clone(), detached));
         m.start().await?;
         let mpid = m.pid().ok_or("no pid")?;
         m.sentinel().await;
@@ -170,13 +181,19 @@ async fn a_child_whose_parent_died_before_it_started_exits() -> Result<(), Faile
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
+        let target_ran = ran.exists();
+        let _ = std::fs::remove_file(&ran);
         ensure(
             code != RAN_AS_A_PARENT,
             format!("round {round}: the orphaned grandchild ran the program as a parent"),
         )?;
+        let want = if detached { 0 } else { 2 };
         ensure(
-            code == 2,
-            format!("round {round}: the orphaned grandchild exited with {code}, expected 2"),
+            code == want && target_ran == detached,
+            format!(
+                "round {round}: the orphaned grandchild exited with {code} (expected {want}); \
+                 its target ran: {target_ran}"
+            ),
         )?;
     }
     Ok(())
@@ -233,7 +250,12 @@ fn main() {
             case(
                 "a_child_whose_parent_died_before_it_started_exits",
                 t,
-                a_child_whose_parent_died_before_it_started_exits,
+                || orphaned_before_init(false),
+            ),
+            case(
+                "a_detached_child_whose_parent_died_before_it_started_runs",
+                t,
+                || orphaned_before_init(true),
             ),
             case(
                 "fork_server_death_falls_back_to_spawn",

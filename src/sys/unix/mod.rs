@@ -113,15 +113,24 @@ pub(crate) enum NotOurs {
     NotASocket,
     /// The socket's peer is not our parent process.
     ForeignPeer { peer: i32, parent: i32 },
-    /// The socket's peer is not our parent process and has closed its end:
-    /// the parent that started us has exited.
-    ParentGone { peer: i32 },
+}
+
+/// A control socket taken by [`claim_control_socket`].
+#[derive(Debug)]
+pub(crate) struct ControlSocket {
+    pub(crate) fd: OwnedFd,
+    /// The pid of the parent that made the socket, if it has exited since
+    /// (before this child got to look).
+    pub(crate) parent_gone: Option<i32>,
 }
 
 /// Takes ownership of `fd` if, and only if, it is an `AF_UNIX` stream socket
-/// whose peer is our parent process. On success the descriptor is made
-/// close-on-exec, so that nothing we start later inherits it.
-pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
+/// whose peer is our parent process, or was: a peer that is not our
+/// parent but has closed its end is taken for a parent that exited before
+/// we got here (we were handed to a reaper, hence the other parent). On
+/// success the descriptor is made close-on-exec, so that nothing we start
+/// later inherits it.
+pub(crate) fn claim_control_socket(fd: RawFd) -> Result<ControlSocket, NotOurs> {
     // fcntl(F_GETFD) tells whether the number is open without touching it.
     // SAFETY: `fd` is only borrowed for this call and, if the call fails,
     // never used again; F_GETFD on a closed number returns EBADF.
@@ -144,22 +153,24 @@ pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
         Ok(cred) => cred.pid(),
         Err(_) => return Err(NotOurs::NotASocket),
     };
-    if peer != parent {
-        // The socket's maker is not our parent. If it has also closed its
-        // end, we are the child of a parent that exited before we got
-        // here (we were handed to a reaper, hence the other parent): a
-        // marker that is not stale, on a socket nobody will ever write to.
-        if peer_closed(borrowed) {
-            return Err(NotOurs::ParentGone { peer });
-        }
+    let parent_gone = if peer == parent {
+        None
+    } else if peer_closed(borrowed) {
+        // What the parent wrote before it died (the handshake, the
+        // orders) is still there to read; the handshake decides the rest.
+        Some(peer)
+    } else {
         return Err(NotOurs::ForeignPeer { peer, parent });
-    }
-    // SAFETY: the descriptor is open, refers to the socket our parent gave
-    // us, and no other owner exists in this process: the bootstrap calls
+    };
+    // SAFETY: the descriptor is open, refers to the socket our parent
+    // (alive, or exited since) gave us, and no other owner exists in this process: the bootstrap calls
     // this at most once, before anything else looks at the number.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_cloexec(owned.as_fd())?;
-    Ok(owned)
+    Ok(ControlSocket {
+        fd: owned,
+        parent_gone,
+    })
 }
 
 impl std::fmt::Display for NotOurs {
@@ -171,12 +182,6 @@ impl std::fmt::Display for NotOurs {
                 write!(
                     f,
                     "the socket's peer is pid {peer}, not our parent {parent}"
-                )
-            }
-            NotOurs::ParentGone { peer } => {
-                write!(
-                    f,
-                    "the parent that started this child (pid {peer}) has exited"
                 )
             }
         }
