@@ -38,8 +38,8 @@ pub(crate) fn run_if_child() {
         tracing::warn!("ignoring a malformed {CHILD_ENV}; running as a parent");
         return;
     };
-    let sock = match sys::claim_control_socket(fd) {
-        Ok(sock) => sock,
+    let control = match sys::claim_control_socket(fd) {
+        Ok(control) => control,
         Err(why) => {
             // A stale or forged value: not our child. Never run anything.
             tracing::warn!(
@@ -50,16 +50,17 @@ pub(crate) fn run_if_child() {
         }
     };
     // From here on this process is a child and never returns to `main`.
+    let (sock, parent_gone) = (control.fd, control.parent_gone);
     let code = if tokio::runtime::Handle::try_current().is_ok() {
         // `init()` was called inside a runtime (`#[tokio::main]`): run the
         // child on a thread of its own, outside that runtime's context.
         std::thread::Builder::new()
             .name("tokio-multiprocessing-child".to_owned())
-            .spawn(move || child_main(sock, nonce))
+            .spawn(move || child_main(sock, nonce, parent_gone))
             .map(|t| t.join().unwrap_or(1))
             .unwrap_or(1)
     } else {
-        child_main(sock, nonce)
+        child_main(sock, nonce, parent_gone)
     };
     std::process::exit(code);
 }
@@ -81,7 +82,11 @@ const HELLO_MAX: usize = 4096;
 /// A child's life after it has its control socket: handshake, orders,
 /// target, report. Returns the exit code. Also the entry of children forked
 /// by the fork server.
-pub(crate) fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
+///
+/// `parent_gone` is the pid of a parent that made the socket and exited
+/// before this child started: the orders it left are still read, and only
+/// a detached child, which is meant to outlive its parent, runs them.
+pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) -> i32 {
     let stream = UnixStream::from(sock);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut reader = FdFrames::new(HELLO_MAX);
@@ -128,6 +133,13 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64) -> i32 {
             args,
             fds,
         } => {
+            if let (Some(pid), false) = (parent_gone, identity.detached) {
+                eprintln!(
+                    "tokio-multiprocessing: this child does not run: the parent that \
+                     started it (pid {pid}) has exited"
+                );
+                return REFUSED_EXIT;
+            }
             let fds = match reader.take_fds(fds as usize) {
                 Ok(fds) => fds,
                 Err(e) => return refuse(&mut ch, e.to_string()),

@@ -294,7 +294,7 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
                 if detached {
                     let _ = nix::unistd::setsid();
                 }
-                std::process::exit(crate::bootstrap::child_main(control, nonce));
+                std::process::exit(crate::bootstrap::child_main(control, nonce, None));
             }
             Ok(Some(pid)) => {
                 drop(control);

@@ -107,6 +107,98 @@ fn echo(x: u32) -> u32 {
     x
 }
 
+/// Exit code of a process that `init()` let through as a parent although
+/// it was started as a child (see `main`).
+const RAN_AS_A_PARENT: i32 = 99;
+
+/// The file whose presence makes a child of process `parent` wait before
+/// it reaches `init()` (see `main`).
+fn slow_start_flag(parent: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("tmp-parent-death-slow-start-{parent}"))
+}
+
+/// A grandchild's target: leaves `path` behind.
+fn touch(path: PathBuf) {
+    std::fs::write(path, b"ran").expect("write");
+}
+
+/// The middle process of the `..._parent_died_before_it_started_...`
+/// cases: raises the flag that delays its children, re-executes a
+/// grandchild that would create `path`, and kills itself, long before the
+/// grandchild reaches `init()`.
+async fn start_and_die((path, detached): (PathBuf, bool)) {
+    let flag = slow_start_flag(std::process::id());
+    std::fs::write(&flag, b"").expect("raise the flag");
+    let g = mp::Process::builder()
+        .start_method(mp::StartMethod::Spawn)
+        .detached(detached)
+        .build(touch, path);
+    g.start().await.expect("grandchild starts");
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// A re-executed child whose parent is gone by the time it reaches
+/// `init()` must not take its marker for a stale one and run the program
+/// as a parent. An ordinary one refuses, with 2, without running its
+/// target; a detached one runs its target, as it would have had its
+/// parent lived on. The grandchild is found as the one new child of this
+/// process, the subreaper, once the middle one is dead: the binary runs
+/// its cases one at a time.
+async fn orphaned_before_init(detached: bool) -> Result<(), Failed> {
+    for round in 0..3 {
+        let ran = scratch(&format!("orphan-{detached}-{round}"));
+        let _ = std::fs::remove_file(&ran);
+        let before = common::children();
+        let m = mp::Process::new(start_and_die, (ran.clone(), detached));
+        m.start().await?;
+        let mpid = m.pid().ok_or("no pid")?;
+        m.sentinel().await;
+        let _ = std::fs::remove_file(slow_start_flag(mpid));
+        let new: Vec<u32> = common::children()
+            .into_iter()
+            .filter(|p| *p != mpid && !before.contains(p))
+            .filter(|p| Some(*p) != mp::__fork_server_pid())
+            .collect();
+        let [gpid] = new[..] else {
+            return Err(format!("round {round}: new children {new:?}, expected one").into());
+        };
+        let t0 = Instant::now();
+        let code = loop {
+            match common::reap_if_ended(gpid) {
+                common::Reap::Reaped(code) => break code,
+                common::Reap::Vanished => return Err("reaped by another process".into()),
+                common::Reap::NotYet => {}
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                let _ = nix::sys::signal::kill(
+                    Pid::from_raw(gpid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(format!(
+                    "round {round}: the orphaned grandchild still ran 5 s after its parent died"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let target_ran = ran.exists();
+        let _ = std::fs::remove_file(&ran);
+        ensure(
+            code != RAN_AS_A_PARENT,
+            format!("round {round}: the orphaned grandchild ran the program as a parent"),
+        )?;
+        let want = if detached { 0 } else { 2 };
+        ensure(
+            code == want && target_ran == detached,
+            format!(
+                "round {round}: the orphaned grandchild exited with {code} (expected {want}); \
+                 its target ran: {target_ran}"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
 /// A fork server that dies is replaced by re-executing: starts go on.
 async fn fork_server_death_falls_back_to_spawn() -> Result<(), Failed> {
     let p = mp::Process::new(echo, 1);
@@ -128,10 +220,21 @@ async fn fork_server_death_falls_back_to_spawn() -> Result<(), Failed> {
 }
 
 fn main() {
+    // Runs in every re-executed child too, before `init()`: a child of a
+    // process that raised the flag waits, so that its parent is surely
+    // dead when it gets to `init()`.
+    if slow_start_flag(nix::unistd::getppid().as_raw() as u32).exists() {
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let guard = mp::init();
+    if std::env::var_os("TOKIO_MULTIPROCESSING_CHILD").is_some() {
+        // `init()` returned in a process this library started as a child:
+        // it would run the whole test binary again. Say so and stop.
+        std::process::exit(RAN_AS_A_PARENT);
+    }
     nix::sys::prctl::set_child_subreaper(true).expect("become a child subreaper");
     let t = Duration::from_secs(30);
-    common::run(
+    common::run_one_at_a_time(
         guard,
         vec![
             case(
@@ -143,6 +246,16 @@ fn main() {
                 "detached_children_outlive_their_parent",
                 t,
                 detached_children_outlive_their_parent,
+            ),
+            case(
+                "a_child_whose_parent_died_before_it_started_exits",
+                t,
+                || orphaned_before_init(false),
+            ),
+            case(
+                "a_detached_child_whose_parent_died_before_it_started_runs",
+                t,
+                || orphaned_before_init(true),
             ),
             case(
                 "fork_server_death_falls_back_to_spawn",

@@ -44,7 +44,19 @@ where
 /// Runs the cases and exits, applying the exit rule to any child a case
 /// left behind first.
 pub fn run(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
-    let args = Arguments::from_args();
+    run_with(Arguments::from_args(), guard, tests)
+}
+
+/// As [`run`], but one case at a time (unless `--test-threads` says
+/// otherwise), for binaries whose cases look at every child of the test
+/// process, such as the orphans it adopts as a child subreaper.
+pub fn run_one_at_a_time(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    run_with(args, guard, tests)
+}
+
+fn run_with(args: Arguments, guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
     std::thread::spawn(|| {
         std::thread::sleep(BINARY_DEADLINE);
         eprintln!("watchdog: the test binary did not finish within {BINARY_DEADLINE:?}");
@@ -117,8 +129,18 @@ pub fn children() -> Vec<u32> {
     children_in_state(|_| true)
 }
 
+/// Pids of the children of process `parent`, in any state.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    processes_where(|_, ppid| ppid == parent)
+}
+
 fn children_in_state(want: impl Fn(char) -> bool) -> Vec<u32> {
     let me = std::process::id();
+    processes_where(|state, ppid| ppid == me && want(state))
+}
+
+/// Pids of the processes whose state and parent pass `want`.
+fn processes_where(want: impl Fn(char, u32) -> bool) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -132,8 +154,7 @@ fn children_in_state(want: impl Fn(char) -> bool) -> Vec<u32> {
             continue;
         };
         if let Some((state, ppid)) = stat_of(pid)
-            && ppid == me
-            && want(state)
+            && want(state, ppid)
         {
             out.push(pid);
         }
@@ -155,4 +176,32 @@ pub fn stat_of(pid: u32) -> Option<(char, u32)> {
 /// Whether `pid` names a process that is running (not gone, not a zombie).
 pub fn is_running(pid: u32) -> bool {
     matches!(stat_of(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+/// What a look at process `pid`, without waiting, found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reap {
+    /// It still runs, or it is a zombie that is not this process's to reap.
+    NotYet,
+    /// It was this process's child and is reaped now: its exit code, or
+    /// `-N` for signal N.
+    Reaped(i32),
+    /// It is no longer in `/proc`, and was not this process's to reap:
+    /// another process reaped it.
+    Vanished,
+}
+
+/// Reaps `pid` if it is a child of this process that has ended.
+pub fn reap_if_ended(pid: u32) -> Reap {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    match waitpid(
+        nix::unistd::Pid::from_raw(pid as i32),
+        Some(WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => Reap::Reaped(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Reap::Reaped(-(sig as i32)),
+        Ok(_) => Reap::NotYet,
+        Err(_) if stat_of(pid).is_none() => Reap::Vanished,
+        Err(_) => Reap::NotYet,
+    }
 }

@@ -115,10 +115,22 @@ pub(crate) enum NotOurs {
     ForeignPeer { peer: i32, parent: i32 },
 }
 
+/// A control socket taken by [`claim_control_socket`].
+#[derive(Debug)]
+pub(crate) struct ControlSocket {
+    pub(crate) fd: OwnedFd,
+    /// The pid of the parent that made the socket, if it has exited since
+    /// (before this child got to look).
+    pub(crate) parent_gone: Option<i32>,
+}
+
 /// Takes ownership of `fd` if, and only if, it is an `AF_UNIX` stream socket
-/// whose peer is our parent process. On success the descriptor is made
-/// close-on-exec, so that nothing we start later inherits it.
-pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
+/// whose peer is our parent process, or was: a peer that is not our
+/// parent but has closed its end is taken for a parent that exited before
+/// we got here (we were handed to a reaper, hence the other parent). On
+/// success the descriptor is made close-on-exec, so that nothing we start
+/// later inherits it.
+pub(crate) fn claim_control_socket(fd: RawFd) -> Result<ControlSocket, NotOurs> {
     // fcntl(F_GETFD) tells whether the number is open without touching it.
     // SAFETY: `fd` is only borrowed for this call and, if the call fails,
     // never used again; F_GETFD on a closed number returns EBADF.
@@ -141,15 +153,24 @@ pub(crate) fn claim_control_socket(fd: RawFd) -> Result<OwnedFd, NotOurs> {
         Ok(cred) => cred.pid(),
         Err(_) => return Err(NotOurs::NotASocket),
     };
-    if peer != parent {
+    let parent_gone = if peer == parent {
+        None
+    } else if peer_closed(borrowed) {
+        // What the parent wrote before it died (the handshake, the
+        // orders) is still there to read; the handshake decides the rest.
+        Some(peer)
+    } else {
         return Err(NotOurs::ForeignPeer { peer, parent });
-    }
-    // SAFETY: the descriptor is open, refers to the socket our parent gave
-    // us, and no other owner exists in this process: the bootstrap calls
+    };
+    // SAFETY: the descriptor is open, refers to the socket our parent
+    // (alive, or exited since) gave us, and no other owner exists in this process: the bootstrap calls
     // this at most once, before anything else looks at the number.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     set_cloexec(owned.as_fd())?;
-    Ok(owned)
+    Ok(ControlSocket {
+        fd: owned,
+        parent_gone,
+    })
 }
 
 impl std::fmt::Display for NotOurs {
@@ -223,6 +244,21 @@ pub(crate) fn set_interrupt_ignored(ignore: bool) {
     let _ = unsafe { signal(Signal::SIGINT, handler) };
 }
 
+/// Whether the peer of `sock` has closed its end (every copy of it) by
+/// now. Does not wait.
+pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: as in `wait_peer_closed`: a valid, initialised pollfd, a
+    // count of 1, and `sock` open for the duration. A zero timeout makes
+    // the call return at once.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 /// Ends the process at once with `code`: no destructors, no exit handlers,
 /// no flushing. For a child whose parent is gone.
 pub(crate) fn exit_immediately(code: i32) -> ! {
@@ -242,5 +278,21 @@ fn drain_nonblocking(fd: BorrowedFd<'_>) -> bool {
             Err(Errno::EINTR) => continue,
             Err(_) => return true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_closed_sees_the_other_end_go() {
+        let (a, b) = socketpair().expect("socketpair");
+        assert!(!peer_closed(a.as_fd()));
+        // Unread data does not hide the hang-up.
+        socket::send(b.as_raw_fd(), b"x", socket::MsgFlags::empty()).expect("send");
+        assert!(!peer_closed(a.as_fd()));
+        drop(b);
+        assert!(peer_closed(a.as_fd()));
     }
 }
