@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -385,23 +385,70 @@ pub(crate) fn active_children() -> Vec<Arc<ChildState>> {
     registry().values().cloned().collect()
 }
 
+/// Set once the exit rule has begun: no new child may start after it.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Starts that passed the [`EXITING`] check and have not registered their
+/// child (or failed) yet.
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+
+/// Held by a `start` from its check of the exit rule until its child is
+/// registered or the start failed.
+pub(crate) struct StartPermit(());
+
+impl StartPermit {
+    /// `None` once the exit rule has begun.
+    pub(crate) fn take() -> Option<StartPermit> {
+        STARTING.fetch_add(1, Ordering::SeqCst);
+        if EXITING.load(Ordering::SeqCst) {
+            STARTING.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(StartPermit(()))
+    }
+}
+
+impl Drop for StartPermit {
+    fn drop(&mut self) {
+        STARTING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long the exit rule waits for starts already under way to register
+/// their children.
+const STARTS_GRACE: Duration = Duration::from_secs(1);
+
 /// Python's exit rule: terminate daemonic children, then join every child
 /// that was not started detached. Blocks the calling thread.
+///
+/// No child starts once it has begun; children whose start was under way
+/// (a pool replacing a worker, say) are waited for and handled too.
 pub(crate) fn exit_rule() {
-    let children: Vec<_> = active_children()
-        .into_iter()
-        .filter(|c| !c.detached)
-        .collect();
-    for c in children.iter().filter(|c| c.daemon) {
-        if let Err(e) = c.signal(Signal::SIGTERM) {
-            tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
+    EXITING.store(true, Ordering::SeqCst);
+    let mut handled = std::collections::HashSet::new();
+    loop {
+        let deadline = std::time::Instant::now() + STARTS_GRACE;
+        while STARTING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
-    }
-    // A child may be waiting for messages that dropped pipe ends still
-    // hold, on a thread that is about to block here.
-    crate::connection::flush_orphans();
-    for c in &children {
-        c.join_blocking();
+        let children: Vec<_> = active_children()
+            .into_iter()
+            .filter(|c| !c.detached && handled.insert(c.key))
+            .collect();
+        if children.is_empty() {
+            break;
+        }
+        for c in children.iter().filter(|c| c.daemon) {
+            if let Err(e) = c.signal(Signal::SIGTERM) {
+                tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
+            }
+        }
+        // A child may be waiting for messages that dropped pipe ends still
+        // hold, on a thread that is about to block here.
+        crate::connection::flush_orphans();
+        for c in &children {
+            c.join_blocking();
+        }
     }
     crate::forkserver::shutdown();
 }

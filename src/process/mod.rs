@@ -346,6 +346,16 @@ impl<R: DeserializeOwned> Process<R> {
                 "Process::start must be called from within a Tokio runtime",
             ));
         }
+        // The exit rule joins every child that is not detached, so none may
+        // start once it has begun (a pool replacing a worker at exit, say).
+        let _permit =
+            if self.identity.detached {
+                None
+            } else {
+                Some(child::StartPermit::take().ok_or_else(|| {
+                    spawn_error("the program is exiting: the exit rule has begun")
+                })?)
+            };
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
         let nonce = nonce().map_err(ProcessError::Spawn)?;
         // Encode the orders before spawning: a failure here spawns nothing.
