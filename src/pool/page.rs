@@ -118,19 +118,27 @@ impl Page {
     }
 
     /// Takes the next reply from the ring, if there is one.
+    #[cfg(test)]
+    fn pop(&self) -> Result<Option<Vec<u8>>, String> {
+        let mut reply = Vec::new();
+        Ok(self.pop_into(&mut reply)?.then_some(reply))
+    }
+
+    /// Takes the next reply from the ring into `reply` (its old contents
+    /// dropped), reusing its memory. False if the ring was empty.
     ///
     /// # Errors
     ///
     /// A description of what is wrong if the worker left the ring in a
     /// state it cannot be in; the supervisor then treats the worker as
     /// broken.
-    pub(crate) fn pop(&self) -> Result<Option<Vec<u8>>, String> {
+    pub(crate) fn pop_into(&self, reply: &mut Vec<u8>) -> Result<bool, String> {
         let head_word = self.0.u64(HEAD);
         let mut head = head_word.load(Ordering::Relaxed);
         let tail = self.0.u64(TAIL).load(Ordering::Acquire);
         loop {
             if head == tail {
-                return Ok(None);
+                return Ok(false);
             }
             if tail < head || tail - head > RING {
                 return Err(format!("reply ring positions out of order: {head}..{tail}"));
@@ -150,10 +158,11 @@ impl Page {
             if need > to_end || need > tail - head {
                 return Err(format!("reply ring record of {len} bytes is out of bounds"));
             }
-            let mut reply = vec![0u8; len as usize];
-            self.read_at(head + 8, &mut reply);
+            reply.clear();
+            reply.resize(len as usize, 0);
+            self.read_at(head + 8, reply);
             head_word.store(head + need, Ordering::Release);
-            return Ok(Some(reply));
+            return Ok(true);
         }
     }
 

@@ -243,10 +243,10 @@ impl Inflight {
         self.jobs.is_empty()
     }
 
-    fn push(&mut self, job: Job) {
+    fn push(&mut self, job: Job, now: Instant) {
         self.jobs.push_back(Sent {
             job,
-            sent_at: Instant::now(),
+            sent_at: now,
             seq: self.sent,
             since: None,
             cancel_sent: false,
@@ -264,9 +264,11 @@ impl Inflight {
 
     /// Stamps the jobs that the worker is now running.
     fn mark_started(&mut self) {
-        let now = Instant::now();
+        let mut now = None;
         for sent in self.jobs.iter_mut().take(self.concurrency) {
-            sent.since.get_or_insert(now);
+            if sent.since.is_none() {
+                sent.since = Some(*now.get_or_insert_with(Instant::now));
+            }
         }
     }
 
@@ -330,8 +332,7 @@ impl Pace {
 
     /// A job sent at `sent_at` ended now: it ran from when it was sent or
     /// the job before it ended, whichever came later.
-    fn done(&mut self, sent_at: Instant) {
-        let now = Instant::now();
+    fn done(&mut self, sent_at: Instant, now: Instant) {
         let ran = now.duration_since(sent_at.max(self.last_done)).as_nanos() as f64;
         self.last_done = now;
         self.average_ns = Some(match self.average_ns {
@@ -410,6 +411,7 @@ async fn run(
         let window = pace.window(inflight.concurrency, shared.config.window);
         let may_take = |sent: usize| shared.config.max_tasks.is_none_or(|k| sent < k);
         let mut fed = false;
+        let now = Instant::now();
         while inflight.len() < window && may_take(sent) {
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
@@ -420,7 +422,7 @@ async fn run(
                 args: job.args.clone(), // shares the buffer
             };
             sent += 1;
-            inflight.push(job);
+            inflight.push(job, now);
             set_busy(&mut busy, true);
             fed = true;
             if worker.conn.feed(&msg).is_err() {
@@ -457,8 +459,9 @@ async fn run(
                 };
                 // Every reply that came in the same read is handled before
                 // the window is refilled, so the refill is one write.
+                let now = Instant::now();
                 loop {
-                    on_reply(shared, &mut inflight, Some(&mut pace), &mut busy, msg);
+                    on_reply(shared, &mut inflight, Some((&mut pace, now)), &mut busy, msg);
                     match worker.conn.take_buffered() {
                         Ok(Some(next)) => msg = next,
                         _ => break,
@@ -491,7 +494,7 @@ async fn run(
 fn on_reply(
     shared: &Shared,
     inflight: &mut Inflight,
-    pace: Option<&mut Pace>,
+    pace: Option<(&mut Pace, Instant)>,
     busy: &mut bool,
     msg: Msg,
 ) {
@@ -503,8 +506,8 @@ fn on_reply(
     let Some(sent) = inflight.remove(id) else {
         return;
     };
-    if let (Some(pace), true) = (pace, result.is_ok()) {
-        pace.done(sent.sent_at);
+    if let (Some((pace, now)), true) = (pace, result.is_ok()) {
+        pace.done(sent.sent_at, now);
     }
     if *busy && inflight.is_empty() {
         // Counted idle before the result is seen, so stats read after a
@@ -523,9 +526,17 @@ fn drain_ring(
     mut pace: Option<&mut Pace>,
     busy: &mut bool,
 ) -> Result<(), String> {
-    while let Some(bytes) = worker.page.pop()? {
+    let now = Instant::now();
+    let mut bytes = Vec::new();
+    while worker.page.pop_into(&mut bytes)? {
         let msg: Msg = decode_value(&bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
-        on_reply(shared, inflight, pace.as_deref_mut(), busy, msg);
+        on_reply(
+            shared,
+            inflight,
+            pace.as_deref_mut().map(|p| (p, now)),
+            busy,
+            msg,
+        );
     }
     Ok(())
 }

@@ -67,16 +67,15 @@ impl Results {
     pub(crate) fn into_items(self) -> impl Iterator<Item = Result<Bytes, Outcome>> {
         let mut failures = self.failures.into_iter().peekable();
         let values = self.values;
-        let slices: Vec<(usize, usize)> = values.ranges().collect();
-        slices
-            .into_iter()
-            .enumerate()
-            .map(
-                move |(i, (start, end))| match failures.next_if(|(at, _)| *at == i as u64) {
-                    Some((_, outcome)) => Err(outcome),
-                    None => Ok(values.bytes.slice(start..end)),
-                },
-            )
+        let mut start = 0usize;
+        (0..values.ends.len()).map(move |i| {
+            let (from, to, next) = values.range(start, i);
+            start = next;
+            match failures.next_if(|(at, _)| *at == i as u64) {
+                Some((_, outcome)) => Err(outcome),
+                None => Ok(values.bytes.slice(from..to)),
+            }
+        })
     }
 }
 
@@ -106,17 +105,22 @@ impl Batch {
     /// decode.
     fn ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let mut start = 0usize;
-        let len = self.bytes.len();
-        self.ends.iter().map(move |&end| {
-            let end = usize::try_from(end).unwrap_or(usize::MAX);
-            let range = if start <= end && end <= len {
-                (start, end)
-            } else {
-                (0, 0)
-            };
-            start = end;
-            range
+        (0..self.ends.len()).map(move |i| {
+            let (from, to, next) = self.range(start, i);
+            start = next;
+            (from, to)
         })
+    }
+
+    /// Argument `i`, which starts where the one before it ended
+    /// (`start`): its range, and where the next one starts.
+    fn range(&self, start: usize, i: usize) -> (usize, usize, usize) {
+        let end = usize::try_from(self.ends[i]).unwrap_or(usize::MAX);
+        if start <= end && end <= self.bytes.len() {
+            (start, end, end)
+        } else {
+            (0, 0, end)
+        }
     }
 }
 
