@@ -285,6 +285,33 @@ async fn dropping_an_imap_cancels_what_has_not_started() -> Result<(), Failed> {
     Ok(())
 }
 
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+async fn large_jobs_and_replies_flow_both_ways_at_once() -> Result<(), Failed> {
+    // Chunks of 256 KiB each way, more than a socket holds: the parent
+    // must go on reading replies while its jobs wait for room.
+    let pool = mp::Pool::new(1).await?;
+    let items: Vec<Vec<u8>> = (0..4096u32).map(|i| vec![(i % 251) as u8; 1024]).collect();
+    for round in 0..2 {
+        let got = pool.map_chunked(echo_bytes, items.clone(), 256).await?;
+        ensure(got == items, format!("round {round}"))?;
+    }
+    let got: Vec<_> = pool
+        .imap(echo_bytes, items.clone())
+        .chunksize(256)
+        .collect()
+        .await;
+    ensure(
+        got.into_iter()
+            .map(|r| r.expect("echo"))
+            .eq(items.iter().cloned()),
+        "imap",
+    )?;
+    Ok(())
+}
+
 fn touch_after_100ms(path: String) {
     std::fs::write(path, b"ran").unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -319,6 +346,11 @@ fn main() {
                 "a_timeout_among_concurrent_tasks",
                 T,
                 a_timeout_among_concurrent_tasks,
+            ),
+            case(
+                "large_jobs_and_replies_flow_both_ways_at_once",
+                T,
+                large_jobs_and_replies_flow_both_ways_at_once,
             ),
             case(
                 "dropping_an_imap_cancels_what_has_not_started",

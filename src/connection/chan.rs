@@ -665,6 +665,12 @@ impl Chan {
         self.shared.enqueue(msg, false).map(|_| ())
     }
 
+    /// Writes what is queued as far as the socket takes it now, and leaves
+    /// the rest to a background flush; never waits.
+    pub(crate) fn flush_soon(&self) {
+        self.shared.flush_soon();
+    }
+
     /// A whole message already read from the socket, if there is one; no
     /// system call.
     pub(crate) fn take_buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ChannelError> {

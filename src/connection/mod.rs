@@ -488,6 +488,14 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
         self.end.open_mut()?.recv().await
     }
 
+    /// Starts writing what is queued without waiting for the socket to
+    /// take it all: a background task writes the rest.
+    pub(crate) fn flush_soon(&self) {
+        if let Ok(end) = self.end.open() {
+            end.flush_soon();
+        }
+    }
+
     /// A whole message already read from the socket, without a system
     /// call.
     pub(crate) fn take_buffered(&mut self) -> Result<Option<T>, ChannelError> {

@@ -74,7 +74,107 @@ enum State {
     Terminated,
 }
 
-type Reply = oneshot::Sender<std::result::Result<Results, TaskError>>;
+/// Where a job's result goes: its own channel, or its place in the
+/// results of a `map`.
+enum Reply {
+    One(oneshot::Sender<JobResult>),
+    Part(Part),
+}
+
+/// A job's place in a [`Group`]. Dropped without a result, it fills its
+/// place with [`TaskError::Cancelled`], as a dropped channel would.
+struct Part {
+    group: Arc<Group>,
+    index: usize,
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        // A no-op if the place was filled.
+        self.group.put(self.index, Err(TaskError::Cancelled));
+    }
+}
+
+impl Reply {
+    /// Whether nobody wants the result any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::One(tx) => tx.is_closed(),
+            Reply::Part(part) => part.group.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn send(self, result: JobResult) {
+        match self {
+            Reply::One(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Part(part) => part.group.put(part.index, result),
+        }
+    }
+}
+
+/// The results of the jobs of one `map`, gathered in place: one lock and
+/// no wake-up per job, and one wake-up when the last has come.
+struct Group {
+    slots: Mutex<Vec<Option<JobResult>>>,
+    remaining: AtomicUsize,
+    waker: futures::task::AtomicWaker,
+    /// The `map` was dropped: its jobs are unwanted.
+    dropped: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    fn new(jobs: usize) -> Group {
+        Group {
+            slots: Mutex::new((0..jobs).map(|_| None).collect()),
+            remaining: AtomicUsize::new(jobs),
+            waker: futures::task::AtomicWaker::new(),
+            dropped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn put(&self, index: usize, result: JobResult) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot @ None) = slots.get_mut(index) {
+            *slot = Some(result);
+            drop(slots);
+            if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Waits until every job has its result, and takes them in order.
+    async fn all(&self) -> Vec<Option<JobResult>> {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        std::mem::take(&mut *self.slots.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Marks a `map`'s group dropped if the `map` future goes before its
+/// results came, so that its jobs do not run.
+struct GroupGuard<'a> {
+    group: &'a Arc<Group>,
+    shared: &'a Shared,
+}
+
+impl Drop for GroupGuard<'_> {
+    fn drop(&mut self) {
+        if self.group.remaining.load(Ordering::Acquire) > 0 {
+            self.group.dropped.store(true, Ordering::Relaxed);
+            self.shared.result_dropped();
+        }
+    }
+}
 
 /// One message's worth of work: a task, or a chunk of a `map`.
 struct Job {
@@ -430,6 +530,7 @@ impl Pool {
 
     fn job(&self, target: TargetRef, args: Batch) -> (Job, JobRx) {
         let (reply, rx) = oneshot::channel();
+        let reply = Reply::One(reply);
         let rx = JobRx {
             rx,
             shared: Arc::downgrade(&self.handle.shared),
@@ -635,32 +736,48 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let chunksize = self.effective_chunksize(chunksize);
-        let mut jobs = Vec::new();
-        let mut results = Vec::new();
+        let mut batches = Vec::new();
         let mut chunk = BatchBuilder::default();
         let mut total = 0;
         for item in iterable {
             chunk.push(&item).map_err(TaskError::Encode)?;
             total += 1;
             if chunk.len() == chunksize {
-                let (job, r) = self.job(target, chunk.take());
-                jobs.push(job);
-                results.push(r);
+                batches.push(chunk.take());
             }
         }
         if !chunk.is_empty() {
-            let (job, r) = self.job(target, chunk.take());
-            jobs.push(job);
-            results.push(r);
+            batches.push(chunk.take());
         }
-        if jobs.is_empty() {
+        if batches.is_empty() {
             return Ok(Vec::new());
         }
+        let group = Arc::new(Group::new(batches.len()));
+        let jobs = batches
+            .into_iter()
+            .enumerate()
+            .map(|(index, args)| Job {
+                id: self.shared().next_id.fetch_add(1, Ordering::Relaxed),
+                target,
+                len: args.len(),
+                args,
+                reply: Reply::Part(Part {
+                    group: group.clone(),
+                    index,
+                }),
+            })
+            .collect();
         self.shared().submit(jobs)?;
+        let guard = GroupGuard {
+            group: &group,
+            shared: self.shared(),
+        };
+        let results = group.all().await;
+        drop(guard);
         let mut out = Vec::with_capacity(total);
         let mut first_err = None;
         for r in results {
-            match r.await {
+            match r.unwrap_or(Err(TaskError::Cancelled)) {
                 Ok(results) => {
                     for item in results.into_items() {
                         match decode_item::<R>(item) {

@@ -199,7 +199,7 @@ pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskErr
             shared.stats.failed.fetch_add(job.len, Ordering::Relaxed);
         }
     }
-    let _ = job.reply.send(result);
+    job.reply.send(result);
 }
 
 /// Puts jobs that a worker had not started back at the head of the queue.
@@ -430,8 +430,11 @@ async fn run(
             }
         }
         if fed {
-            // A failed write shows as the worker's death below.
-            let _ = worker.conn.flush().await;
+            // Not awaited: while large jobs wait for room in the socket,
+            // this task must go on reading the worker's replies, or both
+            // sides would wait on each other. A failed write shows as the
+            // worker's death below.
+            worker.conn.flush_soon();
         }
         set_busy(&mut busy, !inflight.is_empty());
         if inflight.is_empty() {
