@@ -52,6 +52,10 @@ pub(crate) const HIGH_WATER: usize = 256 * 1024;
 /// How much one read asks for, unless a large frame is on its way.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// How long bytes nobody waits on may wait for the peer to read any of
+/// them before they are given up.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+
 /// Buffers that grew past this are released after use rather than kept.
 const KEEP_BUF: usize = 1024 * 1024;
 
@@ -348,6 +352,19 @@ impl Shared {
 
     /// Writes everything queued, blocking the thread as needed.
     fn blocking_flush(&self) -> Result<(), ChannelError> {
+        self.blocking_flush_within(None)
+    }
+
+    /// [`blocking_flush`](Self::blocking_flush) for bytes nobody waits on
+    /// (an end dropped with messages queued): if the peer takes nothing
+    /// for [`STALL_LIMIT`], the rest is given up and the end is broken,
+    /// rather than block the thread (a runtime shutting down, or the exit
+    /// rule) for good.
+    fn stranded_flush(&self) -> Result<(), ChannelError> {
+        self.blocking_flush_within(Some(STALL_LIMIT))
+    }
+
+    fn blocking_flush_within(&self, stall: Option<Duration>) -> Result<(), ChannelError> {
         loop {
             let mut chunk = {
                 let mut w = lock(&self.write);
@@ -373,7 +390,7 @@ impl Shared {
                 }
             };
             let len = chunk.len();
-            let result = self.write_all_blocking(&mut chunk);
+            let result = self.write_all_blocking(&mut chunk, stall);
             let mut w = lock(&self.write);
             match result {
                 Ok(()) => {
@@ -389,16 +406,25 @@ impl Shared {
         }
     }
 
-    fn write_all_blocking(&self, chunk: &mut BytesMut) -> io::Result<()> {
+    /// Writes all of `chunk`; with `stall` set, fails with
+    /// [`io::ErrorKind::TimedOut`] once the peer has taken nothing for
+    /// that long.
+    fn write_all_blocking(&self, chunk: &mut BytesMut, stall: Option<Duration>) -> io::Result<()> {
         while !chunk.is_empty() {
-            match sys::stream::send(self.fd.as_fd(), chunk, true) {
+            match sys::stream::send(self.fd.as_fd(), chunk, stall.is_none()) {
                 Ok(n) => {
                     self.count_write();
                     chunk.advance(n);
                 }
-                // Someone made the socket nonblocking: wait for room.
+                // A full socket (never blocking, or someone made it
+                // nonblocking): wait for room.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    sys::stream::wait(self.fd.as_fd(), Wait::Writable, None)?;
+                    if !sys::stream::wait(self.fd.as_fd(), Wait::Writable, stall)? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the peer read nothing while the rest waited to be written",
+                        ));
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -471,7 +497,7 @@ impl Drop for TaskGuard {
             w.orphaned && w.backlog() > 0 && w.broken.is_none()
         };
         if stranded {
-            let _ = self.shared.blocking_flush();
+            let _ = self.shared.stranded_flush();
         }
     }
 }
@@ -864,8 +890,9 @@ fn remember_orphan(shared: &Arc<Shared>) {
 pub(crate) fn flush_orphans() {
     let orphans = std::mem::take(&mut *lock(&ORPHANS));
     for shared in orphans.iter().filter_map(Weak::upgrade) {
-        // A failure (the peer is gone) leaves nothing to wait for.
-        let _ = shared.blocking_flush();
+        // A failure (the peer is gone, or reads nothing) leaves nothing
+        // to wait for.
+        let _ = shared.stranded_flush();
     }
 }
 

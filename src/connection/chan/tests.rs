@@ -309,6 +309,30 @@ fn a_runtime_shutting_down_does_not_lose_queued_bytes() {
 }
 
 #[test]
+fn a_runtime_shutting_down_gives_up_bytes_a_peer_never_reads() {
+    let (a, b) = pair();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // Far more than the socket holds, and nobody reads.
+        let big = ByteBuf::from(vec![7u8; 4 * 1024 * 1024]);
+        a.feed(&big).unwrap();
+        a.flush_soon();
+    });
+    let start = std::time::Instant::now();
+    drop(rt);
+    let took = start.elapsed();
+    assert!(
+        took < STALL_LIMIT + Duration::from_secs(3),
+        "the runtime took {took:?} to shut down"
+    );
+    assert!(took >= STALL_LIMIT / 2, "gave up after only {took:?}");
+    drop(b);
+}
+
+#[test]
 fn blocking_forms_need_no_runtime() {
     let (a, mut b) = pair();
     a.blocking_send(&Msg::Num(1)).unwrap();
