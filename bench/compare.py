@@ -6,6 +6,7 @@ by side, and print a table of per-operation times and ratios.
     python3 bench/compare.py --cases pipe_rtt,spawn --reps 3
     python3 bench/compare.py --rust-bin target/release/examples/bench
     python3 bench/compare.py --python-only --n 1000
+    python3 bench/compare.py --procspawn-bin bench/procspawn/target/release/procspawn-bench
 
 For each case the Rust driver runs first
 (``cargo run --release --example bench -- CASE --reps R [--n N]``, or the
@@ -20,6 +21,14 @@ run short). A case the Rust driver does not know, or any failure, shows as
 The ratio columns are python/rust: above 1 means Rust is faster. For
 ``spawn`` the notes column also gives the Rust ``floor_spawn`` case (a bare
 re-exec of the same binary) and the ratio spawn/floor_spawn.
+
+With ``--procspawn-bin PATH`` the cases that the procspawn driver
+(``bench/procspawn``, a separate Cargo project) knows run a third time,
+with the n of the Rust line, and the table gains a procspawn column and
+the ratio procspawn/rust. A case that driver does not have (it exits with
+status 2) shows as "-". procspawn re-executes the binary for each child, so
+the ``spawn`` row then also notes the Rust ``spawn_exec`` case (this crate
+re-executing too) and the ratio procspawn/spawn_exec.
 
 Standard library only.
 """
@@ -41,6 +50,10 @@ import mp_bench  # noqa: E402  (for the case list and default n only)
 
 # Rust-only floor cases shown in the notes of the case they bound.
 FLOORS = {"spawn": "floor_spawn", "pipe_rtt": "pipe_rtt_floor"}
+
+# Rust cases that start children the way procspawn does (re-executing the
+# binary), shown in the notes of the case when procspawn runs it.
+PROCSPAWN_PEERS = {"spawn": "spawn_exec"}
 
 
 def log(msg):
@@ -135,6 +148,28 @@ class Runner:
             return err
         return f"exit {rc}: {err}" if err else f"exit {rc}"
 
+    def procspawn(self, case, rust_line):
+        """The procspawn line for `case`, None when that driver has no such
+        case, or a string saying what went wrong."""
+        if not self.args.procspawn_bin:
+            return None
+        cmd = [os.path.abspath(self.args.procspawn_bin), case, "--reps", str(self.args.reps)]
+        n = self.args.n
+        if n is None and isinstance(rust_line, dict) and rust_line.get("n"):
+            n = int(rust_line["n"])
+        if n is not None:
+            cmd += ["--n", str(n)]
+        log(f"procspawn {case} (n={n if n is not None else 'default'})")
+        rc, lines, err = self._run(cmd)
+        for _, obj in lines:
+            if obj.get("case") == case and "per_op_us" in obj:
+                return obj
+        if rc == 2:
+            return None  # not a case procspawn offers
+        if rc is None:
+            return err
+        return f"exit {rc}: {err}" if err else f"exit {rc}"
+
     def python(self, case, method, n):
         cmd = [sys.executable, MP_BENCH, case, "--reps", str(self.args.reps)]
         cmd += ["--start-method", method]
@@ -178,10 +213,14 @@ def ratio(num, den):
     return "n/a"
 
 
-def print_table(rows, methods):
+def print_table(rows, methods, with_procspawn=False):
     header = ["case", "n rust", "n py", "rust us"]
     header += [f"py-{m} us" for m in methods]
+    if with_procspawn:
+        header += ["procspawn us"]
     header += [f"{m}/rust" for m in methods]
+    if with_procspawn:
+        header += ["procspawn/rust"]
     header += ["notes"]
     table = [header]
     for r in rows:
@@ -199,7 +238,13 @@ def print_table(rows, methods):
             ("-" if m not in py else "n/a")
             for m in methods
         ]
+        ps = r.get("procspawn")
+        if with_procspawn:
+            cells.append(fmt_us(ps.get("per_op_us")) if isinstance(ps, dict) else
+                         ("-" if ps is None else "n/a"))
         cells += [ratio(py[m], rust) if m in py else "-" for m in methods]
+        if with_procspawn:
+            cells.append(ratio(ps, rust) if isinstance(ps, dict) else "-")
         cells.append("; ".join(r["notes"]))
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -212,13 +257,18 @@ def print_table(rows, methods):
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print()
-    print("us = median microseconds per operation; X/rust = python/rust, above 1 means Rust is faster.")
+    print("us = median microseconds per operation; X/rust = X's time over this crate's, above 1 means this crate is faster.")
 
 
-def markdown_table(rows, methods):
+def markdown_table(rows, methods, with_procspawn=False):
     """The table as Markdown, for docs/performance.md."""
     head = ["case", "n", "this crate (us/op)"] + [f"Python {m} (us/op)" for m in methods]
-    head += [f"Python {m} / this" for m in methods] + ["notes"]
+    if with_procspawn:
+        head += ["procspawn (us/op)"]
+    head += [f"Python {m} / this" for m in methods]
+    if with_procspawn:
+        head += ["procspawn / this"]
+    head += ["notes"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         rust = r["rust"]
@@ -229,7 +279,12 @@ def markdown_table(rows, methods):
             fmt_us(rust.get("per_op_us")) if isinstance(rust, dict) else "n/a",
         ]
         cells += [fmt_us(py[m].get("per_op_us")) if isinstance(py.get(m), dict) else "-" for m in methods]
+        ps = r.get("procspawn")
+        if with_procspawn:
+            cells.append(fmt_us(ps.get("per_op_us")) if isinstance(ps, dict) else "-")
         cells += [ratio(py[m], rust) + "x" if isinstance(py.get(m), dict) else "-" for m in methods]
+        if with_procspawn:
+            cells.append(ratio(ps, rust) + "x" if isinstance(ps, dict) else "-")
         cells.append("; ".join(r["notes"]))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -246,7 +301,8 @@ def plot(rows, methods, path):
         log("--plot needs matplotlib: pip install matplotlib")
         return False
     labels, values, colors = [], [], []
-    palette = {"fork": "#4c72b0", "forkserver": "#55a868", "spawn": "#c44e52"}
+    palette = {"fork": "#4c72b0", "forkserver": "#55a868", "spawn": "#c44e52",
+               "procspawn": "#dd8452"}
     for r in rows:
         rust = r["rust"]
         if not isinstance(rust, dict):
@@ -257,6 +313,11 @@ def plot(rows, methods, path):
                 labels.append(f"{r['case']} ({m})")
                 values.append(res["per_op_us"] / rust["per_op_us"])
                 colors.append(palette.get(m, "#8172b2"))
+        ps = r.get("procspawn")
+        if isinstance(ps, dict) and ps.get("per_op_us") and rust.get("per_op_us"):
+            labels.append(f"{r['case']} (procspawn)")
+            values.append(ps["per_op_us"] / rust["per_op_us"])
+            colors.append(palette["procspawn"])
     if not values:
         log("nothing to plot")
         return False
@@ -270,8 +331,12 @@ def plot(rows, methods, path):
     ax.axvline(1.0, color="black", linewidth=0.8)
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.1f}x", va="center", fontsize=8)
-    ax.set_xlabel("Python multiprocessing time / tokio-multiprocessing time (log scale; > 1: faster than Python)")
-    ax.set_title("tokio-multiprocessing vs Python multiprocessing, medians, same machine")
+    if any("(procspawn)" in label for label in labels):
+        ax.set_xlabel("Python's or procspawn's time / tokio-multiprocessing time (log; > 1: this crate is faster)")
+        ax.set_title("tokio-multiprocessing vs Python multiprocessing and procspawn, medians")
+    else:
+        ax.set_xlabel("Python multiprocessing time / tokio-multiprocessing time (log scale; > 1: faster than Python)")
+        ax.set_title("tokio-multiprocessing vs Python multiprocessing, medians, same machine")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -291,6 +356,9 @@ def main(argv=None):
     parser.add_argument("--python-only", action="store_true", help="skip the Rust driver")
     parser.add_argument("--rust-bin", default=None, metavar="PATH",
                         help="a prebuilt driver binary instead of cargo run")
+    parser.add_argument("--procspawn-bin", default=None, metavar="PATH",
+                        help="also run the cases the procspawn driver (bench/procspawn) has, "
+                             "from this prebuilt binary")
     parser.add_argument("--start-methods", default=None,
                         help="comma-separated Python start methods for every case "
                              "(default: all three for spawn, fork for the rest)")
@@ -316,6 +384,8 @@ def main(argv=None):
             parser.error(f"unknown start method(s) {', '.join(bad)}")
     if args.rust_bin and not os.path.exists(args.rust_bin):
         parser.error(f"--rust-bin {args.rust_bin}: no such file")
+    if args.procspawn_bin and not os.path.exists(args.procspawn_bin):
+        parser.error(f"--procspawn-bin {args.procspawn_bin}: no such file")
 
     runner = Runner(args)
     runner.build_rust()
@@ -344,6 +414,19 @@ def main(argv=None):
                 )
             else:
                 row["notes"].append(f"{floor_case} n/a ({floor})")
+        row["procspawn"] = runner.procspawn(case, row["rust"])
+        if isinstance(row["procspawn"], str):
+            row["notes"].append(f"procspawn n/a ({row['procspawn']})")
+        peer = PROCSPAWN_PEERS.get(case)
+        if peer and isinstance(row["procspawn"], dict) and not args.python_only:
+            peer_line = runner.rust(peer)
+            if isinstance(peer_line, dict):
+                row["notes"].append(
+                    f"rust {peer} {fmt_us(peer_line['per_op_us'])} us, "
+                    f"procspawn/{peer} {ratio(row['procspawn'], peer_line)}"
+                )
+            else:
+                row["notes"].append(f"{peer} n/a ({peer_line})")
         for m in methods:
             res = runner.python(case, m, python_n(args, case, m, row["rust"]))
             row["python"][m] = res
@@ -357,11 +440,12 @@ def main(argv=None):
             f.write(raw + "\n")
 
     order = [m for m in mp_bench.START_METHODS if m in used_methods]
-    print_table(rows, order)
+    with_procspawn = bool(args.procspawn_bin)
+    print_table(rows, order, with_procspawn)
     print(f"raw lines: {os.path.relpath(RESULTS, os.getcwd())}")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown_table(rows, order))
+            f.write(markdown_table(rows, order, with_procspawn))
         print(f"markdown table: {args.markdown}")
     if args.plot and plot(rows, order, args.plot):
         print(f"plot: {args.plot}")
