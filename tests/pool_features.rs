@@ -173,13 +173,7 @@ async fn a_dropped_result_held_by_a_worker_never_runs() -> Result<(), Failed> {
         .map(|p| Some(pool.apply_async(touch, p.clone())))
         .collect();
     // Wait until the worker holds all four: nothing left in the queue.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while pool.stats().queued > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .map_err(|_| "the tasks never reached the worker")?;
+    common::eventually("the tasks reach the worker", || pool.stats().queued == 0).await?;
     ensure(!slow.ready(), "the slow task is still running")?;
     drop(held[0].take());
     drop(held[2].take());
@@ -256,13 +250,7 @@ async fn a_timeout_among_concurrent_tasks() -> Result<(), Failed> {
         // none shared the killed worker's fate.
         ensure(q.await? == 50, "a quick task")?;
     }
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while pool.stats().restarted == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .map_err(|_| "the worker was not replaced")?;
+    common::eventually("the worker is replaced", || pool.stats().restarted > 0).await?;
     ensure(pool.apply(nap, 1).await? == 1, "the new worker serves")?;
     ensure(pool.stats().restarted == 1, "one worker was replaced")?;
     Ok(())

@@ -88,6 +88,19 @@ pub async fn start_join_cycles(n: u32, batch: u32) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Waits until `cond` holds, checking every 5 ms; fails with `what` if it
+/// does not within 10 s.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), Failed> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not within 10 s: {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Fails with `msg` unless `cond` holds.
 pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> Result<(), Failed> {
     if cond {
