@@ -300,6 +300,26 @@ async fn large_jobs_and_replies_flow_both_ways_at_once() -> Result<(), Failed> {
     Ok(())
 }
 
+async fn a_task_queued_behind_a_long_one_moves_to_an_idle_worker() -> Result<(), Failed> {
+    let pool = mp::Pool::new(2).await?;
+    for round in 0..3 {
+        // Trivial tasks first, so that the workers prefetch deeply.
+        pool.map_chunked(sleep_ms, vec![0u64; 200], 1).await?;
+        let slow = pool.apply_async(sleep_ms, 3000);
+        let quick: Vec<_> = (0..40).map(|_| pool.apply_async(sleep_ms, 5)).collect();
+        for q in quick {
+            ensure(q.await? == 5, "a quick task")?;
+        }
+        ensure(
+            !slow.ready(),
+            format!("round {round}: a quick task waited for the slow one"),
+        )?;
+        ensure(slow.await? == 3000, "the slow task")?;
+    }
+    ensure(pool.stats().restarted == 0, "no worker was replaced")?;
+    Ok(())
+}
+
 fn touch_after_100ms(path: String) {
     std::fs::write(path, b"ran").unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -339,6 +359,11 @@ fn main() {
                 "large_jobs_and_replies_flow_both_ways_at_once",
                 T,
                 large_jobs_and_replies_flow_both_ways_at_once,
+            ),
+            case(
+                "a_task_queued_behind_a_long_one_moves_to_an_idle_worker",
+                T,
+                a_task_queued_behind_a_long_one_moves_to_an_idle_worker,
             ),
             case(
                 "dropping_an_imap_cancels_what_has_not_started",

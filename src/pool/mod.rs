@@ -220,6 +220,8 @@ struct Shared {
     /// dropped; the supervisors then tell their workers to drop it.
     cancels: AtomicU64,
     cancelled: Notify,
+    /// Slots whose worker is idle with nothing queued.
+    hungry: AtomicUsize,
 }
 
 impl Shared {
@@ -476,6 +478,7 @@ impl PoolBuilder {
             live_slots: AtomicUsize::new(processes),
             cancels: AtomicU64::new(0),
             cancelled: Notify::new(),
+            hungry: AtomicUsize::new(0),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);

@@ -8,10 +8,19 @@
 //! +--------+-------+-------+---------+--------------------------+
 //! ```
 //!
-//! `started` counts the jobs, in the order sent, that the worker has
-//! started (or skipped). It is written before a job runs, so when the
-//! worker dies the supervisor knows which jobs ran (they fail) and which
-//! never started (they go back to the queue).
+//! `started` is the gate through which the worker starts jobs: it holds the
+//! number (in the order sent, from 0) of the next job the worker may
+//! start. The worker starts job `k` by moving the word from `k` to `k + 1`
+//! with a compare-and-swap, before the job runs; if the swap fails, the
+//! supervisor took the job back, and the worker drops it. The supervisor
+//! takes back every job not started by setting the word's top bit (the
+//! fence): no swap succeeds after that, and the word's value says which
+//! jobs had started. Before it sends the next job it opens the gate again
+//! at that job's number, past the ones it took back. So when the worker
+//! dies, or when the supervisor wants jobs back (their results were
+//! dropped, or an idle worker could run them), the word says exactly which
+//! jobs ran, without a message and even while a synchronous task holds
+//! the worker's thread.
 //!
 //! The ring carries the worker's replies, one producer (the worker) and
 //! one consumer (the supervisor). A reply in the ring is safe the moment
@@ -43,6 +52,10 @@ const TAIL: usize = HEADER + 16;
 const SLEEPING: usize = HEADER + 24;
 const DATA: usize = HEADER + 32;
 
+/// The top bit of `started`: the supervisor has taken back every job not
+/// started.
+const FENCE: u64 = 1 << 63;
+
 /// The length word that skips to the end of the ring.
 const WRAP: u32 = u32::MAX;
 
@@ -65,10 +78,13 @@ impl Page {
 
     // ---- the worker's side ----
 
-    /// Records that every job up to the one numbered `seq` has started or
-    /// was skipped.
-    pub(crate) fn started(&self, seq: u64) {
-        self.0.u64(STARTED).store(seq + 1, Ordering::Release);
+    /// Starts job `seq`: true if the gate let it through, false if the
+    /// supervisor took it back.
+    pub(crate) fn try_start(&self, seq: u64) -> bool {
+        self.0
+            .u64(STARTED)
+            .compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
     }
 
     /// Puts a reply in the ring. `None` if it does not fit (it goes over
@@ -112,9 +128,43 @@ impl Page {
 
     // ---- the supervisor's side ----
 
-    /// How many jobs, in the order sent, the worker has started or skipped.
+    /// How many jobs, in the order sent, have started (or were taken
+    /// back before the gate was last opened): job `k` has started if `k`
+    /// is below this and still the supervisor's.
     pub(crate) fn started_count(&self) -> u64 {
-        self.0.u64(STARTED).load(Ordering::Acquire)
+        self.0.u64(STARTED).load(Ordering::SeqCst) & !FENCE
+    }
+
+    /// Closes the gate: no job starts from now on. Returns how many had
+    /// started; every job from that number on is the supervisor's again.
+    pub(crate) fn fence(&self) -> u64 {
+        let word = self.0.u64(STARTED);
+        let mut current = word.load(Ordering::SeqCst);
+        loop {
+            if current & FENCE != 0 {
+                return current & !FENCE;
+            }
+            match word.compare_exchange(
+                current,
+                current | FENCE,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return current,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Opens the gate at job `next`, the next one to be sent, after a
+    /// fence. Jobs before it that had not started stay shut out.
+    pub(crate) fn reopen(&self, next: u64) {
+        self.0.u64(STARTED).store(next, Ordering::SeqCst);
+    }
+
+    /// Whether the gate is closed.
+    pub(crate) fn fenced(&self) -> bool {
+        self.0.u64(STARTED).load(Ordering::SeqCst) & FENCE != 0
     }
 
     /// Takes the next reply from the ring, if there is one.
@@ -231,6 +281,44 @@ mod tests {
             next_out += 1;
         }
         assert_eq!(next_out, 20_000);
+    }
+
+    #[test]
+    fn the_gate_starts_jobs_in_order_and_shuts_out_the_ones_taken_back() {
+        let page = Page::new().unwrap();
+        assert!(page.try_start(0));
+        assert!(page.try_start(1));
+        assert!(!page.try_start(3), "job 2 has not started");
+        assert_eq!(page.fence(), 2, "jobs 0 and 1 started");
+        assert!(page.fenced());
+        assert!(!page.try_start(2), "taken back");
+        assert_eq!(page.fence(), 2, "a second fence changes nothing");
+        assert_eq!(page.started_count(), 2);
+        // Jobs 2 to 4 were sent and taken back; job 5 is sent next.
+        page.reopen(5);
+        assert!(!page.fenced());
+        for taken_back in 2..5 {
+            assert!(!page.try_start(taken_back));
+        }
+        assert!(page.try_start(5));
+        assert_eq!(page.started_count(), 6);
+    }
+
+    #[test]
+    fn a_start_and_a_fence_racing_agree() {
+        for _ in 0..200 {
+            let page = Page::new().unwrap();
+            let worker = page.clone();
+            let t = std::thread::spawn(move || {
+                (0..1000u64).take_while(|&k| worker.try_start(k)).count()
+            });
+            let fenced_at = page.fence();
+            let started = t.join().unwrap() as u64;
+            assert_eq!(
+                started, fenced_at,
+                "the worker started exactly the jobs the fence counted"
+            );
+        }
     }
 
     #[test]

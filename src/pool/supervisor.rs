@@ -222,7 +222,6 @@ struct Sent {
     /// Its place among the jobs sent to this worker, from 0.
     seq: u64,
     since: Option<Instant>,
-    cancel_sent: bool,
 }
 
 /// The jobs sent to one worker, oldest first. The worker starts them in
@@ -249,7 +248,6 @@ impl Inflight {
             sent_at: now,
             seq: self.sent,
             since: None,
-            cancel_sent: false,
         });
         self.sent += 1;
         self.mark_started();
@@ -281,17 +279,37 @@ impl Inflight {
             .min_by_key(|&(_, t)| t)
     }
 
-    /// Jobs not started whose results nobody wants: their ids, once each.
-    fn unwanted(&mut self) -> Vec<u64> {
+    /// Whether a job the worker has not started (as far as positions
+    /// tell) has a result nobody wants.
+    fn holds_unwanted(&self) -> bool {
         self.jobs
-            .iter_mut()
+            .iter()
             .skip(self.concurrency)
-            .filter(|s| !s.cancel_sent && s.job.reply.is_closed())
-            .map(|s| {
-                s.cancel_sent = true;
-                s.job.id
-            })
-            .collect()
+            .any(|s| s.job.reply.is_closed())
+    }
+
+    /// Whether the worker holds jobs it has not started, as far as
+    /// positions tell.
+    fn holds_unstarted(&self) -> bool {
+        self.jobs.len() > self.concurrency
+    }
+
+    /// When the running job that started first started.
+    fn running_since(&self) -> Option<Instant> {
+        self.jobs
+            .iter()
+            .take(self.concurrency)
+            .filter_map(|s| s.since)
+            .min()
+    }
+
+    /// Takes out the jobs numbered `started` and on: the ones the worker
+    /// had not started when the gate closed. In the order they were sent.
+    fn take_back(&mut self, started: u64) -> VecDeque<Job> {
+        let (kept, back): (VecDeque<Sent>, VecDeque<Sent>) =
+            self.jobs.drain(..).partition(|s| s.seq < started);
+        self.jobs = kept;
+        back.into_iter().map(|s| s.job).collect()
     }
 
     /// Empties the list: the jobs the worker had started (the first
@@ -306,6 +324,28 @@ impl Inflight {
             }
         }
         (ran, rest)
+    }
+}
+
+/// How long a job may run before the jobs queued behind it in its worker
+/// are handed to an idle worker.
+const STUCK_AFTER: Duration = Duration::from_millis(2);
+
+/// Counts a slot among the idle ones while it lives, and wakes the busy
+/// slots, which hand over the jobs they hold if they are stuck.
+struct Hungry<'a>(&'a Shared);
+
+impl<'a> Hungry<'a> {
+    fn new(shared: &'a Shared) -> Hungry<'a> {
+        shared.hungry.fetch_add(1, Ordering::AcqRel);
+        shared.cancelled.notify_waiters();
+        Hungry(shared)
+    }
+}
+
+impl Drop for Hungry<'_> {
+    fn drop(&mut self) {
+        self.0.hungry.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -397,18 +437,38 @@ async fn run(
             tracing::error!(error = %e, "pool worker broke its reply ring; it is replaced");
             break died(shared, worker, &mut inflight, None).await;
         }
-        // Tell the worker about jobs it has not started whose results
-        // were dropped.
+        // Take back the jobs the worker has not started, when some of
+        // their results were dropped (those end as cancelled), or when a
+        // worker sits idle while this one is stuck on a long job (they go
+        // back to the queue, for the idle worker). The gate in the shared
+        // page makes this exact even while a synchronous task holds the
+        // worker's thread.
+        let stuck = inflight
+            .running_since()
+            .is_some_and(|t| t.elapsed() >= STUCK_AFTER);
         let cancels = shared.cancels.load(Ordering::Acquire);
-        if cancels != cancels_seen {
-            cancels_seen = cancels;
-            for id in inflight.unwanted() {
-                let _ = worker.conn.send(&Msg::Cancel { id }).await;
+        let unwanted = cancels != cancels_seen && inflight.holds_unwanted();
+        cancels_seen = cancels;
+        let idle_elsewhere = stuck && shared.hungry.load(Ordering::Acquire) > 0;
+        if inflight.holds_unstarted() && (unwanted || idle_elsewhere) {
+            let started = worker.page.fence();
+            let mut wanted = VecDeque::new();
+            for job in inflight.take_back(started) {
+                if job.reply.is_closed() {
+                    deliver(shared, job, Err(TaskError::Cancelled));
+                } else {
+                    wanted.push_back(job);
+                }
             }
+            requeue(shared, wanted);
         }
-        // Fill the window.
-        // The jobs go out together, in one write.
-        let window = pace.window(inflight.concurrency, shared.config.window);
+        // Fill the window; the jobs go out together, in one write. Behind
+        // a job that runs long, none wait: they would wait for it.
+        let window = if stuck {
+            inflight.concurrency
+        } else {
+            pace.window(inflight.concurrency, shared.config.window)
+        };
         let may_take = |sent: usize| shared.config.max_tasks.is_none_or(|k| sent < k);
         let mut fed = false;
         let now = Instant::now();
@@ -421,6 +481,11 @@ async fn run(
                 target: job.target,
                 args: job.args.clone(), // shares the buffer
             };
+            if worker.page.fenced() {
+                // Open the gate at this job, past the ones taken back,
+                // before the worker can see it.
+                worker.page.reopen(inflight.sent);
+            }
             sent += 1;
             inflight.push(job, now);
             set_busy(&mut busy, true);
@@ -449,11 +514,22 @@ async fn run(
         }
         let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
         let room = inflight.len() < window && may_take(sent);
-        let waiting = inflight.len() > inflight.concurrency;
+        let waiting = inflight.holds_unstarted();
+        // When to look again at whether this worker is stuck, if it holds
+        // jobs it could hand over.
+        let stuck_at = if stuck || !waiting {
+            None
+        } else {
+            inflight.running_since().map(|t| t + STUCK_AFTER)
+        };
         if !inflight.is_empty() && worker.page.sleep() {
             // Replies came while the window was filled.
             continue;
         }
+        // An idle worker with nothing queued says so, so that a stuck one
+        // hands over the jobs it holds.
+        let _hungry =
+            (inflight.is_empty() && current == State::Running).then(|| Hungry::new(shared));
         tokio::select! {
             msg = worker.conn.recv() => {
                 worker.page.wake();
@@ -480,6 +556,8 @@ async fn run(
             }
             _ = &mut notified, if room => {}
             _ = &mut cancelled, if waiting => {}
+            _ = tokio::time::sleep_until(stuck_at.unwrap_or_else(Instant::now)),
+                if stuck_at.is_some() => {}
             _ = state.changed() => {}
             _ = tokio::time::sleep_until(oldest.map_or_else(Instant::now, |(_, t)| t)),
                 if oldest.is_some() => {
@@ -501,11 +579,10 @@ fn on_reply(
     busy: &mut bool,
     msg: Msg,
 ) {
-    let (id, result) = match msg {
-        Msg::Done { id, results } => (id, Ok(results)),
-        Msg::Dropped { id } => (id, Err(TaskError::Cancelled)),
-        _ => return,
+    let Msg::Done { id, results } = msg else {
+        return;
     };
+    let result = Ok(results);
     let Some(sent) = inflight.remove(id) else {
         return;
     };

@@ -2,7 +2,6 @@
 //! supervisor in the parent.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -33,12 +32,6 @@ pub(crate) enum Msg {
     InitFailed(String),
     /// Worker to parent: job `id` ended.
     Done { id: u64, results: Results },
-    /// Parent to worker: nobody wants job `id` any more; drop it unless
-    /// it has started.
-    Cancel { id: u64 },
-    /// Worker to parent: job `id` was dropped before it started, after a
-    /// `Cancel`. Every job gets exactly one `Done` or `Dropped`.
-    Dropped { id: u64 },
     /// Worker to parent: replies wait in the shared page's ring.
     Ring,
 }
@@ -184,26 +177,36 @@ struct Pending {
 }
 
 /// The jobs received and not started, in the order they came.
+#[derive(Default)]
 struct Line {
     waiting: VecDeque<Pending>,
     received: u64,
-    /// When the socket was last read.
-    last_read: Instant,
-}
-
-impl Default for Line {
-    fn default() -> Line {
-        Line {
-            waiting: VecDeque::new(),
-            received: 0,
-            last_read: Instant::now(),
-        }
-    }
 }
 
 impl Line {
-    fn pop_front(&mut self) -> Option<Pending> {
-        self.waiting.pop_front()
+    /// Files a message from the parent: a job joins the line.
+    fn take(&mut self, msg: Msg) {
+        if let Msg::Job { id, target, args } = msg {
+            let seq = self.received;
+            self.received += 1;
+            self.waiting.push_back(Pending {
+                id,
+                seq,
+                target,
+                args,
+            });
+        }
+    }
+
+    /// The next job the parent has not taken back, marked started in the
+    /// shared page; the ones it took back are dropped on the way.
+    fn start_next(&mut self, page: &Page) -> Option<Pending> {
+        while let Some(job) = self.waiting.pop_front() {
+            if page.try_start(job.seq) {
+                return Some(job);
+            }
+        }
+        None
     }
 }
 
@@ -250,59 +253,12 @@ async fn run_job(job: Pending) -> (u64, Results) {
     (job.id, results)
 }
 
-/// Files a message from the parent: a job joins the waiting line, a
-/// cancel takes its job out of the line and answers `Dropped`.
-async fn take(conn: &Connection<Msg>, line: &mut Line, msg: Msg) -> bool {
-    match msg {
-        Msg::Job { id, target, args } => {
-            let seq = line.received;
-            line.received += 1;
-            line.waiting.push_back(Pending {
-                id,
-                seq,
-                target,
-                args,
-            });
-        }
-        Msg::Cancel { id } => {
-            // A job that has started (or ended) is not in the line: its
-            // `Done` answers for it.
-            if let Some(pos) = line.waiting.iter().position(|j| j.id == id) {
-                line.waiting.remove(pos);
-                return conn.send(&Msg::Dropped { id }).await.is_ok();
-            }
-        }
-        _ => {}
-    }
-    true
-}
-
-/// How long a worker with jobs waiting goes without looking at its socket
-/// for new messages (a cancel, or more jobs). Looking costs a system call,
-/// too much to pay before every short job.
-const LOOK_EVERY: Duration = Duration::from_micros(200);
-
-/// Takes every message that has already arrived, without waiting: the
-/// ones read already, and, if the line is empty or the socket was last
-/// read [`LOOK_EVERY`] ago, what the socket holds. `false` once the
-/// parent's end is gone.
-async fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
+/// Takes every message already read from the socket, without a system
+/// call. `false` once the parent's end is gone.
+fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
     loop {
-        let next = match conn.take_buffered() {
-            Ok(Some(msg)) => Ok(Some(msg)),
-            Ok(None) if line.waiting.is_empty() || line.last_read.elapsed() >= LOOK_EVERY => {
-                line.last_read = Instant::now();
-                conn.try_recv()
-            }
-            Ok(None) => return true,
-            Err(e) => Err(e),
-        };
-        match next {
-            Ok(Some(msg)) => {
-                if !take(conn, line, msg).await {
-                    return false;
-                }
-            }
+        match conn.take_buffered() {
+            Ok(Some(msg)) => line.take(msg),
             Ok(None) => return true,
             Err(_) => return false,
         }
@@ -342,28 +298,25 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
     if conn.send(&Msg::Ready).await.is_err() {
         return;
     }
-    let mut waiting = Line::default();
+    let mut line = Line::default();
     if concurrency <= 1 {
-        serve_one_at_a_time(conn, waiting, page).await;
+        serve_one_at_a_time(conn, line, page).await;
         return;
     }
     let mut running = FuturesUnordered::new();
     loop {
-        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut waiting).await {
+        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut line) {
             return;
         }
         while running.len() < concurrency {
-            let Some(job) = waiting.pop_front() else {
+            let Some(job) = line.start_next(&page) else {
                 break;
             };
-            page.started(job.seq);
             running.push(run_job(job));
         }
         if running.is_empty() {
             let Ok(msg) = conn.recv().await else { return };
-            if !take(&conn, &mut waiting, msg).await {
-                return;
-            }
+            line.take(msg);
             continue;
         }
         tokio::select! {
@@ -375,39 +328,28 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
             }
             msg = conn.recv() => {
                 let Ok(msg) = msg else { return };
-                if !take(&conn, &mut waiting, msg).await {
-                    return;
-                }
+                line.take(msg);
             }
         }
     }
 }
 
 /// [`serve`] with one job at a time: each runs on this task, and its
-/// reply is written before the next starts.
-async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut waiting: Line, page: Page) {
+/// reply is published before the next starts.
+async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut line: Line, page: Page) {
     loop {
-        // Replies are written before the next job runs: a synchronous
-        // target blocks this thread, and a reply held back behind it
-        // would be late, or lost if the target kills the process.
-        // Messages that already arrived are read first, so a cancel
-        // that came behind its job still finds it waiting.
-        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut waiting).await {
+        // A doorbell or a reply that went over the socket is written
+        // before the next job runs: a synchronous target blocks this
+        // thread, and a reply held back behind it would be late, or lost
+        // if the target kills the process.
+        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut line) {
             return;
         }
-        let job = match waiting.pop_front() {
-            Some(job) => job,
-            None => match conn.recv().await {
-                Ok(msg) => {
-                    if !take(&conn, &mut waiting, msg).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(_) => return,
-            },
+        let Some(job) = line.start_next(&page) else {
+            let Ok(msg) = conn.recv().await else { return };
+            line.take(msg);
+            continue;
         };
-        page.started(job.seq);
         let (id, results) = run_job(job).await;
         if !reply(&conn, &page, Msg::Done { id, results }).await {
             return;
