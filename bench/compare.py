@@ -30,6 +30,13 @@ status 2) shows as "-". procspawn re-executes the binary for each child, so
 the ``spawn`` row then also notes the Rust ``spawn_exec`` case (this crate
 re-executing too) and the ratio procspawn/spawn_exec.
 
+Memory cases (``pool_idle_rss``: the ``VmRSS`` and ``Pss`` of an idle
+``Pool(2)`` worker) run under every Python start method, as ``spawn`` does,
+and are printed in a table of their own after the time table: one row per
+side with the worker's RSS and PSS in KiB and the ratios python/rust (above
+1: this crate's worker is smaller). They stay out of the plot, and procspawn
+is not run for them.
+
 Standard library only.
 """
 
@@ -50,6 +57,9 @@ import mp_bench  # noqa: E402  (for the case list and default n only)
 
 # Rust-only floor cases shown in the notes of the case they bound.
 FLOORS = {"spawn": "floor_spawn", "pipe_rtt": "pipe_rtt_floor"}
+
+# Cases whose lines carry memory figures (KiB) instead of per_op_us.
+MEMORY_CASES = mp_bench.MEMORY_CASES
 
 # Rust cases that start children the way procspawn does (re-executing the
 # binary), shown in the notes of the case when procspawn runs it.
@@ -74,6 +84,13 @@ def json_lines(text):
         if isinstance(obj, dict) and "case" in obj:
             out.append((raw, obj))
     return out
+
+
+def is_result(obj, case):
+    """Whether `obj` is the result line of `case` (a time or a memory line)."""
+    if obj.get("case") != case:
+        return False
+    return "worker_rss_kib" in obj if case in MEMORY_CASES else "per_op_us" in obj
 
 
 def first_line(text):
@@ -142,7 +159,7 @@ class Runner:
         log(f"rust   {case}")
         rc, lines, err = self._run(cmd)
         for _, obj in lines:
-            if obj.get("case") == case and "per_op_us" in obj:
+            if is_result(obj, case):
                 return obj
         if rc is None:
             return err
@@ -178,7 +195,7 @@ class Runner:
         log(f"python {case} ({method}, n={n if n is not None else 'default'})")
         rc, lines, err = self._run(cmd)
         for _, obj in lines:
-            if obj.get("case") == case and "per_op_us" in obj:
+            if is_result(obj, case):
                 return obj
         return f"exit {rc}: {err}" if rc is not None else err
 
@@ -211,6 +228,90 @@ def ratio(num, den):
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
             return f"{a / b:.2f}"
     return "n/a"
+
+
+def fmt_kib(v):
+    return f"{v:,}" if isinstance(v, int) else "n/a"
+
+
+def kib_ratio(num, den, key):
+    if isinstance(num, dict) and isinstance(den, dict):
+        a, b = num.get(key), den.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+            return f"{a / b:.2f}"
+    return "n/a"
+
+
+def memory_rows(row, methods):
+    """The lines of a memory case's table: [method, rss, pss, rss ratio,
+    pss ratio, notes] for this crate, then each Python start method."""
+    rust = row["rust"]
+    out = []
+    sides = [("rust (fork server)", rust)] + [(f"python-{m}", row["python"].get(m)) for m in methods
+                                if m in row["python"]]
+    for side, res in sides:
+        notes = []
+        if isinstance(res, dict):
+            if isinstance(res.get("fork_server_rss_kib"), int):
+                notes.append(f"fork server {fmt_kib(res['fork_server_rss_kib'])} RSS, "
+                             f"{fmt_kib(res.get('fork_server_pss_kib'))} PSS KiB")
+        elif res != "skipped":
+            notes.append(f"n/a ({res})")
+        is_py = side.startswith("python-")
+        out.append([
+            side,
+            fmt_kib(res.get("worker_rss_kib")) if isinstance(res, dict) else "n/a",
+            fmt_kib(res.get("worker_pss_kib")) if isinstance(res, dict) else "n/a",
+            kib_ratio(res, rust, "worker_rss_kib") if is_py else "-",
+            kib_ratio(res, rust, "worker_pss_kib") if is_py else "-",
+            "; ".join(notes),
+        ])
+    return out
+
+
+def memory_title(row):
+    first = next((v for v in [row["rust"], *row["python"].values()] if isinstance(v, dict)), {})
+    return (f"{row['case']}: one idle worker of Pool({first.get('workers', 2)}) "
+            f"after a map of {first.get('n', '?')} trivial tasks")
+
+
+def print_memory_table(rows, methods):
+    header = ["method", "worker RSS KiB", "worker PSS KiB", "RSS py/rust", "PSS py/rust", "notes"]
+    for r in rows:
+        table = [header] + memory_rows(r, methods)
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        print(memory_title(r))
+        for i, row in enumerate(table):
+            line = "  ".join(
+                c.ljust(w) if j in (0, len(row) - 1) else c.rjust(w)
+                for j, (c, w) in enumerate(zip(row, widths))
+            )
+            print(line.rstrip())
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+        print()
+    print("KiB = median over workers and reps of VmRSS (/proc/PID/status) and Pss "
+          "(/proc/PID/smaps_rollup); py/rust above 1 means this crate's worker is smaller.")
+
+
+def markdown_memory_table(rows, methods):
+    """The memory tables as Markdown."""
+    out = []
+    for r in rows:
+        out.append(f"{memory_title(r)}:")
+        out.append("")
+        head = ["", "worker RSS (KiB)", "worker PSS (KiB)", "RSS Python / this",
+                "PSS Python / this", "notes"]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for side, rss, pss, rr, pr, notes in memory_rows(r, methods):
+            label = ("Python " + side[len("python-"):] if side.startswith("python-")
+                     else "this crate (fork server)")
+            rr = rr + "x" if rr not in ("-", "n/a") else rr
+            pr = pr + "x" if pr not in ("-", "n/a") else pr
+            out.append("| " + " | ".join([label, rss, pss, rr, pr, notes]) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def print_table(rows, methods, with_procspawn=False):
@@ -390,18 +491,27 @@ def main(argv=None):
     runner = Runner(args)
     runner.build_rust()
     rows = []
-    used_methods = []
+    mem_rows = []
+    used_methods = []  # the time table's
+    mem_methods = []
     for case in cases:
+        memory = case in MEMORY_CASES
         if forced:
             methods = forced
-        elif case == "spawn":
+        elif case == "spawn" or memory:
             methods = list(mp_bench.START_METHODS)
         else:
             methods = ["fork"]
         for m in methods:
-            if m not in used_methods:
-                used_methods.append(m)
+            used = mem_methods if memory else used_methods
+            if m not in used:
+                used.append(m)
         row = {"case": case, "rust": runner.rust(case), "python": {}, "notes": []}
+        if memory:
+            for m in methods:
+                row["python"][m] = runner.python(case, m, python_n(args, case, m, row["rust"]))
+            mem_rows.append(row)
+            continue
         if not isinstance(row["rust"], dict) and row["rust"] != "skipped":
             row["notes"].append(f"rust n/a ({row['rust']})")
         floor_case = FLOORS.get(case)
@@ -440,12 +550,21 @@ def main(argv=None):
             f.write(raw + "\n")
 
     order = [m for m in mp_bench.START_METHODS if m in used_methods]
+    mem_order = [m for m in mp_bench.START_METHODS if m in mem_methods]
     with_procspawn = bool(args.procspawn_bin)
-    print_table(rows, order, with_procspawn)
+    if rows:
+        print_table(rows, order, with_procspawn)
+    if mem_rows:
+        if rows:
+            print()
+        print_memory_table(mem_rows, mem_order)
     print(f"raw lines: {os.path.relpath(RESULTS, os.getcwd())}")
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown_table(rows, order, with_procspawn))
+            if rows:
+                f.write(markdown_table(rows, order, with_procspawn))
+            if mem_rows:
+                f.write(("\n" if rows else "") + markdown_memory_table(mem_rows, mem_order))
         print(f"markdown table: {args.markdown}")
     if args.plot and plot(rows, order, args.plot):
         print(f"plot: {args.plot}")

@@ -13,6 +13,12 @@ same shape as the Rust driver ``cargo run --release --example bench``:
     {"case":"pipe_rtt","impl":"python-fork","n":10000,"reps":5,
      "per_op_us":12.8986,"ops_per_s":77527.6,"min_per_op_us":..,"max_per_op_us":..}
 
+The memory case ``pool_idle_rss`` prints memory instead of times (and,
+like ``spawn``, one line per start method without ``--start-method``):
+
+    {"case":"pool_idle_rss","impl":"python-fork","n":100,"reps":5,"workers":2,
+     "worker_rss_kib":..,"worker_pss_kib":..}
+
 ``per_op_us`` is the median over the reps of elapsed/n. Everything that is
 not the operation being measured (starting helper processes, creating a
 pool, warming it up) happens outside the timed region. Time is taken with
@@ -21,7 +27,8 @@ compared between processes on one machine.
 
 Every function a child runs is defined at module level, so the cases work
 under all three start methods. The default start method is ``fork`` for
-every case but ``spawn``, which measures each method in turn.
+every case but ``spawn`` and ``pool_idle_rss``, which measure each method
+in turn.
 """
 
 import argparse
@@ -285,6 +292,83 @@ def _run_apply_async(pool, n):
         r.get()
 
 
+# ---------------------------------------------------------------------------
+# Memory cases. Each takes (ctx, n, reps) and returns the fields of its line.
+# ---------------------------------------------------------------------------
+
+
+def _proc_kib(path, key):
+    """The value, in KiB, of the line `key:   N kB` of a /proc file, or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name == key:
+                    return int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _rss_pss(pid):
+    """VmRSS (status) and Pss (smaps_rollup) of a live process in KiB, or None."""
+    rss = _proc_kib(f"/proc/{pid}/status", "VmRSS")
+    pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss")
+    if rss is None or pss is None:
+        return None
+    return rss, pss
+
+
+def _median_kib(values):
+    return round(statistics.median(values)) if values else None
+
+
+def _forkserver_pid():
+    # Private, but the only way to name the server of the forkserver method.
+    try:
+        from multiprocessing import forkserver
+        return forkserver._forkserver._forkserver_pid
+    except (ImportError, AttributeError):
+        return None
+
+
+def case_pool_idle_rss(ctx, n, reps):
+    # Pool(2), a map of n trivial tasks, 200 ms of rest, then the memory of
+    # each worker (and of the fork server under forkserver). A new pool per
+    # rep; the medians are over every worker of every rep.
+    rss, pss, fs_rss, fs_pss = [], [], [], []
+    workers = 0
+    for _ in range(reps):
+        with ctx.Pool(2) as pool:
+            pool.map(_identity, range(n))
+            time.sleep(0.2)
+            # Pool keeps its worker processes in _pool.
+            found = [m for m in (_rss_pss(p.pid) for p in pool._pool) if m is not None]
+            server = _forkserver_pid() if ctx.get_start_method() == "forkserver" else None
+            server_mem = _rss_pss(server) if server else None
+        if len(found) != 2:
+            raise RuntimeError(f"measured {len(found)} pool workers, expected 2")
+        workers = len(found)
+        rss += [r for r, _ in found]
+        pss += [p for _, p in found]
+        if server_mem:
+            fs_rss.append(server_mem[0])
+            fs_pss.append(server_mem[1])
+    fields = {
+        "workers": workers,
+        "worker_rss_kib": _median_kib(rss),
+        "worker_pss_kib": _median_kib(pss),
+    }
+    if fs_rss:
+        fields["fork_server_rss_kib"] = _median_kib(fs_rss)
+        fields["fork_server_pss_kib"] = _median_kib(fs_pss)
+    return fields
+
+
+# Cases that report memory, not time; without --start-method they run
+# under every start method, as spawn does.
+MEMORY_CASES = {"pool_idle_rss"}
+
 # name -> (function, default n, or a dict start method -> default n)
 CASES = {
     "spawn": (case_spawn, {"fork": 200, "forkserver": 100, "spawn": 50}),
@@ -299,6 +383,7 @@ CASES = {
     "pool_map": (_pool_case(_run_map), 10**5),
     "pool_apply_seq": (_pool_case(_run_apply_seq), 2000),
     "pool_apply_async": (_pool_case(_run_apply_async), 10**4),
+    "pool_idle_rss": (case_pool_idle_rss, 100),
 }
 
 
@@ -312,6 +397,11 @@ def run_case(case, method, n, reps):
     ctx = multiprocessing.get_context(method)
     if n is None:
         n = default_n(case, method)
+    if case in MEMORY_CASES:
+        line = {"case": case, "impl": "python-" + method, "n": n, "reps": reps}
+        line.update(func(ctx, n, reps))
+        print(json.dumps(line, separators=(",", ":")), flush=True)
+        return
     times, ops = func(ctx, n, reps)
     per_op = sorted(t / ops * 1e6 for t in times)
     median = statistics.median(per_op)
@@ -339,7 +429,7 @@ def main(argv=None):
         "--start-method",
         choices=START_METHODS,
         default=None,
-        help="default: fork; for 'spawn', every method in turn",
+        help="default: fork; for 'spawn' and 'pool_idle_rss', every method in turn",
     )
     args = parser.parse_args(argv)
 
@@ -362,7 +452,7 @@ def main(argv=None):
     for case in cases:
         if args.start_method is not None:
             methods = [args.start_method]
-        elif case == "spawn":
+        elif case == "spawn" or case in MEMORY_CASES:
             methods = list(START_METHODS)
         else:
             methods = ["fork"]

@@ -1,5 +1,6 @@
 //! The benchmark driver: runs one case `reps` times and prints one JSON
-//! line with the median time per operation.
+//! line with the median time per operation (or, for the memory case
+//! `pool_idle_rss`, the median memory of an idle pool worker).
 //!
 //! ```text
 //! cargo run --release --example bench -- spawn [--n 200] [--reps 5]
@@ -18,13 +19,21 @@ use tokio_multiprocessing as mp;
 /// anything else, so the case measures a bare re-exec of this binary.
 const FLOOR_ENV: &str = "TOKIO_MULTIPROCESSING_BENCH_FLOOR";
 
-/// One benchmark case: its name, default n, and a function that runs n
-/// operations and returns the time they took.
+/// One benchmark case: its name, default n, and what it runs.
 struct Case {
     name: &'static str,
     default_n: u64,
     about: &'static str,
-    run: fn(u64) -> futures::future::BoxFuture<'static, Result<Duration, String>>,
+    run: Run,
+}
+
+/// What a case measures.
+enum Run {
+    /// Runs n operations and returns the time they took.
+    Time(fn(u64) -> futures::future::BoxFuture<'static, Result<Duration, String>>),
+    /// Runs once with n and returns the memory it found, one sample per
+    /// process measured.
+    Memory(fn(u64) -> futures::future::BoxFuture<'static, Result<MemorySample, String>>),
 }
 
 const CASES: &[Case] = &[
@@ -32,85 +41,91 @@ const CASES: &[Case] = &[
         name: "spawn",
         default_n: 200,
         about: "start + join a Process with an empty target (default start method: fork server)",
-        run: |n| Box::pin(spawn(n)),
+        run: Run::Time(|n| Box::pin(spawn(n))),
     },
     Case {
         name: "spawn_exec",
         default_n: 200,
         about: "start + join an empty target with StartMethod::Spawn (re-exec per child)",
-        run: |n| Box::pin(spawn_exec(n)),
+        run: Run::Time(|n| Box::pin(spawn_exec(n))),
     },
     Case {
         name: "floor_spawn",
         default_n: 200,
         about: "re-exec this binary with no library code, started and reaped with tokio::process",
-        run: |n| Box::pin(floor_spawn(n)),
+        run: Run::Time(|n| Box::pin(floor_spawn(n))),
     },
     Case {
         name: "queue_oneway",
         default_n: 100_000,
         about: "n small ints through a Queue, producer child to consumer child",
-        run: |n| Box::pin(queue_oneway(n)),
+        run: Run::Time(|n| Box::pin(queue_oneway(n))),
     },
     Case {
         name: "queue_rtt",
         default_n: 10_000,
         about: "put to a Queue, a child echoes it on another, get: one round trip",
-        run: |n| Box::pin(queue_rtt(n)),
+        run: Run::Time(|n| Box::pin(queue_rtt(n))),
     },
     Case {
         name: "lock_uncontended",
         default_n: 1_000_000,
         about: "acquire + release a Lock in a child, timed in the child",
-        run: |n| Box::pin(lock_uncontended(n)),
+        run: Run::Time(|n| Box::pin(lock_uncontended(n))),
     },
     Case {
         name: "lock_contended",
         default_n: 1_000_000,
         about: "2 children, n/2 acquire + release each on one Lock, from the first start to the last end",
-        run: |n| Box::pin(lock_contended(n)),
+        run: Run::Time(|n| Box::pin(lock_contended(n))),
     },
     Case {
         name: "pipe_oneway",
         default_n: 1_000_000,
         about: "n small ints parent -> child over a Pipe, until the reader confirms the count (seed 001)",
-        run: |n| Box::pin(pipe_oneway(n)),
+        run: Run::Time(|n| Box::pin(pipe_oneway(n))),
     },
     Case {
         name: "pipe_rtt",
         default_n: 10_000,
         about: "Pipe round trip: the parent sends an int, a child echoes it",
-        run: |n| Box::pin(pipe_rtt(n)),
+        run: Run::Time(|n| Box::pin(pipe_rtt(n))),
     },
     Case {
         name: "pipe_rtt_floor",
         default_n: 10_000,
         about: "raw socketpair ping-pong of 8 bytes between the same two processes, no framing",
-        run: |n| Box::pin(pipe_rtt_floor(n)),
+        run: Run::Time(|n| Box::pin(pipe_rtt_floor(n))),
     },
     Case {
         name: "pool_map_c1",
         default_n: 100_000,
         about: "Pool(2).map_chunked over n trivial tasks, chunksize 1",
-        run: |n| Box::pin(pool_case(n, PoolRun::MapC1)),
+        run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::MapC1))),
     },
     Case {
         name: "pool_map",
         default_n: 100_000,
         about: "Pool(2).map over n trivial tasks, default chunks",
-        run: |n| Box::pin(pool_case(n, PoolRun::Map)),
+        run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::Map))),
     },
     Case {
         name: "pool_apply_seq",
         default_n: 2_000,
         about: "Pool(2).apply of a trivial task, awaited one after another",
-        run: |n| Box::pin(pool_case(n, PoolRun::ApplySeq)),
+        run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplySeq))),
     },
     Case {
         name: "pool_apply_async",
         default_n: 10_000,
         about: "Pool(2).apply_async of n trivial tasks in flight, then all awaited",
-        run: |n| Box::pin(pool_case(n, PoolRun::ApplyAsync)),
+        run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplyAsync))),
+    },
+    Case {
+        name: "pool_idle_rss",
+        default_n: 100,
+        about: "memory of an idle Pool(2) worker after a map of n trivial tasks (VmRSS, Pss; KiB)",
+        run: Run::Memory(|n| Box::pin(pool_idle_rss(n))),
     },
 ];
 
@@ -384,11 +399,15 @@ fn median(sorted: &[f64]) -> f64 {
 
 async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> {
     let n = n.unwrap_or(case.default_n).max(1);
+    let run = match case.run {
+        Run::Time(run) => run,
+        Run::Memory(run) => return run_memory_case(case, run, n, reps).await,
+    };
     // Warm up: page in the binary, start lazily created state.
-    (case.run)(n.min(10)).await?;
+    run(n.min(10)).await?;
     let mut per_op_us = Vec::new();
     for _ in 0..reps {
-        let took = (case.run)(n).await?;
+        let took = run(n).await?;
         per_op_us.push(took.as_secs_f64() * 1e6 / n as f64);
     }
     per_op_us.sort_by(f64::total_cmp);
@@ -405,6 +424,151 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
     });
     println!("{line}");
     Ok(())
+}
+
+/// What one run of a memory case found: the `VmRSS` and `Pss` (KiB) of
+/// each worker, and of the fork server.
+struct MemorySample {
+    workers: Vec<(u64, u64)>,
+    fork_server: Option<(u64, u64)>,
+}
+
+/// The median of some KiB figures, rounded to a whole KiB.
+fn median_kib(mut v: Vec<u64>) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let m: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+    Some(median(&m).round() as u64)
+}
+
+/// Runs a memory case `reps` times (no warm-up: each run starts afresh)
+/// and prints the medians over every worker of every run.
+async fn run_memory_case(
+    case: &Case,
+    run: fn(u64) -> futures::future::BoxFuture<'static, Result<MemorySample, String>>,
+    n: u64,
+    reps: u32,
+) -> Result<(), String> {
+    let (mut rss, mut pss, mut fs_rss, mut fs_pss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut workers = 0;
+    for _ in 0..reps {
+        let sample = run(n).await?;
+        workers = sample.workers.len();
+        for (r, p) in sample.workers {
+            rss.push(r);
+            pss.push(p);
+        }
+        if let Some((r, p)) = sample.fork_server {
+            fs_rss.push(r);
+            fs_pss.push(p);
+        }
+    }
+    let line = serde_json::json!({
+        "case": case.name,
+        "impl": "rust",
+        "n": n,
+        "reps": reps,
+        "workers": workers,
+        "worker_rss_kib": median_kib(rss),
+        "worker_pss_kib": median_kib(pss),
+        "fork_server_rss_kib": median_kib(fs_rss),
+        "fork_server_pss_kib": median_kib(fs_pss),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// The value, in KiB, of the line `key:   N kB` of a /proc file.
+fn proc_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// `VmRSS` (from `status`) and `Pss` (from `smaps_rollup`) of a live
+/// process, in KiB; `None` for a zombie or a process that is gone.
+fn rss_pss(pid: u32) -> Option<(u64, u64)> {
+    let rss = proc_kib(&format!("/proc/{pid}/status"), "VmRSS")?;
+    let pss = proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")?;
+    Some((rss, pss))
+}
+
+/// The pids of this process's children, found by scanning `/proc/*/stat`
+/// for their parent pid.
+fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(me) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// `Pool::new(2)`, a `map` of n trivial tasks, 200 ms of rest, then the
+/// memory of each worker and of the fork server. Workers are forked by the
+/// fork server with `CLONE_PARENT`, so they are this process's children.
+async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
+    let pool = mp::Pool::new(2).await.map_err(err)?;
+    pool.map(identity, 0..n).await.map_err(err)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let server = mp::__fork_server_pid();
+    let live_workers = || -> Vec<(u64, u64)> {
+        children()
+            .into_iter()
+            .filter(|&pid| Some(pid) != server)
+            .filter_map(rss_pss)
+            .collect()
+    };
+    let mut workers = live_workers();
+    // A worker of an earlier pool may still be on its way out.
+    for _ in 0..10 {
+        if workers.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        workers = live_workers();
+    }
+    let fork_server = server.and_then(rss_pss);
+    pool.terminate().await;
+    if workers.len() != 2 {
+        return Err(format!(
+            "found {} live children besides the fork server, expected the pool's 2 workers",
+            workers.len()
+        ));
+    }
+    Ok(MemorySample {
+        workers,
+        fork_server,
+    })
 }
 
 fn usage() -> ! {
