@@ -114,11 +114,13 @@ impl Reply {
     }
 }
 
-/// The results of the jobs of one `map`, gathered in place: one lock and
-/// no wake-up per job, and one wake-up when the last has come.
+/// The results of the jobs of one `map`, gathered in place: no channel per
+/// job, and a wake-up only when the result the `map` waits for next (in
+/// input order) comes, so that it decodes results while later jobs run.
 struct Group {
     slots: Mutex<Vec<Option<JobResult>>>,
-    remaining: AtomicUsize,
+    /// The index of the result the `map` waits for.
+    awaited: AtomicUsize,
     waker: futures::task::AtomicWaker,
     /// The `map` was dropped: its jobs are unwanted.
     dropped: std::sync::atomic::AtomicBool,
@@ -128,35 +130,48 @@ impl Group {
     fn new(jobs: usize) -> Group {
         Group {
             slots: Mutex::new((0..jobs).map(|_| None).collect()),
-            remaining: AtomicUsize::new(jobs),
+            awaited: AtomicUsize::new(0),
             waker: futures::task::AtomicWaker::new(),
             dropped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<JobResult>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn put(&self, index: usize, result: JobResult) {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slots = self.lock();
         if let Some(slot @ None) = slots.get_mut(index) {
             *slot = Some(result);
             drop(slots);
-            if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if index == self.awaited.load(Ordering::Acquire) {
                 self.waker.wake();
             }
         }
     }
 
-    /// Waits until every job has its result, and takes them in order.
-    async fn all(&self) -> Vec<Option<JobResult>> {
+    /// Waits for the result at `from`, then takes it and every result
+    /// after it that has come, in order.
+    async fn next_from(&self, from: usize, out: &mut Vec<JobResult>) {
+        self.awaited.store(from, Ordering::Release);
         std::future::poll_fn(|cx| {
             self.waker.register(cx.waker());
-            if self.remaining.load(Ordering::Acquire) == 0 {
-                Poll::Ready(())
-            } else {
+            let mut slots = self.lock();
+            let ready = slots[from..].iter_mut().map_while(Option::take);
+            out.extend(ready);
+            if out.is_empty() {
                 Poll::Pending
+            } else {
+                Poll::Ready(())
             }
         })
         .await;
-        std::mem::take(&mut *self.slots.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Whether results are still to come after `taken` were taken.
+    fn unfinished(&self, taken: usize) -> bool {
+        taken < self.lock().len()
     }
 }
 
@@ -165,11 +180,13 @@ impl Group {
 struct GroupGuard<'a> {
     group: &'a Arc<Group>,
     shared: &'a Shared,
+    /// Every result came.
+    done: bool,
 }
 
 impl Drop for GroupGuard<'_> {
     fn drop(&mut self) {
-        if self.group.remaining.load(Ordering::Acquire) > 0 {
+        if !self.done {
             self.group.dropped.store(true, Ordering::Relaxed);
             self.shared.result_dropped();
         }
@@ -771,31 +788,38 @@ impl Pool {
             })
             .collect();
         self.shared().submit(jobs)?;
-        let guard = GroupGuard {
+        let mut guard = GroupGuard {
             group: &group,
             shared: self.shared(),
+            done: false,
         };
-        let results = group.all().await;
-        drop(guard);
         let mut out = Vec::with_capacity(total);
         let mut first_err = None;
-        for r in results {
-            match r.unwrap_or(Err(TaskError::Cancelled)) {
-                Ok(results) => {
-                    for item in results.into_items() {
-                        match decode_item::<R>(item) {
-                            Ok(v) => out.push(v),
-                            Err(e) => {
-                                first_err.get_or_insert(e);
+        let mut taken = 0;
+        let mut ready = Vec::new();
+        while group.unfinished(taken) {
+            group.next_from(taken, &mut ready).await;
+            taken += ready.len();
+            for r in ready.drain(..) {
+                match r {
+                    Ok(results) => {
+                        for item in results.into_items() {
+                            match decode_item::<R>(item) {
+                                Ok(v) => out.push(v),
+                                Err(e) => {
+                                    first_err.get_or_insert(e);
+                                }
                             }
                         }
                     }
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
         }
+        guard.done = true;
+        drop(guard);
         match first_err {
             Some(e) => Err(e),
             None => Ok(out),

@@ -61,6 +61,9 @@ const WRAP: u32 = u32::MAX;
 
 pub(crate) const PAGE_LEN: usize = DATA + RING as usize;
 
+/// The largest reply the ring takes; a larger one goes over the socket.
+pub(crate) const MAX_REPLY: usize = (RING / 2) as usize - 8;
+
 /// A worker's shared page. Cloning shares it.
 #[derive(Debug, Clone)]
 pub(crate) struct Page(Segment);
@@ -91,10 +94,10 @@ impl Page {
     /// the socket instead); otherwise whether the supervisor asked to be
     /// woken (then the caller rings the doorbell).
     pub(crate) fn push(&self, reply: &[u8]) -> Option<bool> {
-        let need = padded(reply.len());
-        if need > RING / 2 {
+        if reply.len() > MAX_REPLY {
             return None;
         }
+        let need = padded(reply.len());
         let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
         let head = self.0.u64(HEAD).load(Ordering::Acquire);
         let to_end = RING - tail % RING;

@@ -331,14 +331,13 @@ impl Inflight {
 /// are handed to an idle worker.
 const STUCK_AFTER: Duration = Duration::from_millis(2);
 
-/// Counts a slot among the idle ones while it lives, and wakes the busy
-/// slots, which hand over the jobs they hold if they are stuck.
+/// Counts a slot among the idle ones while it lives. A stuck slot looks
+/// at the count every [`STUCK_AFTER`], so an idle one need wake nobody.
 struct Hungry<'a>(&'a Shared);
 
 impl<'a> Hungry<'a> {
     fn new(shared: &'a Shared) -> Hungry<'a> {
         shared.hungry.fetch_add(1, Ordering::AcqRel);
-        shared.cancelled.notify_waiters();
         Hungry(shared)
     }
 }
@@ -463,8 +462,9 @@ async fn run(
             requeue(shared, wanted);
         }
         // Fill the window; the jobs go out together, in one write. Behind
-        // a job that runs long, none wait: they would wait for it.
-        let window = if stuck {
+        // a job that runs long, none wait while a worker is idle: they
+        // would wait for it.
+        let window = if idle_elsewhere {
             inflight.concurrency
         } else {
             pace.window(inflight.concurrency, shared.config.window)
@@ -517,8 +517,11 @@ async fn run(
         let waiting = inflight.holds_unstarted();
         // When to look again at whether this worker is stuck, if it holds
         // jobs it could hand over.
-        let stuck_at = if stuck || !waiting {
+        // While stuck, it looks every `STUCK_AFTER` for an idle worker.
+        let stuck_at = if !waiting {
             None
+        } else if stuck {
+            Some(Instant::now() + STUCK_AFTER)
         } else {
             inflight.running_since().map(|t| t + STUCK_AFTER)
         };

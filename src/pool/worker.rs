@@ -9,7 +9,7 @@ use futures::stream::FuturesUnordered;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::page::Page;
+use super::page::{MAX_REPLY, Page};
 use crate::connection::Connection;
 use crate::target::{Resolved, resolve};
 use crate::wire::message::{Outcome, TargetRef};
@@ -269,9 +269,18 @@ fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
 /// the supervisor sleeps, or over the socket if it does not fit. False
 /// once the parent's end is gone.
 async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
-    let pushed = match crate::target::encode_value(&msg) {
-        Ok(bytes) => page.push(&bytes),
-        Err(_) => None,
+    // A reply whose values alone are too big for the ring is encoded once,
+    // for the socket.
+    let too_big = match &msg {
+        Msg::Done { results, .. } => results.values.bytes.len() + 9 * results.len() > MAX_REPLY,
+        _ => false,
+    };
+    let pushed = match too_big {
+        true => None,
+        false => match crate::target::encode_value(&msg) {
+            Ok(bytes) => page.push(&bytes),
+            Err(_) => None,
+        },
     };
     match pushed {
         Some(false) => true,
