@@ -27,8 +27,19 @@ use crate::wire::message::{Outcome, TargetKind, TargetRef};
 /// A boxed future that yields a target's outcome.
 pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
-/// The trampoline of a synchronous target: arguments in, outcome out.
-pub(crate) type SyncEntry = fn(&[u8]) -> Outcome;
+/// The trampoline of a synchronous target: arguments in; the encoded
+/// value appended to the buffer, or how the call failed (never
+/// `Outcome::Returned`, and the buffer is left as it was).
+pub(crate) type SyncEntry = fn(&[u8], &mut Vec<u8>) -> Result<(), Outcome>;
+
+/// Calls a synchronous trampoline for its outcome alone.
+pub(crate) fn call_sync(entry: SyncEntry, args: &[u8]) -> Outcome {
+    let mut out = Vec::new();
+    match entry(args, &mut out) {
+        Ok(()) => Outcome::Returned(out.into()),
+        Err(outcome) => outcome,
+    }
+}
 /// The trampoline of an asynchronous target: arguments in, a future of the outcome out.
 pub(crate) type AsyncEntry = fn(&[u8]) -> OutcomeFuture;
 
@@ -144,19 +155,23 @@ fn finish<R: Serialize>(value: R) -> Outcome {
     }
 }
 
-/// Decodes the arguments, calls, and encodes the value, catching a panic.
-fn run_sync<A, R>(args: &[u8], call: impl FnOnce(A) -> R) -> Outcome
+/// Decodes the arguments, calls, and appends the encoded value to `out`,
+/// catching a panic.
+fn run_sync<A, R>(args: &[u8], out: &mut Vec<u8>, call: impl FnOnce(A) -> R) -> Result<(), Outcome>
 where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let args: A = match decode_value(args) {
-        Ok(a) => a,
-        Err(e) => return Outcome::DecodeArgs(e),
-    };
+    let args: A = decode_value(args).map_err(Outcome::DecodeArgs)?;
     match std::panic::catch_unwind(AssertUnwindSafe(move || call(args))) {
-        Ok(value) => finish(value),
-        Err(payload) => Outcome::Panicked(panic_info(payload)),
+        Ok(value) => {
+            let before = out.len();
+            rmp_serde::encode::write(out, &value).map_err(|e| {
+                out.truncate(before);
+                Outcome::EncodeResult(e.to_string())
+            })
+        }
+        Err(payload) => Err(Outcome::Panicked(panic_info(payload))),
     }
 }
 
@@ -185,13 +200,13 @@ where
     })
 }
 
-fn sync_trampoline<F, A, R>(args: &[u8]) -> Outcome
+fn sync_trampoline<F, A, R>(args: &[u8], out: &mut Vec<u8>) -> Result<(), Outcome>
 where
     F: Fn(A) -> R + Copy,
     A: DeserializeOwned,
     R: Serialize,
 {
-    run_sync(args, |a| {
+    run_sync(args, out, |a| {
         // SAFETY: this trampoline is only named by `Target::__target_ref`
         // for a value of `F` the caller held, so `F` is inhabited;
         // `conjure` checks the size at compile time and `F: Copy` is
@@ -278,13 +293,13 @@ macro_rules! star_targets {
         {
             fn __target_ref(&self) -> TargetRefHidden {
                 #[allow(non_snake_case)]
-                fn trampoline<F, R, $($arg,)+>(args: &[u8]) -> Outcome
+                fn trampoline<F, R, $($arg,)+>(args: &[u8], out: &mut Vec<u8>) -> Result<(), Outcome>
                 where
                     F: Fn($($arg),+) -> R + Copy,
                     $($arg: DeserializeOwned,)+
                     R: Serialize,
                 {
-                    run_sync(args, |($($arg,)+): ($($arg,)+)| {
+                    run_sync(args, out, |($($arg,)+): ($($arg,)+)| {
                         // SAFETY: as in `sync_trampoline`: named only for a
                         // value of `F` that existed, zero-sized by the
                         // compile-time check, and `Copy`.
@@ -342,6 +357,7 @@ star_targets!(A1, A2, A3, A4, A5);
 star_targets!(A1, A2, A3, A4, A5, A6);
 
 /// A target resolved in the child, ready to call.
+#[derive(Clone, Copy)]
 pub(crate) enum Resolved {
     Sync(SyncEntry),
     Async(AsyncEntry),
@@ -439,7 +455,7 @@ mod tests {
         let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
             panic!("kind")
         };
-        let out = entry(&encode_value(&21u32).unwrap());
+        let out = call_sync(entry, &encode_value(&21u32).unwrap());
         let Outcome::Returned(bytes) = out else {
             panic!("{out:?}")
         };
@@ -453,8 +469,9 @@ mod tests {
         let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
             panic!("kind")
         };
-        assert!(matches!(entry(b"\xc1"), Outcome::DecodeArgs(_)));
-        let Outcome::Returned(bytes) = entry(&encode_value(&(5i64, 7i64)).unwrap()) else {
+        assert!(matches!(call_sync(entry, b"\xc1"), Outcome::DecodeArgs(_)));
+        let Outcome::Returned(bytes) = call_sync(entry, &encode_value(&(5i64, 7i64)).unwrap())
+        else {
             panic!()
         };
         assert_eq!(decode_value::<i64>(&bytes).unwrap(), -2);
@@ -483,7 +500,7 @@ mod tests {
         let Resolved::Sync(entry) = (unsafe { resolve(r) }) else {
             panic!("kind")
         };
-        let out = entry(&encode_value(&7u8).unwrap());
+        let out = call_sync(entry, &encode_value(&7u8).unwrap());
         let Outcome::Panicked(info) = out else {
             panic!("{out:?}")
         };

@@ -132,7 +132,7 @@ fn expand<R: DeserializeOwned>(
     out: &mut VecDeque<Result<R, TaskError>>,
 ) {
     match result {
-        Ok(results) => out.extend(results.into_items().map(decode_item::<R>)),
+        Ok(results) => out.extend(results.map_items(decode_item::<R>)),
         Err(e) => out.extend(failures(e, len)),
     }
 }

@@ -803,8 +803,8 @@ impl Pool {
             for r in ready.drain(..) {
                 match r {
                     Ok(results) => {
-                        for item in results.into_items() {
-                            match decode_item::<R>(item) {
+                        for item in results.map_items(decode_item::<R>) {
+                            match item {
                                 Ok(v) => out.push(v),
                                 Err(e) => {
                                     first_err.get_or_insert(e);
@@ -987,10 +987,10 @@ where
 }
 
 fn decode_item<R: DeserializeOwned>(
-    item: std::result::Result<bytes::Bytes, Outcome>,
+    item: std::result::Result<&[u8], Outcome>,
 ) -> std::result::Result<R, TaskError> {
     match item {
-        Ok(bytes) => decode_value(&bytes).map_err(TaskError::Decode),
+        Ok(bytes) => decode_value(bytes).map_err(TaskError::Decode),
         Err(outcome) => decode_outcome(outcome),
     }
 }
@@ -1114,11 +1114,9 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         this.poll_outcomes(cx).map(|r| {
-            let item = r?
-                .into_items()
+            r?.map_items(decode_item)
                 .next()
-                .ok_or_else(|| TaskError::Decode("the worker sent no outcome".to_owned()))?;
-            decode_item(item)
+                .unwrap_or_else(|| Err(TaskError::Decode("the worker sent no outcome".to_owned())))
         })
     }
 }

@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 
 use super::page::{MAX_REPLY, Page};
 use crate::connection::Connection;
-use crate::target::{Resolved, resolve};
+use crate::target::{Resolved, call_sync, resolve};
 use crate::wire::message::{Outcome, TargetRef};
 
 /// The messages between a worker and its slot in the parent, both ways
@@ -56,8 +56,12 @@ impl Results {
         self.failures.len()
     }
 
-    /// The outcomes in order: an encoded value, or how the task failed.
-    pub(crate) fn into_items(self) -> impl Iterator<Item = Result<Bytes, Outcome>> {
+    /// The outcomes in order, each an encoded value (borrowed from the
+    /// buffer, no copy) or how the task failed, passed through `f`.
+    pub(crate) fn map_items<T>(
+        self,
+        mut f: impl FnMut(Result<&[u8], Outcome>) -> T,
+    ) -> impl Iterator<Item = T> {
         let mut failures = self.failures.into_iter().peekable();
         let values = self.values;
         let mut start = 0usize;
@@ -65,8 +69,8 @@ impl Results {
             let (from, to, next) = values.range(start, i);
             start = next;
             match failures.next_if(|(at, _)| *at == i as u64) {
-                Some((_, outcome)) => Err(outcome),
-                None => Ok(values.bytes.slice(from..to)),
+                Some((_, outcome)) => f(Err(outcome)),
+                None => f(Ok(&values.bytes[from..to])),
             }
         })
     }
@@ -134,6 +138,22 @@ impl BatchBuilder {
         }
         self.ends.push(self.buf.len() as u64);
         Ok(())
+    }
+
+    /// Appends one argument (or value) that `write` encodes at the end of
+    /// the buffer; if it fails, the buffer is left as it was.
+    fn push_with<E>(&mut self, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let before = self.buf.len();
+        match write(&mut self.buf) {
+            Ok(()) => {
+                self.ends.push(self.buf.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.truncate(before);
+                Err(e)
+            }
+        }
     }
 
     /// Appends bytes that are already encoded.
@@ -210,15 +230,21 @@ impl Line {
     }
 }
 
-/// Runs one target on one argument.
-async fn run(target: TargetRef, args: &[u8]) -> Outcome {
+/// Turns a target reference from the parent into its trampoline.
+fn resolve_target(target: TargetRef) -> Resolved {
     // SAFETY: `serve` is crate-private, so it only runs as the target of a
     // pool worker, in a child this library started, whose handshake
     // checked that it runs the parent's executable image (the build
     // fingerprint); every `TargetRef` it receives was made by the parent's
-    // `Target::__target_ref` (see `Pool::submit` and the builder).
-    match unsafe { resolve(target) } {
-        Resolved::Sync(entry) => entry(args),
+    // `Target::__target_ref` or `StarTarget::__target_ref` (see the pool's
+    // calls and its builder).
+    unsafe { resolve(target) }
+}
+
+/// Runs one target on one argument (the initializer).
+async fn run(target: TargetRef, args: &[u8]) -> Outcome {
+    match resolve_target(target) {
+        Resolved::Sync(entry) => call_sync(entry, args),
         Resolved::Async(entry) => entry(args).await,
     }
 }
@@ -233,17 +259,26 @@ pub(crate) fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// Runs every argument of a job, in order.
+/// Runs every argument of a job, in order. A synchronous target encodes
+/// its values straight into the reply's buffer.
 async fn run_job(job: Pending) -> (u64, Results) {
     let mut values = BatchBuilder::default();
     let mut failures = Vec::new();
+    let entry = resolve_target(job.target);
     for (i, a) in job.args.iter().enumerate() {
-        match run(job.target, a).await {
-            Outcome::Returned(bytes) => values.push_raw(&bytes),
-            failure => {
-                values.push_raw(&[]);
-                failures.push((i as u64, failure));
-            }
+        let ran = match entry {
+            Resolved::Sync(entry) => values.push_with(|buf| entry(a, buf)),
+            Resolved::Async(entry) => match entry(a).await {
+                Outcome::Returned(bytes) => {
+                    values.push_raw(&bytes);
+                    Ok(())
+                }
+                failure => Err(failure),
+            },
+        };
+        if let Err(failure) = ran {
+            values.push_raw(&[]);
+            failures.push((i as u64, failure));
         }
     }
     let results = Results {
