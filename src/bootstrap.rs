@@ -186,7 +186,7 @@ fn run_target(
     // which the trampolines do first thing (an async one before it returns
     // its future).
     let started = crate::handle::provide_fds(fds, move || match entry {
-        Resolved::Sync(entry) => Err(crate::target::call_sync(entry, &args)),
+        Resolved::Sync(entry) => Err(crate::target::call_sync(entry, args)),
         Resolved::Async(entry) => Ok(entry(args)),
     });
     let outcome = match started {
