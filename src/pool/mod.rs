@@ -86,12 +86,21 @@ enum Reply {
 struct Part {
     group: Arc<Group>,
     index: usize,
+    filled: bool,
+}
+
+impl Part {
+    fn fill(&mut self, result: JobResult) {
+        self.group.put(self.index, result);
+        self.filled = true;
+    }
 }
 
 impl Drop for Part {
     fn drop(&mut self) {
-        // A no-op if the place was filled.
-        self.group.put(self.index, Err(TaskError::Cancelled));
+        if !self.filled {
+            self.group.put(self.index, Err(TaskError::Cancelled));
+        }
     }
 }
 
@@ -109,7 +118,7 @@ impl Reply {
             Reply::One(tx) => {
                 let _ = tx.send(result);
             }
-            Reply::Part(part) => part.group.put(part.index, result),
+            Reply::Part(mut part) => part.fill(result),
         }
     }
 }
@@ -784,6 +793,7 @@ impl Pool {
                 reply: Reply::Part(Part {
                     group: group.clone(),
                     index,
+                    filled: false,
                 }),
             })
             .collect();
