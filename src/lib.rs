@@ -58,6 +58,8 @@
 //! | `Pool(n)`, `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new(n).await?`](Pool::new), [`Pool::builder()`](Pool::builder)`.processes(n).initializer(f, a).max_tasks_per_child(k).build().await?` |
 //! | `pool.apply(f, (x,))`, `pool.apply_async(f, (x,)).get()` | [`pool.apply(f, x).await`](Pool::apply), [`pool.apply_async(f, x).await`](Pool::apply_async) (an [`AsyncResult`]) |
 //! | `pool.map(f, xs)`, `pool.map(f, xs, chunksize)` | [`pool.map(f, xs).await`](Pool::map), [`pool.map_chunked(f, xs, n).await`](Pool::map_chunked) |
+//! | `pool.starmap(f, pairs)` | [`pool.starmap(f, pairs).await`](Pool::starmap) (`f` takes 1 to 6 arguments: [`StarTarget`]) |
+//! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`pool.imap(f, xs)`](Pool::imap), [`pool.imap_unordered(f, xs)`](Pool::imap_unordered): a [`Stream`](futures::Stream) ([`Imap`], [`ImapUnordered`]); also from a `Stream` ([`Pool::imap_stream`]) |
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close()`](Pool::close), [`join().await`](Pool::join), [`terminate().await`](Pool::terminate) |
 //!
 //! # Targets
