@@ -255,6 +255,56 @@ async fn a_failing_initializer_fails_build() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Records its pid; the third worker to get here panics, the others
+/// succeed.
+fn init_third_fails(dir: String) {
+    std::fs::write(format!("{dir}/pid-{}", std::process::id()), b"").unwrap();
+    for k in 0.. {
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(format!("{dir}/slot-{k}"))
+            .is_ok();
+        if claimed {
+            assert!(k != 2, "the third worker fails");
+            return;
+        }
+    }
+}
+
+async fn a_failing_kth_worker_fails_build_and_the_others_are_reaped() -> Result<(), Failed> {
+    let dir = scratch("kth");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let built = mp::Pool::builder()
+        .processes(4)
+        .initializer(init_third_fails, dir.clone())
+        .build()
+        .await;
+    match built {
+        Err(mp::Error::Task(mp::TaskError::Initializer(msg))) => {
+            ensure(msg.contains("the third worker fails"), &msg)?
+        }
+        other => return Err(format!("{other:?}").into()),
+    }
+    let pids: Vec<u32> = std::fs::read_dir(&dir)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("pid-")?.parse().ok()
+        })
+        .collect();
+    ensure(pids.len() >= 3, format!("{} workers started", pids.len()))?;
+    // The workers whose initializer succeeded are terminated and reaped
+    // too, before build returns.
+    for pid in pids {
+        ensure(
+            common::stat_of(pid).is_none(),
+            format!("worker {pid} not reaped"),
+        )?;
+    }
+    Ok(())
+}
+
 /// Succeeds until the file at `path` exists.
 fn init_until(path: String) {
     assert!(!std::path::Path::new(&path).exists(), "the switch is on");
@@ -355,6 +405,11 @@ fn main() {
             a_result_that_fails_to_encode_is_reported,
         ),
         case("close_join_and_terminate", T, close_join_and_terminate),
+        case(
+            "a_failing_kth_worker_fails_build_and_the_others_are_reaped",
+            T,
+            a_failing_kth_worker_fails_build_and_the_others_are_reaped,
+        ),
         case(
             "a_dropped_async_result_never_runs",
             T,
