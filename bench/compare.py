@@ -275,20 +275,26 @@ def memory_title(row):
             f"after a map of {first.get('n', '?')} trivial tasks")
 
 
+def print_aligned(table):
+    """Prints rows of cells in columns: the first and last left-aligned,
+    the others right-aligned, with a rule under the header row."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        line = "  ".join(
+            c.ljust(w) if j in (0, len(row) - 1) else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths))
+        )
+        print(line.rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def print_memory_table(rows, methods):
     header = ["method", "worker RSS KiB", "worker PSS KiB", "RSS py/rust", "PSS py/rust", "notes"]
     for r in rows:
         table = [header] + memory_rows(r, methods)
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         print(memory_title(r))
-        for i, row in enumerate(table):
-            line = "  ".join(
-                c.ljust(w) if j in (0, len(row) - 1) else c.rjust(w)
-                for j, (c, w) in enumerate(zip(row, widths))
-            )
-            print(line.rstrip())
-            if i == 0:
-                print("  ".join("-" * w for w in widths))
+        print_aligned(table)
         print()
     print("KiB = median over workers and reps of VmRSS (/proc/PID/status) and Pss "
           "(/proc/PID/smaps_rollup); py/rust above 1 means this crate's worker is smaller.")
@@ -348,15 +354,7 @@ def print_table(rows, methods, with_procspawn=False):
             cells.append(ratio(ps, rust) if isinstance(ps, dict) else "-")
         cells.append("; ".join(r["notes"]))
         table.append(cells)
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for i, row in enumerate(table):
-        line = "  ".join(
-            c.ljust(w) if j in (0, len(row) - 1) else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths))
-        )
-        print(line.rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_aligned(table)
     print()
     print("us = median microseconds per operation; X/rust = X's time over this crate's, above 1 means this crate is faster.")
 

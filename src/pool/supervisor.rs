@@ -402,19 +402,8 @@ async fn run(
         concurrency: shared.config.concurrency.max(1),
         sent: 0,
     };
-    let mut sent = 0usize;
     let mut busy = false;
     let mut cancels_seen = shared.cancels.load(Ordering::Acquire);
-    let set_busy = |busy: &mut bool, now: bool| {
-        if *busy != now {
-            *busy = now;
-            if now {
-                shared.stats.busy.fetch_add(1, Ordering::Relaxed);
-            } else {
-                shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    };
     let end = loop {
         // Registered before the queue is looked at, so a job pushed after
         // the look still wakes this slot.
@@ -469,10 +458,11 @@ async fn run(
         } else {
             pace.window(inflight.concurrency, shared.config.window)
         };
-        let may_take = |sent: usize| shared.config.max_tasks.is_none_or(|k| sent < k);
+        // Jobs sent to this worker so far, against `max_tasks_per_child`.
+        let may_take = |sent: u64| shared.config.max_tasks.is_none_or(|k| sent < k as u64);
         let mut fed = false;
         let now = Instant::now();
-        while inflight.len() < window && may_take(sent) {
+        while inflight.len() < window && may_take(inflight.sent) {
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
             };
@@ -486,9 +476,8 @@ async fn run(
                 // before the worker can see it.
                 worker.page.reopen(inflight.sent);
             }
-            sent += 1;
             inflight.push(job, now);
-            set_busy(&mut busy, true);
+            set_busy(shared, &mut busy, true);
             fed = true;
             if worker.conn.feed(&msg).is_err() {
                 break;
@@ -501,9 +490,9 @@ async fn run(
             // worker's death below.
             worker.conn.flush_soon();
         }
-        set_busy(&mut busy, !inflight.is_empty());
+        set_busy(shared, &mut busy, !inflight.is_empty());
         if inflight.is_empty() {
-            if !may_take(sent) {
+            if !may_take(inflight.sent) {
                 retire(&mut worker.conn, &worker.process).await;
                 break End::Replace;
             }
@@ -513,7 +502,7 @@ async fn run(
             }
         }
         let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
-        let room = inflight.len() < window && may_take(sent);
+        let room = inflight.len() < window && may_take(inflight.sent);
         let waiting = inflight.holds_unstarted();
         // When to look again at whether this worker is stuck, if it holds
         // jobs it could hand over.
@@ -570,8 +559,21 @@ async fn run(
             }
         }
     };
-    set_busy(&mut busy, false);
+    set_busy(shared, &mut busy, false);
     end
+}
+
+/// Records whether this slot's worker has jobs in flight, in the pool's
+/// count of busy workers.
+fn set_busy(shared: &Shared, busy: &mut bool, now: bool) {
+    if *busy != now {
+        *busy = now;
+        if now {
+            shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Handles one message from a worker: a reply resolves its job.
@@ -592,11 +594,10 @@ fn on_reply(
     if let (Some((pace, now)), true) = (pace, result.is_ok()) {
         pace.done(sent.sent_at, now);
     }
-    if *busy && inflight.is_empty() {
+    if inflight.is_empty() {
         // Counted idle before the result is seen, so stats read after a
         // result agree with it.
-        *busy = false;
-        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+        set_busy(shared, busy, false);
     }
     deliver(shared, sent.job, result);
 }
