@@ -284,6 +284,91 @@ async fn an_async_waiter_takes_over_from_a_dead_holder() -> Result<(), Failed> {
     ensure(lock.is_poisoned(), "poisoned")
 }
 
+/// Lowers this process's descriptor limit to 64 and opens `/dev/null`
+/// until no descriptor is left; returns the descriptors it took, to be
+/// dropped when done.
+fn exhaust_descriptors() -> Vec<std::fs::File> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
+    let mut taken = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => taken.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::EMFILE), "{e}");
+                return taken;
+            }
+        }
+    }
+}
+
+/// What one attempt to lock gave: "acquired", "poisoned" or "timed out".
+fn describe<G>(r: Result<G, TryLockError<G>>) -> String {
+    match r {
+        Ok(_) => "acquired".to_owned(),
+        Err(TryLockError::Poisoned(_)) => "poisoned".to_owned(),
+        Err(TryLockError::WouldBlock) => "timed out".to_owned(),
+    }
+}
+
+/// With no descriptor left (so `/proc` cannot be read), tries the lock
+/// for 1.5 s, blocking and then async; returns what each got and when.
+fn lock_without_descriptors(lock: mp::Lock) -> Vec<(String, u128)> {
+    let taken = exhaust_descriptors();
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let got = describe(lock.blocking_lock_timeout(Duration::from_millis(1500)));
+    out.push((got, t0.elapsed().as_millis()));
+    // The runtime is built before the descriptors run out; its sleeps need
+    // a thread, not a descriptor.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
+    drop(taken);
+    let rt = rt.expect("a runtime");
+    let taken = exhaust_descriptors();
+    let t0 = Instant::now();
+    let got = rt.block_on(async { describe(lock.lock_timeout(Duration::from_millis(1500)).await) });
+    out.push((got, t0.elapsed().as_millis()));
+    drop(taken);
+    out
+}
+
+/// A holder that is alive is never declared dead because a waiter cannot
+/// read `/proc` (it used to be: every failure to read `/proc/PID/stat`
+/// counted as a death, and the waiter took the lock, poisoned, from a
+/// holder that still held it).
+async fn a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors() -> Result<(), Failed> {
+    let lock = mp::Lock::new()?;
+    let held = mp::Event::new()?;
+    let holder = mp::Process::new(hold_forever, (lock.clone(), held.clone()));
+    holder.start().await?;
+    ensure(
+        held.wait_timeout(Duration::from_secs(10)).await,
+        "the holder took the lock",
+    )?;
+    let waiter = mp::Process::new(lock_without_descriptors, lock.clone());
+    waiter.start().await?;
+    let got = waiter.join().await?;
+    ensure(holder.is_alive(), "the holder still lives")?;
+    for (what, ms) in &got {
+        ensure(
+            what == "timed out",
+            format!("the waiter got the lock of a live holder: {got:?}"),
+        )?;
+        ensure(
+            *ms >= 1300,
+            format!("gave up after {ms} ms, before its 1.5 s: {got:?}"),
+        )?;
+    }
+    ensure(got.len() == 2, format!("{got:?}"))?;
+    ensure(!lock.is_poisoned(), "a live holder's lock is not poisoned")?;
+    holder.kill()?;
+    let _ = holder.join().await;
+    Ok(())
+}
+
 fn lock_then_panic(lock: mp::Lock) {
     let _g = lock.blocking_lock().expect("not poisoned");
     panic!("while holding the lock");
@@ -449,6 +534,11 @@ fn main() {
             "an_async_waiter_takes_over_from_a_dead_holder",
             T,
             an_async_waiter_takes_over_from_a_dead_holder,
+        ),
+        case(
+            "a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors",
+            T,
+            a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors,
         ),
         case(
             "a_holder_that_panics_poisons_the_lock",

@@ -21,9 +21,12 @@
 //! and start time (`OWNER`) right after it takes the lock, so that a waiter
 //! can tell a dead holder from a new process that reuses its pid. A waiter
 //! whose sleep times out (every [`INTERVAL`](super::park::INTERVAL)) checks
-//! the holder; if it is gone, the waiter swaps its own pid into the word in
-//! place of the dead one, marks the lock poisoned, and is handed the lock
-//! as `Err(Poisoned(guard))`.
+//! the holder; if it is certainly gone, the waiter swaps its own pid into
+//! the word in place of the dead one, marks the lock poisoned, and is
+//! handed the lock as `Err(Poisoned(guard))`. A holder whose state cannot
+//! be read (the waiter is out of descriptors, or `/proc` hides it) counts
+//! as alive: the waiter sleeps on and asks again, since taking a lock from
+//! a live holder would break mutual exclusion.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
@@ -31,7 +34,7 @@ use std::time::Instant;
 use crate::shm::{HEADER, Kind, Segment};
 use crate::sync::park::{Park, slice};
 use crate::sys::futex::{self, Wait};
-use crate::sys::proc::{self, ProcId};
+use crate::sys::proc::{self, Liveness, ProcId};
 
 /// The lock word.
 const WORD: usize = HEADER;
@@ -144,13 +147,14 @@ impl RawLock {
         // The start time is the holder's own only if it has written its
         // record already; otherwise only the pid's existence can be checked.
         let recorded = owner.pid == pid;
-        proc::is_dead(
-            ProcId {
-                pid,
-                start: if recorded { owner.start } else { 0 },
-            },
-            recorded,
-        )
+        // Only a certain death hands the lock on: a holder whose state
+        // cannot be read (no descriptor left to open `/proc` with, say) is
+        // waited for, and asked about again after the next sleep.
+        let holder = ProcId {
+            pid,
+            start: if recorded { owner.start } else { 0 },
+        };
+        proc::liveness(holder, recorded) == Liveness::Dead
     }
 
     /// One step of the contended path: take the lock if it is free (or its

@@ -89,9 +89,9 @@ struct Stat {
     start: u64,
 }
 
-fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+fn stat(pid: u32) -> std::io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))
 }
 
 /// Parses the state (field 3) and start time (field 22) of a stat line.
@@ -106,30 +106,62 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { state, start })
 }
 
-/// Whether the process recorded as `who` is certainly gone: it does not
-/// exist, has exited (a zombie waiting to be reaped counts as gone), or its
-/// pid now names a process that started at another time. `check_start`
-/// says whether `who.start` was recorded by that very process; when it was
-/// not, only existence is checked.
-pub(crate) fn is_dead(who: ProcId, check_start: bool) -> bool {
+/// What can be told about a process recorded in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// It runs: its pid exists, and where its start time could be
+    /// compared, it matches.
+    Alive,
+    /// It is certainly gone: no process has its pid, it has exited (a
+    /// zombie waiting to be reaped counts as gone), or its pid now names a
+    /// process that started at another time.
+    Dead,
+    /// Its pid exists but `/proc` could not say more: out of descriptors
+    /// (`EMFILE`, `ENFILE`), out of memory, or `/proc` mounted with
+    /// `hidepid`. Never treated as dead: the caller waits and asks again.
+    Unknown,
+}
+
+/// Whether the process recorded as `who` still lives. `check_start` says
+/// whether `who.start` was recorded by that very process; when it was not,
+/// only existence is checked.
+///
+/// Existence is asked of the kernel first (`kill(pid, 0)`, which needs no
+/// descriptor); only `ESRCH` there, or a readable `/proc` entry that
+/// says so, makes a process [`Dead`](Liveness::Dead). A failure to read
+/// `/proc` never does: "cannot tell" is not "gone".
+pub(crate) fn liveness(who: ProcId, check_start: bool) -> Liveness {
     if who.pid == 0 {
-        return false;
+        return Liveness::Alive;
+    }
+    let Ok(raw) = i32::try_from(who.pid) else {
+        // No process has such a pid: a word from a peer that lies.
+        return Liveness::Dead;
+    };
+    let exists = || kill(Pid::from_raw(raw), None) != Err(Errno::ESRCH);
+    if !exists() {
+        return Liveness::Dead;
     }
     match stat(who.pid) {
-        Some(s) => {
-            matches!(s.state, b'Z' | b'X' | b'x')
-                || (check_start && who.start != 0 && s.start as u32 != who.start)
-        }
-        // No /proc entry: gone, unless /proc is not there at all, in which
-        // case ask the kernel whether the pid exists.
-        None => {
-            if std::path::Path::new("/proc/self/stat").exists() {
-                true
+        Ok(s) => {
+            let exited = matches!(s.state, b'Z' | b'X' | b'x');
+            let reused = check_start && who.start != 0 && s.start as u32 != who.start;
+            if exited || reused {
+                Liveness::Dead
             } else {
-                let pid = Pid::from_raw(who.pid as i32);
-                kill(pid, None) == Err(Errno::ESRCH)
+                Liveness::Alive
             }
         }
+        // No entry: the process ended between the two looks (then the
+        // kernel now says so too), or `/proc` hides it from us.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if exists() {
+                Liveness::Unknown
+            } else {
+                Liveness::Dead
+            }
+        }
+        Err(_) => Liveness::Unknown,
     }
 }
 
@@ -151,14 +183,15 @@ mod tests {
         let me = me();
         assert_eq!(me.pid, std::process::id());
         assert_ne!(me.start, 0);
-        assert!(!is_dead(me, true));
+        assert_eq!(liveness(me, true), Liveness::Alive);
         let impostor = ProcId {
             pid: me.pid,
             start: me.start.wrapping_add(1),
         };
-        assert!(is_dead(impostor, true));
-        assert!(
-            !is_dead(impostor, false),
+        assert_eq!(liveness(impostor, true), Liveness::Dead);
+        assert_eq!(
+            liveness(impostor, false),
+            Liveness::Alive,
             "without a start time only existence counts"
         );
         assert_eq!(ProcId::from_bits(me.to_bits()), me);
@@ -169,6 +202,28 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap();
-        assert!(is_dead(ProcId { pid, start: 0 }, false));
+        assert_eq!(liveness(ProcId { pid, start: 0 }, false), Liveness::Dead);
+    }
+
+    #[test]
+    fn a_zombie_is_dead_and_a_pid_out_of_range_too() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        let t0 = std::time::Instant::now();
+        while liveness(ProcId { pid, start: 0 }, false) != Liveness::Dead {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "the zombie never showed as dead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut child = child;
+        child.wait().unwrap();
+        let huge = ProcId {
+            pid: u32::MAX,
+            start: 0,
+        };
+        assert_eq!(liveness(huge, false), Liveness::Dead);
     }
 }
