@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use common::{case, ensure};
+use common::{case, ensure, exhaust_descriptors};
 use libtest_mimic::Failed;
+use serde_bytes::ByteBuf;
 use tokio_multiprocessing as mp;
 
 /// Puts (who, 0), (who, 1), ... until killed.
@@ -385,6 +386,117 @@ async fn producers_and_consumers_killed_at_random() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Takes items until the end marker (`u32::MAX`) or 3 s without one, and
+/// returns their numbers. With `exhaust`, first uses up every descriptor,
+/// so that `/proc` cannot be read while it waits for the queue's lock.
+fn consume_numbers((q, exhaust): (mp::Queue<(u32, ByteBuf)>, bool)) -> Vec<u32> {
+    let _fds = if exhaust {
+        exhaust_descriptors()
+    } else {
+        Vec::new()
+    };
+    let mut got = Vec::new();
+    loop {
+        match q.blocking_get_timeout(Duration::from_secs(3)) {
+            Ok((u32::MAX, _)) | Err(mp::GetError::Empty) => return got,
+            Ok((n, _)) => got.push(n),
+            Err(e) => panic!("get failed: {e}"),
+        }
+    }
+}
+
+/// A consumer is stopped (`SIGSTOP`) again and again, often while it holds
+/// the queue's lock, while a second consumer that has no descriptor left
+/// waits for that lock. The second must wait: the first is alive, only
+/// stopped. Every item is delivered exactly once and `len` never wraps
+/// (both failed when a holder that could not be looked up counted as
+/// dead: the waiter took the lock from under the stopped consumer, both
+/// popped the same item, and the count wrapped to 2^64 - 1).
+async fn a_stopped_consumer_keeps_the_lock_from_one_out_of_descriptors() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let q: mp::Queue<(u32, ByteBuf)> = mp::Queue::new()?;
+    let stopped = mp::Process::new(consume_numbers, (q.clone(), false));
+    let starved = mp::Process::new(consume_numbers, (q.clone(), true));
+    stopped.start().await?;
+    starved.start().await?;
+    let pid = Pid::from_raw(stopped.pid().ok_or("no pid")? as i32);
+    // Large items, so that a consumer spends most of its time copying one
+    // out under the lock, where the stops land.
+    let payload = ByteBuf::from(vec![7u8; 32 * 1024]);
+    let producer = {
+        let q = q.clone();
+        // For 5 s, the queue is kept from running dry, so that the
+        // consumers spend their time taking items rather than asleep.
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            let mut n = 0u32;
+            while Instant::now() < until {
+                if q.len() >= 64 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                for _ in 0..16 {
+                    q.put((n, payload.clone()))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+            }
+            Ok::<_, String>(n)
+        })
+    };
+    let mut stops = 0;
+    let mut longest_len = 0;
+    while !producer.is_finished() {
+        tokio::time::sleep(jitter(10)).await;
+        kill(pid, Signal::SIGSTOP)?;
+        stops += 1;
+        // Longer than a waiter's 50 ms look at the holder.
+        let until = Instant::now() + Duration::from_millis(60) + jitter(60);
+        while Instant::now() < until {
+            longest_len = longest_len.max(q.len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kill(pid, Signal::SIGCONT)?;
+    }
+    let items = producer.await?.map_err(|e| format!("put: {e}"))?;
+    for _ in 0..2 {
+        q.put((u32::MAX, ByteBuf::new()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut all = stopped.join().await?;
+    let from_starved = starved.join().await?;
+    all.extend(&from_starved);
+    while let Ok((n, _)) = q.try_get() {
+        if n != u32::MAX {
+            all.push(n);
+        }
+    }
+    let delivered = all.len();
+    all.sort_unstable();
+    all.dedup();
+    println!(
+        "{stops} stops; {delivered} items delivered, {} to the consumer out of descriptors; longest queue {longest_len}",
+        from_starved.len()
+    );
+    ensure(
+        delivered == all.len(),
+        format!("{} items delivered twice", delivered - all.len()),
+    )?;
+    ensure(
+        all.len() == items as usize,
+        format!("{} of {items} items delivered", all.len()),
+    )?;
+    ensure(
+        longest_len <= 64 + 16 + 2,
+        format!("len() read {longest_len}"),
+    )?;
+    ensure(stops >= 10, format!("only {stops} stops"))?;
+    Ok(())
+}
+
 fn main() {
     let guard = mp::init();
     common::run(
@@ -399,6 +511,11 @@ fn main() {
                 "producers_and_consumers_killed_at_random",
                 Duration::from_secs(60),
                 producers_and_consumers_killed_at_random,
+            ),
+            case(
+                "a_stopped_consumer_keeps_the_lock_from_one_out_of_descriptors",
+                Duration::from_secs(90),
+                a_stopped_consumer_keeps_the_lock_from_one_out_of_descriptors,
             ),
         ],
     )

@@ -8,7 +8,7 @@ use std::sync::TryLockError;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{case, ensure};
+use common::{case, ensure, exhaust_descriptors};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
@@ -282,25 +282,6 @@ async fn an_async_waiter_takes_over_from_a_dead_holder() -> Result<(), Failed> {
     let poisoned = tokio::time::timeout(Duration::from_secs(5), waiting).await??;
     ensure(poisoned, "the async waiter got Err(Poisoned(guard))")?;
     ensure(lock.is_poisoned(), "poisoned")
-}
-
-/// Lowers this process's descriptor limit to 64 and opens `/dev/null`
-/// until no descriptor is left; returns the descriptors it took, to be
-/// dropped when done.
-fn exhaust_descriptors() -> Vec<std::fs::File> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
-    let mut taken = Vec::new();
-    loop {
-        match std::fs::File::open("/dev/null") {
-            Ok(f) => taken.push(f),
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(nix::libc::EMFILE), "{e}");
-                return taken;
-            }
-        }
-    }
 }
 
 /// What one attempt to lock gave: "acquired", "poisoned" or "timed out".

@@ -218,3 +218,22 @@ pub fn reap_if_ended(pid: u32) -> Reap {
         Err(_) => Reap::NotYet,
     }
 }
+
+/// Lowers this process's descriptor limit to 64 and opens `/dev/null`
+/// until no descriptor is left; returns the descriptors it took, to be
+/// dropped when done.
+pub fn exhaust_descriptors() -> Vec<std::fs::File> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
+    let mut taken = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => taken.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::EMFILE), "{e}");
+                return taken;
+            }
+        }
+    }
+}
