@@ -17,19 +17,22 @@
 //! handlers; the program then re-executes itself for every child instead.
 //! Python calls the same idea `forkserver`.
 
-use std::io::{IoSlice, Write};
+use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::OnceCell;
+use tokio_util::codec::Decoder;
 
 use crate::error::ChannelError;
 use crate::sys;
 use crate::wire::blocking::FdFrames;
-use crate::wire::frame::{BlockingFramed, DEFAULT_MAX_FRAME, decode_message, encode_message};
+use crate::wire::frame::{
+    BlockingFramed, DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message,
+};
 use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
 
 /// How a new process is started.
@@ -64,8 +67,27 @@ pub fn get_start_method() -> StartMethod {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How long the parent waits for the server to answer one request.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the parent waits for the server to answer one fork request.
+/// A server that does not answer in time (stopped, hung) is killed.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a new server has to start and say it serves.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long, after the server was lost with a request, the parent waits
+/// to hear from a child the server may have forked for it.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the exit rule waits for the server to leave before it kills it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A lost server is replaced on the next start, unless servers keep failing
+/// before they fork anything: after this many in a row, the program
+/// re-executes for a pause that starts at [`FIRST_BACKOFF`] and doubles
+/// with each further such failure, up to [`MAX_BACKOFF`].
+const FAILURES_BEFORE_BACKOFF: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Exit code of a fork server that refused to serve.
 const REFUSED_EXIT: i32 = 2;
@@ -73,64 +95,157 @@ const REFUSED_EXIT: i32 = 2;
 // ----------------------------------------------------------------- parent
 
 enum State {
+    /// No server runs; one is started on the next fork, unless `retry_at`
+    /// says to re-execute until then.
+    Idle,
     Running(Server),
+    /// The server cannot run in this program (it has threads, or the C
+    /// library needs its fork handlers): every child is re-executed.
     Unavailable,
 }
 
 struct Server {
     child: sys::Child,
-    ch: BlockingFramed<UnixStream>,
+    /// The channel, nonblocking. Each runtime that talks to the server
+    /// registers its own duplicate of it (`reg`).
+    sock: std::os::unix::net::UnixStream,
+    reg: Option<(tokio::runtime::Id, tokio::net::UnixStream)>,
+    codec: FrameCodec,
+    buf: BytesMut,
     next_id: u64,
 }
 
-static SERVER: OnceCell<Mutex<State>> = OnceCell::const_new();
+struct Client {
+    state: State,
+    /// Servers lost in a row before they forked anything.
+    barren: u32,
+    /// Until when to re-execute rather than start a server.
+    retry_at: Option<Instant>,
+}
 
-/// Forks a child whose control socket is `control` through the fork server,
-/// starting the server on first use. `Ok(None)` means the fork server is
-/// not available here and the caller should re-execute instead.
+/// The one client of the fork server. An async lock: a start waits for the
+/// one before it without blocking its thread, and every wait on the server
+/// has a deadline.
+static CLIENT: tokio::sync::Mutex<Client> = tokio::sync::Mutex::const_new(Client {
+    state: State::Idle,
+    barren: 0,
+    retry_at: None,
+});
+
+/// The running server's pid (0: none), readable without the lock.
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// What became of a fork request.
+pub(crate) enum Forked {
+    /// The server forked the child, which waits for its orders on the
+    /// caller's end of the socketpair.
+    Child(sys::Child),
+    /// No fork server serves now: the caller re-executes the program, with
+    /// its end of the socketpair handed back.
+    Declined(OwnedFd),
+    /// The server was lost with the request and no child took the
+    /// socketpair: it is spent, and the caller re-executes with a new one.
+    Spent,
+}
+
+/// Forks a child whose control socket is `theirs` through the fork server
+/// (starting the server if none runs); `ours` is the other end.
 ///
-/// The request is one short blocking round trip on the calling thread
-/// (the fork itself, tens of microseconds), like the `posix_spawn` it
-/// replaces.
-pub(crate) async fn fork(control: &OwnedFd, nonce: u64, detached: bool) -> Option<u32> {
-    let state = SERVER
-        .get_or_init(|| async {
-            let started = tokio::task::spawn_blocking(start_server).await;
-            Mutex::new(started.unwrap_or(State::Unavailable))
-        })
-        .await;
-    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-    let State::Running(server) = &mut *state else {
-        return None;
-    };
-    match server.fork(control, nonce, detached) {
-        Ok(pid) => Some(pid),
-        Err(e) => {
-            tracing::warn!(error = %e, "the fork server failed; re-executing from now on");
-            if let State::Running(server) = std::mem::replace(&mut *state, State::Unavailable) {
-                server.stop();
+/// The request is a short async round trip: no thread blocks on the
+/// server, and each wait has a deadline. A server that fails, dies or
+/// does not answer in time is killed, reaped and, after a pause, replaced.
+/// If it was lost after it received the request, it may have forked the
+/// child already: such a child announces itself on `ours` first thing, so
+/// it is adopted if it does (never a second child on one channel), and
+/// killed and reaped if it shows up too late.
+pub(crate) async fn fork(ours: &OwnedFd, theirs: OwnedFd, nonce: u64, detached: bool) -> Forked {
+    reap_strays();
+    let mut client = CLIENT.lock().await;
+    if matches!(client.state, State::Idle) && client.retry_at.is_none_or(|t| Instant::now() >= t) {
+        client.state = match start_server().await {
+            Ok(server) => {
+                SERVER_PID.store(server.child.pid(), Ordering::Relaxed);
+                State::Running(server)
             }
-            None
-        }
+            Err(StartError::Refused(reason)) => {
+                tracing::debug!(%reason, "no fork server; children are re-executed");
+                State::Unavailable
+            }
+            Err(StartError::Failed(e)) => {
+                tracing::warn!(error = %e, "the fork server failed to start; re-executing for now");
+                client.lost(false);
+                State::Idle
+            }
+        };
     }
+    let State::Running(server) = &mut client.state else {
+        return Forked::Declined(theirs);
+    };
+    let id = server.next_id;
+    server.next_id += 1;
+    match server.fork(id, &theirs, nonce, detached).await {
+        Ok(pid) => {
+            client.barren = 0;
+            client.retry_at = None;
+            return Forked::Child(sys::Child::adopt(pid));
+        }
+        Err(e) => tracing::warn!(error = %e, "the fork server failed; it is replaced"),
+    }
+    let State::Running(server) = std::mem::replace(&mut client.state, State::Idle) else {
+        unreachable!("the server ran a moment ago");
+    };
+    client.lost(server.next_id > 2);
+    drop(client);
+    server.kill().await;
+    // The server is gone, and its copy of `theirs` with it. If it forked
+    // before it died, the child holds the only other copy and says who it
+    // is; if not, nobody does once ours is closed.
+    drop(theirs);
+    claim_orphan(ours, id).await
 }
 
-fn start_server() -> State {
-    match try_start_server() {
-        Ok(state) => state,
+/// Waits for the announcement of a child forked for request `id` by a
+/// server since lost, on `ours`.
+async fn claim_orphan(ours: &OwnedFd, id: u64) -> Forked {
+    let dup = match ours.try_clone() {
+        Ok(fd) => fd,
         Err(e) => {
-            tracing::debug!(error = %e, "no fork server; children are re-executed");
-            State::Unavailable
+            tracing::warn!(error = %e, "cannot look for a child the lost fork server forked");
+            return Forked::Spent;
+        }
+    };
+    let mut announce = Announcement::new(dup);
+    match announce.read(Instant::now() + ANNOUNCE_TIMEOUT).await {
+        Ok(Some(pid)) => {
+            tracing::debug!(pid, id, "adopted the child a lost fork server forked");
+            Forked::Child(sys::Child::adopt(pid))
+        }
+        Ok(None) => Forked::Spent,
+        Err(e) => {
+            tracing::warn!(error = %e, "no word from the child the lost fork server may have forked; \
+                it is killed and reaped if it shows up");
+            stray(Stray::Unannounced(announce));
+            Forked::Spent
         }
     }
 }
 
-fn try_start_server() -> std::io::Result<State> {
+enum StartError {
+    /// The server cannot serve in this program; do not try again.
+    Refused(String),
+    /// Starting it failed; try again later.
+    Failed(ChannelError),
+}
+
+async fn start_server() -> Result<Server, StartError> {
     if !sys::libc_allows_raw_fork() {
-        return Ok(State::Unavailable);
+        return Err(StartError::Refused(
+            "the C library needs its own fork handlers".to_owned(),
+        ));
     }
-    let (ours, theirs) = sys::socketpair()?;
-    let nonce = crate::process::nonce()?;
+    let io = |e: std::io::Error| StartError::Failed(e.into());
+    let (ours, theirs) = sys::socketpair().map_err(io)?;
+    let nonce = crate::process::nonce().map_err(io)?;
     let env = sys::child_env(
         crate::bootstrap::CHILD_ENV,
         (
@@ -138,45 +253,98 @@ fn try_start_server() -> std::io::Result<State> {
             &format!("{}:{nonce:016x}", sys::CHILD_FD),
         ),
     );
-    let child = sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, false)?;
+    let child = sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, false).map_err(io)?;
     drop(theirs);
-    let stream = UnixStream::from(ours);
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    let mut ch = BlockingFramed::new(stream, DEFAULT_MAX_FRAME);
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        fingerprint: crate::target::fingerprint(),
-        nonce,
-        max_frame: DEFAULT_MAX_FRAME as u64,
-    };
-    let answer = ch
-        .send(&hello)
-        .and_then(|()| ch.send(&ParentMsg::Serve))
-        .and_then(|()| ch.recv::<ChildMsg>());
-    let server = Server {
+    let sock = std::os::unix::net::UnixStream::from(ours);
+    let mut server = Server {
         child,
-        ch,
+        reg: None,
+        codec: FrameCodec::new(DEFAULT_MAX_FRAME),
+        buf: BytesMut::new(),
         next_id: 1,
+        sock,
     };
+    let answer = server.handshake(nonce).await;
     match answer {
         Ok(ChildMsg::Serving) => {
             tracing::debug!(pid = server.child.pid(), "fork server started");
-            Ok(State::Running(server))
+            Ok(server)
         }
-        other => {
-            tracing::debug!(answer = ?other, "the fork server declined");
-            server.stop();
-            Ok(State::Unavailable)
+        Ok(ChildMsg::Refused { reason }) => {
+            server.kill().await;
+            Err(StartError::Refused(reason))
+        }
+        Ok(other) => {
+            server.kill().await;
+            Err(StartError::Failed(ChannelError::Malformed(format!(
+                "unexpected answer from the fork server: {other:?}"
+            ))))
+        }
+        Err(e) => {
+            server.kill().await;
+            Err(StartError::Failed(e))
+        }
+    }
+}
+
+impl Client {
+    /// Records that a server was lost (`forked`: after it had forked a
+    /// child). The next start replaces it, unless servers keep failing
+    /// before they fork anything.
+    fn lost(&mut self, forked: bool) {
+        SERVER_PID.store(0, Ordering::Relaxed);
+        if forked {
+            self.barren = 0;
+            self.retry_at = None;
+            return;
+        }
+        self.barren += 1;
+        if self.barren >= FAILURES_BEFORE_BACKOFF {
+            let doublings = (self.barren - FAILURES_BEFORE_BACKOFF).min(16);
+            let pause = (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF);
+            self.retry_at = Some(Instant::now() + pause);
         }
     }
 }
 
 impl Server {
-    fn fork(&mut self, control: &OwnedFd, nonce: u64, detached: bool) -> Result<u32, ChannelError> {
-        let id = self.next_id;
-        self.next_id += 1;
+    /// The channel, registered with the current runtime.
+    fn registered(&mut self) -> std::io::Result<&tokio::net::UnixStream> {
+        let id = tokio::runtime::Handle::current().id();
+        if self.reg.as_ref().is_none_or(|(rt, _)| *rt != id) {
+            let dup = self.sock.try_clone()?;
+            dup.set_nonblocking(true)?;
+            self.reg = Some((id, tokio::net::UnixStream::from_std(dup)?));
+        }
+        Ok(&self.reg.as_ref().expect("registered above").1)
+    }
+
+    /// Sends the handshake and the order to serve; returns the answer.
+    async fn handshake(&mut self, nonce: u64) -> Result<ChildMsg, ChannelError> {
+        let mut frame = BytesMut::new();
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            fingerprint: crate::target::fingerprint(),
+            nonce,
+            max_frame: DEFAULT_MAX_FRAME as u64,
+        };
+        encode_message(&hello, &mut frame, DEFAULT_MAX_FRAME)?;
+        encode_message(&ParentMsg::Serve, &mut frame, DEFAULT_MAX_FRAME)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        self.send(&frame, None, deadline).await?;
+        self.recv(deadline).await
+    }
+
+    /// Asks for a fork of a child whose control socket is `control`, and
+    /// returns its pid.
+    async fn fork(
+        &mut self,
+        id: u64,
+        control: &OwnedFd,
+        nonce: u64,
+        detached: bool,
+    ) -> Result<u32, ChannelError> {
         let mut frame = BytesMut::new();
         encode_message(
             &ParentMsg::Fork {
@@ -187,47 +355,278 @@ impl Server {
             &mut frame,
             DEFAULT_MAX_FRAME,
         )?;
-        let sock = self.ch.get_ref();
-        let sent =
-            sys::scm::send_with_fds(sock.as_fd(), &[IoSlice::new(&frame)], &[control.as_fd()])?;
-        (&*sock).write_all(&frame[sent..])?;
-        match self.ch.recv::<ChildMsg>()? {
-            ChildMsg::Forked { id: got, pid } if got == id => Ok(pid),
-            ChildMsg::ForkFailed { error, .. } => {
-                Err(ChannelError::Io(std::io::Error::other(error)))
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        self.send(&frame, Some(control), deadline).await?;
+        loop {
+            match self.recv(deadline).await? {
+                ChildMsg::Forked { id: got, pid } if got == id => return Ok(pid),
+                ChildMsg::ForkFailed { id: got, error } if got == id => {
+                    return Err(ChannelError::Io(std::io::Error::other(error)));
+                }
+                // The answer to a request whose start was cancelled while
+                // it waited: its child saw its channel close and exits.
+                ChildMsg::Forked { pid, .. } => {
+                    let child = sys::Child::adopt(pid);
+                    let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+                    stray(Stray::Child(child));
+                }
+                ChildMsg::ForkFailed { .. } => {}
+                other => {
+                    return Err(ChannelError::Malformed(format!(
+                        "unexpected answer from the fork server: {other:?}"
+                    )));
+                }
             }
-            other => Err(ChannelError::Malformed(format!(
-                "unexpected answer from the fork server: {other:?}"
-            ))),
         }
     }
 
-    /// Closes the channel (the server exits when it sees that) and reaps it.
-    fn stop(self) {
-        let Server { child, ch, .. } = self;
-        drop(ch);
-        child.wait_exited_blocking(None);
+    /// Writes `frame`, with `fd` attached to its first byte, by `deadline`.
+    async fn send(
+        &mut self,
+        frame: &[u8],
+        fd: Option<&OwnedFd>,
+        deadline: Instant,
+    ) -> Result<(), ChannelError> {
+        let sock = self.registered()?;
+        let mut sent = 0;
+        while sent < frame.len() {
+            timeout_at(deadline, sock.writable()).await??;
+            let fds: Vec<_> = match fd {
+                Some(fd) if sent == 0 => vec![fd.as_fd()],
+                _ => Vec::new(),
+            };
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                sys::scm::send_with_fds(sock.as_fd(), &[IoSlice::new(&frame[sent..])], &fds)
+            }) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next message by `deadline`.
+    async fn recv(&mut self, deadline: Instant) -> Result<ChildMsg, ChannelError> {
+        loop {
+            if let Some(body) = self.codec.decode(&mut self.buf)? {
+                return decode_message(&body);
+            }
+            let Server { reg, buf, .. } = &mut *self;
+            let sock = match reg {
+                Some((_, sock)) => sock,
+                None => return Err(ChannelError::Closed),
+            };
+            timeout_at(deadline, sock.readable()).await??;
+            buf.reserve(256);
+            match sock.try_read_buf(buf) {
+                Ok(0) => return Err(ChannelError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Kills the server and reaps it, giving up the wait after a moment
+    /// (then the exit rule reaps it).
+    async fn kill(self) {
+        let Server {
+            child, sock, reg, ..
+        } = self;
+        drop(reg);
+        drop(sock);
+        let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = timeout_at(Instant::now() + STOP_TIMEOUT, child.exited()).await;
+        if !matches!(child.try_reap(), Ok(Some(_))) {
+            stray(Stray::Child(child));
+        }
+    }
+
+    /// Closes the channel (the server exits when it sees that) and reaps
+    /// the server, killing it if it has not left within [`STOP_TIMEOUT`].
+    /// Blocks the thread: for the exit rule.
+    fn stop_blocking(self) {
+        let Server {
+            child, sock, reg, ..
+        } = self;
+        drop(reg);
+        drop(sock);
+        if !child.wait_exited_timeout_blocking(STOP_TIMEOUT) {
+            let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+            child.wait_exited_blocking(None);
+        }
         let _ = child.try_reap();
     }
+}
+
+/// A deadline on a wait of the fork server's, as an I/O error.
+async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> std::io::Result<F::Output> {
+    tokio::time::timeout_at(deadline.into(), f)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the fork server did not answer in time",
+            )
+        })
+}
+
+/// Reads the one frame a child forked by the server writes first on its
+/// control socket: `ChildMsg::Forked` with its pid.
+struct Announcement {
+    fd: OwnedFd,
+    codec: FrameCodec,
+    buf: BytesMut,
+}
+
+impl Announcement {
+    fn new(fd: OwnedFd) -> Announcement {
+        Announcement {
+            fd,
+            codec: FrameCodec::new(ANNOUNCEMENT_MAX),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The announced pid; `None` when the channel closed with no word (no
+    /// child holds it). Waits until `deadline`.
+    async fn read(&mut self, deadline: Instant) -> Result<Option<u32>, ChannelError> {
+        let dup = std::os::unix::net::UnixStream::from(self.fd.try_clone()?);
+        dup.set_nonblocking(true)?;
+        let sock = tokio::net::UnixStream::from_std(dup)?;
+        loop {
+            if let Some(pid) = self.decode()? {
+                return Ok(Some(pid));
+            }
+            timeout_at(deadline, sock.readable()).await??;
+            match sock.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads what has arrived without waiting: `Ok(Some(pid))` once the
+    /// announcement is in, `Err(Closed)` when the channel closed without it.
+    fn poll_now(&mut self) -> Result<Option<u32>, ChannelError> {
+        loop {
+            if let Some(pid) = self.decode()? {
+                return Ok(Some(pid));
+            }
+            match sys::stream::recv_into(self.fd.as_fd(), &mut self.buf, ANNOUNCEMENT_MAX, false) {
+                Ok(0) => return Err(ChannelError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Result<Option<u32>, ChannelError> {
+        match self.codec.decode(&mut self.buf)? {
+            None => Ok(None),
+            Some(body) => match decode_message::<ChildMsg>(&body)? {
+                ChildMsg::Forked { pid, .. } => Ok(Some(pid)),
+                other => Err(ChannelError::Malformed(format!(
+                    "a forked child announced itself with {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// The largest announcement frame.
+const ANNOUNCEMENT_MAX: usize = 64;
+
+/// A process of ours, or one that may be, that no `Process` tracks: the
+/// leftovers of a fork server lost in the middle of a request.
+enum Stray {
+    /// A child that was killed and must be reaped.
+    Child(sys::Child),
+    /// The channel of a child the lost server may have forked: if it
+    /// announces itself, it is killed and reaped.
+    Unannounced(Announcement),
+}
+
+static STRAYS: Mutex<Vec<Stray>> = Mutex::new(Vec::new());
+
+fn stray(s: Stray) {
+    STRAYS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(s);
+}
+
+/// Reaps the strays that have ended, without blocking.
+fn reap_strays() {
+    let mut strays = STRAYS.lock().unwrap_or_else(PoisonError::into_inner);
+    if strays.is_empty() {
+        return;
+    }
+    let mut kept = Vec::new();
+    for s in strays.drain(..) {
+        match s {
+            Stray::Child(child) => {
+                if !matches!(child.try_reap(), Ok(Some(_))) {
+                    kept.push(Stray::Child(child));
+                }
+            }
+            Stray::Unannounced(mut a) => match a.poll_now() {
+                Ok(Some(pid)) => {
+                    let child = sys::Child::adopt(pid);
+                    let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+                    kept.push(Stray::Child(child));
+                }
+                Ok(None) => kept.push(Stray::Unannounced(a)),
+                Err(_) => {}
+            },
+        }
+    }
+    *strays = kept;
 }
 
 /// The pid of the running fork server, if there is one (for tests).
 #[doc(hidden)]
 pub fn __fork_server_pid() -> Option<u32> {
-    let state = SERVER.get()?.lock().unwrap_or_else(PoisonError::into_inner);
-    match &*state {
-        State::Running(server) => Some(server.child.pid()),
-        State::Unavailable => None,
+    match SERVER_PID.load(Ordering::Relaxed) {
+        0 => None,
+        pid => Some(pid),
     }
 }
 
-/// Stops the fork server, if one runs; part of the exit rule.
+/// Stops the fork server, if one runs, and reaps the strays; part of the
+/// exit rule. Blocks the thread, each wait with a deadline.
 pub(crate) fn shutdown() {
-    if let Some(state) = SERVER.get() {
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let State::Running(server) = std::mem::replace(&mut *state, State::Unavailable) {
-            server.stop();
+    // Not `blocking_lock`: this may run inside a runtime (the guard of a
+    // `#[tokio::main]`). A start still holding the lock cannot finish now.
+    match CLIENT.try_lock() {
+        Ok(mut client) => {
+            let state = std::mem::replace(&mut client.state, State::Unavailable);
+            if let State::Running(server) = state {
+                SERVER_PID.store(0, Ordering::Relaxed);
+                server.stop_blocking();
+            }
         }
+        Err(_) => {
+            if let Some(pid) = __fork_server_pid() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        reap_strays();
+        let left = STRAYS.lock().unwrap_or_else(PoisonError::into_inner).len();
+        if left == 0 || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -255,6 +654,8 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
         return 1;
     }
     let mut reader = FdFrames::new(max_frame);
+    #[cfg(feature = "test-support")]
+    let mut faults = Faults::from_env();
     loop {
         let body = match reader.next(&sock) {
             Ok(body) => body,
@@ -277,7 +678,7 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
         };
         let Some(control) = reader.take_fd() else {
             let error = "the request carried no control socket".to_owned();
-            if reply(&sock, &ChildMsg::ForkFailed { id, error }).is_err() {
+            if reply(sock.as_fd(), &ChildMsg::ForkFailed { id, error }).is_err() {
                 return 1;
             }
             continue;
@@ -291,6 +692,20 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
                 drop(reader);
                 drop(sock);
                 sys::set_interrupt_ignored(false);
+                // Say who we are first, so that a parent that lost the
+                // server before its reply still finds this child.
+                if reply(
+                    &control,
+                    &ChildMsg::Forked {
+                        id,
+                        pid: std::process::id(),
+                    },
+                )
+                .is_err()
+                {
+                    // The parent is gone already.
+                    std::process::exit(REFUSED_EXIT);
+                }
                 if detached {
                     let _ = nix::unistd::setsid();
                 }
@@ -298,13 +713,15 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
             }
             Ok(Some(pid)) => {
                 drop(control);
-                if reply(&sock, &ChildMsg::Forked { id, pid }).is_err() {
+                #[cfg(feature = "test-support")]
+                faults.after_fork();
+                if reply(sock.as_fd(), &ChildMsg::Forked { id, pid }).is_err() {
                     return 1;
                 }
             }
             Err(e) => {
                 if reply(
-                    &sock,
+                    sock.as_fd(),
                     &ChildMsg::ForkFailed {
                         id,
                         error: e.to_string(),
@@ -319,9 +736,48 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
     }
 }
 
-fn reply(mut sock: &UnixStream, msg: &ChildMsg) -> Result<(), ChannelError> {
+fn reply(sock: impl AsFd, msg: &ChildMsg) -> Result<(), ChannelError> {
     let mut frame = BytesMut::new();
     encode_message(msg, &mut frame, DEFAULT_MAX_FRAME)?;
-    sock.write_all(&frame)?;
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        match sys::stream::send(sock.as_fd(), rest, true) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
+}
+
+/// Faults a test can ask the fork server for, through
+/// `TOKIO_MULTIPROCESSING_TEST_FAULTS` in the program's environment
+/// (comma-separated): `forkserver-exit-after-fork=N` makes each server
+/// exit right after its `N`-th fork, before it replies.
+#[cfg(feature = "test-support")]
+struct Faults {
+    exit_after_fork: Option<u64>,
+    forks: u64,
+}
+
+#[cfg(feature = "test-support")]
+impl Faults {
+    fn from_env() -> Faults {
+        let spec = std::env::var("TOKIO_MULTIPROCESSING_TEST_FAULTS").unwrap_or_default();
+        let exit_after_fork = spec
+            .split(',')
+            .find_map(|f| f.strip_prefix("forkserver-exit-after-fork="))
+            .and_then(|n| n.parse().ok());
+        Faults {
+            exit_after_fork,
+            forks: 0,
+        }
+    }
+
+    fn after_fork(&mut self) {
+        self.forks += 1;
+        if self.exit_after_fork == Some(self.forks) {
+            sys::exit_immediately(0);
+        }
+    }
 }

@@ -168,6 +168,9 @@ impl ChildState {
                 }
             }
             Ok(ChildMsg::Refused { reason }) => *report = Report::Refused(reason),
+            // A child forked by the fork server says who it is before
+            // anything else (see `forkserver::fork`).
+            Ok(ChildMsg::Forked { pid, .. }) if Some(pid) == self.pid() => {}
             Ok(
                 other @ (ChildMsg::Serving | ChildMsg::Forked { .. } | ChildMsg::ForkFailed { .. }),
             ) => {

@@ -43,7 +43,7 @@ use serde::de::DeserializeOwned;
 
 use crate::bootstrap::CHILD_ENV;
 use crate::error::{Error, ProcessError, Result, signal_name};
-use crate::forkserver::{StartMethod, get_start_method};
+use crate::forkserver::{Forked, StartMethod, get_start_method};
 use crate::sentinel::Sentinel;
 use crate::sys;
 use crate::target::{Target, decode_value, encode_value, fingerprint};
@@ -377,23 +377,34 @@ impl<R: DeserializeOwned> Process<R> {
         };
         encode_message(&run, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
 
-        let (ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
+        let (mut ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
         let detached = self.identity.detached;
         let forked = match self.start_method.unwrap_or_else(get_start_method) {
-            StartMethod::ForkServer => crate::forkserver::fork(&theirs, nonce, detached).await,
-            StartMethod::Spawn => None,
+            StartMethod::ForkServer => {
+                crate::forkserver::fork(&ours, theirs, nonce, detached).await
+            }
+            StartMethod::Spawn => Forked::Declined(theirs),
         };
-        let child = match forked {
-            Some(pid) => sys::Child::adopt(pid),
-            None => {
-                let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
-                let env = sys::child_env(CHILD_ENV, (CHILD_ENV, &marker));
-                sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, detached)
-                    .map_err(ProcessError::Spawn)?
+        let respawn = |theirs: &std::os::fd::OwnedFd| {
+            let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
+            let env = sys::child_env(CHILD_ENV, (CHILD_ENV, &marker));
+            sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, detached)
+                .map_err(ProcessError::Spawn)
+        };
+        let (child, theirs) = match forked {
+            Forked::Child(child) => (child, None),
+            Forked::Declined(theirs) => (respawn(&theirs)?, Some(theirs)),
+            Forked::Spent => {
+                // The fork server was lost with our socketpair: a fresh one,
+                // so that no other process shares the new child's channel.
+                let (fresh_ours, fresh_theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
+                ours = fresh_ours;
+                (respawn(&fresh_theirs)?, Some(fresh_theirs))
             }
         };
+        let forked = theirs.is_none();
         drop(theirs);
-        tracing::debug!(pid = child.pid(), name = %self.identity.name, forked = forked.is_some(), "started child");
+        tracing::debug!(pid = child.pid(), name = %self.identity.name, forked, "started child");
         child::start_watcher(
             self.state.clone(),
             child,

@@ -164,11 +164,32 @@ impl Child {
     /// Blocks the calling thread until the child has exited (it is not
     /// reaped), reading and discarding whatever arrives on `drain` in the
     /// meantime, so that a child blocked writing to us can finish.
-    pub(crate) fn wait_exited_blocking(&self, mut drain: Option<BorrowedFd<'_>>) {
+    pub(crate) fn wait_exited_blocking(&self, drain: Option<BorrowedFd<'_>>) {
+        self.wait_exited_until(drain, None);
+    }
+
+    /// Blocks the calling thread until the child has exited (it is not
+    /// reaped) or `timeout` has passed; says whether it exited.
+    pub(crate) fn wait_exited_timeout_blocking(&self, timeout: std::time::Duration) -> bool {
+        self.wait_exited_until(None, std::time::Instant::now().checked_add(timeout))
+    }
+
+    fn wait_exited_until(
+        &self,
+        mut drain: Option<BorrowedFd<'_>>,
+        deadline: Option<std::time::Instant>,
+    ) -> bool {
         loop {
             if self.pidfd.is_none() && self.has_exited().unwrap_or(true) {
-                return;
+                return true;
             }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return self.has_exited().unwrap_or(true),
+                },
+            };
             let mut fds = Vec::with_capacity(2);
             if let Some(fd) = &self.pidfd {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
@@ -176,10 +197,16 @@ impl Child {
             if let Some(d) = drain {
                 fds.push(PollFd::new(d, PollFlags::POLLIN));
             }
-            let timeout = if self.pidfd.is_some() {
-                PollTimeout::NONE
+            let most = if self.pidfd.is_some() {
+                None
             } else {
-                PollTimeout::from(10u16)
+                Some(10u16)
+            };
+            let ms = |d: std::time::Duration| u16::try_from(d.as_millis()).unwrap_or(u16::MAX);
+            let timeout = match (left.map(|d| ms(d).max(1)), most) {
+                (None, None) => PollTimeout::NONE,
+                (Some(a), Some(b)) => PollTimeout::from(a.min(b)),
+                (Some(a), None) | (None, Some(a)) => PollTimeout::from(a),
             };
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -199,7 +226,7 @@ impl Child {
                 }
             }
             if pid_ready {
-                return;
+                return true;
             }
             if drain_ready
                 && let Some(d) = drain

@@ -1,0 +1,234 @@
+//! The fork server misbehaves: it is killed at random, dies between a fork
+//! and its reply, or is stopped while starts wait on it. Starts never put
+//! two children on one channel, never leave a zombie, never wait without a
+//! deadline, and never block the runtime's threads.
+//!
+//! Every fork server of this binary exits right after its seventh fork,
+//! before it replies (`TOKIO_MULTIPROCESSING_TEST_FAULTS`, set in `main`
+//! before anything else runs, read by the server under the crate's
+//! `test-support` feature), on top of the kills the cases deal out.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{case, ensure, zombie_children};
+use libtest_mimic::Failed;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_multiprocessing as mp;
+
+/// Which process ran the target.
+fn whoami(tag: u32) -> (u32, u32) {
+    (std::process::id(), tag)
+}
+
+/// A little pseudo-randomness from the clock.
+fn jitter(max_ms: u64) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(nanos) % max_ms.max(1))
+}
+
+fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// Four tasks start and join processes for 8 s while the fork server is
+/// SIGKILLed at random (and dies by itself after every seventh fork,
+/// between the fork and its reply). Each join gives the value of the very
+/// process the parent tracks, quickly; no zombie is left.
+async fn a_lost_fork_server_never_puts_two_children_on_one_channel() -> Result<(), Failed> {
+    let until = Instant::now() + Duration::from_secs(8);
+    let starts = Arc::new(AtomicUsize::new(0));
+    let servers = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for task in 0..4u32 {
+        let starts = starts.clone();
+        let servers = servers.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tag = task * 1_000_000;
+            while Instant::now() < until {
+                tag += 1;
+                let t0 = Instant::now();
+                let p = mp::Process::new(whoami, tag);
+                p.start().await.map_err(|e| format!("start: {e}"))?;
+                if let Some(pid) = mp::__fork_server_pid() {
+                    servers.lock().unwrap().insert(pid);
+                }
+                let (ran_in, echoed) = p.join().await.map_err(|e| format!("join: {e}"))?;
+                let took = t0.elapsed();
+                if Some(ran_in) != p.pid() || echoed != tag {
+                    return Err(format!(
+                        "the target ran in {ran_in} (tag {echoed}) but the parent tracks {:?} (tag {tag})",
+                        p.pid()
+                    ));
+                }
+                if took > Duration::from_secs(6) {
+                    return Err(format!("a start and join took {took:?}"));
+                }
+                starts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    let mut kills = 0;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5) + jitter(40)).await;
+        if let Some(pid) = mp::__fork_server_pid() {
+            signal(pid, Signal::SIGKILL);
+            kills += 1;
+        }
+    }
+    for t in tasks {
+        t.await?.map_err(Failed::from)?;
+    }
+    let starts = starts.load(Ordering::Relaxed);
+    let servers = servers.lock().unwrap().len();
+    println!("{starts} starts, {kills} kills, {servers} fork servers seen");
+    ensure(starts > 100, format!("only {starts} starts"))?;
+    ensure(
+        servers > 10,
+        format!("only {servers} fork servers: lost ones are not replaced"),
+    )?;
+    // Everything reaped: the children, the dead servers and the children
+    // they forked for starts that lost them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let zombies = zombie_children();
+        if zombies.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("zombies left: {zombies:?}").into());
+        }
+        // Strays are reaped at the next start.
+        let p = mp::Process::new(whoami, 0);
+        p.start().await?;
+        p.join().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fork server is stopped (SIGSTOP) while starts wait on it. The
+/// runtime's timers go on ticking, the starts finish within the reply
+/// deadline plus a moment (the server is killed and replaced, or the start
+/// re-executes), and the stopped server is reaped.
+async fn a_stopped_fork_server_freezes_nothing() -> Result<(), Failed> {
+    // Make sure a server runs (one dies after every seventh fork here),
+    // then stop it.
+    let mut running = None;
+    for _ in 0..20 {
+        let p = mp::Process::new(whoami, 1);
+        p.start().await?;
+        p.join().await?;
+        running = mp::__fork_server_pid();
+        if running.is_some() {
+            break;
+        }
+    }
+    let Some(server) = running else {
+        return Err("no fork server runs".into());
+    };
+    signal(server, Signal::SIGSTOP);
+    // Should the runtime freeze, this thread lets the server go after 30 s,
+    // so that the case fails on its figures instead of hanging.
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !done.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            signal(server, Signal::SIGCONT);
+        });
+    }
+    let ticks = Arc::new(AtomicU32::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let t0 = Instant::now();
+    let mut starts = Vec::new();
+    for tag in 0..4 {
+        starts.push(tokio::spawn(async move {
+            let p = mp::Process::new(whoami, tag);
+            p.start().await.map_err(|e| e.to_string())?;
+            let (ran_in, _) = p.join().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(Some(ran_in) == p.pid())
+        }));
+    }
+    // Two seconds in, the starts still wait on the stopped server, but the
+    // runtime is free.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticked = ticks.load(Ordering::Relaxed);
+    for s in starts {
+        ensure(s.await?.map_err(Failed::from)?, "the tracked child ran it")?;
+    }
+    let took = t0.elapsed();
+    done.store(true, Ordering::Relaxed);
+    ticker.abort();
+    println!("{ticked} ticks in the first 2 s; the starts took {took:?}");
+    ensure(
+        ticked >= 50,
+        format!("the runtime froze: {ticked} ticks of 10 ms in 2 s"),
+    )?;
+    ensure(
+        took < Duration::from_secs(8),
+        format!("the starts took {took:?} with the server stopped"),
+    )?;
+    ensure(
+        mp::__fork_server_pid() != Some(server),
+        "the stopped server was replaced",
+    )?;
+    // The stopped server was killed and reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::stat_of(server).is_some() {
+        if Instant::now() >= deadline {
+            return Err(format!("the stopped server {server} was not reaped").into());
+        }
+        let p = mp::Process::new(whoami, 9);
+        p.start().await?;
+        p.join().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn main() {
+    // SAFETY: nothing else runs yet: no thread of ours reads the
+    // environment while it is changed.
+    unsafe {
+        std::env::set_var(
+            "TOKIO_MULTIPROCESSING_TEST_FAULTS",
+            "forkserver-exit-after-fork=7",
+        )
+    };
+    let guard = mp::init();
+    common::run_one_at_a_time(
+        guard,
+        vec![
+            case(
+                "a_lost_fork_server_never_puts_two_children_on_one_channel",
+                Duration::from_secs(60),
+                a_lost_fork_server_never_puts_two_children_on_one_channel,
+            ),
+            case(
+                "a_stopped_fork_server_freezes_nothing",
+                Duration::from_secs(60),
+                a_stopped_fork_server_freezes_nothing,
+            ),
+        ],
+    )
+}
