@@ -200,6 +200,72 @@ async fn a_replacement_killed_while_starting_is_replaced_again() -> Result<(), F
     Ok(())
 }
 
+/// Sleeps `ms`, then says which worker ran it.
+fn sleep_then_pid(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// An idle worker of `Pool(2)` is stopped (`SIGSTOP`), then 40 tasks of
+/// 20 ms are mapped. The jobs the stopped worker was sent but never
+/// started go to the running worker through the gate: the map completes,
+/// every task ran in the running worker, and with a task timeout none
+/// fails `TimedOut` for a task that never started. (Before, the map hung
+/// with the other worker idle, or failed `TimedOut`.)
+async fn a_stopped_idle_worker_strands_no_job() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    for timeout in [None, Some(Duration::from_secs(2))] {
+        let mut builder = mp::Pool::builder().processes(2);
+        if let Some(t) = timeout {
+            builder = builder.task_timeout(t);
+        }
+        let pool = builder.build().await?;
+        let mut workers = std::collections::HashSet::new();
+        for _ in 0..50 {
+            workers.extend(pool.map_chunked(sleep_then_pid, [30, 30], 1).await?);
+            if workers.len() == 2 {
+                break;
+            }
+        }
+        ensure(workers.len() == 2, format!("found the workers {workers:?}"))?;
+        let victim = *workers.iter().next().expect("two workers");
+        let victim_pid = nix::unistd::Pid::from_raw(victim as i32);
+        kill(victim_pid, Signal::SIGSTOP)?;
+        let t0 = Instant::now();
+        let mapped = tokio::time::timeout(
+            Duration::from_secs(20),
+            pool.map_chunked(sleep_then_pid, vec![20u64; 40], 1),
+        )
+        .await;
+        let took = t0.elapsed();
+        kill(victim_pid, Signal::SIGCONT)?;
+        let ran_in = match mapped {
+            Ok(Ok(ran_in)) => ran_in,
+            Ok(Err(e)) => return Err(format!("timeout {timeout:?}: the map failed: {e}").into()),
+            Err(_) => {
+                return Err(
+                    format!("timeout {timeout:?}: the map hung behind a stopped worker").into(),
+                );
+            }
+        };
+        ensure(
+            ran_in.iter().all(|&p| p != victim),
+            format!("timeout {timeout:?}: a task ran in the stopped worker"),
+        )?;
+        ensure(
+            took < Duration::from_secs(10),
+            format!("timeout {timeout:?}: the map took {took:?}"),
+        )?;
+        let stats = pool.stats();
+        ensure(
+            stats.restarted == 0,
+            format!("no worker replaced: {stats:?}"),
+        )?;
+        pool.terminate().await;
+    }
+    Ok(())
+}
+
 fn main() {
     let guard = mp::init();
     let tests = vec![
@@ -222,6 +288,11 @@ fn main() {
             "a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere",
             T,
             a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere,
+        ),
+        case(
+            "a_stopped_idle_worker_strands_no_job",
+            T,
+            a_stopped_idle_worker_strands_no_job,
         ),
         case(
             "a_replacement_killed_while_starting_is_replaced_again",

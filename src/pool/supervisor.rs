@@ -221,12 +221,14 @@ struct Sent {
     sent_at: Instant,
     /// Its place among the jobs sent to this worker, from 0.
     seq: u64,
+    /// When the supervisor first saw it started (through the gate).
     since: Option<Instant>,
 }
 
 /// The jobs sent to one worker, oldest first. The worker starts them in
-/// that order, up to `concurrency` at once, so the running ones are always
-/// the first `concurrency` entries.
+/// that order, through the gate in its page: job `seq` has started once
+/// `seq` is below the page's started count. So the started ones are
+/// always a prefix of the list.
 struct Inflight {
     jobs: VecDeque<Sent>,
     concurrency: usize,
@@ -250,23 +252,18 @@ impl Inflight {
             since: None,
         });
         self.sent += 1;
-        self.mark_started();
     }
 
     fn remove(&mut self, id: u64) -> Option<Sent> {
         let pos = self.jobs.iter().position(|s| s.job.id == id)?;
-        let sent = self.jobs.remove(pos)?;
-        self.mark_started();
-        Some(sent)
+        self.jobs.remove(pos)
     }
 
-    /// Stamps the jobs that the worker is now running.
-    fn mark_started(&mut self) {
-        let mut now = None;
-        for sent in self.jobs.iter_mut().take(self.concurrency) {
-            if sent.since.is_none() {
-                sent.since = Some(*now.get_or_insert_with(Instant::now));
-            }
+    /// Stamps the jobs the gate says have started (`started` of them, in
+    /// the order sent) and that were not seen started before.
+    fn observe(&mut self, started: u64, now: Instant) {
+        for sent in self.jobs.iter_mut().take_while(|s| s.seq < started) {
+            sent.since.get_or_insert(now);
         }
     }
 
@@ -274,33 +271,39 @@ impl Inflight {
     fn oldest(&self, timeout: Duration) -> Option<(u64, Instant)> {
         self.jobs
             .iter()
-            .take(self.concurrency)
             .filter_map(|s| s.since.map(|t| (s.job.id, t + timeout)))
             .min_by_key(|&(_, t)| t)
     }
 
-    /// Whether a job the worker has not started (as far as positions
-    /// tell) has a result nobody wants.
-    fn holds_unwanted(&self) -> bool {
+    /// Whether a job the worker has not started has a result nobody wants.
+    fn holds_unwanted(&self, started: u64) -> bool {
         self.jobs
             .iter()
-            .skip(self.concurrency)
-            .any(|s| s.job.reply.is_closed())
+            .any(|s| s.seq >= started && s.job.reply.is_closed())
     }
 
-    /// Whether the worker holds jobs it has not started, as far as
-    /// positions tell.
-    fn holds_unstarted(&self) -> bool {
-        self.jobs.len() > self.concurrency
+    /// Whether the worker holds jobs it has not started.
+    fn holds_unstarted(&self, started: u64) -> bool {
+        self.jobs.back().is_some_and(|s| s.seq >= started)
     }
 
-    /// When the running job that started first started.
-    fn running_since(&self) -> Option<Instant> {
-        self.jobs
+    /// Since when the worker has been busy without taking the next job it
+    /// holds: since its running job that started first, or, when it runs
+    /// none, since the first job it has not started was sent (a worker
+    /// that is stopped or hung before its first job).
+    fn blocked_since(&self, started: u64) -> Option<Instant> {
+        let running = self
+            .jobs
             .iter()
-            .take(self.concurrency)
+            .take_while(|s| s.seq < started)
             .filter_map(|s| s.since)
-            .min()
+            .min();
+        running.or_else(|| {
+            self.jobs
+                .iter()
+                .find(|s| s.seq >= started)
+                .map(|s| s.sent_at)
+        })
     }
 
     /// Takes out the jobs numbered `started` and on: the ones the worker
@@ -404,6 +407,12 @@ async fn run(
     };
     let mut busy = false;
     let mut cancels_seen = shared.cancels.load(Ordering::Acquire);
+    // The worker did not start its first job in time, and its jobs were
+    // handed to others; until it starts one numbered `stalled_at` or
+    // later, it is not counted idle and gets jobs only when no other
+    // worker is.
+    let mut stalled = false;
+    let mut stalled_at = 0u64;
     let end = loop {
         // Registered before the queue is looked at, so a job pushed after
         // the look still wakes this slot.
@@ -425,21 +434,34 @@ async fn run(
             tracing::error!(error = %e, "pool worker broke its reply ring; it is replaced");
             break died(shared, worker, &mut inflight, None).await;
         }
+        // Which jobs the worker has started is the gate's word, read once
+        // per round.
+        let started = worker.page.started_count();
+        inflight.observe(started, Instant::now());
+        if stalled && started > stalled_at {
+            stalled = false;
+        }
         // Take back the jobs the worker has not started, when some of
         // their results were dropped (those end as cancelled), or when a
-        // worker sits idle while this one is stuck on a long job (they go
-        // back to the queue, for the idle worker). The gate in the shared
-        // page makes this exact even while a synchronous task holds the
-        // worker's thread.
-        let stuck = inflight
-            .running_since()
+        // worker sits idle while this one is blocked: on a long job, or
+        // stopped or hung before its next one (they go back to the queue,
+        // for the idle worker). The gate in the shared page makes this
+        // exact even while a synchronous task holds the worker's thread.
+        let blocked = inflight
+            .blocked_since(started)
             .is_some_and(|t| t.elapsed() >= STUCK_AFTER);
         let cancels = shared.cancels.load(Ordering::Acquire);
-        let unwanted = cancels != cancels_seen && inflight.holds_unwanted();
+        let unwanted = cancels != cancels_seen && inflight.holds_unwanted(started);
         cancels_seen = cancels;
-        let idle_elsewhere = stuck && shared.hungry.load(Ordering::Acquire) > 0;
-        if inflight.holds_unstarted() && (unwanted || idle_elsewhere) {
+        let idle_elsewhere = blocked && shared.hungry.load(Ordering::Acquire) > 0;
+        if inflight.holds_unstarted(started) && (unwanted || idle_elsewhere) {
             let started = worker.page.fence();
+            if idle_elsewhere && !inflight.jobs.front().is_some_and(|s| s.seq < started) {
+                // It had not even started its first job: until it does,
+                // the others go first.
+                stalled = true;
+                stalled_at = started;
+            }
             let mut wanted = VecDeque::new();
             for job in inflight.take_back(started) {
                 if job.reply.is_closed() {
@@ -462,7 +484,10 @@ async fn run(
         let may_take = |sent: u64| shared.config.max_tasks.is_none_or(|k| sent < k as u64);
         let mut fed = false;
         let now = Instant::now();
-        while inflight.len() < window && may_take(inflight.sent) {
+        // A worker that stalled before its first job gets work only when
+        // no other worker is idle.
+        let may_feed = !stalled || shared.hungry.load(Ordering::Acquire) == 0;
+        while may_feed && inflight.len() < window && may_take(inflight.sent) {
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
             };
@@ -501,27 +526,31 @@ async fn run(
                 break End::Shutdown;
             }
         }
+        // Only jobs the worker has started can time out. Every job is seen
+        // started here, or is waited for below until it is.
+        let started = worker.page.started_count();
+        inflight.observe(started, Instant::now());
         let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
         let room = inflight.len() < window && may_take(inflight.sent);
-        let waiting = inflight.holds_unstarted();
-        // When to look again at whether this worker is stuck, if it holds
-        // jobs it could hand over.
-        // While stuck, it looks every `STUCK_AFTER` for an idle worker.
+        let waiting = inflight.holds_unstarted(started);
+        // When to look again at the gate, if the worker holds jobs it has
+        // not started: to see them start (their timeouts count from then),
+        // or, once it is blocked, every `STUCK_AFTER` for an idle worker.
         let stuck_at = if !waiting {
             None
-        } else if stuck {
+        } else if blocked {
             Some(Instant::now() + STUCK_AFTER)
         } else {
-            inflight.running_since().map(|t| t + STUCK_AFTER)
+            inflight.blocked_since(started).map(|t| t + STUCK_AFTER)
         };
         if !inflight.is_empty() && worker.page.sleep() {
             // Replies came while the window was filled.
             continue;
         }
-        // An idle worker with nothing queued says so, so that a stuck one
-        // hands over the jobs it holds.
-        let _hungry =
-            (inflight.is_empty() && current == State::Running).then(|| Hungry::new(shared));
+        // An idle worker with nothing queued says so, so that a blocked one
+        // hands over the jobs it holds; one that stalled does not.
+        let _hungry = (inflight.is_empty() && !stalled && current == State::Running)
+            .then(|| Hungry::new(shared));
         tokio::select! {
             msg = worker.conn.recv() => {
                 worker.page.wake();
