@@ -456,7 +456,7 @@ async fn run(
         let idle_elsewhere = blocked && shared.hungry.load(Ordering::Acquire) > 0;
         if inflight.holds_unstarted(started) && (unwanted || idle_elsewhere) {
             let started = worker.page.fence();
-            if idle_elsewhere && !inflight.jobs.front().is_some_and(|s| s.seq < started) {
+            if idle_elsewhere && inflight.jobs.front().is_none_or(|s| s.seq >= started) {
                 // It had not even started its first job: until it does,
                 // the others go first.
                 stalled = true;
