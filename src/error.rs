@@ -234,6 +234,10 @@ pub enum TaskError {
     /// A worker could not be started: its initializer failed.
     #[error("a pool worker failed to start: {0}")]
     Initializer(String),
+    /// The Tokio runtime that built the pool shut down: its workers were
+    /// killed and reaped with it, and the pool takes no more tasks.
+    #[error("the Tokio runtime that ran the pool has shut down")]
+    RuntimeShutdown,
 }
 
 impl TaskError {

@@ -266,6 +266,61 @@ async fn a_stopped_idle_worker_strands_no_job() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A pool built on a runtime that then shuts down: its slots went with
+/// the runtime, so it cannot go on. Every call from another runtime fails
+/// at once with `RuntimeShutdown`, `stats` counts no worker, and the
+/// workers were killed and reaped as the runtime went (no zombie). Before,
+/// `apply` hung, `stats` counted two zombies as workers, and `terminate`
+/// reaped nothing.
+async fn a_pool_whose_runtime_shut_down_fails_at_once() -> Result<(), Failed> {
+    // Runtime A lives on a thread of its own, as dropping a runtime may
+    // not happen inside another's tasks.
+    let (pool, workers) = std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        let built = rt.block_on(async {
+            let pool = mp::Pool::new(2).await?;
+            let mut workers = std::collections::HashSet::new();
+            for _ in 0..50 {
+                workers.extend(pool.map_chunked(sleep_then_pid, [30, 30], 1).await?);
+                if workers.len() == 2 {
+                    break;
+                }
+            }
+            Ok::<_, mp::Error>((pool, workers))
+        });
+        drop(rt);
+        built.map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "runtime A's thread panicked")??;
+    ensure(workers.len() == 2, format!("found the workers {workers:?}"))?;
+    let t0 = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(10), pool.apply(square, 3)).await;
+    ensure(
+        matches!(got, Ok(Err(mp::TaskError::RuntimeShutdown))),
+        format!("apply from another runtime: {got:?}"),
+    )?;
+    ensure(t0.elapsed() < Duration::from_secs(1), "failed at once")?;
+    let mapped = pool.map(square, [1, 2, 3]).await;
+    ensure(
+        matches!(mapped, Err(mp::TaskError::RuntimeShutdown)),
+        format!("map: {mapped:?}"),
+    )?;
+    let stats = pool.stats();
+    ensure(stats.workers == 0, format!("no worker is left: {stats:?}"))?;
+    for pid in &workers {
+        ensure(
+            common::stat_of(*pid).is_none(),
+            format!(
+                "worker {pid} was killed and reaped: {:?}",
+                common::stat_of(*pid)
+            ),
+        )?;
+    }
+    tokio::time::timeout(Duration::from_secs(5), pool.terminate()).await?;
+    Ok(())
+}
+
 fn main() {
     let guard = mp::init();
     let tests = vec![
@@ -293,6 +348,11 @@ fn main() {
             "a_stopped_idle_worker_strands_no_job",
             T,
             a_stopped_idle_worker_strands_no_job,
+        ),
+        case(
+            "a_pool_whose_runtime_shut_down_fails_at_once",
+            T,
+            a_pool_whose_runtime_shut_down_fails_at_once,
         ),
         case(
             "a_replacement_killed_while_starting_is_replaced_again",

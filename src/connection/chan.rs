@@ -352,7 +352,7 @@ impl Shared {
 
     /// Writes everything queued, blocking the thread as needed.
     fn blocking_flush(&self) -> Result<(), ChannelError> {
-        self.blocking_flush_within(None)
+        self.blocking_flush_within(None, true)
     }
 
     /// [`blocking_flush`](Self::blocking_flush) for bytes nobody waits on
@@ -361,10 +361,25 @@ impl Shared {
     /// rather than block the thread (a runtime shutting down, or the exit
     /// rule) for good.
     fn stranded_flush(&self) -> Result<(), ChannelError> {
-        self.blocking_flush_within(Some(STALL_LIMIT))
+        self.blocking_flush_within(Some(STALL_LIMIT), true)
     }
 
-    fn blocking_flush_within(&self, stall: Option<Duration>) -> Result<(), ChannelError> {
+    /// [`blocking_flush`](Self::blocking_flush) for the bytes of an end
+    /// still in use whose flush task was lost with its runtime: if the peer
+    /// takes nothing for [`STALL_LIMIT`], the rest stays queued for the
+    /// owner's next call, and the end is not broken.
+    fn patient_flush(&self) -> Result<(), ChannelError> {
+        self.blocking_flush_within(Some(STALL_LIMIT), false)
+    }
+
+    /// Writes everything queued, blocking. With `stall` set, gives up once
+    /// the peer has taken nothing for that long: the end is then broken if
+    /// `give_up`, else the unwritten bytes stay queued.
+    fn blocking_flush_within(
+        &self,
+        stall: Option<Duration>,
+        give_up: bool,
+    ) -> Result<(), ChannelError> {
         loop {
             let mut chunk = {
                 let mut w = lock(&self.write);
@@ -396,6 +411,13 @@ impl Shared {
                 Ok(()) => {
                     w.recycle(chunk, len);
                     self.release(w);
+                }
+                Err(e) if !give_up && e.kind() == io::ErrorKind::TimedOut => {
+                    // `head` is empty while the token is held: the rest of
+                    // this chunk goes out first, next time.
+                    w.head = chunk;
+                    self.release(w);
+                    return Err(ChannelError::Io(e));
                 }
                 Err(e) => {
                     let broken = w.fail(&e);
@@ -479,8 +501,12 @@ impl Shared {
 }
 
 /// Owned by a flush task. If the task is dropped before it finished (its
-/// runtime shut down), the flag is cleared, and bytes that no one else
-/// will write (the user's handle is gone) are written here, blocking.
+/// runtime shut down), the flag is cleared and the bytes it was to write
+/// are written here: what the socket takes at once, then the rest by a
+/// blocking write, on this thread for an end whose handle is gone (the
+/// runtime's shutdown waits at most [`STALL_LIMIT`] without progress), or
+/// on a thread of its own for an end still in use (its owner may be about
+/// to wait for an answer to these very bytes).
 struct TaskGuard {
     shared: Arc<Shared>,
     done: bool,
@@ -491,13 +517,30 @@ impl Drop for TaskGuard {
         if self.done {
             return;
         }
-        let stranded = {
+        let orphaned = {
             let mut w = lock(&self.shared.write);
             w.task = false;
-            w.orphaned && w.backlog() > 0 && w.broken.is_none()
+            if w.backlog() == 0 || w.broken.is_some() {
+                return;
+            }
+            w.orphaned
         };
-        if stranded {
+        if !matches!(self.shared.try_flush(), Ok(Step::WouldBlock | Step::Busy)) {
+            return;
+        }
+        if orphaned {
             let _ = self.shared.stranded_flush();
+            return;
+        }
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tokio-multiprocessing-flush".to_owned())
+            .spawn(move || {
+                // A failure is kept and reported by the owner's next call.
+                let _ = shared.patient_flush();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no thread to write a pipe's queued messages; the next call on it will");
         }
     }
 }

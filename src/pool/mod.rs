@@ -248,6 +248,9 @@ struct Shared {
     cancelled: Notify,
     /// Slots whose worker is idle with nothing queued.
     hungry: AtomicUsize,
+    /// The runtime that ran the slots shut down: they are gone, and their
+    /// workers killed and reaped.
+    runtime_gone: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -280,6 +283,9 @@ impl Shared {
 
     fn submit(&self, jobs: Vec<Job>) -> std::result::Result<(), TaskError> {
         let mut q = self.lock_queue();
+        if self.runtime_gone.load(Ordering::Acquire) {
+            return Err(TaskError::RuntimeShutdown);
+        }
         if *self.state.borrow() != State::Running {
             return Err(TaskError::Closed);
         }
@@ -505,6 +511,7 @@ impl PoolBuilder {
             cancels: AtomicU64::new(0),
             cancelled: Notify::new(),
             hungry: AtomicUsize::new(0),
+            runtime_gone: std::sync::atomic::AtomicBool::new(false),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);
@@ -965,9 +972,13 @@ impl Pool {
     /// are queued, done, failed and restarted.
     pub fn stats(&self) -> PoolStats {
         let c = &self.shared().stats;
+        // Once the runtime is gone, so are the workers (killed and reaped
+        // as their slots went), whatever the counts say.
+        let gone = self.shared().runtime_gone.load(Ordering::Acquire);
+        let live = |n: &AtomicUsize| if gone { 0 } else { n.load(Ordering::Relaxed) };
         PoolStats {
-            workers: c.workers.load(Ordering::Relaxed),
-            busy: c.busy.load(Ordering::Relaxed),
+            workers: live(&c.workers),
+            busy: live(&c.busy),
             queued: self.shared().lock_queue().len(),
             completed: c.completed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),

@@ -41,6 +41,21 @@ struct Worker {
     page: Page,
 }
 
+/// How long a worker left running by a slot that was dropped (its runtime
+/// shut down) may take to die of its `SIGKILL` before it is left to the
+/// exit rule.
+const DROPPED_REAP: Duration = Duration::from_secs(1);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Every way a slot ends reaps its worker first, but a slot dropped
+        // with its runtime: then the worker goes with it, on this thread.
+        if self.process.is_alive() {
+            self.process.kill_and_reap_blocking(DROPPED_REAP);
+        }
+    }
+}
+
 async fn start(shared: &Shared) -> Result<Worker, String> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
     let page = Page::new().map_err(|e| e.to_string())?;
@@ -94,13 +109,45 @@ async fn retire(conn: &mut Connection<Msg>, process: &Process<()>) {
 /// worker is left to run anything: the pool stops taking work and every
 /// queued task fails with [`TaskError::Initializer`].
 pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result<(), String>>) {
+    let mut guard = SlotGuard {
+        shared: &shared,
+        finished: false,
+    };
     let failure = slot(&shared, ready).await;
+    guard.finished = true;
     let last = shared.live_slots.fetch_sub(1, Ordering::AcqRel) == 1;
     if let (true, Some(why)) = (last, failure) {
         shared.state.send_replace(State::Terminated);
         let drained: Vec<Job> = shared.lock_queue().drain(..).collect();
         for job in drained {
             deliver(&shared, job, Err(TaskError::Initializer(why.clone())));
+        }
+    }
+}
+
+/// Dropped with the slot's task. If the task did not finish, its runtime
+/// shut down: nothing supervises the pool any more, so it fails every
+/// task it holds and every later call with [`TaskError::RuntimeShutdown`]
+/// (the slot's worker is killed and reaped as the task's locals go: see
+/// `Worker`'s `Drop`).
+struct SlotGuard<'a> {
+    shared: &'a Shared,
+    finished: bool,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let shared = self.shared;
+        if !shared.runtime_gone.swap(true, Ordering::AcqRel) {
+            tracing::warn!("the runtime that ran a pool shut down; the pool is terminated");
+        }
+        shared.state.send_replace(State::Terminated);
+        let drained: Vec<Job> = shared.lock_queue().drain(..).collect();
+        for job in drained {
+            deliver(shared, job, Err(TaskError::RuntimeShutdown));
         }
     }
 }
@@ -233,6 +280,16 @@ struct Inflight {
     jobs: VecDeque<Sent>,
     concurrency: usize,
     sent: u64,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        // Every way a slot ends empties the list, but a slot dropped with
+        // its runtime: its jobs end with it.
+        for sent in self.jobs.drain(..) {
+            sent.job.reply.send(Err(TaskError::RuntimeShutdown));
+        }
+    }
 }
 
 impl Inflight {

@@ -142,6 +142,18 @@ impl ChildState {
         child.signal(sig)
     }
 
+    /// Kills the child and reaps it, blocking the thread for at most
+    /// `timeout` while it dies. For when no runtime is left to do it.
+    pub(crate) fn kill_and_reap_blocking(&self, timeout: Duration) {
+        if self.signal(Signal::SIGKILL).is_err() {
+            return;
+        }
+        if let Some(child) = self.child.get() {
+            child.wait_exited_timeout_blocking(timeout);
+        }
+        self.try_reap();
+    }
+
     /// Takes the child's report, leaving `Taken`.
     pub(crate) fn take_report(&self) -> Report {
         std::mem::replace(&mut *lock(&self.report), Report::Taken)

@@ -554,6 +554,14 @@ impl<R> Process<R> {
         self.send(Signal::SIGKILL)
     }
 
+    /// Kills the process and reaps it, blocking the thread for at most
+    /// `timeout` while it dies (the exit rule reaps it if it takes longer).
+    pub(crate) fn kill_and_reap_blocking(&self, timeout: Duration) {
+        if self.state.started() {
+            self.state.kill_and_reap_blocking(timeout);
+        }
+    }
+
     fn send(&self, sig: Signal) -> Result<()> {
         if !self.state.started() {
             return Err(ProcessError::NotStarted.into());

@@ -332,6 +332,47 @@ fn a_runtime_shutting_down_gives_up_bytes_a_peer_never_reads() {
     drop(b);
 }
 
+/// Messages a live end queued for its flush task go out when the task's
+/// runtime shuts down, without waiting for the end's next call: small
+/// ones at once, and ones the socket cannot take now from a thread of
+/// their own, as the peer reads.
+#[test]
+fn messages_queued_on_a_runtime_that_shuts_down_still_go_out() {
+    for big in [false, true] {
+        let (a, mut b) = pair();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Under the high-water mark (a send would wait for the peer), over
+        // what the socket takes at once.
+        let payload = ByteBuf::from(vec![1u8; if big { 250 * 1024 } else { 8 }]);
+        rt.block_on(async {
+            // The first send goes out at once; the second waits for the
+            // flush task, which never runs.
+            a.send(&Msg::Num(1)).await.unwrap();
+            a.send(&payload).await.unwrap();
+        });
+        drop(rt);
+        // `a` stays open and idle: nothing else would write its bytes.
+        assert!(
+            b.blocking_poll(Duration::from_secs(5)),
+            "big {big}: nothing arrived"
+        );
+        assert_eq!(b.blocking_recv::<Msg>().unwrap(), Msg::Num(1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let got = b.blocking_recv::<ByteBuf>().map(|v| v.len());
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("big {big}: the second message sat in the queue"));
+        assert_eq!(got.unwrap(), payload.len(), "big {big}");
+        drop(a);
+    }
+}
+
 #[test]
 fn blocking_forms_need_no_runtime() {
     let (a, mut b) = pair();
