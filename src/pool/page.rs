@@ -33,6 +33,12 @@
 //! `tail`; the supervisor reads only between `head` and `tail`, and frees
 //! with a release store of `head`.
 //!
+//! Either side may find anything in the page: a worker can write over
+//! every word of it. So the supervisor checks every position and length
+//! it reads before it uses them (a bad one makes `pop_into` fail, and the
+//! worker is replaced), and the worker does the same with the words the
+//! supervisor writes (a bad one sends the reply over the socket).
+//!
 //! `sleeping` is how the supervisor asks to be woken: it sets the word,
 //! looks at the ring once more, and only then waits on the socket. A
 //! worker that publishes a reply and finds the word set clears it and
@@ -84,9 +90,13 @@ impl Page {
     /// Starts job `seq`: true if the gate let it through, false if the
     /// supervisor took it back.
     pub(crate) fn try_start(&self, seq: u64) -> bool {
+        // The fence bit is never a job number.
+        let Some(next) = seq.checked_add(1).filter(|n| n & FENCE == 0) else {
+            return false;
+        };
         self.0
             .u64(STARTED)
-            .compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(seq, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
@@ -100,11 +110,20 @@ impl Page {
         let need = padded(reply.len());
         let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
         let head = self.0.u64(HEAD).load(Ordering::Acquire);
-        let to_end = RING - tail % RING;
-        let skip = if need > to_end { to_end } else { 0 };
-        if tail + skip + need - head > RING {
+        // Positions the supervisor could not have left (out of order, too
+        // far apart, off a record boundary, at the end of their range):
+        // the reply goes over the socket, where the supervisor notices.
+        let used = tail.checked_sub(head).filter(|&u| u <= RING)?;
+        if tail % 8 != 0 {
             return None;
         }
+        let to_end = RING - tail % RING;
+        let skip = if need > to_end { to_end } else { 0 };
+        // Each term is at most `RING`.
+        if used + skip + need > RING {
+            return None;
+        }
+        tail.checked_add(skip + need)?;
         if skip > 0 {
             self.write_at(tail, &(WRAP as u64).to_ne_bytes());
         }
@@ -141,22 +160,9 @@ impl Page {
     /// Closes the gate: no job starts from now on. Returns how many had
     /// started; every job from that number on is the supervisor's again.
     pub(crate) fn fence(&self) -> u64 {
-        let word = self.0.u64(STARTED);
-        let mut current = word.load(Ordering::SeqCst);
-        loop {
-            if current & FENCE != 0 {
-                return current & !FENCE;
-            }
-            match word.compare_exchange(
-                current,
-                current | FENCE,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return current,
-                Err(now) => current = now,
-            }
-        }
+        // One atomic step, so no loop a worker rewriting the word could
+        // keep spinning.
+        self.0.u64(STARTED).fetch_or(FENCE, Ordering::SeqCst) & !FENCE
     }
 
     /// Opens the gate at job `next`, the next one to be sent, after a
@@ -189,18 +195,31 @@ impl Page {
         let head_word = self.0.u64(HEAD);
         let mut head = head_word.load(Ordering::Relaxed);
         let tail = self.0.u64(TAIL).load(Ordering::Acquire);
-        loop {
+        // At most two rounds: a wrap marker, then a record at offset 0.
+        for _ in 0..2 {
             if head == tail {
                 return Ok(false);
             }
             if tail < head || tail - head > RING {
                 return Err(format!("reply ring positions out of order: {head}..{tail}"));
             }
+            if head % 8 != 0 || tail % 8 != 0 {
+                return Err(format!(
+                    "reply ring positions off a record boundary: {head}..{tail}"
+                ));
+            }
             let mut word = [0u8; 8];
             self.read_at(head, &mut word);
             let len = u64::from_ne_bytes(word);
             let to_end = RING - head % RING;
             if len == u64::from(WRAP) {
+                // Only a record that did not fit before the end is moved
+                // to the start, so something follows the marker.
+                if to_end >= tail - head {
+                    return Err(format!(
+                        "reply ring wrap marker at {head} with nothing after it"
+                    ));
+                }
                 head += to_end;
                 continue;
             }
@@ -217,6 +236,9 @@ impl Page {
             head_word.store(head + need, Ordering::Release);
             return Ok(true);
         }
+        Err(format!(
+            "reply ring holds two wrap markers in a row at {head}"
+        ))
     }
 
     fn read_at(&self, pos: u64, out: &mut [u8]) {
@@ -338,6 +360,55 @@ mod tests {
         assert_eq!(page.push(b"a"), Some(true), "the supervisor sleeps");
         assert_eq!(page.push(b"b"), Some(false), "already rung");
         assert!(page.sleep(), "replies wait: no need to sleep");
+    }
+
+    fn survives<R>(f: impl FnOnce() -> R) -> Option<R> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    }
+
+    #[test]
+    fn a_head_off_a_record_boundary_is_an_error_not_a_panic() {
+        let page = Page::new().unwrap();
+        // 8 bytes read at 65532 would cross the end of the page.
+        page.0.u64(HEAD).store(RING - 4, Ordering::Release);
+        page.0.u64(TAIL).store(RING + 16, Ordering::Release);
+        let r = survives(|| page.pop()).expect("pop panicked");
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn positions_at_the_end_of_their_range_are_an_error_not_a_panic() {
+        let page = Page::new().unwrap();
+        // A wrap marker whose skip would carry `head` past 2^64.
+        for (head, tail) in [(u64::MAX - 7, u64::MAX), (u64::MAX - 15, u64::MAX - 7)] {
+            page.0.u64(HEAD).store(head, Ordering::Release);
+            page.0.u64(TAIL).store(tail, Ordering::Release);
+            page.write_at(head, &u64::from(WRAP).to_ne_bytes());
+            let r = survives(|| page.pop()).expect("pop panicked");
+            assert!(r.is_err(), "{head}..{tail}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn the_worker_survives_bad_positions_from_the_supervisor() {
+        let page = Page::new().unwrap();
+        for (head, tail) in [(1000, 0), (0, RING * 5), (0, u64::MAX - 3), (3, 3)] {
+            page.0.u64(HEAD).store(head, Ordering::Release);
+            page.0.u64(TAIL).store(tail, Ordering::Release);
+            let r = survives(|| page.push(b"reply")).unwrap_or_else(|| panic!("{head}..{tail}"));
+            assert_eq!(r, None, "{head}..{tail}: over the socket instead");
+        }
+    }
+
+    #[test]
+    fn a_gate_word_with_every_bit_set_is_no_panic() {
+        let page = Page::new().unwrap();
+        page.0.u64(STARTED).store(u64::MAX, Ordering::SeqCst);
+        let r = survives(|| (page.fenced(), page.fence(), page.started_count()));
+        assert_eq!(r, Some((true, u64::MAX >> 1, u64::MAX >> 1)));
+        page.0.u64(STARTED).store(u64::MAX >> 1, Ordering::SeqCst);
+        assert!(survives(|| page.try_start(u64::MAX >> 1)).is_some());
+        assert!(survives(|| page.try_start(u64::MAX)).is_some());
     }
 
     #[test]
