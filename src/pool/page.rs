@@ -144,7 +144,8 @@ impl Page {
         // past them; the bytes are ordinary data, never accessed as
         // atomics. The range is inside the mapping: `pos % RING` plus a
         // record never crosses the ring's end (`push` skips to the start
-        // first).
+        // first), and a wrap marker is written only at a `tail` that is a
+        // multiple of 8 (checked by `push`), so before the end too.
         unsafe { self.0.write_bytes(DATA + (pos % RING) as usize, bytes) }
     }
 
@@ -243,10 +244,12 @@ impl Page {
 
     fn read_at(&self, pos: u64, out: &mut [u8]) {
         // SAFETY: the supervisor is the ring's only reader, and it reads
-        // only between `head` and the published `tail` (checked by `pop`),
-        // which the worker does not write again until `head` moves past
-        // them; the bytes are ordinary data. The range is inside the
-        // mapping (`pop` checks the record against the ring's end).
+        // only between `head` and the published `tail` (checked by
+        // `pop_into`), which the worker does not write again until `head`
+        // moves past them; the bytes are ordinary data. The range is
+        // inside the mapping: `pop_into` reads a length word only at a
+        // multiple of 8 (so all 8 bytes are before the ring's end) and
+        // checks the record against the ring's end.
         unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
     }
 
