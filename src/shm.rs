@@ -220,6 +220,26 @@ impl fmt::Debug for Segment {
     }
 }
 
+/// Serializes a segment as its descriptor, as an element of a handle that
+/// carries more than its segment.
+pub(crate) struct SegmentFd<'a>(pub(crate) &'a Segment);
+
+impl serde::Serialize for SegmentFd<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A descriptor received in a child, not yet mapped or checked: the
+/// counterpart of [`SegmentFd`].
+pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
+
+impl<'de> serde::Deserialize<'de> for ReceivedFd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::handle::deserialize_fd(deserializer).map(ReceivedFd)
+    }
+}
+
 /// Implements `Serialize` and `Deserialize` for a handle whose only state
 /// is the segment at field path `$field` (rebuilt by `$wrap` from `$seg`).
 macro_rules! segment_serde {

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::shm::{Kind, Segment};
+use crate::shm::{Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sync::park::{INTERVAL, Park, deadline_after, slice};
 use crate::sync::raw::{self, RawLock, Taken};
 use crate::sys::futex;
@@ -633,7 +633,7 @@ impl Core {
         kind: Kind,
     ) -> Result<Core, D::Error> {
         use serde::de::Error as _;
-        let (fd, capacity): (FdIndex, u64) = Deserialize::deserialize(deserializer)?;
+        let (fd, capacity): (ReceivedFd, u64) = Deserialize::deserialize(deserializer)?;
         let capacity = usize::try_from(capacity)
             .ok()
             .filter(|&c| ring_size(c).is_ok_and(|r| r == c))
@@ -655,24 +655,6 @@ impl Core {
             local: Arc::new(local),
             joinable: kind == Kind::JoinableQueue,
         })
-    }
-}
-
-/// Serializes a segment as its descriptor.
-struct SegmentFd<'a>(&'a Segment);
-
-impl Serialize for SegmentFd<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
-    }
-}
-
-/// A descriptor received in a child, not yet checked.
-struct FdIndex(std::os::fd::OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIndex {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::handle::deserialize_fd(deserializer).map(FdIndex)
     }
 }
 

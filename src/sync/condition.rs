@@ -22,6 +22,11 @@ const TOKENS: usize = raw::END + 4;
 const SEQ: usize = raw::END + 8;
 const LEN: usize = raw::END + 16;
 
+/// How long a waiter that stops waiting gives a notifier, caught between
+/// its two steps, to finish; past that, another process zeroed the counts
+/// and there is nothing to take down.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A condition variable that any number of processes can share: Python's
 /// `multiprocessing.Condition`, in the shape of `std::sync::Condvar` with
 /// its lock built in.
@@ -211,7 +216,11 @@ impl Condition {
     /// and reported (a timed-out waiter that was notified in the meantime
     /// counts as notified); otherwise the waiter count goes first, which
     /// leaves a pending notification to another waiter.
+    ///
+    /// If neither count can be taken down for [`LEAVE_PATIENCE`], another
+    /// process wrote over them: the waiter leaves anyway, not notified.
     fn leave(&self, prefer_token: bool) -> bool {
+        let since = Instant::now();
         loop {
             if prefer_token && self.take_token() {
                 return true;
@@ -231,6 +240,13 @@ impl Condition {
             }
             if !prefer_token && self.take_token() {
                 return true;
+            }
+            if since.elapsed() > LEAVE_PATIENCE {
+                tracing::warn!(
+                    "a condition's waiter and notification counts were both zero \
+                     while a waiter left; another process wrote over them"
+                );
+                return false;
             }
             // A notifier is between its two steps: let it finish.
             std::thread::yield_now();
@@ -425,5 +441,64 @@ impl fmt::Debug for Condition {
             .field("lock", &self.lock)
             .field("waiters", &self.waiters())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread; `None` if it did not finish within `limit`
+    /// (the thread is left behind).
+    fn within<R: Send + 'static>(
+        limit: Duration,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    #[test]
+    fn a_waiter_whose_counts_were_zeroed_still_times_out() {
+        let cond = Condition::new().unwrap();
+        let waiter = cond.clone();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let done = std::thread::spawn(move || {
+            let guard = waiter.blocking_lock().unwrap();
+            entered_tx.send(()).unwrap();
+            let (_guard, timeout) = waiter
+                .blocking_wait_timeout(guard, Duration::from_millis(300))
+                .unwrap();
+            timeout.timed_out()
+        });
+        entered_rx.recv().unwrap();
+        // Once it waits, another process zeroes both counts.
+        while cond.waiters() == 0 {
+            std::thread::yield_now();
+        }
+        cond.word(WAITERS).store(0, Ordering::SeqCst);
+        cond.word(TOKENS).store(0, Ordering::SeqCst);
+        let r = within(Duration::from_secs(10), move || done.join().unwrap());
+        assert_eq!(r, Some(true), "the waiter never came back");
+    }
+
+    #[test]
+    fn counts_at_their_limit_do_not_panic() {
+        let cond = Condition::new().unwrap();
+        cond.word(WAITERS).store(u32::MAX, Ordering::SeqCst);
+        cond.word(TOKENS).store(u32::MAX, Ordering::SeqCst);
+        let c = cond.clone();
+        let r = within(Duration::from_secs(10), move || {
+            let n = c.notify_all();
+            let guard = c.blocking_lock().unwrap();
+            let (_g, t) = c
+                .blocking_wait_timeout(guard, Duration::from_millis(10))
+                .unwrap();
+            (n, t.timed_out())
+        });
+        assert_eq!(r, Some((u32::MAX, false)), "a stale token is taken");
     }
 }
