@@ -189,7 +189,13 @@ impl Condition {
     /// Counts this party as a waiter, then releases the lock.
     fn enter(&self, guard: LockGuard<'_>) -> u32 {
         self.check_guard(&guard);
-        self.word(WAITERS).fetch_add(1, Ordering::SeqCst);
+        // Saturating: a count another process set to `u32::MAX` must not
+        // wrap to 0, where this waiter could not take itself down again.
+        let _ = self
+            .word(WAITERS)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(1))
+            });
         let seq = self.word(SEQ).load(Ordering::SeqCst);
         drop(guard);
         seq
@@ -500,5 +506,23 @@ mod tests {
             (n, t.timed_out())
         });
         assert_eq!(r, Some((u32::MAX, false)), "a stale token is taken");
+    }
+
+    #[test]
+    fn a_waiter_count_at_its_limit_does_not_wrap() {
+        let cond = Condition::new().unwrap();
+        cond.word(WAITERS).store(u32::MAX, Ordering::SeqCst);
+        let c = cond.clone();
+        let r = within(Duration::from_secs(10), move || {
+            let guard = c.blocking_lock().unwrap();
+            let t0 = Instant::now();
+            let (_g, t) = c
+                .blocking_wait_timeout(guard, Duration::from_millis(10))
+                .unwrap();
+            (t.timed_out(), t0.elapsed())
+        });
+        let (timed_out, took) = r.expect("the waiter never came back");
+        assert!(timed_out);
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 }
