@@ -271,6 +271,65 @@ impl Page {
     }
 }
 
+/// Lays a fuzz input over a real page's words and reply ring, as a worker
+/// (or, for the worker's side, a supervisor) might have written them, then
+/// pops, pushes and works the gate (see `crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static PAGE: OnceLock<Page> = OnceLock::new();
+    let page = PAGE.get_or_init(|| Page::new().expect("a page"));
+    let seg = &page.0;
+    seg.u64(STARTED).store(input.u64(), Ordering::SeqCst);
+    let head = input.u64();
+    seg.u64(HEAD).store(head, Ordering::SeqCst);
+    seg.u64(TAIL)
+        .store(input.near(head, 2 * RING), Ordering::SeqCst);
+    seg.u32(SLEEPING).store(input.u32(), Ordering::SeqCst);
+    let ops = input.u8();
+    // The rest of the input lies in the ring from `head` on, wrapping.
+    let mut ring = vec![0u8; RING as usize];
+    let start = (head % RING) as usize;
+    for (i, b) in input.rest().iter().take(ring.len()).enumerate() {
+        ring[(start + i) % RING as usize] = *b;
+    }
+    // SAFETY: the fuzzer runs one input at a time on one thread, and no
+    // other process maps this page, so nothing else touches the ring.
+    unsafe { seg.write_bytes(DATA, &ring) };
+    let mut reply = Vec::new();
+    for i in 0..4u8 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                for _ in 0..4 {
+                    match page.pop_into(&mut reply) {
+                        Ok(true) => assert!(reply.len() as u64 <= RING),
+                        Ok(false) | Err(_) => break,
+                    }
+                }
+            }
+            1 => {
+                let len = (usize::from(ops) * 31 + usize::from(i)) % (MAX_REPLY + 2);
+                let _ = page.push(&vec![i; len]);
+            }
+            2 => {
+                let started = page.started_count();
+                assert_eq!(started & FENCE, 0);
+                let _ = page.try_start(started);
+                let _ = page.fenced();
+            }
+            _ => {
+                let started = page.fence();
+                assert_eq!(started & FENCE, 0);
+                assert!(page.fenced());
+                page.reopen(started.wrapping_add(u64::from(i)));
+                if !page.sleep() {
+                    page.wake();
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -981,6 +981,60 @@ macro_rules! queue_impls {
 queue_impls!(Queue, Kind::Queue);
 queue_impls!(JoinableQueue, Kind::JoinableQueue);
 
+/// Runs the ring over plain memory on a fuzz input (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_ring(input: crate::fuzz::Input<'_>) {
+    ring::fuzz(input);
+}
+
+/// Lays a fuzz input over every word and the ring of a real queue segment
+/// (the lock's words excepted), then takes, puts and counts items
+/// (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_segment(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static QUEUE: OnceLock<JoinableQueue<serde_bytes::ByteBuf>> = OnceLock::new();
+    const BUFFER: usize = 256;
+    let q = QUEUE.get_or_init(|| JoinableQueue::with_buffer(3, BUFFER).expect("a queue"));
+    let l = &q.core.local;
+    let head = input.u64();
+    l.word64(HEAD).store(head, Ordering::Relaxed);
+    let tail = input.near(head, 2 * BUFFER as u64);
+    l.word64(TAIL).store(tail, Ordering::Relaxed);
+    for word in [COUNT, MAXSIZE, CAPACITY, UNFINISHED] {
+        l.word64(word).store(input.u64(), Ordering::Relaxed);
+    }
+    let ops = input.u8();
+    let mut ring = input.rest().to_vec();
+    ring.resize(BUFFER, 0);
+    // SAFETY: the fuzzer runs one input at a time on one thread, and no
+    // other process maps this segment, so nothing else touches the ring.
+    unsafe { l.seg().write_bytes(RING, &ring) };
+    for i in 0..8u32 {
+        match ops >> i & 3 {
+            0 | 1 => match q.try_get() {
+                Ok(item) => assert!(item.len() <= BUFFER),
+                Err(GetError::Empty | GetError::Decode(_) | GetError::Corrupt(_)) => {}
+                Err(e) => panic!("untyped get error {e:?}"),
+            },
+            2 => {
+                let item = serde_bytes::ByteBuf::from(vec![i as u8; usize::from(ops) % 300]);
+                match q.try_put(item) {
+                    Ok(()) => {}
+                    Err(PutError::Full(_) | PutError::Encode(..) | PutError::Corrupt(..)) => {}
+                    Err(e) => panic!("untyped put error {e:?}"),
+                }
+            }
+            _ => {
+                let _ = q.task_done();
+                let _ = format!("{q:?}");
+            }
+        }
+        assert!(q.len() <= BUFFER / 8, "len {}", q.len());
+        let _ = q.is_full();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -283,6 +283,60 @@ impl<M: Memory> Ring<'_, M> {
     }
 }
 
+/// The ring over plain memory, with its cursors, count and bytes taken
+/// from a fuzz input, then eight pushes and pops (see `crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::cell::RefCell;
+
+    /// Memory that panics on any access outside its bounds.
+    struct Plain(RefCell<Vec<u8>>);
+
+    impl Memory for Plain {
+        fn capacity(&self) -> usize {
+            self.0.borrow().len()
+        }
+        fn write(&self, at: usize, bytes: &[u8]) {
+            self.0.borrow_mut()[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        fn read(&self, at: usize, out: &mut [u8]) {
+            out.copy_from_slice(&self.0.borrow()[at..at + out.len()]);
+        }
+    }
+
+    let cap = (usize::from(input.u8()) + 2) * 8;
+    let head = AtomicU64::new(input.u64());
+    let tail = AtomicU64::new(input.near(head.load(Ordering::Relaxed), 2 * cap as u64));
+    let count = AtomicU64::new(input.u64());
+    let ops = input.u8();
+    let mut bytes = input.rest().to_vec();
+    bytes.resize(cap, 0);
+    let ring = Ring {
+        mem: Plain(RefCell::new(bytes)),
+        head: &head,
+        tail: &tail,
+        count: &count,
+    };
+    for i in 0..8u32 {
+        if ops >> i & 1 == 1 {
+            match ring.pop() {
+                Ok(Some(payload)) => assert!(payload.len() <= ring.max_payload()),
+                Ok(None) => assert_eq!(ring.count(), Ok(0)),
+                Err(Corrupt(_)) => {}
+            }
+        } else {
+            let len = (usize::from(ops) * 7 + i as usize * 13) % cap;
+            match ring.push(&vec![i as u8; len]) {
+                Ok(()) => assert!(ring.count().is_ok_and(|n| n >= 1)),
+                Err(PushError::Full | PushError::Corrupt(_)) => {}
+            }
+        }
+        if let Ok(n) = ring.count() {
+            assert!(n <= max_records(cap), "{n} records in {cap} bytes");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

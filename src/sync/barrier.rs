@@ -588,6 +588,33 @@ impl fmt::Debug for Barrier {
     }
 }
 
+/// Lays a fuzz input over a barrier's words, then waits (without
+/// sleeping), aborts and resets (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static BARRIERS: OnceLock<[Barrier; 3]> = OnceLock::new();
+    let all =
+        BARRIERS.get_or_init(|| [1, 3, MAX_PARTIES].map(|n| Barrier::new(n).expect("a barrier")));
+    let b = &all[usize::from(input.u8()) % 3];
+    b.state().store(input.u32(), Ordering::SeqCst);
+    b.seg.u32(PARTIES).store(input.u32(), Ordering::SeqCst);
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 | 1 => {
+                if let Ok(index) = b.blocking_wait_timeout(Duration::ZERO) {
+                    assert!(index < b.parties() as usize);
+                }
+            }
+            2 => b.abort(),
+            _ => b.reset(),
+        }
+        assert!(b.n_waiting() <= MAX_PARTIES);
+        let _ = b.is_broken();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

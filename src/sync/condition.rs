@@ -450,6 +450,35 @@ impl fmt::Debug for Condition {
     }
 }
 
+/// Lays a fuzz input over a condition's counts, then notifies and waits
+/// without sleeping (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static COND: OnceLock<Condition> = OnceLock::new();
+    let c = COND.get_or_init(|| Condition::new().expect("a condition"));
+    for word in [WAITERS, TOKENS, SEQ] {
+        c.word(word).store(input.u32(), Ordering::SeqCst);
+    }
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                let _ = c.notify(input.u32());
+            }
+            1 => {
+                let _ = c.notify_all();
+            }
+            _ => {
+                let guard = c.blocking_lock().unwrap_or_else(|p| p.into_inner());
+                let relocked = c.blocking_wait_timeout(guard, Duration::ZERO);
+                drop(relocked);
+            }
+        }
+        let _ = c.waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,6 +313,50 @@ impl fmt::Debug for RLockGuard<'_> {
     }
 }
 
+/// Takes an RLock, lays a fuzz input over its owner's words, then locks
+/// again and lets go (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static LOCK: OnceLock<RLock> = OnceLock::new();
+    let lock = LOCK.get_or_init(|| RLock::new().expect("an RLock"));
+    {
+        let outer = lock.blocking_lock().unwrap_or_else(|p| p.into_inner());
+        let thread = input.u64();
+        // Often this thread's own token, so that re-entry is reached.
+        let thread = if thread >> 63 == 0 {
+            thread_token()
+        } else {
+            thread
+        };
+        lock.raw.seg.u64(THREAD).store(thread, Ordering::Relaxed);
+        lock.count_word().store(input.u32(), Ordering::Relaxed);
+        let ops = input.u8();
+        let mut guards = Vec::new();
+        for i in 0..4 {
+            if ops >> i & 1 == 1 {
+                match lock.try_lock() {
+                    Ok(g) => guards.push(g),
+                    Err(TryLockError::Poisoned(p)) => guards.push(p.into_inner()),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            } else {
+                guards.pop();
+            }
+            let _ = (lock.count(), lock.is_owned(), format!("{lock:?}"));
+        }
+        drop(guards);
+        drop(outer);
+    }
+    // Free for the next input, whatever the words said.
+    lock.raw.seg.u64(THREAD).store(0, Ordering::Relaxed);
+    lock.count_word().store(0, Ordering::Relaxed);
+    if lock.raw.holder_pid().is_some() {
+        lock.raw.unlock();
+    }
+    lock.clear_poison();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

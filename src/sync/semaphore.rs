@@ -364,6 +364,50 @@ impl fmt::Debug for BoundedSemaphore {
     }
 }
 
+/// Lays a fuzz input over a semaphore's words (the bound's too), then
+/// takes and gives permits without sleeping (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static SEMS: OnceLock<(Semaphore, BoundedSemaphore)> = OnceLock::new();
+    let (plain, bounded) = SEMS.get_or_init(|| {
+        (
+            Semaphore::new(1).expect("a semaphore"),
+            BoundedSemaphore::new(2).expect("a semaphore"),
+        )
+    });
+    let core = if input.u8() & 1 == 0 {
+        &plain.core
+    } else {
+        &bounded.core
+    };
+    for word in [VALUE, WAITERS, LIMIT] {
+        core.seg.u32(word).store(input.u32(), Ordering::SeqCst);
+    }
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                if core.try_take() {
+                    let _ = core.give();
+                }
+            }
+            1 => {
+                let _ = core.take_blocking(Some(Instant::now()));
+            }
+            2 => {
+                if core.give().is_ok() {
+                    assert!(core.value().load(Ordering::SeqCst) >= 1);
+                }
+            }
+            _ => {
+                let _ = format!("{plain:?} {bounded:?}");
+            }
+        }
+    }
+    assert_eq!(bounded.max_value(), 2);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
