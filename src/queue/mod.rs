@@ -1055,6 +1055,15 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_buffer_is_made_and_used() {
+        // Reserved, not committed: only the pages items touch are used.
+        let q = Queue::<u32>::with_buffer(0, MAX_BUFFER).unwrap();
+        assert_eq!(q.core.local.capacity(), MAX_BUFFER);
+        q.try_put(7).unwrap();
+        assert_eq!(q.try_get(), Ok(7));
+    }
+
+    #[test]
     fn the_smallest_buffers_are_raised_and_still_work() {
         for buffer in [0, 1, 63, 65] {
             let q = Queue::<u32>::with_buffer(0, buffer).unwrap();
