@@ -356,7 +356,10 @@ impl Memory for RingMemory<'_> {
     fn write(&self, at: usize, bytes: &[u8]) {
         // SAFETY: the ring is only touched by `Ring`, which runs under the
         // queue's lock (every caller of `Local::ring` holds it), and it
-        // holds no atomic word (they all lie before `RING`).
+        // holds no atomic word (they all lie before `RING`). `Ring` checks
+        // every position and length it reads from shared memory before it
+        // uses one, so the range is inside the buffer whatever another
+        // process wrote; `read_bytes` asserts it all the same.
         unsafe { self.0.write_bytes(RING + at, bytes) }
     }
 
