@@ -1,5 +1,6 @@
 //! Entry points for `cargo fuzz` (compiled only with `--cfg fuzzing`).
-//! Each panics only when an invariant of the wire breaks.
+//! Each panics only when an invariant of the wire, or of a reader of
+//! shared memory, breaks.
 
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
@@ -164,5 +165,129 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         .unwrap()
     });
     push(&|b| encode_message(&ChildMsg::Forked { id: 3, pid: 42 }, b, 1 << 20).unwrap());
+    out
+}
+
+/// Words and bytes taken off the front of a fuzz input; zeros once it runs
+/// out, so every input is a complete one.
+#[derive(Debug)]
+pub(crate) struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    pub(crate) fn u8(&mut self) -> u8 {
+        let mut b = [0u8; 1];
+        self.fill(&mut b);
+        b[0]
+    }
+
+    pub(crate) fn u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub(crate) fn u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// A position `base` plus a small offset most of the time (so that
+    /// cursors are often close enough to pass their checks and reach the
+    /// records), any value otherwise.
+    pub(crate) fn near(&mut self, base: u64, span: u64) -> u64 {
+        let raw = self.u64();
+        if raw >> 62 == 0 {
+            base.wrapping_add(raw % span.max(1))
+        } else {
+            raw
+        }
+    }
+
+    /// Whatever is left.
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.0
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        let n = out.len().min(self.0.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+    }
+}
+
+/// Lays `data` into shared memory as if a peer process had written it, and
+/// runs the readers of that memory over it: the queue ring (over plain
+/// memory and inside a real queue segment), the pool page's reply ring and
+/// gate word, and the synchronization primitives. The first byte picks
+/// which. Checks that nothing panics, that errors are the typed ones, and
+/// that nothing read claims more than its memory holds.
+pub fn shm(data: &[u8]) {
+    let mut input = Input(data);
+    match input.u8() % 8 {
+        0 => crate::queue::fuzz_ring(input),
+        1 => crate::queue::fuzz_segment(input),
+        2 => crate::pool::fuzz_page(input),
+        which => crate::sync::fuzz(which, input),
+    }
+}
+
+/// Inputs for [`shm`] that reach past the first checks: a queue ring, a
+/// queue segment and a pool page each holding a few valid records, and
+/// every primitive in a plain state.
+pub fn seed_shm() -> Vec<Vec<u8>> {
+    let le = |v: u64| v.to_le_bytes().to_vec();
+    let record = |payload: &[u8]| {
+        let mut r = (payload.len() as u32).to_le_bytes().to_vec();
+        r.extend_from_slice(&[0; 4]);
+        r.extend_from_slice(payload);
+        r.resize(8 + payload.len().div_ceil(8) * 8, 0);
+        r
+    };
+    let page_record = |payload: &[u8]| {
+        let mut r = (payload.len() as u64).to_le_bytes().to_vec();
+        r.extend_from_slice(payload);
+        r.resize(8 + payload.len().div_ceil(8) * 8, 0);
+        r
+    };
+    let mut out = Vec::new();
+    // 0: a ring of 256 bytes (31 + 2 times 8) with two records.
+    let mut ring = vec![0u8, 30];
+    let records = [record(b"hello"), record(&[7; 12])].concat();
+    ring.extend(le(0)); // head
+    ring.extend(le(records.len() as u64)); // tail, relative to head
+    ring.extend(le(2)); // count
+    ring.push(0b1010_0110); // operations
+    ring.extend(&records);
+    out.push(ring);
+    // 1: a queue segment holding two encoded items.
+    let mut queue = vec![1u8];
+    let items = [record(&[0x93, 1, 2, 3]), record(&[0xc4, 2, 9, 9])].concat();
+    queue.extend(le(0)); // head
+    queue.extend(le(items.len() as u64)); // tail
+    queue.extend(le(2)); // count
+    queue.extend(le(0)); // maxsize
+    queue.extend(le(256)); // capacity
+    queue.extend(le(2)); // unfinished
+    queue.push(0b0101_1011);
+    queue.extend(&items);
+    out.push(queue);
+    // 2: a pool page with a reply, then a wrap marker.
+    let mut page = vec![2u8];
+    let replies = page_record(&[0x92, 1, 0x90]);
+    page.extend(le(3)); // started
+    page.extend(le(0)); // head
+    page.extend(le(replies.len() as u64)); // tail
+    page.extend(&0u32.to_le_bytes()); // sleeping
+    page.push(0b0011_0101);
+    page.extend(&replies);
+    out.push(page);
+    // 3 to 7: each primitive with its words zero.
+    for which in 3u8..8 {
+        let mut sync = vec![which];
+        sync.extend([0u8; 24]);
+        sync.push(0b1111_0000);
+        out.push(sync);
+    }
     out
 }

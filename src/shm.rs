@@ -86,8 +86,21 @@ struct Inner {
 impl Segment {
     /// Creates a zeroed segment of `len` bytes (header included) for a
     /// primitive of `kind`, and writes its header.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` unless `len` is a multiple of 8 of at least
+    /// [`HEADER`] bytes; otherwise when the memory cannot be created or
+    /// mapped.
     pub(crate) fn create(kind: Kind, len: usize) -> io::Result<Segment> {
-        assert!(len >= HEADER && len % 8 == 0, "bad segment length {len}");
+        if len < HEADER || len % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a shared-memory segment of {len} bytes (not a multiple of 8 from {HEADER})"
+                ),
+            ));
+        }
         let fd = shm::create(kind.memfd_name(), len)?;
         let map = Mapping::new(fd.as_fd(), len)?;
         let mut id = [0u8; 8];
@@ -110,6 +123,13 @@ impl Segment {
             return Err(invalid(format!(
                 "shared-memory segment of {size} bytes, expected {len}"
             )));
+        }
+        if !shm::is_sealed(fd.as_fd())? {
+            // Whoever holds the descriptor could shrink the file under
+            // our mapping.
+            return Err(invalid(
+                "shared-memory segment not sealed at its size".to_owned(),
+            ));
         }
         let map = Mapping::new(fd.as_fd(), len)?;
         let seg = Segment {
@@ -200,6 +220,26 @@ impl fmt::Debug for Segment {
     }
 }
 
+/// Serializes a segment as its descriptor, as an element of a handle that
+/// carries more than its segment.
+pub(crate) struct SegmentFd<'a>(pub(crate) &'a Segment);
+
+impl serde::Serialize for SegmentFd<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// A descriptor received in a child, not yet mapped or checked: the
+/// counterpart of [`SegmentFd`].
+pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
+
+impl<'de> serde::Deserialize<'de> for ReceivedFd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::handle::deserialize_fd(deserializer).map(ReceivedFd)
+    }
+}
+
 /// Implements `Serialize` and `Deserialize` for a handle whose only state
 /// is the segment at field path `$field` (rebuilt by `$wrap` from `$seg`).
 macro_rules! segment_serde {
@@ -282,6 +322,38 @@ mod tests {
         assert!(err.to_string().contains("Lock"), "{err}");
         let err = Segment::open(a.inner.fd.try_clone().unwrap(), Kind::Event, 128).unwrap_err();
         assert!(err.to_string().contains("expected 128"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_segment_length_is_an_error_not_a_panic() {
+        for len in [0, 3, HEADER - 8, 17, usize::MAX - 7] {
+            let r = std::panic::catch_unwind(|| Segment::create(Kind::Event, len).map(drop));
+            let r = r.unwrap_or_else(|_| panic!("length {len} panicked"));
+            let err = r.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{len}: {err}");
+        }
+    }
+
+    /// Another process holding the descriptor cannot shrink the file
+    /// under our mapping (our next access would die of `SIGBUS`), nor
+    /// grow it.
+    #[test]
+    fn a_segment_cannot_be_resized_by_whoever_holds_its_descriptor() {
+        let seg = Segment::create(Kind::Event, 64).unwrap();
+        let fd = seg.inner.fd.try_clone().unwrap();
+        assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "shrunk");
+        assert!(nix::unistd::ftruncate(&fd, 4096).is_err(), "grown");
+        seg.u32(16).store(1, Ordering::Relaxed);
+        assert_eq!(crate::sys::shm::size(fd.as_fd()).unwrap(), 64);
+    }
+
+    #[test]
+    fn a_segment_that_could_be_resized_is_refused() {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fd = memfd_create(c"not-ours", MFdFlags::MFD_CLOEXEC).unwrap();
+        nix::unistd::ftruncate(&fd, 64).unwrap();
+        let err = Segment::open(fd, Kind::Event, 64).unwrap_err();
+        assert!(err.to_string().contains("not sealed"), "{err}");
     }
 
     #[test]

@@ -394,8 +394,8 @@ pub(crate) unsafe fn resolve(target: TargetRef) -> Resolved {
 }
 
 /// Names a plain function for another process running this same image
-/// (a barrier's action, stored in shared memory): its distance from the
-/// anchor.
+/// (a barrier's action, sent to a child in its arguments): its distance
+/// from the anchor.
 pub(crate) fn fn_to_offset(f: fn()) -> i64 {
     offset_of(f as usize)
 }

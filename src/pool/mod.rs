@@ -37,6 +37,8 @@
 
 mod imap;
 mod page;
+#[cfg(fuzzing)]
+pub(crate) use page::fuzz as fuzz_page;
 mod supervisor;
 pub(crate) mod worker;
 

@@ -33,6 +33,12 @@
 //! `tail`; the supervisor reads only between `head` and `tail`, and frees
 //! with a release store of `head`.
 //!
+//! Either side may find anything in the page: a worker can write over
+//! every word of it. So the supervisor checks every position and length
+//! it reads before it uses them (a bad one makes `pop_into` fail, and the
+//! worker is replaced), and the worker does the same with the words the
+//! supervisor writes (a bad one sends the reply over the socket).
+//!
 //! `sleeping` is how the supervisor asks to be woken: it sets the word,
 //! looks at the ring once more, and only then waits on the socket. A
 //! worker that publishes a reply and finds the word set clears it and
@@ -84,9 +90,13 @@ impl Page {
     /// Starts job `seq`: true if the gate let it through, false if the
     /// supervisor took it back.
     pub(crate) fn try_start(&self, seq: u64) -> bool {
+        // The fence bit is never a job number.
+        let Some(next) = seq.checked_add(1).filter(|n| n & FENCE == 0) else {
+            return false;
+        };
         self.0
             .u64(STARTED)
-            .compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(seq, next, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
@@ -100,11 +110,20 @@ impl Page {
         let need = padded(reply.len());
         let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
         let head = self.0.u64(HEAD).load(Ordering::Acquire);
-        let to_end = RING - tail % RING;
-        let skip = if need > to_end { to_end } else { 0 };
-        if tail + skip + need - head > RING {
+        // Positions the supervisor could not have left (out of order, too
+        // far apart, off a record boundary, at the end of their range):
+        // the reply goes over the socket, where the supervisor notices.
+        let used = tail.checked_sub(head).filter(|&u| u <= RING)?;
+        if tail % 8 != 0 {
             return None;
         }
+        let to_end = RING - tail % RING;
+        let skip = if need > to_end { to_end } else { 0 };
+        // Each term is at most `RING`.
+        if used + skip + need > RING {
+            return None;
+        }
+        tail.checked_add(skip + need)?;
         if skip > 0 {
             self.write_at(tail, &(WRAP as u64).to_ne_bytes());
         }
@@ -125,7 +144,8 @@ impl Page {
         // past them; the bytes are ordinary data, never accessed as
         // atomics. The range is inside the mapping: `pos % RING` plus a
         // record never crosses the ring's end (`push` skips to the start
-        // first).
+        // first), and a wrap marker is written only at a `tail` that is a
+        // multiple of 8 (checked by `push`), so before the end too.
         unsafe { self.0.write_bytes(DATA + (pos % RING) as usize, bytes) }
     }
 
@@ -141,22 +161,9 @@ impl Page {
     /// Closes the gate: no job starts from now on. Returns how many had
     /// started; every job from that number on is the supervisor's again.
     pub(crate) fn fence(&self) -> u64 {
-        let word = self.0.u64(STARTED);
-        let mut current = word.load(Ordering::SeqCst);
-        loop {
-            if current & FENCE != 0 {
-                return current & !FENCE;
-            }
-            match word.compare_exchange(
-                current,
-                current | FENCE,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return current,
-                Err(now) => current = now,
-            }
-        }
+        // One atomic step, so no loop a worker rewriting the word could
+        // keep spinning.
+        self.0.u64(STARTED).fetch_or(FENCE, Ordering::SeqCst) & !FENCE
     }
 
     /// Opens the gate at job `next`, the next one to be sent, after a
@@ -189,18 +196,31 @@ impl Page {
         let head_word = self.0.u64(HEAD);
         let mut head = head_word.load(Ordering::Relaxed);
         let tail = self.0.u64(TAIL).load(Ordering::Acquire);
-        loop {
+        // At most two rounds: a wrap marker, then a record at offset 0.
+        for _ in 0..2 {
             if head == tail {
                 return Ok(false);
             }
             if tail < head || tail - head > RING {
                 return Err(format!("reply ring positions out of order: {head}..{tail}"));
             }
+            if head % 8 != 0 || tail % 8 != 0 {
+                return Err(format!(
+                    "reply ring positions off a record boundary: {head}..{tail}"
+                ));
+            }
             let mut word = [0u8; 8];
             self.read_at(head, &mut word);
             let len = u64::from_ne_bytes(word);
             let to_end = RING - head % RING;
             if len == u64::from(WRAP) {
+                // Only a record that did not fit before the end is moved
+                // to the start, so something follows the marker.
+                if to_end >= tail - head {
+                    return Err(format!(
+                        "reply ring wrap marker at {head} with nothing after it"
+                    ));
+                }
                 head += to_end;
                 continue;
             }
@@ -217,14 +237,19 @@ impl Page {
             head_word.store(head + need, Ordering::Release);
             return Ok(true);
         }
+        Err(format!(
+            "reply ring holds two wrap markers in a row at {head}"
+        ))
     }
 
     fn read_at(&self, pos: u64, out: &mut [u8]) {
         // SAFETY: the supervisor is the ring's only reader, and it reads
-        // only between `head` and the published `tail` (checked by `pop`),
-        // which the worker does not write again until `head` moves past
-        // them; the bytes are ordinary data. The range is inside the
-        // mapping (`pop` checks the record against the ring's end).
+        // only between `head` and the published `tail` (checked by
+        // `pop_into`), which the worker does not write again until `head`
+        // moves past them; the bytes are ordinary data. The range is
+        // inside the mapping: `pop_into` reads a length word only at a
+        // multiple of 8 (so all 8 bytes are before the ring's end) and
+        // checks the record against the ring's end.
         unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
     }
 
@@ -243,6 +268,65 @@ impl Page {
             self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
         }
         waiting
+    }
+}
+
+/// Lays a fuzz input over a real page's words and reply ring, as a worker
+/// (or, for the worker's side, a supervisor) might have written them, then
+/// pops, pushes and works the gate (see `crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static PAGE: OnceLock<Page> = OnceLock::new();
+    let page = PAGE.get_or_init(|| Page::new().expect("a page"));
+    let seg = &page.0;
+    seg.u64(STARTED).store(input.u64(), Ordering::SeqCst);
+    let head = input.u64();
+    seg.u64(HEAD).store(head, Ordering::SeqCst);
+    seg.u64(TAIL)
+        .store(input.near(head, 2 * RING), Ordering::SeqCst);
+    seg.u32(SLEEPING).store(input.u32(), Ordering::SeqCst);
+    let ops = input.u8();
+    // The rest of the input lies in the ring from `head` on, wrapping.
+    let mut ring = vec![0u8; RING as usize];
+    let start = (head % RING) as usize;
+    for (i, b) in input.rest().iter().take(ring.len()).enumerate() {
+        ring[(start + i) % RING as usize] = *b;
+    }
+    // SAFETY: the fuzzer runs one input at a time on one thread, and no
+    // other process maps this page, so nothing else touches the ring.
+    unsafe { seg.write_bytes(DATA, &ring) };
+    let mut reply = Vec::new();
+    for i in 0..4u8 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                for _ in 0..4 {
+                    match page.pop_into(&mut reply) {
+                        Ok(true) => assert!(reply.len() as u64 <= RING),
+                        Ok(false) | Err(_) => break,
+                    }
+                }
+            }
+            1 => {
+                let len = (usize::from(ops) * 31 + usize::from(i)) % (MAX_REPLY + 2);
+                let _ = page.push(&vec![i; len]);
+            }
+            2 => {
+                let started = page.started_count();
+                assert_eq!(started & FENCE, 0);
+                let _ = page.try_start(started);
+                let _ = page.fenced();
+            }
+            _ => {
+                let started = page.fence();
+                assert_eq!(started & FENCE, 0);
+                assert!(page.fenced());
+                page.reopen(started.wrapping_add(u64::from(i)));
+                if !page.sleep() {
+                    page.wake();
+                }
+            }
+        }
     }
 }
 
@@ -338,6 +422,55 @@ mod tests {
         assert_eq!(page.push(b"a"), Some(true), "the supervisor sleeps");
         assert_eq!(page.push(b"b"), Some(false), "already rung");
         assert!(page.sleep(), "replies wait: no need to sleep");
+    }
+
+    fn survives<R>(f: impl FnOnce() -> R) -> Option<R> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    }
+
+    #[test]
+    fn a_head_off_a_record_boundary_is_an_error_not_a_panic() {
+        let page = Page::new().unwrap();
+        // 8 bytes read at 65532 would cross the end of the page.
+        page.0.u64(HEAD).store(RING - 4, Ordering::Release);
+        page.0.u64(TAIL).store(RING + 16, Ordering::Release);
+        let r = survives(|| page.pop()).expect("pop panicked");
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn positions_at_the_end_of_their_range_are_an_error_not_a_panic() {
+        let page = Page::new().unwrap();
+        // A wrap marker whose skip would carry `head` past 2^64.
+        for (head, tail) in [(u64::MAX - 7, u64::MAX), (u64::MAX - 15, u64::MAX - 7)] {
+            page.0.u64(HEAD).store(head, Ordering::Release);
+            page.0.u64(TAIL).store(tail, Ordering::Release);
+            page.write_at(head, &u64::from(WRAP).to_ne_bytes());
+            let r = survives(|| page.pop()).expect("pop panicked");
+            assert!(r.is_err(), "{head}..{tail}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn the_worker_survives_bad_positions_from_the_supervisor() {
+        let page = Page::new().unwrap();
+        for (head, tail) in [(1000, 0), (0, RING * 5), (0, u64::MAX - 3), (3, 3)] {
+            page.0.u64(HEAD).store(head, Ordering::Release);
+            page.0.u64(TAIL).store(tail, Ordering::Release);
+            let r = survives(|| page.push(b"reply")).unwrap_or_else(|| panic!("{head}..{tail}"));
+            assert_eq!(r, None, "{head}..{tail}: over the socket instead");
+        }
+    }
+
+    #[test]
+    fn a_gate_word_with_every_bit_set_is_no_panic() {
+        let page = Page::new().unwrap();
+        page.0.u64(STARTED).store(u64::MAX, Ordering::SeqCst);
+        let r = survives(|| (page.fenced(), page.fence(), page.started_count()));
+        assert_eq!(r, Some((true, u64::MAX >> 1, u64::MAX >> 1)));
+        page.0.u64(STARTED).store(u64::MAX >> 1, Ordering::SeqCst);
+        assert!(survives(|| page.try_start(u64::MAX >> 1)).is_some());
+        assert!(survives(|| page.try_start(u64::MAX)).is_some());
     }
 
     #[test]

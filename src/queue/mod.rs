@@ -57,13 +57,13 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::shm::{Kind, Segment};
+use crate::shm::{Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sync::park::{INTERVAL, Park, deadline_after, slice};
 use crate::sync::raw::{self, RawLock, Taken};
 use crate::sys::futex;
 use crate::sys::proc;
 use crate::target::{decode_value, encode_value};
-use ring::{Full, Memory, Ring};
+use ring::{Corrupt, Memory, PushError, Ring};
 
 // The queue's words, after the lock's.
 const HEAD: usize = raw::END;
@@ -92,6 +92,22 @@ const SPIN: Duration = Duration::from_micros(20);
 /// The default ring size of a queue, in bytes of encoded items.
 pub const DEFAULT_BUFFER: usize = 64 * 1024 * 1024;
 
+/// The largest ring a queue can have, in bytes of encoded items: 4 GiB
+/// (1 GiB where pointers have 32 bits). Records carry a 32-bit length,
+/// so no single item could use more, and the whole segment must fit the
+/// address space of every process that maps it.
+#[cfg(target_pointer_width = "64")]
+pub const MAX_BUFFER: usize = 1 << 32;
+/// The largest ring a queue can have, in bytes of encoded items: 4 GiB
+/// (1 GiB where pointers have 32 bits). Records carry a 32-bit length,
+/// so no single item could use more, and the whole segment must fit the
+/// address space of every process that maps it.
+#[cfg(not(target_pointer_width = "64"))]
+pub const MAX_BUFFER: usize = 1 << 30;
+
+/// The smallest ring a queue has: a smaller `buffer` is raised to it.
+const MIN_BUFFER: usize = 64;
+
 /// Why a `put` failed; the item comes back.
 #[non_exhaustive]
 pub enum PutError<T> {
@@ -101,13 +117,20 @@ pub enum PutError<T> {
     Closed(T),
     /// The item could not be encoded, or is larger than the whole buffer.
     Encode(T, String),
+    /// The queue's shared memory holds values no put or get leaves:
+    /// another process wrote over it. The queue cannot be used any more;
+    /// other queues are not affected.
+    Corrupt(T, String),
 }
 
 impl<T> PutError<T> {
     /// The item that was not put.
     pub fn into_inner(self) -> T {
         match self {
-            PutError::Full(t) | PutError::Closed(t) | PutError::Encode(t, _) => t,
+            PutError::Full(t)
+            | PutError::Closed(t)
+            | PutError::Encode(t, _)
+            | PutError::Corrupt(t, _) => t,
         }
     }
 }
@@ -118,6 +141,7 @@ impl<T> fmt::Debug for PutError<T> {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
             PutError::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
+            PutError::Corrupt(_, e) => f.debug_tuple("Corrupt").field(&"..").field(e).finish(),
         }
     }
 }
@@ -128,6 +152,7 @@ impl<T> fmt::Display for PutError<T> {
             PutError::Full(_) => f.write_str("the queue is full"),
             PutError::Closed(_) => f.write_str("the queue is closed"),
             PutError::Encode(_, e) => write!(f, "the item failed to encode: {e}"),
+            PutError::Corrupt(_, e) => write!(f, "the queue's shared memory is corrupt: {e}"),
         }
     }
 }
@@ -147,6 +172,12 @@ pub enum GetError {
     /// An item did not decode as `T`.
     #[error("an item failed to decode: {0}")]
     Decode(String),
+    /// The queue's shared memory holds values no put or get leaves (a
+    /// record longer than the ring, cursors out of order): another
+    /// process wrote over it. Nothing is taken, and every later `get`
+    /// fails alike; other queues are not affected.
+    #[error("the queue's shared memory is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// `JoinableQueue::task_done` was called more times than items were put.
@@ -155,9 +186,14 @@ pub enum GetError {
 pub struct TaskDoneError;
 
 /// What every handle to one queue shares in this process.
+///
+/// The queue's size limits are kept here, not read back from the shared
+/// words, which another process could rewrite.
 struct Local {
     lock: RawLock,
     closed: AtomicBool,
+    /// The most items (`0`: unbounded).
+    maxsize: u64,
 }
 
 impl Local {
@@ -173,12 +209,9 @@ impl Local {
         self.seg().u64(at)
     }
 
+    /// The ring's size in bytes: what this process mapped.
     fn capacity(&self) -> usize {
-        self.word64(CAPACITY).load(Ordering::Relaxed) as usize
-    }
-
-    fn maxsize(&self) -> u64 {
-        self.word64(MAXSIZE).load(Ordering::Relaxed)
+        self.seg().len() - RING
     }
 
     fn ring(&self) -> Ring<'_, RingMemory<'_>> {
@@ -220,19 +253,22 @@ impl Local {
     }
 
     /// Under the lock: pushes `bytes` if there is room.
-    fn try_push(&self, bytes: &[u8], joinable: bool) -> Result<(), Full> {
-        let max = self.maxsize();
-        if max != 0 && self.word64(COUNT).load(Ordering::Relaxed) >= max {
-            return Err(Full);
+    fn try_push(&self, bytes: &[u8], joinable: bool) -> Result<(), PushError> {
+        let ring = self.ring();
+        if self.maxsize != 0 && ring.count()? >= self.maxsize {
+            return Err(PushError::Full);
         }
+        let unfinished = self.word64(UNFINISHED);
         if joinable {
             // Counted before the item becomes visible, so `join` never
             // sees zero while an item is in flight.
-            self.word64(UNFINISHED).fetch_add(1, Ordering::AcqRel);
+            unfinished.fetch_add(1, Ordering::AcqRel);
         }
-        let pushed = self.ring().push(bytes);
+        let pushed = ring.push(bytes);
         if pushed.is_err() && joinable {
-            self.word64(UNFINISHED).fetch_sub(1, Ordering::AcqRel);
+            let _ = unfinished.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
         }
         pushed
     }
@@ -274,6 +310,31 @@ impl Local {
     }
 }
 
+/// Why a put under the lock did not go ahead.
+enum Blocked {
+    /// No room: sleep here until a get makes some.
+    Full(Park),
+    Corrupt(Corrupt),
+}
+
+impl Blocked {
+    fn of(e: PushError, l: &Local) -> Blocked {
+        match e {
+            PushError::Full => Blocked::Full(l.park(GETS, PUT_WAITERS)),
+            PushError::Corrupt(c) => Blocked::Corrupt(c),
+        }
+    }
+}
+
+/// Why a get under the lock found no item.
+enum NoItem {
+    /// This process closed the queue and it is empty.
+    Closed,
+    /// Empty: sleep here until a put.
+    Empty(Park),
+    Corrupt(Corrupt),
+}
+
 /// Releases the lock when dropped, also if the closure panics.
 struct Unlock<'a>(&'a RawLock);
 
@@ -295,7 +356,10 @@ impl Memory for RingMemory<'_> {
     fn write(&self, at: usize, bytes: &[u8]) {
         // SAFETY: the ring is only touched by `Ring`, which runs under the
         // queue's lock (every caller of `Local::ring` holds it), and it
-        // holds no atomic word (they all lie before `RING`).
+        // holds no atomic word (they all lie before `RING`). `Ring` checks
+        // every position and length it reads from shared memory before it
+        // uses one, so the range is inside the buffer whatever another
+        // process wrote; `read_bytes` asserts it all the same.
         unsafe { self.0.write_bytes(RING + at, bytes) }
     }
 
@@ -312,13 +376,27 @@ struct Core {
     joinable: bool,
 }
 
+/// The ring size for a requested `buffer`: at least [`MIN_BUFFER`],
+/// rounded up to 8.
+fn ring_size(buffer: usize) -> std::io::Result<usize> {
+    if buffer > MAX_BUFFER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a queue buffer holds at most {MAX_BUFFER} bytes, not {buffer}"),
+        ));
+    }
+    // At most `MAX_BUFFER`, far from overflowing.
+    Ok(buffer.max(MIN_BUFFER).next_multiple_of(8))
+}
+
 impl Core {
-    fn create(kind: Kind, maxsize: usize, buffer: usize) -> crate::Result<Core> {
-        let buffer = buffer.max(64).div_ceil(8) * 8;
+    fn create(kind: Kind, maxsize: usize, buffer: usize) -> std::io::Result<Core> {
+        let buffer = ring_size(buffer)?;
         let lock = RawLock::create(kind, RING + buffer)?;
         let local = Local {
             lock,
             closed: AtomicBool::new(false),
+            maxsize: maxsize as u64,
         };
         local
             .word64(MAXSIZE)
@@ -370,7 +448,7 @@ impl Core {
                 .local
                 .locked(deadline, |l| {
                     l.try_push(&bytes, self.joinable)
-                        .map_err(|Full| l.park(GETS, PUT_WAITERS))
+                        .map_err(|e| Blocked::of(e, l))
                 })
                 .await;
             match attempt {
@@ -378,7 +456,8 @@ impl Core {
                     self.pushed();
                     return Ok(());
                 }
-                Some(Err(park)) if wait => match slice(deadline) {
+                Some(Err(Blocked::Corrupt(e))) => return Err(PutError::Corrupt(item, e.0)),
+                Some(Err(Blocked::Full(park))) if wait => match slice(deadline) {
                     Some(t) => {
                         park.sleep(self.local.seg(), t).await;
                     }
@@ -399,14 +478,15 @@ impl Core {
         loop {
             let attempt = self.local.locked_blocking(deadline, |l| {
                 l.try_push(&bytes, self.joinable)
-                    .map_err(|Full| l.park(GETS, PUT_WAITERS))
+                    .map_err(|e| Blocked::of(e, l))
             });
             match attempt {
                 Some(Ok(())) => {
                     self.pushed();
                     return Ok(());
                 }
-                Some(Err(park)) if wait => match slice(deadline) {
+                Some(Err(Blocked::Corrupt(e))) => return Err(PutError::Corrupt(item, e.0)),
+                Some(Err(Blocked::Full(park))) if wait => match slice(deadline) {
                     Some(t) => {
                         park.blocking(self.local.seg(), t);
                     }
@@ -418,11 +498,12 @@ impl Core {
     }
 
     /// Under the lock: the next item, or where to sleep for one.
-    fn try_pop(&self, l: &Local) -> Result<Vec<u8>, Option<Park>> {
+    fn try_pop(&self, l: &Local) -> Result<Vec<u8>, NoItem> {
         match l.ring().pop() {
-            Some(bytes) => Ok(bytes),
-            None if l.closed.load(Ordering::Acquire) => Err(None),
-            None => Err(Some(l.park(PUTS, GET_WAITERS))),
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) if l.closed.load(Ordering::Acquire) => Err(NoItem::Closed),
+            Ok(None) => Err(NoItem::Empty(l.park(PUTS, GET_WAITERS))),
+            Err(Corrupt(e)) => Err(NoItem::Corrupt(Corrupt(e))),
         }
     }
 
@@ -439,15 +520,16 @@ impl Core {
         loop {
             match self.local.locked(deadline, |l| self.try_pop(l)).await {
                 Some(Ok(bytes)) => return self.decode(bytes),
-                Some(Err(None)) => return Err(GetError::Closed),
-                Some(Err(Some(park))) if wait => match slice(deadline) {
+                Some(Err(NoItem::Closed)) => return Err(GetError::Closed),
+                Some(Err(NoItem::Corrupt(e))) => return Err(GetError::Corrupt(e.0)),
+                Some(Err(NoItem::Empty(park))) if wait => match slice(deadline) {
                     Some(_) if self.local.spin_until_changed(&park) => {}
                     Some(t) => {
                         park.sleep(self.local.seg(), t).await;
                     }
                     None => return Err(GetError::Empty),
                 },
-                Some(Err(Some(_))) | None => return Err(GetError::Empty),
+                Some(Err(NoItem::Empty(_))) | None => return Err(GetError::Empty),
             }
         }
     }
@@ -460,25 +542,30 @@ impl Core {
         loop {
             match self.local.locked_blocking(deadline, |l| self.try_pop(l)) {
                 Some(Ok(bytes)) => return self.decode(bytes),
-                Some(Err(None)) => return Err(GetError::Closed),
-                Some(Err(Some(park))) if wait => match slice(deadline) {
+                Some(Err(NoItem::Closed)) => return Err(GetError::Closed),
+                Some(Err(NoItem::Corrupt(e))) => return Err(GetError::Corrupt(e.0)),
+                Some(Err(NoItem::Empty(park))) if wait => match slice(deadline) {
                     Some(_) if self.local.spin_until_changed(&park) => {}
                     Some(t) => {
                         park.blocking(self.local.seg(), t);
                     }
                     None => return Err(GetError::Empty),
                 },
-                Some(Err(Some(_))) | None => return Err(GetError::Empty),
+                Some(Err(NoItem::Empty(_))) | None => return Err(GetError::Empty),
             }
         }
     }
 
+    /// The count word, read without the lock, clamped to the most
+    /// records the ring can hold.
     fn len(&self) -> usize {
-        self.local.word64(COUNT).load(Ordering::Acquire) as usize
+        let count = self.local.word64(COUNT).load(Ordering::Acquire);
+        let most = ring::max_records(self.local.capacity());
+        usize::try_from(count.min(most)).unwrap_or(usize::MAX)
     }
 
     fn is_full(&self) -> bool {
-        let max = self.local.maxsize();
+        let max = self.local.maxsize;
         max != 0 && self.len() as u64 >= max
     }
 
@@ -549,40 +636,28 @@ impl Core {
         kind: Kind,
     ) -> Result<Core, D::Error> {
         use serde::de::Error as _;
-        let (fd, capacity): (FdIndex, u64) = Deserialize::deserialize(deserializer)?;
-        let capacity = usize::try_from(capacity).map_err(D::Error::custom)?;
+        let (fd, capacity): (ReceivedFd, u64) = Deserialize::deserialize(deserializer)?;
+        let capacity = usize::try_from(capacity)
+            .ok()
+            .filter(|&c| ring_size(c).is_ok_and(|r| r == c))
+            .ok_or_else(|| D::Error::custom(format!("a queue buffer of {capacity} bytes")))?;
         let seg = Segment::open(fd.0, kind, RING + capacity).map_err(D::Error::custom)?;
         if seg.u64(CAPACITY).load(Ordering::Acquire) != capacity as u64 {
             return Err(D::Error::custom(
                 "queue segment does not match its stated capacity",
             ));
         }
+        // Read once, here: from now on this process keeps its own copy.
+        let maxsize = seg.u64(MAXSIZE).load(Ordering::Acquire);
         let local = Local {
             lock: RawLock { seg },
             closed: AtomicBool::new(false),
+            maxsize,
         };
         Ok(Core {
             local: Arc::new(local),
             joinable: kind == Kind::JoinableQueue,
         })
-    }
-}
-
-/// Serializes a segment as its descriptor.
-struct SegmentFd<'a>(&'a Segment);
-
-impl Serialize for SegmentFd<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
-    }
-}
-
-/// A descriptor received in a child, not yet checked.
-struct FdIndex(std::os::fd::OwnedFd);
-
-impl<'de> Deserialize<'de> for FdIndex {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::handle::deserialize_fd(deserializer).map(FdIndex)
     }
 }
 
@@ -594,7 +669,8 @@ macro_rules! queue_methods {
         ///
         /// [`PutError::Closed`] after [`close`](Self::close),
         /// [`PutError::Encode`] if the item does not encode (the queue stays
-        /// healthy). The item comes back in the error.
+        /// healthy), [`PutError::Corrupt`] if another process wrote over
+        /// the queue's shared memory. The item comes back in the error.
         ///
         /// # Cancel safety
         ///
@@ -639,7 +715,8 @@ macro_rules! queue_methods {
         ///
         /// [`GetError::Closed`] once this process closed the queue and it
         /// is empty; [`GetError::Decode`] if the item does not decode as
-        /// `T` (it is consumed).
+        /// `T` (it is consumed); [`GetError::Corrupt`] if another process
+        /// wrote over the queue's shared memory (nothing is consumed).
         ///
         /// # Cancel safety
         ///
@@ -728,7 +805,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// If the shared memory cannot be created.
-    pub fn new() -> crate::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         Self::with_buffer(0, DEFAULT_BUFFER)
     }
 
@@ -738,7 +815,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     ///
     /// If the shared memory cannot be created.
-    pub fn bounded(maxsize: usize) -> crate::Result<Self> {
+    pub fn bounded(maxsize: usize) -> std::io::Result<Self> {
         Self::with_buffer(maxsize, DEFAULT_BUFFER)
     }
 
@@ -746,10 +823,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// holds `buffer` bytes of encoded items. The buffer is reserved, not
     /// committed: memory is used only as items fill it.
     ///
+    /// `buffer` may be at most [`MAX_BUFFER`] (4 GiB on 64-bit targets);
+    /// below 64 it is raised to 64, and it is rounded up to a multiple of
+    /// 8. An item whose encoding is larger than the buffer, less 8 bytes,
+    /// is refused by `put` with [`PutError::Encode`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio_multiprocessing as mp;
+    ///
+    /// let small: mp::Queue<u32> = mp::Queue::with_buffer(10, 4096)?;
+    /// let err = mp::Queue::<u32>::with_buffer(0, usize::MAX).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// # drop(small);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
     /// # Errors
     ///
-    /// If the shared memory cannot be created.
-    pub fn with_buffer(maxsize: usize, buffer: usize) -> crate::Result<Self> {
+    /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) if `buffer` is
+    /// over [`MAX_BUFFER`]; otherwise if the shared memory cannot be
+    /// created.
+    pub fn with_buffer(maxsize: usize, buffer: usize) -> std::io::Result<Self> {
         Ok(Queue {
             core: Core::create(Kind::Queue, maxsize, buffer)?,
             _items: PhantomData,
@@ -781,7 +877,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     ///
     /// If the shared memory cannot be created.
-    pub fn new() -> crate::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         Self::with_buffer(0, DEFAULT_BUFFER)
     }
 
@@ -790,7 +886,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// # Errors
     ///
     /// If the shared memory cannot be created.
-    pub fn bounded(maxsize: usize) -> crate::Result<Self> {
+    pub fn bounded(maxsize: usize) -> std::io::Result<Self> {
         Self::with_buffer(maxsize, DEFAULT_BUFFER)
     }
 
@@ -798,8 +894,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     ///
     /// # Errors
     ///
-    /// If the shared memory cannot be created.
-    pub fn with_buffer(maxsize: usize, buffer: usize) -> crate::Result<Self> {
+    /// As [`Queue::with_buffer`]: `InvalidInput` if `buffer` is over
+    /// [`MAX_BUFFER`].
+    pub fn with_buffer(maxsize: usize, buffer: usize) -> std::io::Result<Self> {
         Ok(JoinableQueue {
             core: Core::create(Kind::JoinableQueue, maxsize, buffer)?,
             _items: PhantomData,
@@ -886,3 +983,183 @@ macro_rules! queue_impls {
 
 queue_impls!(Queue, Kind::Queue);
 queue_impls!(JoinableQueue, Kind::JoinableQueue);
+
+/// Runs the ring over plain memory on a fuzz input (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_ring(input: crate::fuzz::Input<'_>) {
+    ring::fuzz(input);
+}
+
+/// Lays a fuzz input over every word and the ring of a real queue segment
+/// (the lock's words excepted), then takes, puts and counts items
+/// (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_segment(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static QUEUE: OnceLock<JoinableQueue<serde_bytes::ByteBuf>> = OnceLock::new();
+    const BUFFER: usize = 256;
+    let q = QUEUE.get_or_init(|| JoinableQueue::with_buffer(3, BUFFER).expect("a queue"));
+    let l = &q.core.local;
+    let head = input.u64();
+    l.word64(HEAD).store(head, Ordering::Relaxed);
+    let tail = input.near(head, 2 * BUFFER as u64);
+    l.word64(TAIL).store(tail, Ordering::Relaxed);
+    for word in [COUNT, MAXSIZE, CAPACITY, UNFINISHED] {
+        l.word64(word).store(input.u64(), Ordering::Relaxed);
+    }
+    let ops = input.u8();
+    let mut ring = input.rest().to_vec();
+    ring.resize(BUFFER, 0);
+    // SAFETY: the fuzzer runs one input at a time on one thread, and no
+    // other process maps this segment, so nothing else touches the ring.
+    unsafe { l.seg().write_bytes(RING, &ring) };
+    for i in 0..8u32 {
+        match ops >> i & 3 {
+            0 | 1 => match q.try_get() {
+                Ok(item) => assert!(item.len() <= BUFFER),
+                Err(GetError::Empty | GetError::Decode(_) | GetError::Corrupt(_)) => {}
+                Err(e) => panic!("untyped get error {e:?}"),
+            },
+            2 => {
+                let item = serde_bytes::ByteBuf::from(vec![i as u8; usize::from(ops) % 300]);
+                match q.try_put(item) {
+                    Ok(()) => {}
+                    Err(PutError::Full(_) | PutError::Encode(..) | PutError::Corrupt(..)) => {}
+                    Err(e) => panic!("untyped put error {e:?}"),
+                }
+            }
+            _ => {
+                let _ = q.task_done();
+                let _ = format!("{q:?}");
+            }
+        }
+        assert!(q.len() <= BUFFER / 8, "len {}", q.len());
+        let _ = q.is_full();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(q: &Queue<u32>, at: usize) -> &AtomicU64 {
+        q.core.local.word64(at)
+    }
+
+    #[test]
+    fn a_buffer_past_the_limit_is_invalid_input() {
+        for buffer in [usize::MAX, usize::MAX - 100, MAX_BUFFER + 1] {
+            let err = Queue::<u32>::with_buffer(0, buffer).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{buffer}");
+            assert!(err.to_string().contains(&MAX_BUFFER.to_string()), "{err}");
+            let err = JoinableQueue::<u32>::with_buffer(3, buffer).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{buffer}");
+        }
+    }
+
+    #[test]
+    fn the_largest_buffer_is_made_and_used() {
+        // Reserved, not committed: only the pages items touch are used.
+        let q = Queue::<u32>::with_buffer(0, MAX_BUFFER).unwrap();
+        assert_eq!(q.core.local.capacity(), MAX_BUFFER);
+        q.try_put(7).unwrap();
+        assert_eq!(q.try_get(), Ok(7));
+    }
+
+    #[test]
+    fn the_smallest_buffers_are_raised_and_still_work() {
+        for buffer in [0, 1, 63, 65] {
+            let q = Queue::<u32>::with_buffer(0, buffer).unwrap();
+            q.try_put(7).unwrap();
+            assert_eq!(q.try_get(), Ok(7), "{buffer}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_for_that_queue_alone() {
+        let q = Queue::<u32>::new().unwrap();
+        let other = Queue::<u32>::new().unwrap();
+        q.try_put(1).unwrap();
+        // Another process claims the record is nearly 2 GiB long.
+        // SAFETY: no other thread touches this queue's ring.
+        unsafe {
+            q.core
+                .local
+                .seg()
+                .write_bytes(RING, &0x7fff_fff0u32.to_le_bytes())
+        };
+        for _ in 0..3 {
+            assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+            assert!(matches!(
+                q.blocking_get_timeout(Duration::from_secs(5)),
+                Err(GetError::Corrupt(_))
+            ));
+        }
+        let err = q.try_get().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("the queue's shared memory is corrupt: "),
+            "{err}"
+        );
+        other.try_put(2).unwrap();
+        assert_eq!(other.try_get(), Ok(2));
+    }
+
+    #[test]
+    fn cursors_out_of_order_fail_puts_and_gets_with_the_item_back() {
+        let q = Queue::<u32>::new().unwrap();
+        word(&q, HEAD).store(4096, Ordering::Relaxed);
+        match q.try_put(5) {
+            Err(e @ PutError::Corrupt(..)) => assert_eq!(e.into_inner(), 5),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(q.try_get(), Err(GetError::Corrupt(_))));
+    }
+
+    #[test]
+    fn len_never_wraps_and_never_passes_what_the_ring_holds() {
+        let q = Queue::<u32>::with_buffer(0, 4096).unwrap();
+        q.try_put(1).unwrap();
+        word(&q, COUNT).store(0, Ordering::Relaxed);
+        assert_eq!(q.try_get(), Ok(1));
+        assert_eq!(q.len(), 0, "not 2^64 - 1");
+        assert!(q.is_empty());
+        word(&q, COUNT).store(u64::MAX, Ordering::Relaxed);
+        assert!(q.len() <= 4096 / 8, "{}", q.len());
+        // The next look under the lock sets it right.
+        assert_eq!(q.try_get(), Err(GetError::Empty));
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn size_words_rewritten_by_another_process_change_nothing_here() {
+        let q = Queue::<u32>::with_buffer(1, 4096).unwrap();
+        word(&q, MAXSIZE).store(0, Ordering::Relaxed);
+        word(&q, CAPACITY).store(u64::MAX, Ordering::Relaxed);
+        q.try_put(1).unwrap();
+        assert!(
+            matches!(q.try_put(2), Err(PutError::Full(2))),
+            "still bounded"
+        );
+        assert!(q.is_full());
+        let big = Queue::<Vec<u8>>::with_buffer(0, 64).unwrap();
+        big.core
+            .local
+            .word64(CAPACITY)
+            .store(u64::MAX, Ordering::Relaxed);
+        match big.try_put(vec![0; 100]) {
+            Err(PutError::Encode(_, msg)) => assert!(msg.contains("buffer of 64 bytes"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_joinable_put_never_wraps_the_unfinished_count() {
+        let q = JoinableQueue::<Vec<u8>>::with_buffer(0, 64).unwrap();
+        q.try_put(vec![0; 40]).unwrap();
+        q.core.local.word64(UNFINISHED).store(0, Ordering::Relaxed);
+        // Too big for the room left: counted, then uncounted.
+        assert!(matches!(q.try_put(vec![0; 40]), Err(PutError::Full(_))));
+        assert_eq!(q.core.local.word64(UNFINISHED).load(Ordering::Relaxed), 0);
+    }
+}

@@ -5,22 +5,18 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::shm::{HEADER, Kind, Segment, segment_serde};
+use serde::{Deserialize, Serialize};
+
+use crate::shm::{HEADER, Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sync::error::BrokenBarrier;
 use crate::sync::park::{Park, deadline_after, slice};
 use crate::sys::futex;
 
 /// The barrier's state word (the futex word), see [`State`].
 const STATE: usize = HEADER;
-/// The number of parties.
+/// The number of parties, read by a child when it receives the barrier.
 const PARTIES: usize = HEADER + 4;
-/// 1 if there is an action.
-const HAS_ACTION: usize = HEADER + 8;
-/// The action's offset from the crate's anchor (see `crate::target`).
-const ACTION: usize = HEADER + 16;
-/// The build fingerprint of the process that stored the action.
-const FINGERPRINT: usize = HEADER + 24;
-const LEN: usize = HEADER + 32;
+const LEN: usize = HEADER + 8;
 
 /// The most parties a barrier can have.
 pub(crate) const MAX_PARTIES: u32 = COUNT_MASK;
@@ -61,9 +57,12 @@ struct State {
 
 impl State {
     fn unpack(w: u32) -> State {
+        let mode = (w >> MODE_SHIFT) & 0b11;
         State {
             generation: w >> GEN_SHIFT,
-            mode: (w >> MODE_SHIFT) & 0b11,
+            // The fourth mode is never written; another process that
+            // wrote it broke the barrier.
+            mode: mode.min(BROKEN),
             count: w & COUNT_MASK,
         }
     }
@@ -132,9 +131,52 @@ enum Progress {
 #[derive(Clone)]
 pub struct Barrier {
     seg: Segment,
+    /// Kept here, not read back from the segment, which another process
+    /// could rewrite.
+    parties: u32,
+    /// Kept here, for the same reason: a function pointer read from shared
+    /// memory would let any process that maps it choose what this one
+    /// calls.
+    action: Option<fn()>,
 }
 
-segment_serde!(Barrier, Kind::Barrier, LEN, |seg| Barrier { seg }, seg);
+/// A barrier travels as its segment and its action's distance from the
+/// crate's anchor (see `crate::target`).
+impl Serialize for Barrier {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let action = self.action.map(crate::target::fn_to_offset);
+        (SegmentFd(&self.seg), action).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Barrier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        // The descriptor decodes only inside `handle::provide_fds`, so the
+        // action below is reached only for arguments from our parent.
+        let (fd, action): (ReceivedFd, Option<i64>) = Deserialize::deserialize(deserializer)?;
+        let seg = Segment::open(fd.0, Kind::Barrier, LEN).map_err(D::Error::custom)?;
+        let parties = seg.u32(PARTIES).load(Ordering::Acquire);
+        if !(1..=MAX_PARTIES).contains(&parties) {
+            return Err(D::Error::custom(format!(
+                "a barrier segment of {parties} parties"
+            )));
+        }
+        let action = action.map(|offset| {
+            // SAFETY: descriptors are provided only while a child decodes
+            // its target's arguments (`bootstrap::run_target`), after the
+            // handshake proved that the parent runs this same executable
+            // image; the parent wrote `offset` with `fn_to_offset` from a
+            // `fn()` in `serialize` above.
+            unsafe { crate::target::fn_from_offset(offset) }
+        });
+        Ok(Barrier {
+            seg,
+            parties,
+            action,
+        })
+    }
+}
 
 impl Barrier {
     /// Creates a barrier for `parties` parties, with no action.
@@ -172,17 +214,12 @@ impl Barrier {
             .into());
         }
         let seg = Segment::create(Kind::Barrier, LEN)?;
-        seg.u32(PARTIES).store(parties, Ordering::Relaxed);
-        if let Some(action) = action {
-            seg.u64(ACTION).store(
-                crate::target::fn_to_offset(action) as u64,
-                Ordering::Relaxed,
-            );
-            seg.u64(FINGERPRINT)
-                .store(crate::target::fingerprint(), Ordering::Relaxed);
-            seg.u32(HAS_ACTION).store(1, Ordering::Relaxed);
-        }
-        Ok(Barrier { seg })
+        seg.u32(PARTIES).store(parties, Ordering::Release);
+        Ok(Barrier {
+            seg,
+            parties,
+            action,
+        })
     }
 
     fn state(&self) -> &AtomicU32 {
@@ -191,7 +228,7 @@ impl Barrier {
 
     /// The number of parties the barrier waits for.
     pub fn parties(&self) -> u32 {
-        self.seg.u32(PARTIES).load(Ordering::Relaxed)
+        self.parties
     }
 
     /// How many parties wait in the current round.
@@ -216,11 +253,13 @@ impl Barrier {
     }
 
     fn enter(&self) -> Result<Entry, BrokenBarrier> {
-        let parties = self.parties();
+        let parties = self.parties;
         let mut w = self.state().load(Ordering::Acquire);
         loop {
             let s = State::unpack(w);
-            if s.mode == BROKEN {
+            // More parties inside than the barrier has: another process
+            // wrote the count. Waiting could never end.
+            if s.mode == BROKEN || s.count > parties {
                 return Err(BrokenBarrier);
             }
             if s.mode == RESETTING || s.count >= parties {
@@ -325,21 +364,9 @@ impl Barrier {
     }
 
     fn run_action(&self) {
-        if self.seg.u32(HAS_ACTION).load(Ordering::Relaxed) == 0 {
-            return;
+        if let Some(action) = self.action {
+            action();
         }
-        let stored = self.seg.u64(FINGERPRINT).load(Ordering::Relaxed);
-        assert!(
-            stored == crate::target::fingerprint(),
-            "this barrier's action was stored by another build of the program"
-        );
-        let offset = self.seg.u64(ACTION).load(Ordering::Relaxed) as i64;
-        // SAFETY: `offset` was stored by `create` from
-        // `target::fn_to_offset` in a process whose build fingerprint is the
-        // one checked just above, so that process ran this same executable
-        // image; a segment only reaches processes that run this program.
-        let action = unsafe { crate::target::fn_from_offset(offset) };
-        action();
     }
 
     /// One look at a waiting party's round.
@@ -561,6 +588,33 @@ impl fmt::Debug for Barrier {
     }
 }
 
+/// Lays a fuzz input over a barrier's words, then waits (without
+/// sleeping), aborts and resets (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static BARRIERS: OnceLock<[Barrier; 3]> = OnceLock::new();
+    let all =
+        BARRIERS.get_or_init(|| [1, 3, MAX_PARTIES].map(|n| Barrier::new(n).expect("a barrier")));
+    let b = &all[usize::from(input.u8()) % 3];
+    b.state().store(input.u32(), Ordering::SeqCst);
+    b.seg.u32(PARTIES).store(input.u32(), Ordering::SeqCst);
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 | 1 => {
+                if let Ok(index) = b.blocking_wait_timeout(Duration::ZERO) {
+                    assert!(index < b.parties() as usize);
+                }
+            }
+            2 => b.abort(),
+            _ => b.reset(),
+        }
+        assert!(b.n_waiting() <= MAX_PARTIES);
+        let _ = b.is_broken();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,6 +661,103 @@ mod tests {
             idx.sort_unstable();
             assert_eq!(idx, [0, 1, 2, 3]);
         }
+    }
+
+    fn survives<R>(f: impl FnOnce() -> R) -> Option<R> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    }
+
+    /// Waits with a long timeout; returns the result and how long it took.
+    fn timed_wait(b: &Barrier) -> (Option<Result<usize, BrokenBarrier>>, Duration) {
+        let t0 = Instant::now();
+        let r = survives(|| b.blocking_wait_timeout(Duration::from_secs(3)));
+        (r, t0.elapsed())
+    }
+
+    #[test]
+    fn a_parties_word_rewritten_by_another_process_changes_nothing_here() {
+        for parties in [0, MAX_PARTIES + 1, u32::MAX] {
+            let b = Barrier::new(1).unwrap();
+            b.seg.u32(PARTIES).store(parties, Ordering::Relaxed);
+            let (r, took) = timed_wait(&b);
+            assert_eq!(r, Some(Ok(0)), "{parties}");
+            assert!(took < Duration::from_secs(1), "{parties}: {took:?}");
+            assert_eq!(b.parties(), 1);
+        }
+    }
+
+    #[test]
+    fn a_child_refuses_a_barrier_whose_parties_word_is_out_of_range() {
+        let b = Barrier::new(2).unwrap();
+        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&b));
+        let bytes = bytes.unwrap();
+        b.seg.u32(PARTIES).store(0, Ordering::Relaxed);
+        let back: Result<Barrier, _> =
+            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes));
+        let err = back.unwrap_err().to_string();
+        assert!(err.contains("0 parties"), "{err}");
+    }
+
+    static ACTION_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn action() {
+        ACTION_RAN.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_barrier_travels_with_its_parties_and_action() {
+        let b = Barrier::with_action(1, action).unwrap();
+        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&b));
+        let back: Barrier =
+            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes.unwrap())).unwrap();
+        assert_eq!(back.parties(), 1);
+        assert_eq!(back.seg.id(), b.seg.id());
+        assert_eq!(back.blocking_wait(), Ok(0));
+        assert!(ACTION_RAN.load(Ordering::SeqCst), "the action did not run");
+    }
+
+    #[test]
+    fn a_count_past_the_parties_breaks_the_barrier_at_once() {
+        let b = Barrier::new(2).unwrap();
+        let w = State {
+            generation: 3,
+            mode: FILLING,
+            count: 9,
+        };
+        b.state().store(w.pack(), Ordering::Relaxed);
+        let (r, took) = timed_wait(&b);
+        assert_eq!(r, Some(Err(BrokenBarrier)));
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn the_unused_mode_counts_as_broken() {
+        let b = Barrier::new(1).unwrap();
+        b.state().store(3 << MODE_SHIFT, Ordering::Relaxed);
+        assert!(b.is_broken());
+        assert_eq!(b.n_waiting(), 0);
+        let (r, _) = timed_wait(&b);
+        assert_eq!(r, Some(Err(BrokenBarrier)));
+        b.reset();
+        assert_eq!(b.blocking_wait(), Ok(0));
+    }
+
+    static FORGED_RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn forged() {
+        FORGED_RAN.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn nothing_in_the_segment_makes_a_barrier_run_an_action() {
+        // The action no longer lives in shared memory (it did, with a
+        // fingerprint that any process of this build could copy): fill
+        // every word after the header with what a forged action would be.
+        let b = Barrier::new(1).unwrap();
+        let offset = crate::target::fn_to_offset(forged) as u64;
+        b.seg.u32(PARTIES).store(offset as u32, Ordering::Relaxed);
+        assert_eq!(survives(|| b.blocking_wait()), Some(Ok(0)));
+        assert!(!FORGED_RAN.load(Ordering::SeqCst), "an action ran");
     }
 
     #[test]

@@ -22,6 +22,11 @@ const TOKENS: usize = raw::END + 4;
 const SEQ: usize = raw::END + 8;
 const LEN: usize = raw::END + 16;
 
+/// How long a waiter that stops waiting gives a notifier, caught between
+/// its two steps, to finish; past that, another process zeroed the counts
+/// and there is nothing to take down.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// A condition variable that any number of processes can share: Python's
 /// `multiprocessing.Condition`, in the shape of `std::sync::Condvar` with
 /// its lock built in.
@@ -184,7 +189,13 @@ impl Condition {
     /// Counts this party as a waiter, then releases the lock.
     fn enter(&self, guard: LockGuard<'_>) -> u32 {
         self.check_guard(&guard);
-        self.word(WAITERS).fetch_add(1, Ordering::SeqCst);
+        // Saturating: a count another process set to `u32::MAX` must not
+        // wrap to 0, where this waiter could not take itself down again.
+        let _ = self
+            .word(WAITERS)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(1))
+            });
         let seq = self.word(SEQ).load(Ordering::SeqCst);
         drop(guard);
         seq
@@ -211,7 +222,11 @@ impl Condition {
     /// and reported (a timed-out waiter that was notified in the meantime
     /// counts as notified); otherwise the waiter count goes first, which
     /// leaves a pending notification to another waiter.
+    ///
+    /// If neither count can be taken down for [`LEAVE_PATIENCE`], another
+    /// process wrote over them: the waiter leaves anyway, not notified.
     fn leave(&self, prefer_token: bool) -> bool {
+        let since = Instant::now();
         loop {
             if prefer_token && self.take_token() {
                 return true;
@@ -231,6 +246,13 @@ impl Condition {
             }
             if !prefer_token && self.take_token() {
                 return true;
+            }
+            if since.elapsed() > LEAVE_PATIENCE {
+                tracing::warn!(
+                    "a condition's waiter and notification counts were both zero \
+                     while a waiter left; another process wrote over them"
+                );
+                return false;
             }
             // A notifier is between its two steps: let it finish.
             std::thread::yield_now();
@@ -425,5 +447,111 @@ impl fmt::Debug for Condition {
             .field("lock", &self.lock)
             .field("waiters", &self.waiters())
             .finish()
+    }
+}
+
+/// Lays a fuzz input over a condition's counts, then notifies and waits
+/// without sleeping (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static COND: OnceLock<Condition> = OnceLock::new();
+    let c = COND.get_or_init(|| Condition::new().expect("a condition"));
+    for word in [WAITERS, TOKENS, SEQ] {
+        c.word(word).store(input.u32(), Ordering::SeqCst);
+    }
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                let _ = c.notify(input.u32());
+            }
+            1 => {
+                let _ = c.notify_all();
+            }
+            _ => {
+                let guard = c.blocking_lock().unwrap_or_else(|p| p.into_inner());
+                let relocked = c.blocking_wait_timeout(guard, Duration::ZERO);
+                drop(relocked);
+            }
+        }
+        let _ = c.waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread; `None` if it did not finish within `limit`
+    /// (the thread is left behind).
+    fn within<R: Send + 'static>(
+        limit: Duration,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
+    #[test]
+    fn a_waiter_whose_counts_were_zeroed_still_times_out() {
+        let cond = Condition::new().unwrap();
+        let waiter = cond.clone();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let done = std::thread::spawn(move || {
+            let guard = waiter.blocking_lock().unwrap();
+            entered_tx.send(()).unwrap();
+            let (_guard, timeout) = waiter
+                .blocking_wait_timeout(guard, Duration::from_millis(300))
+                .unwrap();
+            timeout.timed_out()
+        });
+        entered_rx.recv().unwrap();
+        // Once it waits, another process zeroes both counts.
+        while cond.waiters() == 0 {
+            std::thread::yield_now();
+        }
+        cond.word(WAITERS).store(0, Ordering::SeqCst);
+        cond.word(TOKENS).store(0, Ordering::SeqCst);
+        let r = within(Duration::from_secs(10), move || done.join().unwrap());
+        assert_eq!(r, Some(true), "the waiter never came back");
+    }
+
+    #[test]
+    fn counts_at_their_limit_do_not_panic() {
+        let cond = Condition::new().unwrap();
+        cond.word(WAITERS).store(u32::MAX, Ordering::SeqCst);
+        cond.word(TOKENS).store(u32::MAX, Ordering::SeqCst);
+        let c = cond.clone();
+        let r = within(Duration::from_secs(10), move || {
+            let n = c.notify_all();
+            let guard = c.blocking_lock().unwrap();
+            let (_g, t) = c
+                .blocking_wait_timeout(guard, Duration::from_millis(10))
+                .unwrap();
+            (n, t.timed_out())
+        });
+        assert_eq!(r, Some((u32::MAX, false)), "a stale token is taken");
+    }
+
+    #[test]
+    fn a_waiter_count_at_its_limit_does_not_wrap() {
+        let cond = Condition::new().unwrap();
+        cond.word(WAITERS).store(u32::MAX, Ordering::SeqCst);
+        let c = cond.clone();
+        let r = within(Duration::from_secs(10), move || {
+            let guard = c.blocking_lock().unwrap();
+            let t0 = Instant::now();
+            let (_g, t) = c
+                .blocking_wait_timeout(guard, Duration::from_millis(10))
+                .unwrap();
+            (t.timed_out(), t0.elapsed())
+        });
+        let (timed_out, took) = r.expect("the waiter never came back");
+        assert!(timed_out);
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 }

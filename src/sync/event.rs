@@ -155,3 +155,25 @@ impl fmt::Debug for Event {
             .finish()
     }
 }
+
+/// Lays a fuzz input over an event's words, then sets, clears and waits
+/// without sleeping (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static EVENT: OnceLock<Event> = OnceLock::new();
+    let e = EVENT.get_or_init(|| Event::new().expect("an event"));
+    e.flag().store(input.u32(), Ordering::SeqCst);
+    e.seg.u32(WAITERS).store(input.u32(), Ordering::SeqCst);
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 => e.set(),
+            1 => e.clear(),
+            2 => assert_eq!(e.blocking_wait_timeout(Duration::ZERO), e.is_set()),
+            _ => {
+                let _ = format!("{e:?}");
+            }
+        }
+    }
+}

@@ -78,6 +78,19 @@ pub(crate) mod raw;
 mod rlock;
 mod semaphore;
 
+/// Lays a fuzz input over one primitive's words and works it
+/// (`crate::fuzz::shm`); `which` picks the primitive.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(which: u8, input: crate::fuzz::Input<'_>) {
+    match which {
+        3 => barrier::fuzz(input),
+        4 => condition::fuzz(input),
+        5 => semaphore::fuzz(input),
+        6 => event::fuzz(input),
+        _ => rlock::fuzz(input),
+    }
+}
+
 pub use barrier::Barrier;
 pub use condition::{Condition, WaitTimeoutResult};
 pub use error::{

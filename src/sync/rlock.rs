@@ -127,15 +127,23 @@ impl RLock {
 
     /// Re-enters if this thread owns the lock. Only the owner writes the
     /// owner's words, so plain loads and stores suffice.
+    ///
+    /// A count at `u32::MAX` cannot come from this thread's guards (it
+    /// would hold four billion): another process wrote it. The lock is
+    /// then poisoned and the guard comes in a `PoisonError`; the count
+    /// stays where it is.
     fn reenter(&self) -> Option<LockResult<RLockGuard<'_>>> {
         if !self.is_owned() {
             return None;
         }
         let count = self.count_word().load(Ordering::Relaxed);
-        self.count_word().store(
-            count.checked_add(1).expect("RLock count overflow"),
-            Ordering::Relaxed,
-        );
+        match count.checked_add(1) {
+            Some(next) => self.count_word().store(next, Ordering::Relaxed),
+            None => {
+                tracing::warn!("an RLock's count was at its limit; the lock is now poisoned");
+                self.raw.set_poison(true);
+            }
+        }
         Some(self.guard(Taken::Clean))
     }
 
@@ -272,6 +280,11 @@ impl Drop for RLockGuard<'_> {
         if !self.panicking && std::thread::panicking() {
             self.lock.raw.set_poison(true);
         }
+        if !self.lock.is_owned() {
+            // Released already, because another process lowered the count
+            // under this thread's guards: the lock may be someone else's.
+            return;
+        }
         let word = self.lock.count_word();
         let count = word.load(Ordering::Relaxed).saturating_sub(1);
         if count == 0 {
@@ -297,5 +310,96 @@ impl fmt::Debug for RLock {
 impl fmt::Debug for RLockGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RLockGuard").finish_non_exhaustive()
+    }
+}
+
+/// Takes an RLock, lays a fuzz input over its owner's words, then locks
+/// again and lets go (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static LOCK: OnceLock<RLock> = OnceLock::new();
+    let lock = LOCK.get_or_init(|| RLock::new().expect("an RLock"));
+    {
+        let outer = lock.blocking_lock().unwrap_or_else(|p| p.into_inner());
+        let thread = input.u64();
+        // Often this thread's own token, so that re-entry is reached.
+        let thread = if thread >> 63 == 0 {
+            thread_token()
+        } else {
+            thread
+        };
+        lock.raw.seg.u64(THREAD).store(thread, Ordering::Relaxed);
+        lock.count_word().store(input.u32(), Ordering::Relaxed);
+        let ops = input.u8();
+        let mut guards = Vec::new();
+        for i in 0..4 {
+            if ops >> i & 1 == 1 {
+                match lock.try_lock() {
+                    Ok(g) => guards.push(g),
+                    Err(TryLockError::Poisoned(p)) => guards.push(p.into_inner()),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            } else {
+                guards.pop();
+            }
+            let _ = (lock.count(), lock.is_owned(), format!("{lock:?}"));
+        }
+        drop(guards);
+        drop(outer);
+    }
+    // Free for the next input, whatever the words said.
+    lock.raw.seg.u64(THREAD).store(0, Ordering::Relaxed);
+    lock.count_word().store(0, Ordering::Relaxed);
+    if lock.raw.holder_pid().is_some() {
+        lock.raw.unlock();
+    }
+    lock.clear_poison();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn survives<R>(f: impl FnOnce() -> R) -> Option<R> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+    }
+
+    #[test]
+    fn a_count_at_its_limit_poisons_instead_of_panicking() {
+        let lock = RLock::new().unwrap();
+        let outer = lock.blocking_lock().unwrap();
+        lock.count_word().store(u32::MAX, Ordering::Relaxed);
+        let again = survives(|| lock.try_lock().is_err());
+        assert_eq!(again, Some(true), "a panic, or a guard from a bad count");
+        drop(outer);
+    }
+
+    #[test]
+    fn a_count_lowered_by_another_process_never_releases_someone_elses_lock() {
+        let lock = RLock::new().unwrap();
+        let outer = lock.blocking_lock().unwrap();
+        let inner = lock.blocking_lock().unwrap();
+        // Another process says only one guard is out.
+        lock.count_word().store(1, Ordering::Relaxed);
+        drop(inner); // releases the lock: the count said it was the last
+        let other = lock.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _g = other.blocking_lock().unwrap();
+            held_tx.send(()).unwrap();
+            rx.recv().unwrap();
+        });
+        held_rx.recv().unwrap();
+        drop(outer); // not the owner any more: must leave the lock alone
+        assert!(
+            lock.raw.holder_pid().is_some(),
+            "released another thread's lock"
+        );
+        assert_eq!(lock.count(), 1);
+        tx.send(()).unwrap();
+        t.join().unwrap();
+        assert_eq!(lock.count(), 0);
     }
 }

@@ -22,6 +22,9 @@ const LEN: usize = HEADER + 16;
 #[derive(Clone)]
 struct Core {
     seg: Segment,
+    /// The bound, kept here: another process could rewrite the segment's
+    /// copy, which only a child receiving the semaphore reads.
+    limit: u32,
 }
 
 impl Core {
@@ -29,7 +32,17 @@ impl Core {
         let seg = Segment::create(kind, LEN)?;
         seg.u32(LIMIT).store(limit, Ordering::Relaxed);
         seg.u32(VALUE).store(value, Ordering::Release);
-        Ok(Core { seg })
+        Ok(Core { seg, limit })
+    }
+
+    /// The handle of a segment received from the parent.
+    fn received(seg: Segment, unbounded: bool) -> Core {
+        let limit = if unbounded {
+            u32::MAX
+        } else {
+            seg.u32(LIMIT).load(Ordering::Acquire)
+        };
+        Core { seg, limit }
     }
 
     #[inline]
@@ -38,7 +51,7 @@ impl Core {
     }
 
     fn limit(&self) -> u32 {
-        self.seg.u32(LIMIT).load(Ordering::Relaxed)
+        self.limit
     }
 
     /// Takes a permit if one is free.
@@ -247,7 +260,9 @@ segment_serde!(
     Semaphore,
     Kind::Semaphore,
     LEN,
-    |seg| Semaphore { core: Core { seg } },
+    |seg| Semaphore {
+        core: Core::received(seg, true)
+    },
     core.seg
 );
 
@@ -300,7 +315,9 @@ segment_serde!(
     BoundedSemaphore,
     Kind::BoundedSemaphore,
     LEN,
-    |seg| BoundedSemaphore { core: Core { seg } },
+    |seg| BoundedSemaphore {
+        core: Core::received(seg, false)
+    },
     core.seg
 );
 
@@ -344,5 +361,79 @@ impl fmt::Debug for Semaphore {
 impl fmt::Debug for BoundedSemaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.core.debug("BoundedSemaphore", f)
+    }
+}
+
+/// Lays a fuzz input over a semaphore's words (the bound's too), then
+/// takes and gives permits without sleeping (`crate::fuzz::shm`).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+    use std::sync::OnceLock;
+    static SEMS: OnceLock<(Semaphore, BoundedSemaphore)> = OnceLock::new();
+    let (plain, bounded) = SEMS.get_or_init(|| {
+        (
+            Semaphore::new(1).expect("a semaphore"),
+            BoundedSemaphore::new(2).expect("a semaphore"),
+        )
+    });
+    let core = if input.u8() & 1 == 0 {
+        &plain.core
+    } else {
+        &bounded.core
+    };
+    for word in [VALUE, WAITERS, LIMIT] {
+        core.seg.u32(word).store(input.u32(), Ordering::SeqCst);
+    }
+    let ops = input.u8();
+    for i in 0..4 {
+        match ops >> (2 * i) & 3 {
+            0 => {
+                if core.try_take() {
+                    let _ = core.give();
+                }
+            }
+            1 => {
+                let _ = core.take_blocking(Some(Instant::now()));
+            }
+            2 => {
+                if core.give().is_ok() {
+                    assert!(core.value().load(Ordering::SeqCst) >= 1);
+                }
+            }
+            _ => {
+                let _ = format!("{plain:?} {bounded:?}");
+            }
+        }
+    }
+    assert_eq!(bounded.max_value(), 2);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_rewritten_by_another_process_changes_nothing_here() {
+        let sem = BoundedSemaphore::new(1).unwrap();
+        sem.core.seg.u32(LIMIT).store(u32::MAX, Ordering::Relaxed);
+        assert!(sem.release().is_err(), "released past the bound");
+        assert_eq!(sem.max_value(), 1);
+        let plain = Semaphore::new(0).unwrap();
+        plain.core.seg.u32(LIMIT).store(0, Ordering::Relaxed);
+        assert!(
+            plain.release().is_ok(),
+            "an unbounded semaphore got a bound"
+        );
+    }
+
+    #[test]
+    fn the_extremes_of_the_permit_count_work() {
+        let sem = Semaphore::new(u32::MAX).unwrap();
+        assert!(sem.release().is_err());
+        sem.try_acquire().unwrap().forget();
+        assert!(sem.release().is_ok());
+        let none = BoundedSemaphore::new(0).unwrap();
+        assert!(none.try_acquire().is_none());
+        assert!(none.release().is_err());
     }
 }

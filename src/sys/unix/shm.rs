@@ -3,6 +3,10 @@
 //! The file has no name in any filesystem; it lives as long as some process
 //! holds a descriptor or a mapping of it. A child receives the descriptor
 //! (by `SCM_RIGHTS`) and maps it too, and both see the same bytes.
+//!
+//! The file is sealed at its size as soon as it is made: no process that
+//! holds the descriptor can shrink it (which would make every other
+//! process's next access to the lost pages die of `SIGBUS`) or grow it.
 
 use std::ffi::CStr;
 use std::io;
@@ -11,17 +15,32 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
+/// The seals every segment carries: its size is fixed for good.
+const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
 /// Creates an anonymous shared-memory file of `len` zero bytes,
-/// close-on-exec. `name` shows in `/proc/PID/fd` (as `memfd:NAME`).
+/// close-on-exec, sealed at that size. `name` shows in `/proc/PID/fd` (as
+/// `memfd:NAME`).
 pub(crate) fn create(name: &CStr, len: usize) -> io::Result<OwnedFd> {
-    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC)?;
     let len =
         libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
     nix::unistd::ftruncate(&fd, len)?;
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS))?;
     Ok(fd)
+}
+
+/// Whether the file behind `fd` is sealed against resizing, as [`create`]
+/// leaves it.
+pub(crate) fn is_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let seals = SealFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+    Ok(seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW))
 }
 
 /// The size in bytes of the file behind `fd`.
