@@ -47,7 +47,7 @@ pub enum ChannelError {
     #[error("message failed to encode: {0}")]
     Encode(String),
     /// The operating system reported an error on the channel.
-    #[error("i/o error on the channel")]
+    #[error("i/o error on the channel: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -133,10 +133,10 @@ pub enum ProcessError {
     #[error("the child refused the handshake: {0}")]
     Handshake(String),
     /// The control channel to the child broke.
-    #[error("the control channel broke")]
+    #[error("the control channel broke: {0}")]
     Channel(#[source] ChannelError),
     /// The process could not be spawned.
-    #[error("failed to spawn the child process")]
+    #[error("failed to spawn the child process: {0}")]
     Spawn(#[source] io::Error),
 }
 

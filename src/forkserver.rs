@@ -648,7 +648,10 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
     }
     // Ctrl-C reaches the whole process group; the server is the parent's
     // machinery, stopped by the parent (or its death), not by the key.
-    sys::set_interrupt_ignored(true);
+    // A forked child gets back the disposition the server inherited, as a
+    // re-executed one inherits its parent's: `SIGINT` stays ignored in the
+    // children of a program started with it ignored.
+    let inherited_ignored = sys::set_interrupt_ignored(true);
     let sock = ch.into_inner();
     if sock.set_read_timeout(None).is_err() {
         return 1;
@@ -691,7 +694,7 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
                 // The new process: leave the server's channel, become the child.
                 drop(reader);
                 drop(sock);
-                sys::set_interrupt_ignored(false);
+                sys::set_interrupt_ignored(inherited_ignored);
                 // Say who we are first, so that a parent that lost the
                 // server before its reply still finds this child.
                 if reply(

@@ -72,6 +72,14 @@ impl Mode {
 /// four, prints `busy <fork server pid>` once every worker has a job,
 /// then does what `mode` says. Returns its exit code.
 fn program(mode: Mode) -> i32 {
+    // The test relies on what `SIGINT` does to a program that does not
+    // handle it: it must not inherit that from whoever ran the tests (a
+    // background job of a non-interactive shell starts with `SIGINT`
+    // ignored, and an ignored disposition survives `exec`).
+    // SAFETY: `SIG_DFL` runs no code of ours in a signal handler, and no
+    // other thread exists yet.
+    unsafe { nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl) }
+        .expect("reset SIGINT");
     let mut guard = Some(mp::init());
     let inner_guard = if mode == Mode::Drops {
         guard.take()
@@ -135,6 +143,9 @@ struct Variant {
     /// To the program's whole process group, as a terminal does; else to
     /// the program alone.
     group: bool,
+    /// The program is started with `SIGINT` ignored, as a background job
+    /// of a non-interactive shell is.
+    started_ignoring: bool,
 }
 
 /// The running program and the lines it (and its workers) print.
@@ -145,14 +156,25 @@ struct Program {
 }
 
 impl Program {
-    fn start(mode: Mode) -> Result<Program, Failed> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .env(MODE_ENV, mode.name())
+    fn start(mode: Mode, ignoring: bool) -> Result<Program, Failed> {
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.env(MODE_ENV, mode.name())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()?;
+            .kill_on_drop(true);
+        if ignoring {
+            // SAFETY: runs in the forked child before `exec`, where only
+            // async-signal-safe calls are allowed: `sigaction` is one.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)
+                        .map(drop)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd.spawn()?;
         let pid = child.id().ok_or("no pid")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, lines) = mpsc::unbounded_channel();
@@ -235,7 +257,7 @@ fn clean_up(pids: impl IntoIterator<Item = u32>) -> Vec<String> {
 /// (if it handles it) or its last worker (if not) was gone.
 async fn round(variant: Variant, n: usize) -> Result<Duration, Failed> {
     let before: BTreeSet<u32> = common::children().into_iter().collect();
-    let mut prog = Program::start(variant.mode)?;
+    let mut prog = Program::start(variant.mode, variant.started_ignoring)?;
     let (server, workers) = prog.until_busy().await?;
 
     // The pool's workers and the fork server, and nothing else, are the
@@ -372,14 +394,17 @@ fn main() {
     let handled = |group| Variant {
         mode: Mode::Terminates,
         group,
+        started_ignoring: false,
     };
     let dropped = |group| Variant {
         mode: Mode::Drops,
         group,
+        started_ignoring: false,
     };
-    let unhandled = Variant {
+    let unhandled = |started_ignoring| Variant {
         mode: Mode::Ignores,
         group: false,
+        started_ignoring,
     };
     common::run_one_at_a_time(
         guard,
@@ -393,8 +418,15 @@ fn main() {
                 rounds(dropped(false), 3)
             }),
             case("ctrl_c_unhandled_takes_the_workers_along", t, move || {
-                rounds(unhandled, 3)
+                rounds(unhandled(false), 3)
             }),
+            // Whoever ran the tests may have started them with `SIGINT`
+            // ignored; the program sets the disposition it relies on.
+            case(
+                "ctrl_c_unhandled_takes_the_workers_along_when_started_ignoring_it",
+                t,
+                move || rounds(unhandled(true), 2),
+            ),
             case("ctrl_c_to_the_process_group_ends_cleanly", t, move || {
                 rounds(handled(true), 3)
             }),

@@ -239,6 +239,7 @@ async fn a_stopped_idle_worker_strands_no_job() -> Result<(), Failed> {
         .await;
         let took = t0.elapsed();
         kill(victim_pid, Signal::SIGCONT)?;
+        println!("timeout {timeout:?}: the map took {took:?} with a worker stopped");
         let ran_in = match mapped {
             Ok(Ok(ran_in)) => ran_in,
             Ok(Err(e)) => return Err(format!("timeout {timeout:?}: the map failed: {e}").into()),

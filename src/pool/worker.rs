@@ -330,7 +330,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
     // Ctrl-C reaches the whole process group. A worker is the pool's to
     // stop: the parent may handle the key and finish or cancel its tasks,
     // and if the key ends the parent, the worker follows it.
-    crate::sys::set_interrupt_ignored(true);
+    let _ = crate::sys::set_interrupt_ignored(true);
     if let Some((target, args)) = init {
         let outcome = run(target, &args).await;
         if !matches!(outcome, Outcome::Returned(_)) {

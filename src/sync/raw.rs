@@ -165,8 +165,11 @@ impl RawLock {
         let mine = me.pid | WAITERS;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
-            if cur == 0 {
-                match word.compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed) {
+            // Free; or `WAITERS` with no holder, which no locker of ours
+            // leaves (an unlock clears the whole word) but another process
+            // may have written: free too, or it would wedge the lock.
+            if cur & !WAITERS == 0 {
+                match word.compare_exchange(cur, mine, Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) => {
                         self.set_owner(me);
                         return Step::Taken(Taken::Clean);
@@ -265,5 +268,28 @@ impl RawLock {
             let timeout = slice(deadline)?;
             check = Self::park(expected).sleep(&self.seg, timeout).await == Wait::TimedOut;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiters_flag_with_no_holder_is_a_free_lock() {
+        let lock = RawLock::create(Kind::Lock, END).unwrap();
+        // What no locker of ours leaves, but another process may write.
+        lock.word().store(WAITERS, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let taken = lock.lock_blocking(proc::me(), Some(t0 + std::time::Duration::from_secs(5)));
+        assert_eq!(taken, Some(Taken::Clean));
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(lock.holder_pid(), Some(proc::me().pid));
+        lock.unlock();
+        assert_eq!(lock.holder_pid(), None);
     }
 }

@@ -229,8 +229,8 @@ pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
 }
 
 /// Sets what `SIGINT` (Ctrl-C) does to this process: nothing (`ignore`)
-/// or the default, which ends it.
-pub(crate) fn set_interrupt_ignored(ignore: bool) {
+/// or the default, which ends it. Returns whether it was ignored before.
+pub(crate) fn set_interrupt_ignored(ignore: bool) -> bool {
     use nix::sys::signal::{SigHandler, Signal, signal};
     let handler = if ignore {
         SigHandler::SigIgn
@@ -241,7 +241,8 @@ pub(crate) fn set_interrupt_ignored(ignore: bool) {
     // handler, so no async-signal-safety rule can be broken; replacing a
     // handler that tokio installed only stops its notifications (callers
     // do this before any runtime of theirs listens for SIGINT).
-    let _ = unsafe { signal(Signal::SIGINT, handler) };
+    let before = unsafe { signal(Signal::SIGINT, handler) };
+    matches!(before, Ok(SigHandler::SigIgn))
 }
 
 /// Whether the peer of `sock` has closed its end (every copy of it) by

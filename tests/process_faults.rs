@@ -1,7 +1,10 @@
-//! The fork server misbehaves: it is killed at random, dies between a fork
-//! and its reply, or is stopped while starts wait on it. Starts never put
-//! two children on one channel, never leave a zombie, never wait without a
-//! deadline, and never block the runtime's threads.
+//! Starting processes when things go wrong. The fork server misbehaves:
+//! it is killed at random, dies between a fork and its reply, or is
+//! stopped while starts wait on it. Starts never put two children on one
+//! channel, never leave a zombie, never wait without a deadline, and never
+//! block the runtime's threads. A start that fails says why. A program
+//! started with `SIGINT` ignored passes that on to its children, whatever
+//! the start method.
 //!
 //! Every fork server of this binary exits right after its seventh fork,
 //! before it replies (`TOKIO_MULTIPROCESSING_TEST_FAULTS`, set in `main`
@@ -9,6 +12,8 @@
 //! `test-support` feature), on top of the kills the cases deal out.
 
 mod common;
+#[path = "common/run.rs"]
+mod run;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -206,7 +211,118 @@ async fn a_stopped_fork_server_freezes_nothing() -> Result<(), Failed> {
     Ok(())
 }
 
+/// With no descriptor left, tries to start a child; returns what the
+/// error says.
+async fn start_without_descriptors(_: ()) -> String {
+    let taken = common::exhaust_descriptors();
+    let p = mp::Process::new(whoami, 0);
+    let said = match p.start().await {
+        Ok(()) => "started".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    drop(taken);
+    said
+}
+
+/// A start that fails for want of descriptors says so in its `Display`
+/// (it said only "failed to spawn the child process").
+async fn a_failed_start_says_why() -> Result<(), Failed> {
+    let p = mp::Process::new(start_without_descriptors, ());
+    p.start().await?;
+    let said = p.join().await?;
+    ensure(
+        said.contains("Too many open files"),
+        format!("the error says: {said:?}"),
+    )
+}
+
+/// Set in the program that `children_inherit_an_ignored_sigint` runs.
+const SIGINT_PROGRAM: &str = "TMP_SIGINT_PROGRAM";
+
+/// Whether `SIGINT` is ignored in this process (`SigIgn` in its status).
+fn sigint_ignored(_: ()) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// The program: starts a child with each start method and prints whether
+/// `SIGINT` is ignored in itself and in each child.
+fn sigint_program() -> i32 {
+    let _guard = mp::init();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        let mut line = format!("self {}", sigint_ignored(()));
+        for (name, method) in [
+            ("forkserver", mp::StartMethod::ForkServer),
+            ("spawn", mp::StartMethod::Spawn),
+        ] {
+            let p = mp::Process::builder()
+                .start_method(method)
+                .build(sigint_ignored, ());
+            p.start().await.expect("start");
+            line += &format!(" {name} {}", p.join().await.expect("join"));
+        }
+        println!("{line}");
+    });
+    0
+}
+
+/// A child ignores `SIGINT` exactly when its parent was started with it
+/// ignored (as a background job of a non-interactive shell is), under
+/// either start method: a re-executed child inherits the disposition
+/// through `exec`, and a forked one gets back the one the fork server
+/// inherited.
+async fn children_inherit_an_ignored_sigint() -> Result<(), Failed> {
+    for ignoring in [true, false] {
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.env(SIGINT_PROGRAM, "1")
+            .stdin(std::process::Stdio::null());
+        if ignoring {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before `exec`, where only
+            // async-signal-safe calls are allowed: `sigaction` is one.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn)
+                        .map(drop)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        } else {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: as above.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::signal::signal(Signal::SIGINT, nix::sys::signal::SigHandler::SigDfl)
+                        .map(drop)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let out = tokio::task::spawn_blocking(move || {
+            run::run_with_watchdog(cmd, Duration::from_secs(30))
+        })
+        .await??;
+        let want = format!("self {ignoring} forkserver {ignoring} spawn {ignoring}");
+        ensure(
+            out.status.success() && out.stdout.trim() == want,
+            format!(
+                "started ignoring SIGINT: {ignoring}; printed {:?} (want {want:?}), {}; {}",
+                out.stdout, out.status, out.stderr
+            ),
+        )?;
+    }
+    Ok(())
+}
+
 fn main() {
+    if std::env::var_os(SIGINT_PROGRAM).is_some() {
+        std::process::exit(sigint_program());
+    }
     // SAFETY: nothing else runs yet: no thread of ours reads the
     // environment while it is changed.
     unsafe {
@@ -228,6 +344,16 @@ fn main() {
                 "a_stopped_fork_server_freezes_nothing",
                 Duration::from_secs(60),
                 a_stopped_fork_server_freezes_nothing,
+            ),
+            case(
+                "a_failed_start_says_why",
+                Duration::from_secs(60),
+                a_failed_start_says_why,
+            ),
+            case(
+                "children_inherit_an_ignored_sigint",
+                Duration::from_secs(60),
+                children_inherit_an_ignored_sigint,
             ),
         ],
     )
