@@ -243,10 +243,11 @@ fn watch_parent(sock: &UnixStream) {
 /// misbehaving child.
 static CONTROL_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// In a child started by this library, the descriptor of its control
+/// Test hook: in a child started by this library, the descriptor of its control
 /// channel to the parent; `None` in a parent. For tests that must write
 /// malformed frames on purpose; writing to it otherwise breaks the child's
 /// report.
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub fn __control_fd() -> Option<std::os::fd::RawFd> {
     match CONTROL_FD.load(std::sync::atomic::Ordering::Relaxed) {

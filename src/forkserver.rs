@@ -246,13 +246,25 @@ async fn start_server() -> Result<Server, StartError> {
     let io = |e: std::io::Error| StartError::Failed(e.into());
     let (ours, theirs) = sys::socketpair().map_err(io)?;
     let nonce = crate::process::nonce().map_err(io)?;
-    let env = sys::child_env(
+    #[allow(unused_mut)] // with the test hooks, faults may be added
+    let mut env = sys::child_env(
         crate::bootstrap::CHILD_ENV,
         (
             crate::bootstrap::CHILD_ENV,
             &format!("{}:{nonce:016x}", sys::CHILD_FD),
         ),
     );
+    #[cfg(feature = "test-support")]
+    if let Some(spec) = FAULTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_deref()
+    {
+        env.push(
+            std::ffi::CString::new(format!("{FAULTS_ENV}={spec}"))
+                .map_err(|e| io(std::io::Error::other(e)))?,
+        );
+    }
     let child = sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, false).map_err(io)?;
     drop(theirs);
     let sock = std::os::unix::net::UnixStream::from(ours);
@@ -588,13 +600,19 @@ fn reap_strays() {
     *strays = kept;
 }
 
-/// The pid of the running fork server, if there is one (for tests).
-#[doc(hidden)]
-pub fn __fork_server_pid() -> Option<u32> {
+/// The pid of the running fork server, if there is one.
+pub(crate) fn server_pid() -> Option<u32> {
     match SERVER_PID.load(Ordering::Relaxed) {
         0 => None,
         pid => Some(pid),
     }
+}
+
+/// Test hook: the pid of the running fork server, if there is one.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub fn __fork_server_pid() -> Option<u32> {
+    server_pid()
 }
 
 /// Stops the fork server, if one runs, and reaps the strays; part of the
@@ -611,7 +629,7 @@ pub(crate) fn shutdown() {
             }
         }
         Err(_) => {
-            if let Some(pid) = __fork_server_pid() {
+            if let Some(pid) = server_pid() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
                     nix::sys::signal::Signal::SIGKILL,
@@ -753,10 +771,25 @@ fn reply(sock: impl AsFd, msg: &ChildMsg) -> Result<(), ChannelError> {
     Ok(())
 }
 
-/// Faults a test can ask the fork server for, through
-/// `TOKIO_MULTIPROCESSING_TEST_FAULTS` in the program's environment
-/// (comma-separated): `forkserver-exit-after-fork=N` makes each server
-/// exit right after its `N`-th fork, before it replies.
+/// The faults the next fork servers are to inject (a test hook).
+#[cfg(feature = "test-support")]
+static FAULTS: Mutex<Option<String>> = Mutex::new(None);
+
+/// How the faults reach a fork server: in its environment only.
+#[cfg(feature = "test-support")]
+const FAULTS_ENV: &str = "TOKIO_MULTIPROCESSING_TEST_FAULTS";
+
+/// Test hook: the faults that fork servers started from now on inject, a
+/// comma-separated list (`None`: none). `forkserver-exit-after-fork=N`
+/// makes each server exit right after its `N`-th fork, before it replies.
+/// A server already running is not affected: kill it to get one that is.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub fn __set_fork_server_faults(spec: Option<&str>) {
+    *FAULTS.lock().unwrap_or_else(PoisonError::into_inner) = spec.map(str::to_owned);
+}
+
+/// The faults this fork server injects, from `FAULTS_ENV`.
 #[cfg(feature = "test-support")]
 struct Faults {
     exit_after_fork: Option<u64>,
@@ -766,7 +799,11 @@ struct Faults {
 #[cfg(feature = "test-support")]
 impl Faults {
     fn from_env() -> Faults {
-        let spec = std::env::var("TOKIO_MULTIPROCESSING_TEST_FAULTS").unwrap_or_default();
+        let spec = std::env::var(FAULTS_ENV).unwrap_or_default();
+        // Not for the children it forks, nor their own fork servers.
+        // SAFETY: the server has one thread (checked before it serves), so
+        // nothing reads the environment while it changes.
+        unsafe { std::env::remove_var(FAULTS_ENV) };
         let exit_after_fork = spec
             .split(',')
             .find_map(|f| f.strip_prefix("forkserver-exit-after-fork="))

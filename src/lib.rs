@@ -149,10 +149,13 @@ mod sys;
 mod target;
 mod wire;
 
+#[cfg(feature = "test-support")]
 pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result, TaskError};
-pub use forkserver::{__fork_server_pid, StartMethod, get_start_method, set_start_method};
+#[cfg(feature = "test-support")]
+pub use forkserver::{__fork_server_pid, __set_fork_server_faults};
+pub use forkserver::{StartMethod, get_start_method, set_start_method};
 pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats};
 pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};

@@ -7,9 +7,9 @@
 //! the start method.
 //!
 //! Every fork server of this binary exits right after its seventh fork,
-//! before it replies (`TOKIO_MULTIPROCESSING_TEST_FAULTS`, set in `main`
-//! before anything else runs, read by the server under the crate's
-//! `test-support` feature), on top of the kills the cases deal out.
+//! before it replies (`mp::__set_fork_server_faults`, a hook of the
+//! crate's `test-support` feature), on top of the kills the cases deal
+//! out.
 
 mod common;
 #[path = "common/run.rs"]
@@ -323,15 +323,8 @@ fn main() {
     if std::env::var_os(SIGINT_PROGRAM).is_some() {
         std::process::exit(sigint_program());
     }
-    // SAFETY: nothing else runs yet: no thread of ours reads the
-    // environment while it is changed.
-    unsafe {
-        std::env::set_var(
-            "TOKIO_MULTIPROCESSING_TEST_FAULTS",
-            "forkserver-exit-after-fork=7",
-        )
-    };
     let guard = mp::init();
+    mp::__set_fork_server_faults(Some("forkserver-exit-after-fork=7"));
     common::run_one_at_a_time(
         guard,
         vec![
