@@ -8,12 +8,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::error::ChannelError;
 use crate::process::{Current, exit_rule, set_current};
 use crate::sys;
 use crate::target::{Resolved, fingerprint, resolve};
-use crate::wire::blocking::FdFrames;
-use crate::wire::frame::BlockingFramed;
+use crate::transport::blocking::{FrameReader, send_message};
+use crate::wire::ChannelError;
 use crate::wire::message::{
     ChildMsg, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
@@ -70,7 +69,20 @@ fn parse_env(value: &str) -> Option<(i32, u64)> {
     Some((fd.parse().ok()?, u64::from_str_radix(nonce, 16).ok()?))
 }
 
-fn refuse(ch: &mut BlockingFramed<UnixStream>, reason: String) -> i32 {
+/// A child's end of its control channel, and the frame limit on it.
+pub(crate) struct Control {
+    pub(crate) stream: UnixStream,
+    pub(crate) max_frame: usize,
+}
+
+impl Control {
+    /// Sends one message, blocking.
+    pub(crate) fn send<T: serde::Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        send_message(&self.stream, msg, self.max_frame)
+    }
+}
+
+fn refuse(ch: &Control, reason: String) -> i32 {
     eprintln!("tokio-multiprocessing: this child refuses to run: {reason}");
     let _ = ch.send(&ChildMsg::Refused { reason });
     REFUSED_EXIT
@@ -89,7 +101,7 @@ const HELLO_MAX: usize = 4096;
 pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) -> i32 {
     let stream = UnixStream::from(sock);
     let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
-    let mut reader = FdFrames::new(HELLO_MAX);
+    let mut reader = FrameReader::new(HELLO_MAX);
     let hello: Hello = match reader.recv(&stream) {
         Ok(h) => h,
         Err(e) => {
@@ -98,7 +110,7 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
         }
     };
     let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
-    let mut ch = BlockingFramed::new(stream, max_frame);
+    let ch = Control { stream, max_frame };
     let refusal = if hello.magic != MAGIC {
         Some("the handshake is not from tokio-multiprocessing".to_owned())
     } else if hello.version != PROTOCOL_VERSION {
@@ -114,17 +126,17 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
         None
     };
     if let Some(reason) = refusal {
-        return refuse(&mut ch, reason);
+        return refuse(&ch, reason);
     }
     reader.set_max_frame(max_frame);
-    let orders: ParentMsg = match reader.recv(ch.get_ref()) {
+    let orders: ParentMsg = match reader.recv(&ch.stream) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its orders: {e}");
             return REFUSED_EXIT;
         }
     };
-    let _ = ch.get_ref().set_read_timeout(None);
+    let _ = ch.stream.set_read_timeout(None);
     match orders {
         ParentMsg::Run {
             id,
@@ -142,18 +154,18 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
             }
             let fds = match reader.take_fds(fds as usize) {
                 Ok(fds) => fds,
-                Err(e) => return refuse(&mut ch, e.to_string()),
+                Err(e) => return refuse(&ch, e.to_string()),
             };
             drop(reader);
             run_target(ch, id, identity, target, &args, fds)
         }
-        ParentMsg::Serve => crate::forkserver::serve(ch, max_frame),
-        ParentMsg::Fork { .. } => refuse(&mut ch, "a fork request before any orders".to_owned()),
+        ParentMsg::Serve => crate::forkserver::serve(ch),
+        ParentMsg::Fork { .. } => refuse(&ch, "a fork request before any orders".to_owned()),
     }
 }
 
 fn run_target(
-    mut ch: BlockingFramed<UnixStream>,
+    ch: Control,
     id: u64,
     identity: Identity,
     target: TargetRef,
@@ -168,10 +180,10 @@ fn run_target(
         parent_pid: Some(identity.parent_pid),
     });
     if !identity.detached {
-        watch_parent(ch.get_ref());
+        watch_parent(&ch.stream);
     }
     CONTROL_FD.store(
-        std::os::fd::AsRawFd::as_raw_fd(ch.get_ref()),
+        std::os::fd::AsRawFd::as_raw_fd(&ch.stream),
         std::sync::atomic::Ordering::Relaxed,
     );
     install_panic_hook();
@@ -185,7 +197,7 @@ fn run_target(
     // The handles in the arguments take their descriptors as they decode,
     // which the trampolines do first thing (an async one before it returns
     // its future).
-    let started = crate::handle::provide_fds(fds, move || match entry {
+    let started = crate::transport::handle::provide_fds(fds, move || match entry {
         Resolved::Sync(entry) => Err(crate::target::call_sync(entry, args)),
         Resolved::Async(entry) => Ok(entry(args)),
     });
@@ -196,7 +208,7 @@ fn run_target(
             .build()
         {
             Ok(rt) => rt.block_on(future),
-            Err(e) => Outcome::Panicked(crate::error::PanicInfo {
+            Err(e) => Outcome::Panicked(crate::wire::PanicInfo {
                 message: format!("could not build a Tokio runtime in the child: {e}"),
                 location: None,
             }),

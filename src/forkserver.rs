@@ -19,7 +19,6 @@
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,12 +26,11 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::error::ChannelError;
+use crate::bootstrap::Control;
 use crate::sys;
-use crate::wire::blocking::FdFrames;
-use crate::wire::frame::{
-    BlockingFramed, DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message,
-};
+use crate::transport::blocking::FrameReader;
+use crate::wire::ChannelError;
+use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
 
 /// How a new process is started.
@@ -652,7 +650,7 @@ pub(crate) fn shutdown() {
 
 /// Serves fork requests until the parent closes the channel. Runs in the
 /// re-executed server process; returns its exit code.
-pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32 {
+pub(crate) fn serve(ch: Control) -> i32 {
     let threads = sys::thread_count();
     if threads != 1 || !sys::libc_allows_raw_fork() {
         let reason = format!(
@@ -670,11 +668,14 @@ pub(crate) fn serve(mut ch: BlockingFramed<UnixStream>, max_frame: usize) -> i32
     // re-executed one inherits its parent's: `SIGINT` stays ignored in the
     // children of a program started with it ignored.
     let inherited_ignored = sys::set_interrupt_ignored(true);
-    let sock = ch.into_inner();
+    let Control {
+        stream: sock,
+        max_frame,
+    } = ch;
     if sock.set_read_timeout(None).is_err() {
         return 1;
     }
-    let mut reader = FdFrames::new(max_frame);
+    let mut reader = FrameReader::new(max_frame);
     #[cfg(feature = "test-support")]
     let mut faults = Faults::from_env();
     loop {

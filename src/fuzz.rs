@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::error::ChannelError;
+use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, RESERVE_STEP, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, Outcome, ParentMsg};
 
@@ -81,7 +81,7 @@ pub fn messages(body: &[u8]) {
 
 /// Valid frames of every message kind, to seed a corpus.
 pub fn seed_frames() -> Vec<Vec<u8>> {
-    use crate::error::PanicInfo;
+    use crate::wire::PanicInfo;
     use crate::wire::message::{Identity, TargetKind, TargetRef};
     let mut out = Vec::new();
     let mut push = |f: &dyn Fn(&mut BytesMut)| {

@@ -136,8 +136,6 @@ mod forkserver;
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzz;
-#[cfg_attr(not(test), allow(dead_code))] // used by the handles of the next slice
-mod handle;
 mod latch;
 mod pool;
 mod process;
@@ -147,17 +145,23 @@ mod shm;
 pub mod sync;
 mod sys;
 mod target;
+mod transport;
 mod wire;
 
 #[cfg(feature = "test-support")]
 pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
-pub use error::{ChannelError, Error, PanicInfo, ProcessError, Result, TaskError};
+pub use error::{Error, Result};
 #[cfg(feature = "test-support")]
 pub use forkserver::{__fork_server_pid, __set_fork_server_faults};
 pub use forkserver::{StartMethod, get_start_method, set_start_method};
-pub use pool::{AsyncResult, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats};
-pub use process::{Process, ProcessBuilder, ProcessInfo, current_process, parent_pid};
+pub use pool::{
+    AsyncResult, BuildError, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats, StillRunning,
+    TaskError,
+};
+pub use process::{
+    Process, ProcessBuilder, ProcessError, ProcessInfo, current_process, parent_pid,
+};
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 pub use sentinel::{Sentinel, Waitable, wait};
 pub use sync::{
@@ -165,6 +169,7 @@ pub use sync::{
     SemaphorePermit,
 };
 pub use target::{StarTarget, Target, TargetRefHidden, marker};
+pub use wire::{ChannelError, PanicInfo};
 
 /// Marks the program as a multiprocessing program and, in a child, runs the
 /// child's work.

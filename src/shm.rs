@@ -192,7 +192,7 @@ impl Segment {
 
     /// Serializes the segment as its descriptor (see `crate::handle`).
     pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::handle::serialize_fd(self.inner.fd.as_fd(), serializer)
+        crate::transport::handle::serialize_fd(self.inner.fd.as_fd(), serializer)
     }
 
     /// Deserializes a segment written by [`serialize`](Self::serialize) and
@@ -202,7 +202,7 @@ impl Segment {
         kind: Kind,
         len: usize,
     ) -> Result<Segment, D::Error> {
-        let fd = crate::handle::deserialize_fd(deserializer)?;
+        let fd = crate::transport::handle::deserialize_fd(deserializer)?;
         Segment::open(fd, kind, len).map_err(D::Error::custom)
     }
 }
@@ -236,7 +236,7 @@ pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
 
 impl<'de> serde::Deserialize<'de> for ReceivedFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::handle::deserialize_fd(deserializer).map(ReceivedFd)
+        crate::transport::handle::deserialize_fd(deserializer).map(ReceivedFd)
     }
 }
 
@@ -360,11 +360,11 @@ mod tests {
     fn a_segment_travels_as_its_descriptor() {
         let probe = Probe(Segment::create(Kind::Event, 64).unwrap());
         probe.0.u32(16).store(42, Ordering::Relaxed);
-        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&probe));
+        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&probe));
         let bytes = bytes.unwrap();
         assert_eq!(fds.len(), 1);
         let back: Probe =
-            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
+            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
         assert_eq!(back.0.u32(16).load(Ordering::Relaxed), 42);
         assert_eq!(back.0.id(), probe.0.id());
     }

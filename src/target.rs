@@ -21,7 +21,7 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::PanicInfo;
+use crate::wire::PanicInfo;
 use crate::wire::message::{Outcome, TargetKind, TargetRef};
 
 /// A boxed future that yields a target's outcome.

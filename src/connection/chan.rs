@@ -40,11 +40,12 @@ use serde::de::DeserializeOwned;
 use tokio::io::unix::AsyncFd;
 use tokio::runtime;
 use tokio::sync::Notify;
+use tokio_util::codec::Decoder;
 
-use crate::error::ChannelError;
 use crate::sys;
 use crate::sys::stream::Wait;
-use crate::wire::frame::{HEADER_LEN, decode_message, encode_message};
+use crate::wire::ChannelError;
+use crate::wire::frame::{FrameCodec, HEADER_LEN, decode_message, encode_message};
 
 /// A backlog of this many bytes makes `send` write before it returns.
 pub(crate) const HIGH_WATER: usize = 256 * 1024;
@@ -596,38 +597,33 @@ impl ReadState {
 
     /// The body length the buffered header claims, if a header is there.
     fn claimed(&self) -> Option<usize> {
-        let header: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
-        usize::try_from(u32::from_be_bytes(header)).ok()
+        FrameCodec::claimed(&self.buf)
     }
 
-    /// Takes the next whole message, if it is buffered.
+    /// Takes the next whole message, if it is buffered, through the wire's
+    /// one frame decoder.
     fn take<T: DeserializeOwned>(&mut self, max: usize) -> Result<Option<T>, ChannelError> {
-        if let Some(len) = self.claimed() {
-            if len > max {
-                return Err(ChannelError::Oversized { len, max });
+        let mut codec = FrameCodec::new(max);
+        let frame = if self.eof && self.broken.is_none() {
+            codec.decode_eof(&mut self.buf)?
+        } else {
+            codec.decode(&mut self.buf)?
+        };
+        if let Some(body) = frame {
+            let msg = decode_message(&body);
+            if body.len() > KEEP_BUF && self.buf.len() <= KEEP_BUF {
+                // Let the big frame's memory go; keep what follows it.
+                drop(body);
+                self.buf = BytesMut::from(&self.buf[..]);
             }
-            let total = HEADER_LEN + len;
-            if self.buf.len() >= total {
-                let msg = decode_message(&self.buf[HEADER_LEN..total]);
-                self.buf.advance(total);
-                if total > KEEP_BUF && self.buf.len() <= KEEP_BUF {
-                    // Let the big frame's memory go; keep what follows it.
-                    self.buf = BytesMut::from(&self.buf[..]);
-                }
-                return msg.map(Some);
-            }
+            return msg.map(Some);
         }
         if let Some(b) = &self.broken {
             return Err(b.error());
         }
         if self.eof {
-            if self.buf.is_empty() {
-                return Err(ChannelError::Closed);
-            }
-            return Err(ChannelError::Truncated {
-                expected: HEADER_LEN + self.claimed().unwrap_or(0),
-                received: self.buf.len(),
-            });
+            // `decode_eof` found nothing left at all.
+            return Err(ChannelError::Closed);
         }
         Ok(None)
     }

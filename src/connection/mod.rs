@@ -42,14 +42,15 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::result::Result;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::ser::{Error as _, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{ChannelError, Result};
 use crate::sentinel::{Waitable, private::Sealed};
+use crate::wire::ChannelError;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 pub(crate) use chan::flush_orphans;
 use chan::{Chan, closed_here};
@@ -162,7 +163,7 @@ impl Pipe {
     /// descriptors, say).
     #[doc(alias = "Pipe")]
     #[allow(clippy::new_ret_no_self)] // `Pipe` has no values; it makes pairs
-    pub fn new<T>() -> Result<(Connection<T>, Connection<T>)> {
+    pub fn new<T>() -> std::io::Result<(Connection<T>, Connection<T>)> {
         PipeBuilder::default().duplex()
     }
 
@@ -173,7 +174,7 @@ impl Pipe {
     ///
     /// If the operating system cannot create a socket pair.
     #[doc(alias = "Pipe(duplex=False)")]
-    pub fn oneway<T>() -> Result<(Receiver<T>, Sender<T>)> {
+    pub fn oneway<T>() -> std::io::Result<(Receiver<T>, Sender<T>)> {
         PipeBuilder::default().oneway()
     }
 
@@ -221,7 +222,7 @@ impl PipeBuilder {
     /// # Errors
     ///
     /// If the operating system cannot create a socket pair.
-    pub fn duplex<T>(&self) -> Result<(Connection<T>, Connection<T>)> {
+    pub fn duplex<T>(&self) -> std::io::Result<(Connection<T>, Connection<T>)> {
         let (a, b) = Chan::pair(self.max_message)?;
         Ok((Connection::from_chan(a), Connection::from_chan(b)))
     }
@@ -231,7 +232,7 @@ impl PipeBuilder {
     /// # Errors
     ///
     /// If the operating system cannot create a socket pair.
-    pub fn oneway<T>(&self) -> Result<(Receiver<T>, Sender<T>)> {
+    pub fn oneway<T>(&self) -> std::io::Result<(Receiver<T>, Sender<T>)> {
         let (a, b) = Chan::pair(self.max_message)?;
         Ok((
             Receiver {
@@ -334,13 +335,13 @@ struct FdRef<'a>(&'a OwnedFd);
 
 impl Serialize for FdRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        crate::handle::fd::serialize(self.0, serializer)
+        crate::transport::handle::fd::serialize(self.0, serializer)
     }
 }
 
 /// An end as it travels: its descriptor (out of band) and its limit.
 #[derive(Deserialize)]
-struct EndWire(#[serde(with = "crate::handle::fd")] OwnedFd, u64);
+struct EndWire(#[serde(with = "crate::transport::handle::fd")] OwnedFd, u64);
 
 impl<'de> Deserialize<'de> for End {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {

@@ -13,9 +13,9 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
+use super::TaskError;
 use super::worker::{Batch, BatchBuilder};
 use super::{JobResult, JobRx, Pool, decode_item};
-use crate::error::TaskError;
 use crate::wire::message::TargetRef;
 
 /// Encoded arguments, one per input item (or why one failed to encode).

@@ -35,6 +35,7 @@
 //! [`InitGuard`](crate::InitGuard) terminates any still running when `main`
 //! ends. No worker is left a zombie: each is reaped by its supervising task.
 
+mod error;
 mod imap;
 mod page;
 #[cfg(fuzzing)]
@@ -42,12 +43,14 @@ pub(crate) use page::fuzz as fuzz_page;
 mod supervisor;
 pub(crate) mod worker;
 
+pub use error::{BuildError, StillRunning, TaskError};
 pub use imap::{Imap, ImapUnordered};
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::result::Result;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -59,7 +62,6 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result, TaskError};
 use crate::target::{StarTarget, Target, decode_value, encode_value};
 use crate::wire::message::{Outcome, TargetRef};
 use worker::{Batch, BatchBuilder, Results};
@@ -459,39 +461,37 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`TaskError::Initializer`] (inside [`Error::Task`]) if a worker
-    /// failed to start or its initializer did not return; the workers
-    /// already started are killed and reaped first. An
-    /// [`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput)
-    /// error for `max_tasks_per_child(0)` or `concurrency(0)`.
+    /// [`BuildError::InvalidSetting`] for `max_tasks_per_child(0)` or
+    /// `concurrency(0)`; [`BuildError::EncodeInit`] if the initializer's
+    /// arguments did not encode; [`BuildError::Start`] if a worker process
+    /// could not start (the program never called [`init`](crate::init),
+    /// or this is not within a Tokio runtime), [`BuildError::Initializer`]
+    /// if its initializer did not return, [`BuildError::WorkerExited`] if
+    /// it died on the way. The workers already started are killed and
+    /// reaped first.
     ///
     /// # Cancel safety
     ///
     /// Not cancel safe: dropping the future part way leaves the workers
     /// started so far to be terminated with the pool's handle.
-    pub async fn build(self) -> Result<Pool> {
+    pub async fn build(self) -> Result<Pool, BuildError> {
         if self.max_tasks == Some(0) {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
+            return Err(BuildError::InvalidSetting(
                 "max_tasks_per_child must be at least 1",
-            )));
+            ));
         }
         if self.concurrency == Some(0) {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "concurrency must be at least 1",
-            )));
+            return Err(BuildError::InvalidSetting("concurrency must be at least 1"));
         }
         let concurrency = self.concurrency.unwrap_or(1);
         let init = match self.init {
             None => None,
             Some((t, Ok(a))) => Some((t, a)),
-            Some((_, Err(e))) => {
-                return Err(
-                    TaskError::Initializer(format!("its arguments failed to encode: {e}")).into(),
-                );
-            }
+            Some((_, Err(e))) => return Err(BuildError::EncodeInit(e)),
         };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::Start(crate::ProcessError::NoRuntime));
+        }
         let processes = match self.processes {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -533,10 +533,11 @@ impl PoolBuilder {
             let failure = match ready.await {
                 Ok(Ok(())) => continue,
                 Ok(Err(why)) => why,
-                Err(_) => "a worker slot ended before its worker started".to_owned(),
+                // The slot's task went without a word: its runtime shut down.
+                Err(_) => BuildError::Start(crate::ProcessError::NoRuntime),
             };
             pool.terminate().await;
-            return Err(TaskError::Initializer(failure).into());
+            return Err(failure);
         }
         Ok(pool)
     }
@@ -552,7 +553,7 @@ impl Pool {
     /// # Cancel safety
     ///
     /// As [`PoolBuilder::build`].
-    pub async fn new(n: usize) -> Result<Pool> {
+    pub async fn new(n: usize) -> Result<Pool, BuildError> {
         Pool::builder().processes(n).build().await
     }
 
@@ -932,15 +933,15 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// [`Error::StillRunning`] unless [`close`](Self::close) or
+    /// [`StillRunning`] unless [`close`](Self::close) or
     /// [`terminate`](Self::terminate) was called first.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a later `join` goes on waiting.
-    pub async fn join(&self) -> Result<()> {
+    pub async fn join(&self) -> Result<(), StillRunning> {
         if *self.shared().state.borrow() == State::Running {
-            return Err(Error::StillRunning);
+            return Err(StillRunning);
         }
         loop {
             let slot = self

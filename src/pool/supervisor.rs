@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use super::page::Page;
 use super::worker::{Msg, Results, serve};
+use super::{BuildError, TaskError};
 use super::{Job, Shared, State};
 use crate::connection::{Connection, Pipe};
-use crate::error::TaskError;
 use crate::process::Process;
 use crate::target::decode_value;
 
@@ -56,9 +56,9 @@ impl Drop for Worker {
     }
 }
 
-async fn start(shared: &Shared) -> Result<Worker, String> {
-    let (conn, w_conn) = Pipe::new::<Msg>().map_err(|e| e.to_string())?;
-    let page = Page::new().map_err(|e| e.to_string())?;
+async fn start(shared: &Shared) -> Result<Worker, BuildError> {
+    let (conn, w_conn) = Pipe::new::<Msg>().map_err(BuildError::Io)?;
+    let page = Page::new().map_err(BuildError::Io)?;
     let process = Process::builder().daemon(true).build(
         serve,
         (
@@ -68,7 +68,7 @@ async fn start(shared: &Shared) -> Result<Worker, String> {
             page.clone(),
         ),
     );
-    process.start().await.map_err(|e| e.to_string())?;
+    process.start().await.map_err(BuildError::Start)?;
     Ok(Worker {
         process,
         conn,
@@ -108,7 +108,7 @@ async fn retire(conn: &mut Connection<Msg>, process: &Process<()>) {
 /// When the last slot ends because its worker could not be replaced, no
 /// worker is left to run anything: the pool stops taking work and every
 /// queued task fails with [`TaskError::Initializer`].
-pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result<(), String>>) {
+pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result<(), BuildError>>) {
     let mut guard = SlotGuard {
         shared: &shared,
         finished: false,
@@ -153,7 +153,7 @@ impl Drop for SlotGuard<'_> {
 }
 
 /// The body of [`supervise`]; returns why the slot gave up, if it did.
-async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Option<String> {
+async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -> Option<String> {
     let mut ready = Some(ready);
     let mut state = shared.state.subscribe();
     let mut failures = 0u32;
@@ -161,11 +161,7 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
         if *state.borrow() == State::Terminated {
             return None;
         }
-        let started = match start(shared).await {
-            Ok(w) => Ok(w),
-            Err(e) => Err((format!("a worker failed to start: {e}"), false)),
-        };
-        let worker = match started {
+        let worker = match start(shared).await {
             Ok(mut worker) => {
                 let first = tokio::select! {
                     m = worker.conn.recv() => m.ok(),
@@ -174,13 +170,10 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
                 match first {
                     Some(Msg::Ready) => Ok(worker),
                     other => {
-                        let code = reap(&worker.process, false).await;
+                        let exitcode = reap(&worker.process, false).await;
                         Err(match other {
-                            Some(Msg::InitFailed(m)) => (format!("the initializer {m}"), true),
-                            _ => (
-                                format!("the worker exited during startup (exit code {code})"),
-                                false,
-                            ),
+                            Some(Msg::InitFailed(m)) => BuildError::Initializer(m),
+                            _ => BuildError::WorkerExited { exitcode },
                         })
                     }
                 }
@@ -189,22 +182,23 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), String>>) -> Op
         };
         let mut worker = match worker {
             Ok(worker) => worker,
-            Err((why, initializer)) => {
+            Err(why) => {
                 if *state.borrow() == State::Terminated {
                     return None;
                 }
                 if let Some(r) = ready.take() {
-                    let _ = r.send(Err(why.clone()));
-                    return Some(why);
+                    let text = why.to_string();
+                    let _ = r.send(Err(why));
+                    return Some(text);
                 }
                 failures += 1;
                 // An initializer that failed would fail again, and so
                 // would a start that keeps failing: the slot gives up
                 // rather than restart forever. A replacement killed while
                 // it started (by a signal from outside, say) is retried.
-                if initializer || failures >= MAX_START_FAILURES {
+                if why.is_permanent() || failures >= MAX_START_FAILURES {
                     tracing::error!(reason = %why, "pool worker could not be replaced");
-                    return Some(why);
+                    return Some(why.to_string());
                 }
                 tracing::warn!(reason = %why, failures, "pool worker failed to start; retrying");
                 tokio::time::sleep(RETRY_PAUSE * failures).await;

@@ -15,10 +15,10 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
-use crate::error::ChannelError;
 use crate::latch::Latch;
 use crate::sys;
-use crate::wire::fdstream::FdStream;
+use crate::transport::fdstream::FdStream;
+use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, decode_message};
 use crate::wire::message::{ChildMsg, Outcome};
 

@@ -28,6 +28,10 @@
 //! [`detached`](ProcessBuilder::detached).
 
 mod child;
+mod error;
+
+pub use error::ProcessError;
+pub(crate) use error::signal_name;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -42,11 +46,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::bootstrap::CHILD_ENV;
-use crate::error::{Error, ProcessError, Result, signal_name};
+
 use crate::forkserver::{Forked, StartMethod, get_start_method};
 use crate::sentinel::Sentinel;
 use crate::sys;
 use crate::target::{Target, decode_value, encode_value, fingerprint};
+use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, encode_message};
 use crate::wire::message::{
     Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
@@ -225,7 +230,7 @@ impl ProcessBuilder {
         Process {
             state: ChildState::new(self.daemon, self.detached),
             spec: Mutex::new(Some({
-                let (args, fds) = crate::handle::collect_fds(|| encode_value(&args));
+                let (args, fds) = crate::transport::handle::collect_fds(|| encode_value(&args));
                 Spec {
                     target: target.__target_ref().0,
                     args,
@@ -251,7 +256,11 @@ impl ProcessBuilder {
     /// Not cancel safe: if the future is dropped after the child was
     /// spawned, the child runs on, with no handle left to join it (the exit
     /// rule still reaps it).
-    pub async fn spawn<A, R, M, F>(self, target: F, args: A) -> Result<Process<R>>
+    pub async fn spawn<A, R, M, F>(
+        self,
+        target: F,
+        args: A,
+    ) -> std::result::Result<Process<R>, ProcessError>
     where
         F: Target<A, R, M>,
         A: Serialize,
@@ -316,9 +325,12 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// [`ProcessError::AlreadyStarted`] on a second call,
     /// [`ProcessError::EncodeArgs`] when the arguments failed to encode,
-    /// [`ProcessError::DaemonicParent`] in a daemonic process, and
-    /// [`ProcessError::Spawn`] when the OS refuses, when [`init`](crate::init)
-    /// was never called, or outside a Tokio runtime.
+    /// [`ProcessError::Oversized`] when they exceed the frame limit,
+    /// [`ProcessError::DaemonicParent`] in a daemonic process,
+    /// [`ProcessError::InitNotCalled`] when [`init`](crate::init) was never
+    /// called, [`ProcessError::NoRuntime`] outside a Tokio runtime,
+    /// [`ProcessError::Exiting`] once the exit rule has begun, and
+    /// [`ProcessError::Spawn`] when the OS refuses.
     ///
     /// # Cancel safety
     ///
@@ -326,7 +338,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// orders were written (large arguments fill the socket), the child
     /// finds its orders truncated and exits with code 2 without running
     /// anything; the process counts as started.
-    pub async fn start(&self) -> Result<()> {
+    pub async fn start(&self) -> std::result::Result<(), ProcessError> {
         let spec = self
             .spec
             .lock()
@@ -334,28 +346,21 @@ impl<R: DeserializeOwned> Process<R> {
             .take()
             .ok_or(ProcessError::AlreadyStarted)?;
         if current().daemon {
-            return Err(ProcessError::DaemonicParent.into());
+            return Err(ProcessError::DaemonicParent);
         }
         if !INIT_CALLED.load(Ordering::Relaxed) {
-            return Err(spawn_error(
-                "tokio_multiprocessing::init() must be called first thing in main",
-            ));
+            return Err(ProcessError::InitNotCalled);
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(spawn_error(
-                "Process::start must be called from within a Tokio runtime",
-            ));
+            return Err(ProcessError::NoRuntime);
         }
         // The exit rule joins every child that is not detached, so none may
         // start once it has begun (a pool replacing a worker at exit, say).
-        let _permit =
-            if self.identity.detached {
-                None
-            } else {
-                Some(child::StartPermit::take().ok_or_else(|| {
-                    spawn_error("the program is exiting: the exit rule has begun")
-                })?)
-            };
+        let _permit = if self.identity.detached {
+            None
+        } else {
+            Some(child::StartPermit::take().ok_or(ProcessError::Exiting)?)
+        };
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
         let nonce = nonce().map_err(ProcessError::Spawn)?;
         // Encode the orders before spawning: a failure here spawns nothing.
@@ -367,7 +372,7 @@ impl<R: DeserializeOwned> Process<R> {
             nonce,
             max_frame: self.max_frame as u64,
         };
-        encode_message(&hello, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
+        encode_message(&hello, &mut first, self.max_frame).map_err(orders_error)?;
         let run = ParentMsg::Run {
             id: child::RUN_ID,
             identity: self.identity.clone(),
@@ -375,7 +380,7 @@ impl<R: DeserializeOwned> Process<R> {
             args: args.into(),
             fds: spec.fds.len() as u32,
         };
-        encode_message(&run, &mut first, self.max_frame).map_err(ProcessError::Channel)?;
+        encode_message(&run, &mut first, self.max_frame).map_err(orders_error)?;
 
         let (mut ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
         let detached = self.identity.detached;
@@ -488,8 +493,13 @@ pub(crate) fn nonce() -> std::io::Result<u64> {
     Ok(u64::from_ne_bytes(b))
 }
 
-fn spawn_error(msg: &str) -> Error {
-    ProcessError::Spawn(std::io::Error::other(msg.to_owned())).into()
+/// The error for orders that could not be encoded into a frame.
+fn orders_error(e: ChannelError) -> ProcessError {
+    match e {
+        ChannelError::Oversized { len, max } => ProcessError::Oversized { len, max },
+        ChannelError::Encode(e) => ProcessError::EncodeArgs(e),
+        other => ProcessError::Channel(other),
+    }
 }
 
 impl<R> Process<R> {
@@ -541,7 +551,7 @@ impl<R> Process<R> {
     /// # Errors
     ///
     /// [`ProcessError::NotStarted`] before [`start`](Process::start).
-    pub fn terminate(&self) -> Result<()> {
+    pub fn terminate(&self) -> std::result::Result<(), ProcessError> {
         self.send(Signal::SIGTERM)
     }
 
@@ -550,7 +560,7 @@ impl<R> Process<R> {
     /// # Errors
     ///
     /// [`ProcessError::NotStarted`] before [`start`](Process::start).
-    pub fn kill(&self) -> Result<()> {
+    pub fn kill(&self) -> std::result::Result<(), ProcessError> {
         self.send(Signal::SIGKILL)
     }
 
@@ -562,11 +572,11 @@ impl<R> Process<R> {
         }
     }
 
-    fn send(&self, sig: Signal) -> Result<()> {
+    fn send(&self, sig: Signal) -> std::result::Result<(), ProcessError> {
         if !self.state.started() {
-            return Err(ProcessError::NotStarted.into());
+            return Err(ProcessError::NotStarted);
         }
-        self.state.signal(sig).map_err(Error::Io)
+        self.state.signal(sig).map_err(ProcessError::Signal)
     }
 }
 

@@ -185,7 +185,7 @@ impl Barrier {
     ///
     /// `InvalidInput` if `parties` is 0 or above 32767; otherwise when the
     /// shared memory cannot be created.
-    pub fn new(parties: u32) -> crate::Result<Barrier> {
+    pub fn new(parties: u32) -> std::io::Result<Barrier> {
         Self::create(parties, None)
     }
 
@@ -201,11 +201,11 @@ impl Barrier {
     /// # Errors
     ///
     /// As [`new`](Self::new).
-    pub fn with_action(parties: u32, action: fn()) -> crate::Result<Barrier> {
+    pub fn with_action(parties: u32, action: fn()) -> std::io::Result<Barrier> {
         Self::create(parties, Some(action))
     }
 
-    fn create(parties: u32, action: Option<fn()>) -> crate::Result<Barrier> {
+    fn create(parties: u32, action: Option<fn()>) -> std::io::Result<Barrier> {
         if parties == 0 || parties > MAX_PARTIES {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -689,11 +689,11 @@ mod tests {
     #[test]
     fn a_child_refuses_a_barrier_whose_parties_word_is_out_of_range() {
         let b = Barrier::new(2).unwrap();
-        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&b));
+        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&b));
         let bytes = bytes.unwrap();
         b.seg.u32(PARTIES).store(0, Ordering::Relaxed);
         let back: Result<Barrier, _> =
-            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes));
+            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes));
         let err = back.unwrap_err().to_string();
         assert!(err.contains("0 parties"), "{err}");
     }
@@ -707,9 +707,10 @@ mod tests {
     #[test]
     fn a_barrier_travels_with_its_parties_and_action() {
         let b = Barrier::with_action(1, action).unwrap();
-        let (bytes, fds) = crate::handle::collect_fds(|| rmp_serde::to_vec(&b));
+        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&b));
         let back: Barrier =
-            crate::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes.unwrap())).unwrap();
+            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes.unwrap()))
+                .unwrap();
         assert_eq!(back.parties(), 1);
         assert_eq!(back.seg.id(), b.seg.id());
         assert_eq!(back.blocking_wait(), Ok(0));

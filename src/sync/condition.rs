@@ -127,7 +127,7 @@ impl Condition {
     /// # Errors
     ///
     /// When the shared memory cannot be created.
-    pub fn new() -> crate::Result<Condition> {
+    pub fn new() -> std::io::Result<Condition> {
         Ok(Condition {
             lock: Lock::with_kind(Kind::Condition, LEN)?,
         })

@@ -56,7 +56,7 @@ impl Event {
     /// # Errors
     ///
     /// When the shared memory cannot be created.
-    pub fn new() -> crate::Result<Event> {
+    pub fn new() -> std::io::Result<Event> {
         Ok(Event {
             seg: Segment::create(Kind::Event, LEN)?,
         })

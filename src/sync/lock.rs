@@ -87,11 +87,11 @@ impl Lock {
     ///
     /// When the shared memory cannot be created (out of memory or
     /// descriptors).
-    pub fn new() -> crate::Result<Lock> {
+    pub fn new() -> std::io::Result<Lock> {
         Self::with_kind(Kind::Lock, LEN)
     }
 
-    pub(crate) fn with_kind(kind: Kind, len: usize) -> crate::Result<Lock> {
+    pub(crate) fn with_kind(kind: Kind, len: usize) -> std::io::Result<Lock> {
         Ok(Lock {
             raw: RawLock::create(kind, len)?,
         })

@@ -98,7 +98,7 @@ impl RLock {
     /// # Errors
     ///
     /// When the shared memory cannot be created.
-    pub fn new() -> crate::Result<RLock> {
+    pub fn new() -> std::io::Result<RLock> {
         Ok(RLock {
             raw: RawLock::create(Kind::RLock, LEN)?,
         })

@@ -28,7 +28,7 @@ struct Core {
 }
 
 impl Core {
-    fn create(kind: Kind, value: u32, limit: u32) -> crate::Result<Core> {
+    fn create(kind: Kind, value: u32, limit: u32) -> std::io::Result<Core> {
         let seg = Segment::create(kind, LEN)?;
         seg.u32(LIMIT).store(limit, Ordering::Relaxed);
         seg.u32(VALUE).store(value, Ordering::Release);
@@ -272,7 +272,7 @@ impl Semaphore {
     /// # Errors
     ///
     /// When the shared memory cannot be created.
-    pub fn new(permits: u32) -> crate::Result<Semaphore> {
+    pub fn new(permits: u32) -> std::io::Result<Semaphore> {
         Ok(Semaphore {
             core: Core::create(Kind::Semaphore, permits, u32::MAX)?,
         })
@@ -328,7 +328,7 @@ impl BoundedSemaphore {
     /// # Errors
     ///
     /// When the shared memory cannot be created.
-    pub fn new(permits: u32) -> crate::Result<BoundedSemaphore> {
+    pub fn new(permits: u32) -> std::io::Result<BoundedSemaphore> {
         Ok(BoundedSemaphore {
             core: Core::create(Kind::BoundedSemaphore, permits, permits)?,
         })

@@ -4,10 +4,10 @@
 //! frame, written together. The child answers with one [`ChildMsg`]
 //! carrying the request id of the `Run` it answers. See `docs/protocol.md`.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
-
-use crate::error::PanicInfo;
 
 /// Bumped whenever a message's layout changes.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
@@ -107,4 +107,22 @@ pub(crate) enum ChildMsg {
     Forked { id: u64, pid: u32 },
     /// The fork server could not fork request `id`.
     ForkFailed { id: u64, error: String },
+}
+
+/// Where a panic happened, as reported by the child that panicked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicInfo {
+    /// The panic message (the payload, when it was a string).
+    pub message: String,
+    /// `file:line:column` of the panic, when the child could record it.
+    pub location: Option<String>,
+}
+
+impl fmt::Display for PanicInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "'{}' at {}", self.message, loc),
+            None => write!(f, "'{}'", self.message),
+        }
+    }
 }

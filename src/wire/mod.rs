@@ -1,9 +1,12 @@
-//! The wire: length-prefixed frames carrying MessagePack messages.
+//! The wire: length-prefixed frames carrying MessagePack messages, and
+//! what goes wrong with them. No operating-system code: the transports that
+//! move these bytes are in `crate::transport`.
 
-pub(crate) mod blocking;
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) mod fdstream;
+mod error;
 pub(crate) mod frame;
 pub(crate) mod message;
 #[cfg(test)]
 mod proptests;
+
+pub use error::ChannelError;
+pub use message::PanicInfo;

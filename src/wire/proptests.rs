@@ -7,9 +7,9 @@ use proptest::prelude::*;
 use serde_bytes::ByteBuf;
 use tokio_util::codec::Decoder;
 
-use crate::error::{ChannelError, PanicInfo};
 use crate::wire::frame::{FrameCodec, RESERVE_STEP, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, Identity, Outcome, ParentMsg, TargetKind, TargetRef};
+use crate::wire::{ChannelError, PanicInfo};
 
 fn bytes() -> impl Strategy<Value = ByteBuf> {
     proptest::collection::vec(any::<u8>(), 0..256).prop_map(ByteBuf::from)

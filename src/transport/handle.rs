@@ -82,7 +82,7 @@ pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
     })
 }
 
-/// `#[serde(with = "crate::handle::fd")]` for an `OwnedFd` field.
+/// `#[serde(with = "crate::transport::handle::fd")]` for an `OwnedFd` field.
 pub(crate) mod fd {
     use super::*;
 

@@ -253,7 +253,7 @@ mod tests {
     use tokio_util::codec::Framed;
 
     use super::*;
-    use crate::error::ChannelError;
+    use crate::wire::ChannelError;
     use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message};
 
     const LIMIT: Duration = Duration::from_secs(20);
