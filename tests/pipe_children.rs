@@ -229,7 +229,7 @@ async fn an_end_holding_unread_bytes_is_not_sent() -> Result<(), Failed> {
     ensure(a.poll(Duration::from_secs(5)).await, "bytes arrived")?;
     let child = mp::Process::new(send_three_back, a);
     match child.start().await {
-        Err(mp::Error::Process(mp::ProcessError::EncodeArgs(msg))) => {
+        Err(mp::ProcessError::EncodeArgs(msg)) => {
             ensure(msg.contains("holds received bytes"), msg.clone())?;
         }
         other => return Err(format!("expected EncodeArgs, got {other:?}").into()),

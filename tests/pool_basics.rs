@@ -128,7 +128,7 @@ async fn a_result_that_fails_to_encode_is_reported() -> Result<(), Failed> {
 async fn close_join_and_terminate() -> Result<(), Failed> {
     let pool = mp::Pool::new(2).await?;
     ensure(
-        matches!(pool.join().await, Err(mp::Error::StillRunning)),
+        matches!(pool.join().await, Err(mp::StillRunning)),
         "join before close",
     )?;
     let queued: Vec<_> = (0..6).map(|_| pool.apply_async(sleep_ms, 50)).collect();
@@ -232,9 +232,7 @@ async fn a_failing_initializer_fails_build() -> Result<(), Failed> {
         .build()
         .await;
     match built {
-        Err(mp::Error::Task(mp::TaskError::Initializer(msg))) => {
-            ensure(msg.contains("no config file"), &msg)?
-        }
+        Err(mp::BuildError::Initializer(msg)) => ensure(msg.contains("no config file"), &msg)?,
         other => return Err(format!("{other:?}").into()),
     }
     ensure(start.elapsed() < Duration::from_secs(10), "no restart loop")?;
@@ -282,7 +280,7 @@ async fn a_failing_kth_worker_fails_build_and_the_others_are_reaped() -> Result<
         .build()
         .await;
     match built {
-        Err(mp::Error::Task(mp::TaskError::Initializer(msg))) => {
+        Err(mp::BuildError::Initializer(msg)) => {
             ensure(msg.contains("the third worker fails"), &msg)?
         }
         other => return Err(format!("{other:?}").into()),

@@ -141,7 +141,7 @@ async fn async_tasks_run_concurrently_in_one_worker() -> Result<(), Failed> {
         .build()
         .await;
     ensure(
-        matches!(refused, Err(mp::Error::Io(ref e)) if e.kind() == std::io::ErrorKind::InvalidInput),
+        matches!(refused, Err(mp::BuildError::InvalidSetting(_))),
         format!("concurrency(0): {refused:?}"),
     )?;
     Ok(())

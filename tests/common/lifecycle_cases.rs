@@ -290,17 +290,11 @@ async fn misuse_is_a_typed_error() -> Result<(), Failed> {
         "join before start",
     )?;
     ensure(
-        matches!(
-            p.terminate(),
-            Err(mp::Error::Process(mp::ProcessError::NotStarted))
-        ),
+        matches!(p.terminate(), Err(mp::ProcessError::NotStarted)),
         "terminate before start",
     )?;
     ensure(
-        matches!(
-            p.kill(),
-            Err(mp::Error::Process(mp::ProcessError::NotStarted))
-        ),
+        matches!(p.kill(), Err(mp::ProcessError::NotStarted)),
         "kill before start",
     )?;
     ensure(
@@ -309,10 +303,7 @@ async fn misuse_is_a_typed_error() -> Result<(), Failed> {
     )?;
     p.start().await?;
     ensure(
-        matches!(
-            p.start().await,
-            Err(mp::Error::Process(mp::ProcessError::AlreadyStarted))
-        ),
+        matches!(p.start().await, Err(mp::ProcessError::AlreadyStarted)),
         "start twice",
     )?;
     ensure(p.join().await? == 9, "value")?;
@@ -328,7 +319,7 @@ async fn unencodable_arguments_spawn_nothing() -> Result<(), Failed> {
     let p = mp::Process::new(takes_unencodable, Unencodable(1));
     let err = p.start().await.expect_err("arguments fail to encode");
     ensure(
-        matches!(err, mp::Error::Process(mp::ProcessError::EncodeArgs(ref m)) if m.contains("refuses")),
+        matches!(err, mp::ProcessError::EncodeArgs(ref m) if m.contains("refuses")),
         format!("{err:?}"),
     )?;
     ensure(p.pid().is_none(), "nothing spawned")?;
