@@ -60,9 +60,9 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::shm::park::{INTERVAL, Park, deadline_after, slice};
+use crate::shm::raw::{self, RawLock, Taken};
 use crate::shm::{Kind, ReceivedFd, Segment, SegmentFd};
-use crate::sync::park::{INTERVAL, Park, deadline_after, slice};
-use crate::sync::raw::{self, RawLock, Taken};
 use crate::sys::futex;
 use crate::sys::proc;
 use crate::target::{decode_value, encode_value};

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::shm::park::{Park, deadline_after, slice};
 use crate::shm::{HEADER, Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sync::error::BrokenBarrier;
-use crate::sync::park::{Park, deadline_after, slice};
 use crate::sys::futex;
 
 /// The barrier's state word (the futex word), see [`State`].

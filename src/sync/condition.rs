@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::shm::Kind;
+use crate::shm::park::{Park, deadline_after, slice};
+use crate::shm::raw;
 use crate::sync::error::{LockResult, PoisonError, TryLockResult};
 use crate::sync::lock::{Lock, LockGuard};
-use crate::sync::park::{Park, deadline_after, slice};
-use crate::sync::raw;
 use crate::sys::futex;
 
 /// Waiters that no notification has picked yet.
@@ -79,7 +79,7 @@ pub struct Condition {
 mod condition_lock {
     use super::*;
     use crate::shm::Segment;
-    use crate::sync::raw::RawLock;
+    use crate::shm::raw::RawLock;
 
     pub(super) fn serialize<S: serde::Serializer>(lock: &Lock, s: S) -> Result<S::Ok, S::Error> {
         lock.raw.seg.serialize(s)

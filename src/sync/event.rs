@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::shm::park::{Park, deadline_after, slice};
 use crate::shm::{HEADER, Kind, Segment, segment_serde};
-use crate::sync::park::{Park, deadline_after, slice};
 use crate::sys::futex;
 
 /// 1 when set (the futex word).

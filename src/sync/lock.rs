@@ -3,10 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::shm::park::deadline_after;
+use crate::shm::raw::{self, RawLock, Taken};
 use crate::shm::{Kind, segment_serde};
 use crate::sync::error::{LockResult, PoisonError, TryLockError, TryLockResult};
-use crate::sync::park::deadline_after;
-use crate::sync::raw::{self, RawLock, Taken};
 use crate::sys::proc;
 
 const LEN: usize = raw::END;

@@ -73,8 +73,6 @@ mod condition;
 pub mod error;
 mod event;
 mod lock;
-pub(crate) mod park;
-pub(crate) mod raw;
 mod rlock;
 mod semaphore;
 

@@ -5,10 +5,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::shm::park::deadline_after;
+use crate::shm::raw::{self, RawLock, Taken};
 use crate::shm::{Kind, segment_serde};
 use crate::sync::error::{LockResult, PoisonError, TryLockError, TryLockResult};
-use crate::sync::park::deadline_after;
-use crate::sync::raw::{self, RawLock, Taken};
 use crate::sys::proc;
 
 /// The owning thread's token (0 when free).

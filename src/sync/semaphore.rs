@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::shm::park::{Park, deadline_after, slice};
 use crate::shm::{HEADER, Kind, Segment, segment_serde};
 use crate::sync::error::ReleaseError;
-use crate::sync::park::{Park, deadline_after, slice};
 use crate::sys::futex;
 
 /// The number of free permits (the futex word).

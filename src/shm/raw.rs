@@ -20,7 +20,7 @@
 //! the lock is held by nobody known. Beside it, the holder records its pid
 //! and start time (`OWNER`) right after it takes the lock, so that a waiter
 //! can tell a dead holder from a new process that reuses its pid. A waiter
-//! whose sleep times out (every [`INTERVAL`](super::park::INTERVAL)) checks
+//! whose sleep times out (every [`INTERVAL`](crate::shm::park::INTERVAL)) checks
 //! the holder; if it is certainly gone, the waiter swaps its own pid into
 //! the word in place of the dead one, marks the lock poisoned, and is
 //! handed the lock as `Err(Poisoned(guard))`. A holder whose state cannot
@@ -31,8 +31,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use crate::shm::park::{Park, slice};
 use crate::shm::{HEADER, Kind, Segment};
-use crate::sync::park::{Park, slice};
 use crate::sys::futex::{self, Wait};
 use crate::sys::proc::{self, Liveness, ProcId};
 

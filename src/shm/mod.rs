@@ -32,6 +32,9 @@ use serde::{Deserializer, Serializer};
 
 use crate::sys::shm::{self, Mapping};
 
+pub(crate) mod park;
+pub(crate) mod raw;
+
 /// `"tmps"`: the first word of every segment.
 const MAGIC: u32 = 0x746d_7073;
 
