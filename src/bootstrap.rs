@@ -3,7 +3,6 @@
 //!
 //! See `docs/protocol.md` for the handshake.
 
-use std::cell::RefCell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -186,7 +185,7 @@ fn run_target(
         std::os::fd::AsRawFd::as_raw_fd(&ch.stream),
         std::sync::atomic::Ordering::Relaxed,
     );
-    install_panic_hook();
+    crate::target::panic::install_hook();
 
     // SAFETY: the handshake above proved that the parent runs this very
     // build (magic, protocol version and build fingerprint match, and the
@@ -266,24 +265,4 @@ pub fn __control_fd() -> Option<std::os::fd::RawFd> {
         -1 => None,
         fd => Some(fd),
     }
-}
-
-thread_local! {
-    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// The location of the last panic on this thread, recorded by the hook.
-pub(crate) fn take_panic_location() -> Option<String> {
-    PANIC_LOCATION.with(|l| l.borrow_mut().take())
-}
-
-fn install_panic_hook() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let loc = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        PANIC_LOCATION.with(|l| *l.borrow_mut() = loc);
-        previous(info);
-    }));
 }

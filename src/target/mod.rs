@@ -10,7 +10,6 @@
 //! zero-sized target value, decodes the arguments, calls, and encodes the
 //! result.
 //!
-//! This is the only module besides `sys` that contains `unsafe`.
 
 use std::future::Future;
 use std::mem::size_of;
@@ -21,8 +20,14 @@ use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::wire::PanicInfo;
 use crate::wire::message::{Outcome, TargetKind, TargetRef};
+
+mod image;
+pub(crate) mod panic;
+
+use image::{anchor_addr, offset_of};
+pub(crate) use image::{fingerprint, fn_from_offset, fn_to_offset};
+use panic::panic_info;
 
 /// A boxed future that yields a target's outcome.
 pub(crate) type OutcomeFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -84,21 +89,6 @@ pub mod marker {
     pub struct Async<Fut>(PhantomData<Fut>);
 }
 
-/// The fixed point that every target offset is measured from.
-#[inline(never)]
-fn anchor() -> u64 {
-    // A body that no other function shares, so the linker cannot fold it.
-    0x746f_6b69_6f6d_7031
-}
-
-fn anchor_addr() -> usize {
-    anchor as fn() -> u64 as usize
-}
-
-fn offset_of(addr: usize) -> i64 {
-    addr.wrapping_sub(anchor_addr()) as i64
-}
-
 /// Fails the build when a target type is not zero-sized.
 const fn assert_zero_sized<F>() {
     assert!(
@@ -122,20 +112,6 @@ unsafe fn conjure<F: Copy>() -> F {
     // closures, the only zero-sized types implementing `Fn` on stable Rust,
     // carry no invariant beyond their type.
     unsafe { std::mem::zeroed::<F>() }
-}
-
-fn panic_info(payload: Box<dyn std::any::Any + Send>) -> PanicInfo {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    };
-    PanicInfo {
-        message,
-        location: crate::bootstrap::take_panic_location(),
-    }
 }
 
 /// Encodes a value the way every payload on the wire is encoded.
@@ -391,44 +367,6 @@ pub(crate) unsafe fn resolve(target: TargetRef) -> Resolved {
             Resolved::Async(entry)
         }
     }
-}
-
-/// Names a plain function for another process running this same image
-/// (a barrier's action, sent to a child in its arguments): its distance
-/// from the anchor.
-pub(crate) fn fn_to_offset(f: fn()) -> i64 {
-    offset_of(f as usize)
-}
-
-/// Turns an offset from [`fn_to_offset`] back into the function.
-///
-/// # Safety
-///
-/// `offset` must have been returned by [`fn_to_offset`] in a process
-/// running the same executable image as this one (same build
-/// fingerprint, see [`fingerprint`]).
-pub(crate) unsafe fn fn_from_offset(offset: i64) -> fn() {
-    let addr = anchor_addr().wrapping_add(offset as usize);
-    // SAFETY: the caller guarantees that `offset` is the distance from the
-    // anchor to a `fn()` in this same image; ASLR moves the image as a
-    // whole, so `anchor + offset` is that function here, and a `usize`
-    // holding a function's address converts to a valid pointer to it.
-    unsafe { std::mem::transmute::<usize, fn()>(addr) }
-}
-
-/// A build fingerprint: the executable's identity plus a layout constant of
-/// this build (the distance between two of our functions).
-pub(crate) fn fingerprint() -> u64 {
-    use std::hash::{Hash, Hasher};
-    static FP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *FP.get_or_init(|| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        crate::sys::exe_identity().unwrap_or_default().hash(&mut h);
-        offset_of(fingerprint as fn() -> u64 as usize).hash(&mut h);
-        env!("CARGO_PKG_VERSION").hash(&mut h);
-        crate::wire::message::PROTOCOL_VERSION.hash(&mut h);
-        h.finish()
-    })
 }
 
 #[cfg(test)]
