@@ -128,18 +128,17 @@
 )]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-mod bootstrap;
 mod connection;
 mod error;
-mod forkserver;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzz;
-mod latch;
+mod lifecycle;
 mod pool;
 mod process;
 pub mod queue;
+mod runtime;
 mod sentinel;
 mod shm;
 pub mod sync;
@@ -148,13 +147,8 @@ mod target;
 mod transport;
 mod wire;
 
-#[cfg(feature = "test-support")]
-pub use bootstrap::__control_fd;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{Error, Result};
-#[cfg(feature = "test-support")]
-pub use forkserver::{__fork_server_pid, __set_fork_server_faults};
-pub use forkserver::{StartMethod, get_start_method, set_start_method};
 pub use pool::{
     AsyncResult, BuildError, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats, StillRunning,
     TaskError,
@@ -163,6 +157,11 @@ pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, current_process, parent_pid,
 };
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
+#[cfg(feature = "test-support")]
+pub use runtime::bootstrap::__control_fd;
+#[cfg(feature = "test-support")]
+pub use runtime::forkserver::client::{__fork_server_pid, __set_fork_server_faults};
+pub use runtime::forkserver::{StartMethod, get_start_method, set_start_method};
 pub use sentinel::{Sentinel, Waitable, wait};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
@@ -185,8 +184,7 @@ pub use wire::{ChannelError, PanicInfo};
 /// taken over: `init()` logs a warning and returns as in a parent.
 #[must_use = "dropping the guard at once joins the children at once; bind it: `let _guard = mp::init();`"]
 pub fn init() -> InitGuard {
-    process::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
-    bootstrap::run_if_child();
+    runtime::init(lifecycle::exit_rule);
     InitGuard { _private: () }
 }
 
@@ -203,6 +201,6 @@ pub struct InitGuard {
 
 impl Drop for InitGuard {
     fn drop(&mut self) {
-        process::exit_rule();
+        lifecycle::exit_rule();
     }
 }

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::latch::Latch;
+use crate::runtime::latch::Latch;
 
 /// A future that resolves when a process has ended, to its exit status.
 ///

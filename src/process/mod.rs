@@ -27,7 +27,6 @@
 //! `SIGKILL`, exits at once, unless it was started
 //! [`detached`](ProcessBuilder::detached).
 
-mod child;
 mod error;
 
 pub use error::ProcessError;
@@ -35,9 +34,7 @@ pub(crate) use error::signal_name;
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -45,9 +42,11 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::bootstrap::CHILD_ENV;
-
-use crate::forkserver::{Forked, StartMethod, get_start_method};
+use crate::runtime::forkserver::{StartMethod, get_start_method};
+use crate::runtime::identity::{Current, current, init_called, next_identity, nonce};
+use crate::runtime::registry::StartPermit;
+use crate::runtime::spawn::{self, Started};
+use crate::runtime::watch::{self, ChildState, Report};
 use crate::sentinel::Sentinel;
 use crate::sys;
 use crate::target::{Target, decode_value, encode_value, fingerprint};
@@ -56,43 +55,6 @@ use crate::wire::frame::{DEFAULT_MAX_FRAME, encode_message};
 use crate::wire::message::{
     Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
-
-pub(crate) use child::exit_rule;
-use child::{ChildState, Report};
-
-/// This process, as the library sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Current {
-    pub(crate) name: String,
-    pub(crate) path: Vec<u32>,
-    pub(crate) authkey: Vec<u8>,
-    pub(crate) daemon: bool,
-    pub(crate) parent_pid: Option<u32>,
-}
-
-static CURRENT: OnceLock<Current> = OnceLock::new();
-
-/// Records who this child is; called by the bootstrap before any user code.
-pub(crate) fn set_current(current: Current) {
-    let _ = CURRENT.set(current);
-}
-
-fn current() -> &'static Current {
-    CURRENT.get_or_init(|| {
-        let mut authkey = vec![0u8; 32];
-        if let Err(e) = getrandom::fill(&mut authkey) {
-            tracing::warn!(error = %e, "no randomness for the authkey; using the pid");
-            authkey = std::process::id().to_be_bytes().repeat(8);
-        }
-        Current {
-            name: "MainProcess".to_owned(),
-            path: Vec::new(),
-            authkey,
-            daemon: false,
-            parent_pid: None,
-        }
-    })
-}
 
 /// What [`current_process`] tells about the running process.
 #[derive(Debug, Clone)]
@@ -138,23 +100,6 @@ pub fn current_process() -> ProcessInfo {
 pub fn parent_pid() -> Option<u32> {
     current().parent_pid
 }
-
-/// Python's `_process_counter`: numbers the children this process creates.
-static COUNTER: AtomicU32 = AtomicU32::new(1);
-
-/// The name of a child is now fixed at creation: `Process-1`, or
-/// `Process-2:1` for the first child of `Process-2`.
-fn next_identity() -> (String, Vec<u32>) {
-    let mut path = current().path.clone();
-    path.push(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let digits: Vec<String> = path.iter().map(u32::to_string).collect();
-    (format!("Process-{}", digits.join(":")), path)
-}
-
-/// Set by `init`: a binary that never called it must not spawn copies of
-/// itself, which would run its whole `main` again.
-pub(crate) static INIT_CALLED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 
 /// Configures a [`Process`] before it is built or started.
 ///
@@ -348,7 +293,7 @@ impl<R: DeserializeOwned> Process<R> {
         if current().daemon {
             return Err(ProcessError::DaemonicParent);
         }
-        if !INIT_CALLED.load(Ordering::Relaxed) {
+        if !init_called() {
             return Err(ProcessError::InitNotCalled);
         }
         if tokio::runtime::Handle::try_current().is_err() {
@@ -359,7 +304,7 @@ impl<R: DeserializeOwned> Process<R> {
         let _permit = if self.identity.detached {
             None
         } else {
-            Some(child::StartPermit::take().ok_or(ProcessError::Exiting)?)
+            Some(StartPermit::take().ok_or(ProcessError::Exiting)?)
         };
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
         let nonce = nonce().map_err(ProcessError::Spawn)?;
@@ -374,7 +319,7 @@ impl<R: DeserializeOwned> Process<R> {
         };
         encode_message(&hello, &mut first, self.max_frame).map_err(orders_error)?;
         let run = ParentMsg::Run {
-            id: child::RUN_ID,
+            id: watch::RUN_ID,
             identity: self.identity.clone(),
             target: spec.target,
             args: args.into(),
@@ -382,35 +327,16 @@ impl<R: DeserializeOwned> Process<R> {
         };
         encode_message(&run, &mut first, self.max_frame).map_err(orders_error)?;
 
-        let (mut ours, theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
-        let detached = self.identity.detached;
-        let forked = match self.start_method.unwrap_or_else(get_start_method) {
-            StartMethod::ForkServer => {
-                crate::forkserver::fork(&ours, theirs, nonce, detached).await
-            }
-            StartMethod::Spawn => Forked::Declined(theirs),
-        };
-        let respawn = |theirs: &std::os::fd::OwnedFd| {
-            let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
-            let env = sys::child_env(CHILD_ENV, (CHILD_ENV, &marker));
-            sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, detached)
-                .map_err(ProcessError::Spawn)
-        };
-        let (child, theirs) = match forked {
-            Forked::Child(child) => (child, None),
-            Forked::Declined(theirs) => (respawn(&theirs)?, Some(theirs)),
-            Forked::Spent => {
-                // The fork server was lost with our socketpair: a fresh one,
-                // so that no other process shares the new child's channel.
-                let (fresh_ours, fresh_theirs) = sys::socketpair().map_err(ProcessError::Spawn)?;
-                ours = fresh_ours;
-                (respawn(&fresh_theirs)?, Some(fresh_theirs))
-            }
-        };
-        let forked = theirs.is_none();
-        drop(theirs);
+        let method = self.start_method.unwrap_or_else(get_start_method);
+        let Started {
+            child,
+            ours,
+            forked,
+        } = spawn::start(method, nonce, self.identity.detached)
+            .await
+            .map_err(ProcessError::Spawn)?;
         tracing::debug!(pid = child.pid(), name = %self.identity.name, forked, "started child");
-        child::start_watcher(
+        watch::start_watcher(
             self.state.clone(),
             child,
             ours,
@@ -484,13 +410,6 @@ fn died(code: i32) -> ProcessError {
     } else {
         ProcessError::Exited { code }
     }
-}
-
-/// A random value for a child's handshake.
-pub(crate) fn nonce() -> std::io::Result<u64> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(u64::from_ne_bytes(b))
 }
 
 /// The error for orders that could not be encoded into a frame.

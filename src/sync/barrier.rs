@@ -210,8 +210,7 @@ impl Barrier {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!("a barrier needs 1 to {MAX_PARTIES} parties, not {parties}"),
-            )
-            .into());
+            ));
         }
         let seg = Segment::create(Kind::Barrier, LEN)?;
         seg.u32(PARTIES).store(parties, Ordering::Release);

@@ -130,6 +130,20 @@ impl FrameReader {
     }
 }
 
+/// A blocking stream socket carrying frames, and the frame limit on it: a
+/// child's end of its control channel, or the fork server's.
+pub(crate) struct BlockingChannel {
+    pub(crate) stream: UnixStream,
+    pub(crate) max_frame: usize,
+}
+
+impl BlockingChannel {
+    /// Sends one message, blocking.
+    pub(crate) fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        send_message(&self.stream, msg, self.max_frame)
+    }
+}
+
 /// Encodes `msg` as one frame (at most `max_frame` bytes of body) and
 /// writes it whole, then flushes.
 ///

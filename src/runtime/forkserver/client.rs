@@ -1,21 +1,5 @@
-//! The fork server: fast starts without fork-safety hazards.
-//!
-//! Re-executing the program for every child costs an `execve`, dynamic
-//! linking and the runtime's start-up: about a millisecond. Forking the
-//! program itself would be far cheaper but is unsafe, because it is
-//! multi-threaded (Tokio) and a fork copies locks held by threads that do
-//! not exist in the copy. The fork server gets the speed without the
-//! hazard: it is one re-executed copy of the program, started on first use,
-//! that never starts a thread and does nothing but fork on request. Each
-//! fork uses `CLONE_PARENT`, so the new process is a child of the program
-//! (not of the server) and is waited for, reaped and signalled exactly like
-//! a child started by re-executing.
-//!
-//! The server is used only where it is sound: it refuses to serve if it
-//! finds itself with more than one thread (when `init()` was called inside
-//! a runtime, for instance) or on a C library that needs its own fork
-//! handlers; the program then re-executes itself for every child instead.
-//! Python calls the same idea `forkserver`.
+//! The parent's side of the fork server: starting it, asking it for
+//! forks, and what to do when it is lost.
 
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,44 +10,13 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
-use crate::bootstrap::Control;
+#[cfg(feature = "test-support")]
+use super::FAULTS_ENV;
+use crate::runtime::{exec, identity};
 use crate::sys;
-use crate::transport::blocking::FrameReader;
 use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
-
-/// How a new process is started.
-///
-/// Set it for the whole program with [`set_start_method`] or for one
-/// process with [`ProcessBuilder::start_method`](crate::ProcessBuilder::start_method).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum StartMethod {
-    /// Fork the child from a fork server (the default). Falls back to
-    /// [`Spawn`](StartMethod::Spawn) where the fork server cannot run.
-    #[default]
-    ForkServer,
-    /// Re-execute the program for every child.
-    Spawn,
-}
-
-static DEFAULT_METHOD: Mutex<StartMethod> = Mutex::new(StartMethod::ForkServer);
-
-/// Sets how processes are started from now on (Python's
-/// `multiprocessing.set_start_method`).
-pub fn set_start_method(method: StartMethod) {
-    *DEFAULT_METHOD
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = method;
-}
-
-/// The start method used when a builder does not set one.
-pub fn get_start_method() -> StartMethod {
-    *DEFAULT_METHOD
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-}
 
 /// How long the parent waits for the server to answer one fork request.
 /// A server that does not answer in time (stopped, hung) is killed.
@@ -86,11 +39,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const FAILURES_BEFORE_BACKOFF: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// Exit code of a fork server that refused to serve.
-const REFUSED_EXIT: i32 = 2;
-
-// ----------------------------------------------------------------- parent
 
 enum State {
     /// No server runs; one is started on the next fork, unless `retry_at`
@@ -243,15 +191,9 @@ async fn start_server() -> Result<Server, StartError> {
     }
     let io = |e: std::io::Error| StartError::Failed(e.into());
     let (ours, theirs) = sys::socketpair().map_err(io)?;
-    let nonce = crate::process::nonce().map_err(io)?;
+    let nonce = identity::nonce().map_err(io)?;
     #[allow(unused_mut)] // with the test hooks, faults may be added
-    let mut env = sys::child_env(
-        crate::bootstrap::CHILD_ENV,
-        (
-            crate::bootstrap::CHILD_ENV,
-            &format!("{}:{nonce:016x}", sys::CHILD_FD),
-        ),
-    );
+    let mut env = exec::child_env(nonce);
     #[cfg(feature = "test-support")]
     if let Some(spec) = FAULTS
         .lock()
@@ -263,7 +205,7 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = sys::Child::spawn(theirs.as_fd(), &sys::own_argv(), &env, false).map_err(io)?;
+    let child = exec::reexec(theirs.as_fd(), &env, false).map_err(io)?;
     drop(theirs);
     let sock = std::os::unix::net::UnixStream::from(ours);
     let mut server = Server {
@@ -646,139 +588,9 @@ pub(crate) fn shutdown() {
     }
 }
 
-// ----------------------------------------------------------------- server
-
-/// Serves fork requests until the parent closes the channel. Runs in the
-/// re-executed server process; returns its exit code.
-pub(crate) fn serve(ch: Control) -> i32 {
-    let threads = sys::thread_count();
-    if threads != 1 || !sys::libc_allows_raw_fork() {
-        let reason = format!(
-            "cannot serve forks: {threads} threads (init() must run before any thread starts)"
-        );
-        let _ = ch.send(&ChildMsg::Refused { reason });
-        return REFUSED_EXIT;
-    }
-    if ch.send(&ChildMsg::Serving).is_err() {
-        return 1;
-    }
-    // Ctrl-C reaches the whole process group; the server is the parent's
-    // machinery, stopped by the parent (or its death), not by the key.
-    // A forked child gets back the disposition the server inherited, as a
-    // re-executed one inherits its parent's: `SIGINT` stays ignored in the
-    // children of a program started with it ignored.
-    let inherited_ignored = sys::set_interrupt_ignored(true);
-    let Control {
-        stream: sock,
-        max_frame,
-    } = ch;
-    if sock.set_read_timeout(None).is_err() {
-        return 1;
-    }
-    let mut reader = FrameReader::new(max_frame);
-    #[cfg(feature = "test-support")]
-    let mut faults = Faults::from_env();
-    loop {
-        let body = match reader.next(&sock) {
-            Ok(body) => body,
-            Err(ChannelError::Closed) => return 0,
-            Err(e) => {
-                eprintln!("tokio-multiprocessing: fork server: {e}");
-                return 1;
-            }
-        };
-        let (id, nonce, detached) = match decode_message::<ParentMsg>(&body) {
-            Ok(ParentMsg::Fork {
-                id,
-                nonce,
-                detached,
-            }) => (id, nonce, detached),
-            Ok(_) | Err(_) => {
-                eprintln!("tokio-multiprocessing: fork server: unexpected message");
-                return 1;
-            }
-        };
-        let Some(control) = reader.take_fd() else {
-            let error = "the request carried no control socket".to_owned();
-            if reply(sock.as_fd(), &ChildMsg::ForkFailed { id, error }).is_err() {
-                return 1;
-            }
-            continue;
-        };
-        // SAFETY: this process has one thread (checked above; this loop
-        // starts none) and its C library does not need its fork handlers
-        // (`libc_allows_raw_fork`, checked above).
-        match unsafe { sys::fork_sibling() } {
-            Ok(None) => {
-                // The new process: leave the server's channel, become the child.
-                drop(reader);
-                drop(sock);
-                sys::set_interrupt_ignored(inherited_ignored);
-                // Say who we are first, so that a parent that lost the
-                // server before its reply still finds this child.
-                if reply(
-                    &control,
-                    &ChildMsg::Forked {
-                        id,
-                        pid: std::process::id(),
-                    },
-                )
-                .is_err()
-                {
-                    // The parent is gone already.
-                    std::process::exit(REFUSED_EXIT);
-                }
-                if detached {
-                    let _ = nix::unistd::setsid();
-                }
-                std::process::exit(crate::bootstrap::child_main(control, nonce, None));
-            }
-            Ok(Some(pid)) => {
-                drop(control);
-                #[cfg(feature = "test-support")]
-                faults.after_fork();
-                if reply(sock.as_fd(), &ChildMsg::Forked { id, pid }).is_err() {
-                    return 1;
-                }
-            }
-            Err(e) => {
-                if reply(
-                    sock.as_fd(),
-                    &ChildMsg::ForkFailed {
-                        id,
-                        error: e.to_string(),
-                    },
-                )
-                .is_err()
-                {
-                    return 1;
-                }
-            }
-        }
-    }
-}
-
-fn reply(sock: impl AsFd, msg: &ChildMsg) -> Result<(), ChannelError> {
-    let mut frame = BytesMut::new();
-    encode_message(msg, &mut frame, DEFAULT_MAX_FRAME)?;
-    let mut rest = &frame[..];
-    while !rest.is_empty() {
-        match sys::stream::send(sock.as_fd(), rest, true) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 /// The faults the next fork servers are to inject (a test hook).
 #[cfg(feature = "test-support")]
 static FAULTS: Mutex<Option<String>> = Mutex::new(None);
-
-/// How the faults reach a fork server: in its environment only.
-#[cfg(feature = "test-support")]
-const FAULTS_ENV: &str = "TOKIO_MULTIPROCESSING_TEST_FAULTS";
 
 /// Test hook: the faults that fork servers started from now on inject, a
 /// comma-separated list (`None`: none). `forkserver-exit-after-fork=N`
@@ -788,37 +600,4 @@ const FAULTS_ENV: &str = "TOKIO_MULTIPROCESSING_TEST_FAULTS";
 #[doc(hidden)]
 pub fn __set_fork_server_faults(spec: Option<&str>) {
     *FAULTS.lock().unwrap_or_else(PoisonError::into_inner) = spec.map(str::to_owned);
-}
-
-/// The faults this fork server injects, from `FAULTS_ENV`.
-#[cfg(feature = "test-support")]
-struct Faults {
-    exit_after_fork: Option<u64>,
-    forks: u64,
-}
-
-#[cfg(feature = "test-support")]
-impl Faults {
-    fn from_env() -> Faults {
-        let spec = std::env::var(FAULTS_ENV).unwrap_or_default();
-        // Not for the children it forks, nor their own fork servers.
-        // SAFETY: the server has one thread (checked before it serves), so
-        // nothing reads the environment while it changes.
-        unsafe { std::env::remove_var(FAULTS_ENV) };
-        let exit_after_fork = spec
-            .split(',')
-            .find_map(|f| f.strip_prefix("forkserver-exit-after-fork="))
-            .and_then(|n| n.parse().ok());
-        Faults {
-            exit_after_fork,
-            forks: 0,
-        }
-    }
-
-    fn after_fork(&mut self) {
-        self.forks += 1;
-        if self.exit_after_fork == Some(self.forks) {
-            sys::exit_immediately(0);
-        }
-    }
 }

@@ -7,18 +7,22 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::process::{Current, exit_rule, set_current};
+use std::sync::OnceLock;
+
+use super::exec::{CHILD_ENV, parse_marker};
+use super::forkserver::server;
+use super::identity::{Current, set_current};
 use crate::sys;
 use crate::target::{Resolved, fingerprint, resolve};
-use crate::transport::blocking::{FrameReader, send_message};
+use crate::transport::blocking::{BlockingChannel, FrameReader};
 use crate::wire::ChannelError;
 use crate::wire::message::{
     ChildMsg, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
 
-/// Set by the parent in a child's environment: `FD:NONCE`, the number of
-/// the inherited control socket and a random value the handshake repeats.
-pub(crate) const CHILD_ENV: &str = "TOKIO_MULTIPROCESSING_CHILD";
+/// What a child applies when its target has returned: the exit rule,
+/// handed down by `init`.
+static EXIT_RULE: OnceLock<fn()> = OnceLock::new();
 
 /// Exit code of a child that refused its handshake.
 const REFUSED_EXIT: i32 = 2;
@@ -28,11 +32,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// If this process is a child started by this library, runs what the
 /// parent asks and exits; otherwise returns at once.
-pub(crate) fn run_if_child() {
+pub(crate) fn run_if_child(exit_rule: fn()) {
     let Some(value) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let Some((fd, nonce)) = value.to_str().and_then(parse_env) else {
+    let _ = EXIT_RULE.set(exit_rule);
+    let Some((fd, nonce)) = value.to_str().and_then(parse_marker) else {
         tracing::warn!("ignoring a malformed {CHILD_ENV}; running as a parent");
         return;
     };
@@ -63,25 +68,7 @@ pub(crate) fn run_if_child() {
     std::process::exit(code);
 }
 
-fn parse_env(value: &str) -> Option<(i32, u64)> {
-    let (fd, nonce) = value.split_once(':')?;
-    Some((fd.parse().ok()?, u64::from_str_radix(nonce, 16).ok()?))
-}
-
-/// A child's end of its control channel, and the frame limit on it.
-pub(crate) struct Control {
-    pub(crate) stream: UnixStream,
-    pub(crate) max_frame: usize,
-}
-
-impl Control {
-    /// Sends one message, blocking.
-    pub(crate) fn send<T: serde::Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
-        send_message(&self.stream, msg, self.max_frame)
-    }
-}
-
-fn refuse(ch: &Control, reason: String) -> i32 {
+fn refuse(ch: &BlockingChannel, reason: String) -> i32 {
     eprintln!("tokio-multiprocessing: this child refuses to run: {reason}");
     let _ = ch.send(&ChildMsg::Refused { reason });
     REFUSED_EXIT
@@ -109,7 +96,7 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
         }
     };
     let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
-    let ch = Control { stream, max_frame };
+    let ch = BlockingChannel { stream, max_frame };
     let refusal = if hello.magic != MAGIC {
         Some("the handshake is not from tokio-multiprocessing".to_owned())
     } else if hello.version != PROTOCOL_VERSION {
@@ -158,13 +145,18 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
             drop(reader);
             run_target(ch, id, identity, target, &args, fds)
         }
-        ParentMsg::Serve => crate::forkserver::serve(ch),
+        ParentMsg::Serve => server::serve(ch, forked_child_main),
         ParentMsg::Fork { .. } => refuse(&ch, "a fork request before any orders".to_owned()),
     }
 }
 
+/// The entry of a child forked by the fork server.
+fn forked_child_main(sock: OwnedFd, nonce: u64) -> i32 {
+    child_main(sock, nonce, None)
+}
+
 fn run_target(
-    ch: Control,
+    ch: BlockingChannel,
     id: u64,
     identity: Identity,
     target: TargetRef,
@@ -227,7 +219,9 @@ fn run_target(
         code = 1;
     }
     // Python's exit rule, inside the child too.
-    exit_rule();
+    if let Some(exit_rule) = EXIT_RULE.get() {
+        exit_rule();
+    }
     code
 }
 

@@ -1,11 +1,10 @@
-//! The parent's record of one child: its exit, its report, and the task that
-//! watches its control channel. Also the registry of live children and the
-//! exit rule that joins them.
+//! The parent's record of one child ([`ChildState`]): its exit, its report,
+//! and the task that watches its control channel and reaps it; and the
+//! registry of the live ones.
 
-use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
-use crate::latch::Latch;
+use super::latch::Latch;
+use super::registry::Registry;
 use crate::sys;
 use crate::transport::fdstream::FdStream;
 use crate::wire::ChannelError;
@@ -47,7 +47,7 @@ pub(crate) enum Report {
 /// The parent's side of one child process.
 #[derive(Debug)]
 pub(crate) struct ChildState {
-    key: u64,
+    pub(crate) key: u64,
     pub(crate) daemon: bool,
     pub(crate) detached: bool,
     child: OnceLock<sys::Child>,
@@ -114,7 +114,7 @@ impl ChildState {
         match child.try_reap() {
             Ok(Some(status)) => {
                 self.exit.set(status);
-                unregister(self.key);
+                CHILDREN.remove(self.key);
                 tracing::debug!(
                     pid = child.pid(),
                     exitcode = sys::python_exitcode(status),
@@ -219,7 +219,7 @@ impl ChildState {
 
     /// Blocks until the child has exited and reaps it, draining its
     /// channel meanwhile. For the exit rule, where no runtime may be left.
-    fn join_blocking(&self) {
+    pub(crate) fn join_blocking(&self) {
         let Some(child) = self.child.get() else {
             return;
         };
@@ -297,7 +297,7 @@ pub(crate) async fn start_watcher(
         .child
         .set(child)
         .expect("a child state is started once");
-    register(&state);
+    CHILDREN.insert(state.key, &state);
     if let Err(e) = stream.write_all(&first).await {
         // The child died (or closed its end) before reading its orders;
         // its exit status tells the story.
@@ -382,88 +382,10 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
     state.done.set(());
 }
 
-fn registry() -> MutexGuard<'static, HashMap<u64, Arc<ChildState>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<u64, Arc<ChildState>>>> = OnceLock::new();
-    lock(REGISTRY.get_or_init(Default::default))
-}
-
-fn register(state: &Arc<ChildState>) {
-    registry().insert(state.key, state.clone());
-}
-
-fn unregister(key: u64) {
-    registry().remove(&key);
-}
+/// The live (started, not yet reaped) children of this process.
+static CHILDREN: Registry<ChildState> = Registry::new();
 
 /// The live (started, not yet reaped) children of this process.
 pub(crate) fn active_children() -> Vec<Arc<ChildState>> {
-    registry().values().cloned().collect()
-}
-
-/// Set once the exit rule has begun: no new child may start after it.
-static EXITING: AtomicBool = AtomicBool::new(false);
-
-/// Starts that passed the [`EXITING`] check and have not registered their
-/// child (or failed) yet.
-static STARTING: AtomicUsize = AtomicUsize::new(0);
-
-/// Held by a `start` from its check of the exit rule until its child is
-/// registered or the start failed.
-pub(crate) struct StartPermit(());
-
-impl StartPermit {
-    /// `None` once the exit rule has begun.
-    pub(crate) fn take() -> Option<StartPermit> {
-        STARTING.fetch_add(1, Ordering::SeqCst);
-        if EXITING.load(Ordering::SeqCst) {
-            STARTING.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(StartPermit(()))
-    }
-}
-
-impl Drop for StartPermit {
-    fn drop(&mut self) {
-        STARTING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// How long the exit rule waits for starts already under way to register
-/// their children.
-const STARTS_GRACE: Duration = Duration::from_secs(1);
-
-/// Python's exit rule: terminate daemonic children, then join every child
-/// that was not started detached. Blocks the calling thread.
-///
-/// No child starts once it has begun; children whose start was under way
-/// (a pool replacing a worker, say) are waited for and handled too.
-pub(crate) fn exit_rule() {
-    EXITING.store(true, Ordering::SeqCst);
-    let mut handled = std::collections::HashSet::new();
-    loop {
-        let deadline = std::time::Instant::now() + STARTS_GRACE;
-        while STARTING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let children: Vec<_> = active_children()
-            .into_iter()
-            .filter(|c| !c.detached && handled.insert(c.key))
-            .collect();
-        if children.is_empty() {
-            break;
-        }
-        for c in children.iter().filter(|c| c.daemon) {
-            if let Err(e) = c.signal(Signal::SIGTERM) {
-                tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
-            }
-        }
-        // A child may be waiting for messages that dropped pipe ends still
-        // hold, on a thread that is about to block here.
-        crate::connection::flush_orphans();
-        for c in &children {
-            c.join_blocking();
-        }
-    }
-    crate::forkserver::shutdown();
+    CHILDREN.all()
 }

@@ -1,0 +1,54 @@
+//! Re-executing the program as a child: the marker in the environment
+//! that makes a copy of the program a child, and the spawn itself.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use crate::sys;
+
+/// Set by the parent in a child's environment: `FD:NONCE`, the number of
+/// the inherited control socket and a random value the handshake repeats.
+pub(crate) const CHILD_ENV: &str = "TOKIO_MULTIPROCESSING_CHILD";
+
+/// The environment of a re-executed child: ours, with the marker for a
+/// child whose handshake carries `nonce`.
+pub(crate) fn child_env(nonce: u64) -> Vec<CString> {
+    let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
+    sys::child_env(CHILD_ENV, (CHILD_ENV, &marker))
+}
+
+/// The descriptor number and nonce of a marker.
+pub(crate) fn parse_marker(value: &str) -> Option<(i32, u64)> {
+    let (fd, nonce) = value.split_once(':')?;
+    Some((fd.parse().ok()?, u64::from_str_radix(nonce, 16).ok()?))
+}
+
+/// Re-executes the program with `control` as its control socket and `env`
+/// as its environment (see [`child_env`]).
+pub(crate) fn reexec(
+    control: BorrowedFd<'_>,
+    env: &[CString],
+    detached: bool,
+) -> io::Result<sys::Child> {
+    sys::Child::spawn(control, &sys::own_argv(), env, detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_parses_back() {
+        let env = child_env(0xdead_beef);
+        let marker = env
+            .iter()
+            .rev()
+            .find_map(|kv| kv.to_str().ok()?.strip_prefix(&format!("{CHILD_ENV}=")))
+            .unwrap()
+            .to_owned();
+        assert_eq!(parse_marker(&marker), Some((sys::CHILD_FD, 0xdead_beef)));
+        assert_eq!(parse_marker("3:zz"), None);
+        assert_eq!(parse_marker("nonsense"), None);
+    }
+}

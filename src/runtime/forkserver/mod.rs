@@ -1,0 +1,62 @@
+//! The fork server: fast starts without fork-safety hazards.
+//!
+//! Re-executing the program for every child costs an `execve`, dynamic
+//! linking and the runtime's start-up: about a millisecond. Forking the
+//! program itself would be far cheaper but is unsafe, because it is
+//! multi-threaded (Tokio) and a fork copies locks held by threads that do
+//! not exist in the copy. The fork server gets the speed without the
+//! hazard: it is one re-executed copy of the program, started on first use,
+//! that never starts a thread and does nothing but fork on request. Each
+//! fork uses `CLONE_PARENT`, so the new process is a child of the program
+//! (not of the server) and is waited for, reaped and signalled exactly like
+//! a child started by re-executing.
+//!
+//! The server is used only where it is sound: it refuses to serve if it
+//! finds itself with more than one thread (when `init()` was called inside
+//! a runtime, for instance) or on a C library that needs its own fork
+//! handlers; the program then re-executes itself for every child instead.
+//! Python calls the same idea `forkserver`.
+
+use std::sync::{Mutex, PoisonError};
+
+pub(crate) mod client;
+pub(crate) mod server;
+
+/// How a new process is started.
+///
+/// Set it for the whole program with [`set_start_method`] or for one
+/// process with [`ProcessBuilder::start_method`](crate::ProcessBuilder::start_method).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StartMethod {
+    /// Fork the child from a fork server (the default). Falls back to
+    /// [`Spawn`](StartMethod::Spawn) where the fork server cannot run.
+    #[default]
+    ForkServer,
+    /// Re-execute the program for every child.
+    Spawn,
+}
+
+static DEFAULT_METHOD: Mutex<StartMethod> = Mutex::new(StartMethod::ForkServer);
+
+/// Sets how processes are started from now on (Python's
+/// `multiprocessing.set_start_method`).
+pub fn set_start_method(method: StartMethod) {
+    *DEFAULT_METHOD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = method;
+}
+
+/// The start method used when a builder does not set one.
+pub fn get_start_method() -> StartMethod {
+    *DEFAULT_METHOD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Exit code of a fork server that refused to serve.
+const REFUSED_EXIT: i32 = 2;
+
+/// How a test's faults reach a fork server: in its environment only.
+#[cfg(feature = "test-support")]
+const FAULTS_ENV: &str = "TOKIO_MULTIPROCESSING_TEST_FAULTS";

@@ -1,0 +1,174 @@
+//! The fork server itself: a single-threaded copy of the program that
+//! forks a child for every request.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use bytes::BytesMut;
+
+use super::REFUSED_EXIT;
+use crate::sys;
+use crate::transport::blocking::{BlockingChannel, FrameReader};
+use crate::wire::ChannelError;
+use crate::wire::frame::{DEFAULT_MAX_FRAME, decode_message, encode_message};
+use crate::wire::message::{ChildMsg, ParentMsg};
+
+/// What a forked child runs: the child's side of a start, on its control
+/// socket, with the request's nonce (the bootstrap's `child_main`).
+pub(crate) type ChildMain = fn(OwnedFd, u64) -> i32;
+
+/// Serves fork requests until the parent closes the channel. Runs in the
+/// re-executed server process; returns its exit code.
+pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
+    let threads = sys::thread_count();
+    if threads != 1 || !sys::libc_allows_raw_fork() {
+        let reason = format!(
+            "cannot serve forks: {threads} threads (init() must run before any thread starts)"
+        );
+        let _ = ch.send(&ChildMsg::Refused { reason });
+        return REFUSED_EXIT;
+    }
+    if ch.send(&ChildMsg::Serving).is_err() {
+        return 1;
+    }
+    // Ctrl-C reaches the whole process group; the server is the parent's
+    // machinery, stopped by the parent (or its death), not by the key.
+    // A forked child gets back the disposition the server inherited, as a
+    // re-executed one inherits its parent's: `SIGINT` stays ignored in the
+    // children of a program started with it ignored.
+    let inherited_ignored = sys::set_interrupt_ignored(true);
+    let BlockingChannel {
+        stream: sock,
+        max_frame,
+    } = ch;
+    if sock.set_read_timeout(None).is_err() {
+        return 1;
+    }
+    let mut reader = FrameReader::new(max_frame);
+    #[cfg(feature = "test-support")]
+    let mut faults = Faults::from_env();
+    loop {
+        let body = match reader.next(&sock) {
+            Ok(body) => body,
+            Err(ChannelError::Closed) => return 0,
+            Err(e) => {
+                eprintln!("tokio-multiprocessing: fork server: {e}");
+                return 1;
+            }
+        };
+        let (id, nonce, detached) = match decode_message::<ParentMsg>(&body) {
+            Ok(ParentMsg::Fork {
+                id,
+                nonce,
+                detached,
+            }) => (id, nonce, detached),
+            Ok(_) | Err(_) => {
+                eprintln!("tokio-multiprocessing: fork server: unexpected message");
+                return 1;
+            }
+        };
+        let Some(control) = reader.take_fd() else {
+            let error = "the request carried no control socket".to_owned();
+            if reply(sock.as_fd(), &ChildMsg::ForkFailed { id, error }).is_err() {
+                return 1;
+            }
+            continue;
+        };
+        // SAFETY: this process has one thread (checked above; this loop
+        // starts none) and its C library does not need its fork handlers
+        // (`libc_allows_raw_fork`, checked above).
+        match unsafe { sys::fork_sibling() } {
+            Ok(None) => {
+                // The new process: leave the server's channel, become the child.
+                drop(reader);
+                drop(sock);
+                sys::set_interrupt_ignored(inherited_ignored);
+                // Say who we are first, so that a parent that lost the
+                // server before its reply still finds this child.
+                if reply(
+                    &control,
+                    &ChildMsg::Forked {
+                        id,
+                        pid: std::process::id(),
+                    },
+                )
+                .is_err()
+                {
+                    // The parent is gone already.
+                    std::process::exit(REFUSED_EXIT);
+                }
+                if detached {
+                    let _ = nix::unistd::setsid();
+                }
+                std::process::exit(child_main(control, nonce));
+            }
+            Ok(Some(pid)) => {
+                drop(control);
+                #[cfg(feature = "test-support")]
+                faults.after_fork();
+                if reply(sock.as_fd(), &ChildMsg::Forked { id, pid }).is_err() {
+                    return 1;
+                }
+            }
+            Err(e) => {
+                if reply(
+                    sock.as_fd(),
+                    &ChildMsg::ForkFailed {
+                        id,
+                        error: e.to_string(),
+                    },
+                )
+                .is_err()
+                {
+                    return 1;
+                }
+            }
+        }
+    }
+}
+
+fn reply(sock: impl AsFd, msg: &ChildMsg) -> Result<(), ChannelError> {
+    let mut frame = BytesMut::new();
+    encode_message(msg, &mut frame, DEFAULT_MAX_FRAME)?;
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        match sys::stream::send(sock.as_fd(), rest, true) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The faults this fork server injects, from `FAULTS_ENV`.
+#[cfg(feature = "test-support")]
+struct Faults {
+    exit_after_fork: Option<u64>,
+    forks: u64,
+}
+
+#[cfg(feature = "test-support")]
+impl Faults {
+    fn from_env() -> Faults {
+        let spec = std::env::var(super::FAULTS_ENV).unwrap_or_default();
+        // Not for the children it forks, nor their own fork servers.
+        // SAFETY: the server has one thread (checked before it serves), so
+        // nothing reads the environment while it changes.
+        unsafe { std::env::remove_var(super::FAULTS_ENV) };
+        let exit_after_fork = spec
+            .split(',')
+            .find_map(|f| f.strip_prefix("forkserver-exit-after-fork="))
+            .and_then(|n| n.parse().ok());
+        Faults {
+            exit_after_fork,
+            forks: 0,
+        }
+    }
+
+    fn after_fork(&mut self) {
+        self.forks += 1;
+        if self.exit_after_fork == Some(self.forks) {
+            sys::exit_immediately(0)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The machinery under [`Process`](crate::Process): starting children
+//! (forked by the fork server or re-executed), the parent's record of each
+//! and the task that watches and reaps it, the registry of live ones, who
+//! this process is, and the child's side of it all.
+//!
+//! Nothing here knows of the public handles above it. What it needs from
+//! them, the exit rule that a child applies when its target returns, is
+//! handed down by [`init`].
+
+pub(crate) mod bootstrap;
+pub(crate) mod exec;
+pub(crate) mod forkserver;
+pub(crate) mod identity;
+pub(crate) mod latch;
+pub(crate) mod registry;
+pub(crate) mod spawn;
+pub(crate) mod watch;
+
+/// Marks the program as initialised and, in a child started by this
+/// library, runs the child's work and exits: see [`crate::init`].
+/// `exit_rule` is what a child applies when its target has returned.
+pub(crate) fn init(exit_rule: fn()) {
+    identity::mark_init_called();
+    bootstrap::run_if_child(exit_rule);
+}

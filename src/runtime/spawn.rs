@@ -1,0 +1,52 @@
+//! Starting a child: forked by the fork server, or re-executed.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::exec;
+use super::forkserver::StartMethod;
+use super::forkserver::client::{self, Forked};
+use crate::sys;
+
+/// A child just started, waiting for its handshake on `ours`.
+pub(crate) struct Started {
+    pub(crate) child: sys::Child,
+    /// The parent's end of the child's control socket.
+    pub(crate) ours: OwnedFd,
+    /// Whether the fork server forked it (rather than a re-exec).
+    pub(crate) forked: bool,
+}
+
+/// Starts a child whose handshake will carry `nonce`, by `method`: through
+/// the fork server, which may decline (then the program re-executes), or
+/// by re-executing. A fork server lost with the request leaves its
+/// socketpair spent: the child is re-executed on a new one, so that no
+/// other process shares its channel.
+pub(crate) async fn start(method: StartMethod, nonce: u64, detached: bool) -> io::Result<Started> {
+    let (ours, theirs) = sys::socketpair()?;
+    let forked = match method {
+        StartMethod::ForkServer => client::fork(&ours, theirs, nonce, detached).await,
+        StartMethod::Spawn => Forked::Declined(theirs),
+    };
+    let reexec = |theirs: &OwnedFd| exec::reexec(theirs.as_fd(), &exec::child_env(nonce), detached);
+    match forked {
+        Forked::Child(child) => Ok(Started {
+            child,
+            ours,
+            forked: true,
+        }),
+        Forked::Declined(theirs) => Ok(Started {
+            child: reexec(&theirs)?,
+            ours,
+            forked: false,
+        }),
+        Forked::Spent => {
+            let (fresh_ours, fresh_theirs) = sys::socketpair()?;
+            Ok(Started {
+                child: reexec(&fresh_theirs)?,
+                ours: fresh_ours,
+                forked: false,
+            })
+        }
+    }
+}
