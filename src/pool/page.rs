@@ -275,7 +275,7 @@ impl Page {
 /// (or, for the worker's side, a supervisor) might have written them, then
 /// pops, pushes and works the gate (see `crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static PAGE: OnceLock<Page> = OnceLock::new();
     let page = PAGE.get_or_init(|| Page::new().expect("a page"));

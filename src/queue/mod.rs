@@ -912,7 +912,7 @@ queue_impls!(JoinableQueue, Kind::JoinableQueue);
 
 /// Runs the ring over plain memory on a fuzz input (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz_ring(input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz_ring(input: crate::shm::fuzz_input::Input<'_>) {
     ring::fuzz(input);
 }
 
@@ -920,7 +920,7 @@ pub(crate) fn fuzz_ring(input: crate::fuzz::Input<'_>) {
 /// (the lock's words excepted), then takes, puts and counts items
 /// (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz_segment(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz_segment(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static QUEUE: OnceLock<JoinableQueue<serde_bytes::ByteBuf>> = OnceLock::new();
     const BUFFER: usize = 256;

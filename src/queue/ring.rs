@@ -286,7 +286,7 @@ impl<M: Memory> Ring<'_, M> {
 /// The ring over plain memory, with its cursors, count and bytes taken
 /// from a fuzz input, then eight pushes and pops (see `crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::cell::RefCell;
 
     /// Memory that panics on any access outside its bounds.

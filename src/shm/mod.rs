@@ -32,6 +32,8 @@ use serde::{Deserializer, Serializer};
 
 use crate::sys::shm::{self, Mapping};
 
+#[cfg(fuzzing)]
+pub(crate) mod fuzz_input;
 pub(crate) mod park;
 pub(crate) mod raw;
 

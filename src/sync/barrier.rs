@@ -590,7 +590,7 @@ impl fmt::Debug for Barrier {
 /// Lays a fuzz input over a barrier's words, then waits (without
 /// sleeping), aborts and resets (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static BARRIERS: OnceLock<[Barrier; 3]> = OnceLock::new();
     let all =

@@ -453,7 +453,7 @@ impl fmt::Debug for Condition {
 /// Lays a fuzz input over a condition's counts, then notifies and waits
 /// without sleeping (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static COND: OnceLock<Condition> = OnceLock::new();
     let c = COND.get_or_init(|| Condition::new().expect("a condition"));

@@ -159,7 +159,7 @@ impl fmt::Debug for Event {
 /// Lays a fuzz input over an event's words, then sets, clears and waits
 /// without sleeping (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static EVENT: OnceLock<Event> = OnceLock::new();
     let e = EVENT.get_or_init(|| Event::new().expect("an event"));

@@ -79,7 +79,7 @@ mod semaphore;
 /// Lays a fuzz input over one primitive's words and works it
 /// (`crate::fuzz::shm`); `which` picks the primitive.
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(which: u8, input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(which: u8, input: crate::shm::fuzz_input::Input<'_>) {
     match which {
         3 => barrier::fuzz(input),
         4 => condition::fuzz(input),

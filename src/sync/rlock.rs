@@ -316,7 +316,7 @@ impl fmt::Debug for RLockGuard<'_> {
 /// Takes an RLock, lays a fuzz input over its owner's words, then locks
 /// again and lets go (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static LOCK: OnceLock<RLock> = OnceLock::new();
     let lock = LOCK.get_or_init(|| RLock::new().expect("an RLock"));

@@ -367,7 +367,7 @@ impl fmt::Debug for BoundedSemaphore {
 /// Lays a fuzz input over a semaphore's words (the bound's too), then
 /// takes and gives permits without sleeping (`crate::fuzz::shm`).
 #[cfg(fuzzing)]
-pub(crate) fn fuzz(mut input: crate::fuzz::Input<'_>) {
+pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
     static SEMS: OnceLock<(Semaphore, BoundedSemaphore)> = OnceLock::new();
     let (plain, bounded) = SEMS.get_or_init(|| {
