@@ -13,9 +13,11 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 
+use super::Pool;
 use super::TaskError;
+use super::job::{JobResult, JobRx};
+use super::result::decode_item;
 use super::worker::{Batch, BatchBuilder};
-use super::{JobResult, JobRx, Pool, decode_item};
 use crate::wire::message::TargetRef;
 
 /// Encoded arguments, one per input item (or why one failed to encode).

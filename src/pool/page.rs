@@ -1,4 +1,4 @@
-//! The page of memory a worker shares with its supervisor: which jobs it
+//! The page of memory a worker shares with its slot in the parent: which jobs it
 //! has started, and a ring of replies.
 //!
 //! ```text
@@ -12,34 +12,34 @@
 //! number (in the order sent, from 0) of the next job the worker may
 //! start. The worker starts job `k` by moving the word from `k` to `k + 1`
 //! with a compare-and-swap, before the job runs; if the swap fails, the
-//! supervisor took the job back, and the worker drops it. The supervisor
+//! slot took the job back, and the worker drops it. The slot
 //! takes back every job not started by setting the word's top bit (the
 //! fence): no swap succeeds after that, and the word's value says which
 //! jobs had started. Before it sends the next job it opens the gate again
 //! at that job's number, past the ones it took back. So when the worker
-//! dies, or when the supervisor wants jobs back (their results were
+//! dies, or when the slot wants jobs back (their results were
 //! dropped, or an idle worker could run them), the word says exactly which
 //! jobs ran, without a message and even while a synchronous task holds
 //! the worker's thread.
 //!
 //! The ring carries the worker's replies, one producer (the worker) and
-//! one consumer (the supervisor). A reply in the ring is safe the moment
+//! one consumer (the slot). A reply in the ring is safe the moment
 //! `tail` is published, even if the worker dies right after, so the worker
 //! need not make a system call per reply. `head` and `tail` are byte
 //! positions that only grow; a record is an 8-byte length word and the
 //! encoded reply, padded to 8 bytes, and a length of `u32::MAX` says the
 //! rest of the ring up to its end is skipped. The worker writes only
 //! between `tail` and `head + RING`, and publishes with a release store of
-//! `tail`; the supervisor reads only between `head` and `tail`, and frees
+//! `tail`; the slot reads only between `head` and `tail`, and frees
 //! with a release store of `head`.
 //!
 //! Either side may find anything in the page: a worker can write over
-//! every word of it. So the supervisor checks every position and length
+//! every word of it. So the slot checks every position and length
 //! it reads before it uses them (a bad one makes `pop_into` fail, and the
 //! worker is replaced), and the worker does the same with the words the
-//! supervisor writes (a bad one sends the reply over the socket).
+//! slot writes (a bad one sends the reply over the socket).
 //!
-//! `sleeping` is how the supervisor asks to be woken: it sets the word,
+//! `sleeping` is how the slot asks to be woken: it sets the word,
 //! looks at the ring once more, and only then waits on the socket. A
 //! worker that publishes a reply and finds the word set clears it and
 //! sends a one-frame doorbell over the socket. A reply that does not fit
@@ -58,7 +58,7 @@ const TAIL: usize = HEADER + 16;
 const SLEEPING: usize = HEADER + 24;
 const DATA: usize = HEADER + 32;
 
-/// The top bit of `started`: the supervisor has taken back every job not
+/// The top bit of `started`: the slot has taken back every job not
 /// started.
 const FENCE: u64 = 1 << 63;
 
@@ -88,7 +88,7 @@ impl Page {
     // ---- the worker's side ----
 
     /// Starts job `seq`: true if the gate let it through, false if the
-    /// supervisor took it back.
+    /// slot took it back.
     pub(crate) fn try_start(&self, seq: u64) -> bool {
         // The fence bit is never a job number.
         let Some(next) = seq.checked_add(1).filter(|n| n & FENCE == 0) else {
@@ -101,7 +101,7 @@ impl Page {
     }
 
     /// Puts a reply in the ring. `None` if it does not fit (it goes over
-    /// the socket instead); otherwise whether the supervisor asked to be
+    /// the socket instead); otherwise whether the slot asked to be
     /// woken (then the caller rings the doorbell).
     pub(crate) fn push(&self, reply: &[u8]) -> Option<bool> {
         if reply.len() > MAX_REPLY {
@@ -110,9 +110,9 @@ impl Page {
         let need = padded(reply.len());
         let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
         let head = self.0.u64(HEAD).load(Ordering::Acquire);
-        // Positions the supervisor could not have left (out of order, too
+        // Positions the slot could not have left (out of order, too
         // far apart, off a record boundary, at the end of their range):
-        // the reply goes over the socket, where the supervisor notices.
+        // the reply goes over the socket, where the slot notices.
         let used = tail.checked_sub(head).filter(|&u| u <= RING)?;
         if tail % 8 != 0 {
             return None;
@@ -132,7 +132,7 @@ impl Page {
         self.write_at(at + 8, reply);
         self.0.u64(TAIL).store(at + need, Ordering::SeqCst);
         // Ordered after the publication (both SeqCst): either the
-        // supervisor sees the reply before it sleeps, or this sees its
+        // slot sees the reply before it sleeps, or this sees its
         // request to be woken.
         Some(self.0.u32(SLEEPING).swap(0, Ordering::SeqCst) == 1)
     }
@@ -140,7 +140,7 @@ impl Page {
     fn write_at(&self, pos: u64, bytes: &[u8]) {
         // SAFETY: the worker is the ring's only writer, and it writes only
         // at positions from `tail` up to `head + RING` (checked by `push`),
-        // which the supervisor does not read until `tail` is published
+        // which the slot does not read until `tail` is published
         // past them; the bytes are ordinary data, never accessed as
         // atomics. The range is inside the mapping: `pos % RING` plus a
         // record never crosses the ring's end (`push` skips to the start
@@ -149,17 +149,17 @@ impl Page {
         unsafe { self.0.write_bytes(DATA + (pos % RING) as usize, bytes) }
     }
 
-    // ---- the supervisor's side ----
+    // ---- the slot's side ----
 
     /// How many jobs, in the order sent, have started (or were taken
     /// back before the gate was last opened): job `k` has started if `k`
-    /// is below this and still the supervisor's.
+    /// is below this and still the slot's.
     pub(crate) fn started_count(&self) -> u64 {
         self.0.u64(STARTED).load(Ordering::SeqCst) & !FENCE
     }
 
     /// Closes the gate: no job starts from now on. Returns how many had
-    /// started; every job from that number on is the supervisor's again.
+    /// started; every job from that number on is the slot's again.
     pub(crate) fn fence(&self) -> u64 {
         // One atomic step, so no loop a worker rewriting the word could
         // keep spinning.
@@ -190,7 +190,7 @@ impl Page {
     /// # Errors
     ///
     /// A description of what is wrong if the worker left the ring in a
-    /// state it cannot be in; the supervisor then treats the worker as
+    /// state it cannot be in; the slot then treats the worker as
     /// broken.
     pub(crate) fn pop_into(&self, reply: &mut Vec<u8>) -> Result<bool, String> {
         let head_word = self.0.u64(HEAD);
@@ -243,7 +243,7 @@ impl Page {
     }
 
     fn read_at(&self, pos: u64, out: &mut [u8]) {
-        // SAFETY: the supervisor is the ring's only reader, and it reads
+        // SAFETY: the slot is the ring's only reader, and it reads
         // only between `head` and the published `tail` (checked by
         // `pop_into`), which the worker does not write again until `head`
         // moves past them; the bytes are ordinary data. The range is
@@ -253,7 +253,7 @@ impl Page {
         unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
     }
 
-    /// Takes back a request to be woken (the supervisor is awake).
+    /// Takes back a request to be woken (the slot is awake).
     pub(crate) fn wake(&self) {
         self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
     }
@@ -272,7 +272,7 @@ impl Page {
 }
 
 /// Lays a fuzz input over a real page's words and reply ring, as a worker
-/// (or, for the worker's side, a supervisor) might have written them, then
+/// (or, for the worker's side, a slot) might have written them, then
 /// pops, pushes and works the gate (see `crate::fuzz::shm`).
 #[cfg(fuzzing)]
 pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
@@ -419,7 +419,7 @@ mod tests {
     fn the_doorbell_is_asked_for_once() {
         let page = Page::new().unwrap();
         assert!(!page.sleep(), "nothing waits yet");
-        assert_eq!(page.push(b"a"), Some(true), "the supervisor sleeps");
+        assert_eq!(page.push(b"a"), Some(true), "the slot sleeps");
         assert_eq!(page.push(b"b"), Some(false), "already rung");
         assert!(page.sleep(), "replies wait: no need to sleep");
     }

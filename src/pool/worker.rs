@@ -1,5 +1,5 @@
 //! The child side of a pool worker, and the messages it exchanges with its
-//! supervisor in the parent.
+//! slot in the parent.
 
 use std::collections::VecDeque;
 
@@ -184,7 +184,7 @@ impl BatchBuilder {
 /// What a worker is started with: its end of the pipe, the initializer,
 /// how many jobs it may run at once (async targets interleave; a
 /// synchronous one holds the worker's thread while it runs), and the page
-/// it shares with its supervisor.
+/// it shares with its slot in the parent.
 pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>, usize, Page);
 
 /// A job the worker has received and not started.
@@ -301,7 +301,7 @@ fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
 }
 
 /// Sends a reply through the shared page's ring, ringing the doorbell if
-/// the supervisor sleeps, or over the socket if it does not fit. False
+/// the slot sleeps, or over the socket if it does not fit. False
 /// once the parent's end is gone.
 async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
     // A reply whose values alone are too big for the ring is encoded once,

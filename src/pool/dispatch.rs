@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::job::{Job, Shared, State, deliver};
 use super::page::Page;
-use super::worker::{Msg, Results, serve};
+use super::worker::{Msg, serve};
 use super::{BuildError, TaskError};
-use super::{Job, Shared, State};
 use crate::connection::{Connection, Pipe};
 use crate::process::Process;
 use crate::target::decode_value;
@@ -224,25 +224,6 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
     }
 }
 
-/// Hands a job's result over and counts it.
-pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskError>) {
-    match &result {
-        Ok(results) => {
-            let failed = results.failed();
-            shared
-                .stats
-                .completed
-                .fetch_add(results.len() - failed, Ordering::Relaxed);
-            shared.stats.failed.fetch_add(failed, Ordering::Relaxed);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "pool task failed");
-            shared.stats.failed.fetch_add(job.len, Ordering::Relaxed);
-        }
-    }
-    job.reply.send(result);
-}
-
 /// Puts jobs that a worker had not started back at the head of the queue.
 fn requeue(shared: &Shared, rest: VecDeque<Job>) {
     if rest.is_empty() {
@@ -262,7 +243,7 @@ struct Sent {
     sent_at: Instant,
     /// Its place among the jobs sent to this worker, from 0.
     seq: u64,
-    /// When the supervisor first saw it started (through the gate).
+    /// When the slot first saw it started (through the gate).
     since: Option<Instant>,
 }
 

@@ -1,0 +1,175 @@
+//! [`PoolBuilder`]: a pool's settings, and starting it.
+
+use std::collections::VecDeque;
+use std::result::Result;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::job::{Config, Counters, Shared, State};
+use super::{BuildError, Handle, Pool, WINDOW, dispatch};
+use crate::target::{Target, encode_value};
+use crate::wire::message::TargetRef;
+
+/// Configures a [`Pool`] before it starts.
+///
+/// ```no_run
+/// # use tokio_multiprocessing as mp;
+/// # use std::time::Duration;
+/// fn setup(_: ()) {}
+/// # async fn demo() -> mp::Result<()> {
+/// let pool = mp::Pool::builder()
+///     .processes(4)
+///     .initializer(setup, ())
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+#[must_use]
+pub struct PoolBuilder {
+    processes: usize,
+    init: Option<(TargetRef, std::result::Result<ByteBuf, String>)>,
+    max_tasks: Option<usize>,
+    timeout: Option<Duration>,
+    concurrency: Option<usize>,
+}
+
+impl PoolBuilder {
+    /// The number of workers; 0 (the default) means the available parallelism.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n;
+        self
+    }
+
+    /// A target every worker runs once, before any task. If it panics in
+    /// the first workers, [`build`](Self::build) fails.
+    pub fn initializer<A, M, F>(mut self, f: F, args: A) -> Self
+    where
+        F: Target<A, (), M>,
+        A: Serialize,
+    {
+        let args = encode_value(&args).map(ByteBuf::from);
+        self.init = Some((f.__target_ref().0, args));
+        self
+    }
+
+    /// Replaces a worker after it has run `k` jobs (a task, or a chunk of
+    /// a `map`), as Python's `maxtasksperchild`. `k = 0` fails the build.
+    pub fn max_tasks_per_child(mut self, k: usize) -> Self {
+        self.max_tasks = Some(k);
+        self
+    }
+
+    /// A task running longer than `d` fails with [`TaskError::TimedOut`];
+    /// its worker gets `SIGTERM`, then `SIGKILL` half a second later, and
+    /// is replaced.
+    pub fn task_timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// How many tasks a worker runs at once (default 1).
+    ///
+    /// Async targets interleave on the worker's runtime, so `c` of them
+    /// waiting on I/O or timers take the time of one. A synchronous target
+    /// holds the worker's thread while it runs, so the others pause. The
+    /// tasks a worker runs share its fate: if it dies, or is killed
+    /// because one of them outlived the task timeout, the others fail with
+    /// [`TaskError::WorkerDied`]. `c = 0` fails the build.
+    pub fn concurrency(mut self, c: usize) -> Self {
+        self.concurrency = Some(c);
+        self
+    }
+
+    /// Starts the workers and waits until each has run the initializer.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::InvalidSetting`] for `max_tasks_per_child(0)` or
+    /// `concurrency(0)`; [`BuildError::EncodeInit`] if the initializer's
+    /// arguments did not encode; [`BuildError::Start`] if a worker process
+    /// could not start (the program never called [`init`](crate::init),
+    /// or this is not within a Tokio runtime), [`BuildError::Initializer`]
+    /// if its initializer did not return, [`BuildError::WorkerExited`] if
+    /// it died on the way. The workers already started are killed and
+    /// reaped first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future part way leaves the workers
+    /// started so far to be terminated with the pool's handle.
+    pub async fn build(self) -> Result<Pool, BuildError> {
+        if self.max_tasks == Some(0) {
+            return Err(BuildError::InvalidSetting(
+                "max_tasks_per_child must be at least 1",
+            ));
+        }
+        if self.concurrency == Some(0) {
+            return Err(BuildError::InvalidSetting("concurrency must be at least 1"));
+        }
+        let concurrency = self.concurrency.unwrap_or(1);
+        let init = match self.init {
+            None => None,
+            Some((t, Ok(a))) => Some((t, a)),
+            Some((_, Err(e))) => return Err(BuildError::EncodeInit(e)),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::Start(crate::ProcessError::NoRuntime));
+        }
+        let processes = match self.processes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            state: watch::Sender::new(State::Running),
+            stats: Counters::default(),
+            config: Config {
+                init,
+                max_tasks: self.max_tasks,
+                timeout: self.timeout,
+                concurrency,
+                window: WINDOW + concurrency,
+            },
+            next_id: AtomicU64::new(0),
+            live_slots: AtomicUsize::new(processes),
+            cancels: AtomicU64::new(0),
+            cancelled: Notify::new(),
+            hungry: AtomicUsize::new(0),
+            runtime_gone: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut slots = Vec::with_capacity(processes);
+        let mut readies = Vec::with_capacity(processes);
+        for _ in 0..processes {
+            let (tx, rx) = oneshot::channel();
+            slots.push(tokio::spawn(dispatch::supervise(shared.clone(), tx)));
+            readies.push(rx);
+        }
+        let pool = Pool {
+            handle: Arc::new(Handle {
+                shared,
+                slots: Mutex::new(slots),
+                processes,
+            }),
+        };
+        for ready in readies {
+            let failure = match ready.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => why,
+                // The slot's task went without a word: its runtime shut down.
+                Err(_) => BuildError::Start(crate::ProcessError::NoRuntime),
+            };
+            pool.terminate().await;
+            return Err(failure);
+        }
+        Ok(pool)
+    }
+}

@@ -1,0 +1,321 @@
+//! Jobs and where they wait: a job (a task, or a chunk of a `map`), where
+//! its result goes, the results of a `map` gathered in place, and the
+//! state the pool's handles share with its dispatching tasks.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde_bytes::ByteBuf;
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::TaskError;
+use super::worker::{Batch, Results};
+use crate::wire::message::TargetRef;
+
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Running,
+    Closed,
+    Terminated,
+}
+
+/// Where a job's result goes: its own channel, or its place in the
+/// results of a `map`.
+pub(super) enum Reply {
+    One(oneshot::Sender<JobResult>),
+    Part(Part),
+}
+
+/// A job's place in a [`Group`]. Dropped without a result, it fills its
+/// place with [`TaskError::Cancelled`], as a dropped channel would.
+pub(super) struct Part {
+    pub(super) group: Arc<Group>,
+    pub(super) index: usize,
+    pub(super) filled: bool,
+}
+
+impl Part {
+    pub(super) fn fill(&mut self, result: JobResult) {
+        self.group.put(self.index, result);
+        self.filled = true;
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.filled {
+            self.group.put(self.index, Err(TaskError::Cancelled));
+        }
+    }
+}
+
+impl Reply {
+    /// Whether nobody wants the result any more.
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            Reply::One(tx) => tx.is_closed(),
+            Reply::Part(part) => part.group.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn send(self, result: JobResult) {
+        match self {
+            Reply::One(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Part(mut part) => part.fill(result),
+        }
+    }
+}
+
+/// The results of the jobs of one `map`, gathered in place: no channel per
+/// job, and a wake-up only when the result the `map` waits for next (in
+/// input order) comes, so that it decodes results while later jobs run.
+pub(super) struct Group {
+    pub(super) slots: Mutex<Vec<Option<JobResult>>>,
+    /// The index of the result the `map` waits for.
+    pub(super) awaited: AtomicUsize,
+    pub(super) waker: futures::task::AtomicWaker,
+    /// The `map` was dropped: its jobs are unwanted.
+    pub(super) dropped: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    pub(super) fn new(jobs: usize) -> Group {
+        Group {
+            slots: Mutex::new((0..jobs).map(|_| None).collect()),
+            awaited: AtomicUsize::new(0),
+            waker: futures::task::AtomicWaker::new(),
+            dropped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Vec<Option<JobResult>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn put(&self, index: usize, result: JobResult) {
+        let mut slots = self.lock();
+        if let Some(slot @ None) = slots.get_mut(index) {
+            *slot = Some(result);
+            drop(slots);
+            if index == self.awaited.load(Ordering::Acquire) {
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Waits for the result at `from`, then takes it and every result
+    /// after it that has come, in order.
+    pub(super) async fn next_from(&self, from: usize, out: &mut Vec<JobResult>) {
+        self.awaited.store(from, Ordering::Release);
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            let mut slots = self.lock();
+            let ready = slots[from..].iter_mut().map_while(Option::take);
+            out.extend(ready);
+            if out.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+
+    /// Whether results are still to come after `taken` were taken.
+    pub(super) fn unfinished(&self, taken: usize) -> bool {
+        taken < self.lock().len()
+    }
+}
+
+/// Marks a `map`'s group dropped if the `map` future goes before its
+/// results came, so that its jobs do not run.
+pub(super) struct GroupGuard<'a> {
+    pub(super) group: &'a Arc<Group>,
+    pub(super) shared: &'a Shared,
+    /// Every result came.
+    pub(super) done: bool,
+}
+
+impl Drop for GroupGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.group.dropped.store(true, Ordering::Relaxed);
+            self.shared.result_dropped();
+        }
+    }
+}
+
+/// One message's worth of work: a task, or a chunk of a `map`.
+pub(super) struct Job {
+    pub(super) id: u64,
+    pub(super) target: TargetRef,
+    pub(super) args: Batch,
+    /// How many tasks the job holds.
+    pub(super) len: usize,
+    pub(super) reply: Reply,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) workers: AtomicUsize,
+    pub(super) busy: AtomicUsize,
+    pub(super) completed: AtomicUsize,
+    pub(super) failed: AtomicUsize,
+    pub(super) restarted: AtomicUsize,
+}
+
+pub(super) struct Config {
+    pub(super) init: Option<(TargetRef, ByteBuf)>,
+    pub(super) max_tasks: Option<usize>,
+    pub(super) timeout: Option<Duration>,
+    /// Jobs a worker runs at once.
+    pub(super) concurrency: usize,
+    /// The most jobs a worker may have in flight: the ones it runs and
+    /// some more.
+    pub(super) window: usize,
+}
+
+/// What the pool's handles and its supervising tasks share.
+pub(super) struct Shared {
+    pub(super) queue: Mutex<VecDeque<Job>>,
+    pub(super) notify: Notify,
+    pub(super) state: watch::Sender<State>,
+    pub(super) stats: Counters,
+    pub(super) config: Config,
+    pub(super) next_id: AtomicU64,
+    /// Worker slots still running.
+    pub(super) live_slots: AtomicUsize,
+    /// Bumped when the result of a job that may be waiting in a worker is
+    /// dropped; the slots then tell their workers to drop it.
+    pub(super) cancels: AtomicU64,
+    pub(super) cancelled: Notify,
+    /// Slots whose worker is idle with nothing queued.
+    pub(super) hungry: AtomicUsize,
+    /// The runtime that ran the slots shut down: they are gone, and their
+    /// workers killed and reaped.
+    pub(super) runtime_gone: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub(super) fn lock_queue(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next job whose result someone still wants; the others are
+    /// cancelled and never run.
+    ///
+    /// A worker that is already busy (`idle` false) gets another job only
+    /// when there are more jobs than idle workers, so a short task does
+    /// not wait behind a long one while a worker has nothing to do.
+    pub(super) fn pop_job(&self, idle: bool) -> Option<Job> {
+        let mut q = self.lock_queue();
+        if !idle {
+            let workers = self.stats.workers.load(Ordering::Relaxed);
+            let busy = self.stats.busy.load(Ordering::Relaxed);
+            if q.len() <= workers.saturating_sub(busy) {
+                return None;
+            }
+        }
+        while let Some(job) = q.pop_front() {
+            if !job.reply.is_closed() {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    pub(super) fn submit(&self, jobs: Vec<Job>) -> std::result::Result<(), TaskError> {
+        let mut q = self.lock_queue();
+        if self.runtime_gone.load(Ordering::Acquire) {
+            return Err(TaskError::RuntimeShutdown);
+        }
+        if *self.state.borrow() != State::Running {
+            return Err(TaskError::Closed);
+        }
+        q.extend(jobs);
+        drop(q);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    /// A job's result was dropped before it arrived.
+    pub(super) fn result_dropped(&self) {
+        self.cancels.fetch_add(1, Ordering::Release);
+        self.cancelled.notify_waiters();
+    }
+
+    /// Moves to `Terminated` and cancels every queued job.
+    pub(super) fn begin_terminate(&self) {
+        self.state.send_replace(State::Terminated);
+        let drained: Vec<Job> = self.lock_queue().drain(..).collect();
+        for job in drained {
+            deliver(self, job, Err(TaskError::Cancelled));
+        }
+    }
+}
+
+pub(super) type JobResult = std::result::Result<Results, TaskError>;
+
+/// The receiving end of a job's reply. Dropping it before the reply came
+/// asks the slots to drop the job if a worker holds it unstarted.
+pub(super) struct JobRx {
+    pub(super) rx: oneshot::Receiver<JobResult>,
+    pub(super) shared: Weak<Shared>,
+}
+
+impl JobRx {
+    pub(super) fn ready(&self) -> bool {
+        !self.rx.is_empty() || self.rx.is_terminated()
+    }
+
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(TaskError::Cancelled)))
+    }
+}
+
+impl Future for JobRx {
+    type Output = JobResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResult> {
+        self.get_mut().poll(cx)
+    }
+}
+
+impl Drop for JobRx {
+    fn drop(&mut self) {
+        if !self.ready() {
+            if let Some(shared) = self.shared.upgrade() {
+                shared.result_dropped();
+            }
+        }
+    }
+}
+
+/// Hands a job's result over and counts it.
+pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskError>) {
+    match &result {
+        Ok(results) => {
+            let failed = results.failed();
+            shared
+                .stats
+                .completed
+                .fetch_add(results.len() - failed, Ordering::Relaxed);
+            shared.stats.failed.fetch_add(failed, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "pool task failed");
+            shared.stats.failed.fetch_add(job.len, Ordering::Relaxed);
+        }
+    }
+    job.reply.send(result);
+}
