@@ -1,11 +1,11 @@
 //! `Process` cases: state, values, exit codes, misuse, names and keys.
-//! Shared by `process_lifecycle` (fork server) and `process_spawn_method`
-//! (re-exec per child).
+//! Shared by the `lifecycle` (fork server) and `spawn_method` (re-exec per
+//! child) modules of the `process` test binary.
 
 use std::time::{Duration, Instant};
 
-use crate::common::{case, ensure};
-use libtest_mimic::{Failed, Trial};
+use crate::common::{Case, case, ensure, test};
+use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
 const T: Duration = Duration::from_secs(30);
@@ -470,10 +470,10 @@ fn joined_from_another_runtime() -> Result<(), Failed> {
 }
 
 /// Every case.
-pub(crate) fn all() -> Vec<Trial> {
+pub(crate) fn all() -> Vec<Case> {
     vec![
-        Trial::test("joined_from_another_runtime", joined_from_another_runtime),
-        Trial::test("is_alive_reaps", is_alive_reaps),
+        test("joined_from_another_runtime", joined_from_another_runtime),
+        test("is_alive_reaps", is_alive_reaps),
         case(
             "state_before_and_after_start",
             T,

@@ -1,17 +1,36 @@
 //! Shared harness for the integration tests that start child processes.
 //!
-//! Every such test binary has `harness = false`: its `main` calls
-//! `mp::init()` first (a child re-executes the test binary and must never
-//! reach the harness), then hands its cases to `libtest-mimic`, which keeps
-//! `cargo test` filters, `--list`, `--exact` and the summary line.
+//! The tests are grouped by area into a few binaries, `tests/<area>/main.rs`
+//! with one submodule per topic, each with `harness = false`: its `main`
+//! calls `mp::init()` first (a child re-executes the test binary and must
+//! never reach the harness), then hands its cases to `libtest-mimic`, which
+//! keeps `cargo test` filters, `--list`, `--exact` and the summary line.
+//!
+//! A topic module builds its cases with [`case`] (or [`case_alone`],
+//! [`case_as_subreaper`], [`test`]); `main` names them `topic::case` with
+//! [`module`] (or [`module_in_reruns`]) and runs them with [`run`].
 //!
 //! Each case runs under a watchdog: a per-case timeout inside its own Tokio
 //! runtime, and a whole-binary deadline on a plain thread that ends the
 //! process if something blocks outside the runtime.
+//!
+//! Cases run side by side (one per core at a time, libtest's default),
+//! except those that need the test process to themselves: a case that
+//! counts every child, zombie or descriptor of the process, kills children
+//! it did not start, or changes something process-wide (the fork server,
+//! the child subreaper flag) runs alone ([`case_alone`],
+//! [`case_as_subreaper`]): it waits until no other case runs, and no other
+//! case starts until it is done. An area's `main` lists the modules whose
+//! cases count children or descriptors first, so that they run before any
+//! case that may leave a straggler behind.
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod run;
+
 use std::future::Future;
+use std::process::{Command, Stdio};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -20,43 +39,205 @@ use tokio_multiprocessing as mp;
 /// The deadline for a whole test binary.
 const BINARY_DEADLINE: Duration = Duration::from_secs(600);
 
+/// One case of a topic module, named within the module; [`module`] gives
+/// it its full name.
+pub struct Case {
+    name: String,
+    body: Box<dyn FnOnce() -> Result<(), Failed> + Send>,
+}
+
+/// The cases of module `prefix`, named `prefix::name`.
+pub fn module(prefix: &str, cases: Vec<Case>) -> Vec<Trial> {
+    cases
+        .into_iter()
+        .map(|c| Trial::test(format!("{prefix}::{}", c.name), c.body))
+        .collect()
+}
+
+/// Held for reading by every case that shares the test process with
+/// others while it runs, and for writing by a case that runs alone.
+static TURNS: RwLock<()> = RwLock::new(());
+
+/// A turn shared with the other cases that share.
+fn shared_turn() -> RwLockReadGuard<'static, ()> {
+    TURNS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A turn alone: once every case under way is done, and until this one is.
+fn lone_turn() -> RwLockWriteGuard<'static, ()> {
+    TURNS.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `body` on a fresh multi-threaded runtime; fails if it takes longer
+/// than `limit`. The runtime is gone when this returns.
+fn on_a_runtime<F, Fut>(limit: Duration, body: F) -> Result<(), Failed>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), Failed>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match tokio::time::timeout(limit, body()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("watchdog: the case did not finish within {limit:?}").into()),
+        }
+    })
+}
+
 /// A case that runs `body` on a fresh multi-threaded runtime and fails if
-/// it takes longer than `limit`.
-pub fn case<F, Fut>(name: &str, limit: Duration, body: F) -> Trial
+/// it takes longer than `limit`. It may run beside other cases.
+pub fn case<F, Fut>(name: &str, limit: Duration, body: F) -> Case
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Failed>> + Send + 'static,
 {
-    Trial::test(name, move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            match tokio::time::timeout(limit, body()).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("watchdog: the case did not finish within {limit:?}").into()),
+    Case {
+        name: name.to_owned(),
+        body: Box::new(move || {
+            let _turn = shared_turn();
+            on_a_runtime(limit, body)
+        }),
+    }
+}
+
+/// As [`case`], but alone in the test process: for a case that looks at
+/// every child or descriptor of the process, or disturbs other cases.
+pub fn case_alone<F, Fut>(name: &str, limit: Duration, body: F) -> Case
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    Case {
+        name: name.to_owned(),
+        body: Box::new(move || {
+            let _turn = lone_turn();
+            on_a_runtime(limit, body)
+        }),
+    }
+}
+
+/// As [`case_alone`], with the test process a child subreaper while the
+/// case runs: the orphans of its descendants become children of the test
+/// process, where the case can watch and reap them. When it ends, the
+/// flag is cleared and whatever it adopted and left unreaped is reaped.
+pub fn case_as_subreaper<F, Fut>(name: &str, limit: Duration, body: F) -> Case
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Failed>> + Send + 'static,
+{
+    Case {
+        name: name.to_owned(),
+        body: Box::new(move || {
+            let _turn = lone_turn();
+            let _subreaper = Subreaper::become_one()?;
+            on_a_runtime(limit, body)
+        }),
+    }
+}
+
+/// A case that runs `body` on the harness thread, with no runtime and no
+/// watchdog of its own (it keeps its own deadlines). It may run beside
+/// other cases.
+pub fn test<F>(name: &str, body: F) -> Case
+where
+    F: FnOnce() -> Result<(), Failed> + Send + 'static,
+{
+    Case {
+        name: name.to_owned(),
+        body: Box::new(move || {
+            let _turn = shared_turn();
+            body()
+        }),
+    }
+}
+
+/// The test process as a child subreaper, until this drops.
+struct Subreaper {
+    /// This process's children when it became one.
+    before: Vec<u32>,
+}
+
+impl Subreaper {
+    fn become_one() -> Result<Subreaper, Failed> {
+        let before = children();
+        nix::sys::prctl::set_child_subreaper(true)?;
+        Ok(Subreaper { before })
+    }
+}
+
+impl Drop for Subreaper {
+    /// Clears the flag, so that no later orphan is adopted, and reaps the
+    /// zombies among the children the case added (a case reaps what it
+    /// adopts, unless it failed first), so that later cases see none. The
+    /// fork server, which may have been replaced, stays.
+    fn drop(&mut self) {
+        let _ = nix::sys::prctl::set_child_subreaper(false);
+        let server = mp::__fork_server_pid();
+        for pid in zombie_children() {
+            if !self.before.contains(&pid) && Some(pid) != server {
+                let _ = reap_if_ended(pid);
             }
+        }
+    }
+}
+
+/// The cases of module `prefix`, each run in a run of this test binary of
+/// its own, whose environment has `var` set to `value`: something read
+/// once per process (by `main` or by the library) and inherited by the
+/// children, which one binary cannot change for some cases only. The run
+/// is selected with `--exact prefix::name` and must pass that one case
+/// within `limit`. In that run, where `var` has `value`, they are the
+/// cases themselves.
+pub fn module_in_reruns(
+    prefix: &str,
+    (var, value): (&'static str, &'static str),
+    limit: Duration,
+    cases: Vec<Case>,
+) -> Vec<Trial> {
+    if std::env::var_os(var).is_some_and(|v| v == value) {
+        return module(prefix, cases);
+    }
+    cases
+        .into_iter()
+        .map(|c| {
+            let name = format!("{prefix}::{}", c.name);
+            let exact = name.clone();
+            Trial::test(name, move || {
+                let _turn = shared_turn();
+                rerun(&exact, (var, value), limit)
+            })
         })
-    })
+        .collect()
 }
 
-/// Runs the cases and exits, applying the exit rule to any child a case
-/// left behind first.
-pub fn run(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
-    run_with(Arguments::from_args(), guard, tests)
+/// Runs case `name` alone in a run of this test binary with `var=value`.
+fn rerun(name: &str, (var, value): (&str, &str), limit: Duration) -> Result<(), Failed> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(var, value)
+        .args(["--exact", name, "--color", "never"])
+        .stdin(Stdio::null());
+    let out = run::run_with_watchdog(cmd, limit)?;
+    // A filter that matched nothing would pass too: the one case must
+    // have run, and passed.
+    if out.status.success() && out.stdout.contains("test result: ok. 1 passed;") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the run with {var}={value}: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status, out.stdout, out.stderr
+        )
+        .into())
+    }
 }
 
-/// As [`run`], but one case at a time (unless `--test-threads` says
-/// otherwise), for binaries whose cases look at every child of the test
-/// process, such as the orphans it adopts as a child subreaper.
-pub fn run_one_at_a_time(guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
-    let mut args = Arguments::from_args();
-    args.test_threads.get_or_insert(1);
-    run_with(args, guard, tests)
-}
-
-fn run_with(args: Arguments, guard: mp::InitGuard, tests: Vec<Trial>) -> ! {
+/// Runs the cases of `modules`, in this order, and exits, applying the
+/// exit rule to any child a case left behind first.
+pub fn run(guard: mp::InitGuard, modules: impl IntoIterator<Item = Vec<Trial>>) -> ! {
+    let tests = modules.into_iter().flatten().collect();
+    let args = Arguments::from_args();
     std::thread::spawn(|| {
         std::thread::sleep(BINARY_DEADLINE);
         eprintln!("watchdog: the test binary did not finish within {BINARY_DEADLINE:?}");

@@ -1,14 +1,14 @@
-//! Sentinel and `wait` cases, shared by the pidfd binary (`sentinel_wait`)
-//! and the fallback binary (`sentinel_fallback`), which differ only in
-//! whether `TOKIO_MULTIPROCESSING_NO_PIDFD` is set.
+//! Sentinel and `wait` cases, run by the `sentinel` module of the `process`
+//! test binary on the pidfd path and, in runs of their own with
+//! `TOKIO_MULTIPROCESSING_NO_PIDFD` set, on the fallback path.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Failed, Trial};
+use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-use crate::common::{case, ensure};
+use crate::common::{Case, case, ensure};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -179,8 +179,8 @@ async fn many_sentinels_at_once() -> Result<(), Failed> {
     Ok(())
 }
 
-/// The cases; `expect_pidfd` says which reaping path the binary forces.
-pub(crate) fn all(expect_pidfd: bool) -> Vec<Trial> {
+/// The cases; `expect_pidfd` says which reaping path the process forces.
+pub(crate) fn all(expect_pidfd: bool) -> Vec<Case> {
     vec![
         case("sentinel_in_select", T, move || {
             sentinel_in_select(expect_pidfd)

@@ -1,0 +1,38 @@
+//! Pipes and connections between processes: message boundaries, closing,
+//! ends sent to children and grandchildren, leaks, and messages still
+//! queued when a program ends.
+//!
+//! Some runs of this binary are programs under test, not the test: `main`
+//! picks them by their environment before it calls `init()` itself.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod children;
+mod close;
+mod exit;
+mod handles_nested;
+mod messages;
+mod soak;
+
+use tokio_multiprocessing as mp;
+
+fn main() {
+    if exit::probe_asked() {
+        exit::probe_program();
+        return;
+    }
+    let guard = mp::init();
+    // Those that count descriptors first (see `common`).
+    common::run(
+        guard,
+        [
+            common::module("soak", soak::cases()),
+            common::module("messages", messages::cases()),
+            common::module("close", close::cases()),
+            common::module("children", children::cases()),
+            common::module("handles_nested", handles_nested::cases()),
+            common::module("exit", exit::cases()),
+        ],
+    )
+}

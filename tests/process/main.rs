@@ -1,0 +1,75 @@
+//! `Process`: starting, joining and ending children, under both start
+//! methods, with `Sentinel` and `wait`, the exit rule, a parent's death,
+//! faults of the fork server and hostile children.
+//!
+//! Some runs of this binary are programs under test, not the test: `main`
+//! picks them by their environment before it calls `init()` itself.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../common/lifecycle_cases.rs"]
+mod lifecycle_cases;
+#[path = "../common/sentinel_cases.rs"]
+mod sentinel_cases;
+
+mod exit_rule;
+mod faults;
+mod hijack;
+mod lifecycle;
+mod parent_death;
+mod rogue_child;
+mod sentinel;
+mod soak;
+mod spawn_method;
+
+use std::time::Duration;
+
+use tokio_multiprocessing as mp;
+
+fn main() {
+    // In every process, re-executed children too.
+    parent_death::wait_if_the_parent_asks();
+    // Programs that call `init()` themselves.
+    if faults::sigint_program_asked() {
+        std::process::exit(faults::sigint_program());
+    }
+    if hijack::probe_asked() {
+        hijack::probe_program();
+        return;
+    }
+    if exit_rule::probe_asked() {
+        exit_rule::probe_program();
+        return;
+    }
+    let guard = mp::init();
+    parent_death::refuse_to_run_as_a_parent();
+    if spawn_method::asked() {
+        mp::set_start_method(mp::StartMethod::Spawn);
+    }
+    // Those that count children and descriptors first (see `common`).
+    common::run(
+        guard,
+        [
+            common::module("soak", soak::cases()),
+            common::module("rogue_child", rogue_child::cases()),
+            common::module("parent_death", parent_death::cases()),
+            common::module("faults", faults::cases()),
+            common::module("lifecycle", lifecycle::cases()),
+            common::module_in_reruns(
+                "spawn_method",
+                spawn_method::ENV,
+                Duration::from_secs(120),
+                spawn_method::cases(),
+            ),
+            common::module("sentinel::pidfd", sentinel::pidfd_cases()),
+            common::module_in_reruns(
+                "sentinel::fallback",
+                sentinel::NO_PIDFD,
+                Duration::from_secs(120),
+                sentinel::fallback_cases(),
+            ),
+            common::module("exit_rule", exit_rule::cases()),
+            common::module("hijack", hijack::cases()),
+        ],
+    )
+}
