@@ -170,7 +170,7 @@ async fn floor_spawn(n: u64) -> Result<Duration, String> {
 fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// A child's side of the lock cases: meet the others (if there is a
@@ -190,7 +190,10 @@ fn lock_loop((lock, n, barrier): (mp::Lock, u64, Option<mp::Barrier>)) -> (u64, 
 async fn lock_children(children: u64, n: u64) -> Result<Duration, String> {
     let lock = mp::Lock::new().map_err(|e| e.to_string())?;
     let barrier = if children > 1 {
-        Some(mp::Barrier::new(children as u32).map_err(|e| e.to_string())?)
+        Some(
+            mp::Barrier::new(u32::try_from(children).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };
@@ -210,7 +213,7 @@ async fn lock_children(children: u64, n: u64) -> Result<Duration, String> {
     // Report the time for exactly n operations' worth, scaled if n did
     // not split evenly.
     let took = last.saturating_sub(first) as f64 * n as f64 / (per_child * children) as f64;
-    Ok(Duration::from_nanos(took as u64))
+    Ok(Duration::from_secs_f64(took / 1e9))
 }
 
 async fn lock_uncontended(n: u64) -> Result<Duration, String> {
@@ -440,7 +443,10 @@ fn median_kib(mut v: Vec<u64>) -> Option<u64> {
     }
     v.sort_unstable();
     let m: Vec<f64> = v.iter().map(|&x| x as f64).collect();
-    Some(median(&m).round() as u64)
+    // A float cast to an integer saturates.
+    #[allow(clippy::cast_possible_truncation)]
+    let median_ns = median(&m).round() as u64;
+    Some(median_ns)
 }
 
 /// Runs a memory case `reps` times (no warm-up: each run starts afresh)

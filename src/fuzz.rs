@@ -191,7 +191,10 @@ pub fn shm(data: &[u8]) {
 pub fn seed_shm() -> Vec<Vec<u8>> {
     let le = |v: u64| v.to_le_bytes().to_vec();
     let record = |payload: &[u8]| {
-        let mut r = (payload.len() as u32).to_le_bytes().to_vec();
+        let mut r = u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes()
+            .to_vec();
         r.extend_from_slice(&[0; 4]);
         r.extend_from_slice(payload);
         r.resize(8 + payload.len().div_ceil(8) * 8, 0);

@@ -120,14 +120,6 @@
 //! }
 //! ```
 
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
-#![deny(unsafe_op_in_unsafe_fn)]
-
 mod connection;
 mod error;
 #[cfg(fuzzing)]

@@ -420,6 +420,8 @@ impl Pace {
     fn window(&self, concurrency: usize, max: usize) -> usize {
         let extra = match self.average_ns {
             None => 3,
+            // A float cast to an integer saturates; the clamp below bounds it.
+            #[allow(clippy::cast_possible_truncation)]
             Some(avg) => (PREFETCH_BUDGET.as_nanos() as f64 / avg.max(1.0)) as usize,
         };
         (concurrency + extra).clamp(concurrency + 1, max.max(concurrency + 1))

@@ -65,6 +65,8 @@ const FENCE: u64 = 1 << 63;
 /// The length word that skips to the end of the ring.
 const WRAP: u32 = u32::MAX;
 
+// 64 KiB fits any `usize`.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) const PAGE_LEN: usize = DATA + RING as usize;
 
 /// The largest reply the ring takes; a larger one goes over the socket.
@@ -227,12 +229,14 @@ impl Page {
             if len > RING {
                 return Err(format!("reply ring record of {len} bytes"));
             }
-            let need = padded(len as usize);
+            // At most `RING` (checked above), so it fits.
+            let len = usize::try_from(len).map_err(|e| e.to_string())?;
+            let need = padded(len);
             if need > to_end || need > tail - head {
                 return Err(format!("reply ring record of {len} bytes is out of bounds"));
             }
             reply.clear();
-            reply.resize(len as usize, 0);
+            reply.resize(len, 0);
             self.read_at(head + 8, reply);
             head_word.store(head + need, Ordering::Release);
             return Ok(true);
@@ -288,10 +292,10 @@ pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     seg.u32(SLEEPING).store(input.u32(), Ordering::SeqCst);
     let ops = input.u8();
     // The rest of the input lies in the ring from `head` on, wrapping.
-    let mut ring = vec![0u8; RING as usize];
+    let mut ring = vec![0u8; PAGE_LEN - DATA];
     let start = (head % RING) as usize;
     for (i, b) in input.rest().iter().take(ring.len()).enumerate() {
-        ring[(start + i) % RING as usize] = *b;
+        ring[(start + i) % (PAGE_LEN - DATA)] = *b;
     }
     // SAFETY: the fuzzer runs one input at a time on one thread, and no
     // other process maps this page, so nothing else touches the ring.
@@ -340,7 +344,9 @@ mod tests {
         let mut next_out = 0u32;
         for round in 0..20_000u32 {
             let len = (round as usize * 7919) % 3000;
-            let reply: Vec<u8> = (0..len).map(|i| (i as u32 ^ round) as u8).collect();
+            let reply: Vec<u8> = (0..len)
+                .map(|i| (i ^ round as usize).to_le_bytes()[0])
+                .collect();
             let mut pushed = page.push(&reply);
             if pushed.is_none() {
                 // Full: drain, then it fits.
@@ -359,7 +365,7 @@ mod tests {
                 assert!(
                     r.iter()
                         .enumerate()
-                        .all(|(i, b)| *b == (i as u32 ^ next_out) as u8)
+                        .all(|(i, b)| *b == (i ^ next_out as usize).to_le_bytes()[0])
                 );
                 next_out += 1;
             }
@@ -411,7 +417,7 @@ mod tests {
     #[test]
     fn a_reply_too_big_for_the_ring_is_refused() {
         let page = Page::new().unwrap();
-        assert!(page.push(&vec![0u8; RING as usize]).is_none());
+        assert!(page.push(&vec![0u8; PAGE_LEN - DATA]).is_none());
         assert!(page.push(&[1, 2, 3]).is_some());
     }
 

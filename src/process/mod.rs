@@ -323,7 +323,11 @@ impl<R: DeserializeOwned> Process<R> {
             identity: self.identity.clone(),
             target: spec.target,
             args: args.into(),
-            fds: spec.fds.len() as u32,
+            fds: u32::try_from(spec.fds.len()).map_err(|_| {
+                ProcessError::EncodeArgs(
+                    "the arguments carry more handles than a frame can count".into(),
+                )
+            })?,
         };
         encode_message(&run, &mut first, self.max_frame).map_err(orders_error)?;
 

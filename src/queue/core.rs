@@ -575,7 +575,8 @@ pub(crate) fn fuzz_segment(mut input: crate::shm::fuzz_input::Input<'_>) {
                 Err(e) => panic!("untyped get error {e:?}"),
             },
             2 => {
-                let item = serde_bytes::ByteBuf::from(vec![i as u8; usize::from(ops) % 300]);
+                let item =
+                    serde_bytes::ByteBuf::from(vec![i.to_le_bytes()[0]; usize::from(ops) % 300]);
                 match q.try_put(item) {
                     Ok(()) => {}
                     Err(PutError::Full(_) | PutError::Encode(..) | PutError::Corrupt(..)) => {}

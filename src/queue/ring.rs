@@ -24,6 +24,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A position in the buffer (a cursor reduced modulo the capacity, which
+/// is a `usize`) as an index.
+fn index(pos: u64) -> usize {
+    usize::try_from(pos).unwrap_or(usize::MAX)
+}
+
 /// The bytes a ring lives in.
 pub(crate) trait Memory {
     /// The capacity, a multiple of 8.
@@ -152,7 +158,7 @@ impl<M: Memory> Ring<'_, M> {
     /// capacity, so the word is inside the buffer).
     fn len_at(&self, pos: u64) -> u32 {
         let mut len_bytes = [0u8; 4];
-        self.mem.read(pos as usize, &mut len_bytes);
+        self.mem.read(index(pos), &mut len_bytes);
         u32::from_le_bytes(len_bytes)
     }
 
@@ -187,13 +193,14 @@ impl<M: Memory> Ring<'_, M> {
             .checked_add(skip + need)
             .ok_or_else(|| corrupt(format!("ring position {tail} at the end of its range")))?;
         if skip > 0 {
-            self.mem.write(pos as usize, &WRAP.to_le_bytes());
+            self.mem.write(index(pos), &WRAP.to_le_bytes());
             pos = 0;
         }
         let mut header = [0u8; HEADER];
-        header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.mem.write(pos as usize, &header);
-        self.mem.write(pos as usize + HEADER, payload);
+        let len = u32::try_from(payload.len()).map_err(|_| PushError::Full)?;
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        self.mem.write(index(pos), &header);
+        self.mem.write(index(pos) + HEADER, payload);
         // The commit point: the record becomes visible here.
         self.tail.store(end, Ordering::Release);
         let most = (end - head) / HEADER as u64;
@@ -247,7 +254,7 @@ impl<M: Memory> Ring<'_, M> {
             )));
         }
         let mut payload = vec![0u8; len as usize];
-        self.mem.read(pos as usize + HEADER, &mut payload);
+        self.mem.read(index(pos) + HEADER, &mut payload);
         // The commit point: the record is retired here.
         let next = head + size;
         self.head.store(next, Ordering::Release);
@@ -326,7 +333,7 @@ pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
             }
         } else {
             let len = (usize::from(ops) * 7 + i as usize * 13) % cap;
-            match ring.push(&vec![i as u8; len]) {
+            match ring.push(&vec![i.to_le_bytes()[0]; len]) {
                 Ok(()) => assert!(ring.count().is_ok_and(|n| n >= 1)),
                 Err(PushError::Full | PushError::Corrupt(_)) => {}
             }
@@ -568,7 +575,9 @@ mod tests {
         for i in 0..20_000u32 {
             if next() % 3 != 0 {
                 let len = (next() % 90) as usize;
-                let msg: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
+                let msg: Vec<u8> = (0..len)
+                    .map(|j| (i as usize + j).to_le_bytes()[0])
+                    .collect();
                 match r.push(&msg) {
                     Ok(()) => {
                         used += record_size(len);

@@ -34,6 +34,8 @@ pub(crate) fn fn_to_offset(f: fn()) -> i64 {
 /// running the same executable image as this one (same build
 /// fingerprint, see [`fingerprint`]).
 pub(crate) unsafe fn fn_from_offset(offset: i64) -> fn() {
+    // Two's complement: a negative distance wraps to the same address.
+    #[allow(clippy::cast_possible_truncation)]
     let addr = anchor_addr().wrapping_add(offset as usize);
     // SAFETY: the caller guarantees that `offset` is the distance from the
     // anchor to a `fn()` in this same image; ASLR moves the image as a

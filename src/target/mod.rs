@@ -347,6 +347,8 @@ pub(crate) enum Resolved {
 /// image as this process (the build fingerprint in the handshake) and that
 /// the reference came from that parent's `Target::__target_ref`.
 pub(crate) unsafe fn resolve(target: TargetRef) -> Resolved {
+    // Two's complement: a negative distance wraps to the same address.
+    #[allow(clippy::cast_possible_truncation)]
     let addr = anchor_addr().wrapping_add(target.offset as usize);
     // SAFETY (both arms): in the parent, `offset` was computed from a
     // function of exactly the type this arm produces (`SyncEntry` for

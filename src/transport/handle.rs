@@ -61,7 +61,9 @@ pub(crate) fn serialize_fd<S: Serializer>(
         sink.push(dup);
         Ok(sink.len() - 1)
     })?;
-    (index as u32).serialize(serializer)
+    u32::try_from(index)
+        .map_err(S::Error::custom)?
+        .serialize(serializer)
 }
 
 /// Deserializes a descriptor serialized by [`serialize_fd`].

@@ -99,7 +99,7 @@ async fn boundaries_hold_for_empty_and_mixed_messages() -> Result<(), Failed> {
 fn pattern(len: usize, seed: u8) -> ByteBuf {
     ByteBuf::from(
         (0..len)
-            .map(|i| (i % 251) as u8 ^ seed)
+            .map(|i| u8::try_from(i % 251).unwrap_or(0) ^ seed)
             .collect::<Vec<u8>>(),
     )
 }

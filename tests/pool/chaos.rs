@@ -114,7 +114,7 @@ impl Rng {
         } else if r < abort + panic {
             Kind::Panic
         } else if r < abort + panic + 600 {
-            Kind::Slow(1 + self.below(4) as u8)
+            Kind::Slow(1 + self.below(4).to_le_bytes()[0])
         } else {
             Kind::Fast
         }
@@ -131,7 +131,7 @@ fn kill_child(pid: u32) -> bool {
     if fd < 0 {
         return false;
     }
-    let fd = fd as libc::c_int;
+    let fd = libc::c_int::try_from(fd).expect("a descriptor number");
     let ours = matches!(common::stat_of(pid), Some((state, ppid))
         if ppid == std::process::id() && state != 'Z' && state != 'X');
     // SAFETY: `fd` is the pidfd opened above; a null siginfo is allowed
@@ -165,7 +165,7 @@ fn killer(seed: u64, spare: HashSet<u32>, stop: Arc<AtomicBool>) -> Vec<u32> {
         if victims.is_empty() {
             continue;
         }
-        let victim = victims[rng.below(victims.len() as u64) as usize];
+        let victim = victims[usize::try_from(rng.below(victims.len() as u64)).unwrap_or(0)];
         if kill_child(victim) {
             kills.push(victim);
         }
@@ -495,7 +495,7 @@ async fn twenty_thousand_tasks_under_random_kills() -> Result<(), Failed> {
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
+                .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(1))
         });
     println!("POOL_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);

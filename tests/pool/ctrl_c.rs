@@ -91,7 +91,7 @@ pub(crate) fn program(mode: Mode) -> i32 {
         let _guard = inner_guard;
         let pool = mp::Pool::new(WORKERS).await.expect("the pool starts");
         let interrupted = {
-            let map = pool.map(slow, 0..4 * WORKERS as u32);
+            let map = pool.map(slow, 0..4 * u32::try_from(WORKERS).expect("a few"));
             tokio::pin!(map);
             // `ctrl_c` installs its handler when first polled, in the
             // loop's first round: before `busy` is printed.

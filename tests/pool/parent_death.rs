@@ -176,7 +176,9 @@ async fn middle((dir, re_execute): (PathBuf, bool)) {
         mp::set_start_method(mp::StartMethod::Spawn);
     }
     let pool = mp::Pool::new(WORKERS).await.expect("the pool starts");
-    let items: Vec<(PathBuf, u32)> = (0..4 * WORKERS as u32).map(|i| (dir.clone(), i)).collect();
+    let items: Vec<(PathBuf, u32)> = (0..4 * u32::try_from(WORKERS).expect("a few"))
+        .map(|i| (dir.clone(), i))
+        .collect();
     let mapping = pool.clone();
     let _map = tokio::spawn(async move { mapping.map(slow_task, items).await });
 

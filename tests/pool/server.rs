@@ -232,7 +232,7 @@ async fn scenario(stop: Stop) -> Result<(), Failed> {
     let max = usize::try_from(ns.iter().copied().chain([LONG_N]).max().unwrap_or(0))?;
     let counts = prime_counts(max);
     let mut clients = JoinSet::new();
-    for chunk in ns.chunks(PER_CLIENT as usize) {
+    for chunk in ns.chunks(usize::try_from(PER_CLIENT)?) {
         let (client, base, chunk) = (client.clone(), base.clone(), chunk.to_vec());
         clients.spawn(async move {
             let mut got = Vec::new();

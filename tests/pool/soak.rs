@@ -137,7 +137,7 @@ async fn a_million_tasks() -> Result<(), Failed> {
     // Every job retires its worker after JOBS_PER_CHILD: 4,000 jobs of one
     // task and 20 chunks per block.
     ensure(
-        stats.restarted >= blocks as usize * (4_000 + 60 + 16) / JOBS_PER_CHILD - WORKERS,
+        stats.restarted >= usize::try_from(blocks)? * (4_000 + 60 + 16) / JOBS_PER_CHILD - WORKERS,
         format!("too few replacements: {stats:?}"),
     )?;
     ensure(

@@ -27,7 +27,10 @@ fn write_raw(bytes: &[u8]) {
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    let mut f = u32::try_from(body.len())
+        .expect("a small body")
+        .to_be_bytes()
+        .to_vec();
     f.extend_from_slice(body);
     f
 }
@@ -95,7 +98,10 @@ async fn one_rogue(kind: u8, check: fn(&mp::ProcessError) -> bool) -> Result<(),
         .expect_err("a rogue child gives an error, not a value");
     ensure(check(&err), format!("kind {kind}: {err:?}"))?;
     for (i, b) in bystanders.iter().enumerate() {
-        ensure(b.join().await? == i as u32 + 1, "a bystander is served")?;
+        ensure(
+            b.join().await? == u32::try_from(i)? + 1,
+            "a bystander is served",
+        )?;
     }
     let after = mp::Process::new(honest, 10);
     after.start().await?;

@@ -140,8 +140,10 @@ fn consume((q, stop, out): (mp::Queue<(u32, u32)>, mp::Event, mp::Sender<Report>
         let got = q.blocking_get_timeout(GET_TIMEOUT);
         let took = t0.elapsed();
         if took > GET_TIMEOUT + OVERDUE {
-            out.blocking_send(&Report::Overdue(took.as_millis() as u64))
-                .expect("report");
+            out.blocking_send(&Report::Overdue(
+                u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            ))
+            .expect("report");
         }
         match got {
             Ok((w, s)) => out.blocking_send(&Report::Got(w, s)).expect("report"),
@@ -299,7 +301,7 @@ async fn producers_and_consumers_killed_at_random() -> Result<(), Failed> {
             seqs.iter().zip(0..).all(|(s, i)| *s == i),
             format!("producer {who}: acknowledgements out of order"),
         )?;
-        acked.insert(who, seqs.len() as u32);
+        acked.insert(who, u32::try_from(seqs.len())?);
     }
     // What was delivered: by each consumer in order per producer, then by
     // the drain, after everything the consumers took, and once only.

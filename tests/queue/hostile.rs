@@ -51,9 +51,10 @@ fn queue_memfd() -> Result<OwnedFd, String> {
 
 /// Maps the whole segment behind `fd` and hands its bytes to `f`.
 fn with_mapping(fd: &OwnedFd, f: impl FnOnce(&mut [u8])) -> Result<(), String> {
-    let len = nix::sys::stat::fstat(fd.as_fd())
+    let size = nix::sys::stat::fstat(fd.as_fd())
         .map_err(|e| e.to_string())?
-        .st_size as usize;
+        .st_size;
+    let len = usize::try_from(size).map_err(|e| e.to_string())?;
     let nz = NonZeroUsize::new(len).ok_or("an empty segment")?;
     // SAFETY: a fresh shared mapping at an address the kernel picks; it
     // replaces nothing of ours and is unmapped below, after the last use

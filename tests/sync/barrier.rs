@@ -38,7 +38,7 @@ fn party_sync((barrier, rounds): (mp::Barrier, mp::Semaphore)) -> (Vec<u8>, bool
     let mut action_first = true;
     for round in 0..ROUNDS_N {
         let i = barrier.blocking_wait().expect("not broken");
-        indexes.push(i as u8);
+        indexes.push(u8::try_from(i).expect("a few parties"));
         action_first &= rounds.value() > round;
     }
     (indexes, action_first)
@@ -50,7 +50,7 @@ async fn party_async((barrier, rounds): (mp::Barrier, mp::Semaphore)) -> (Vec<u8
     let mut action_first = true;
     for round in 0..ROUNDS_N {
         let i = barrier.wait().await.expect("not broken");
-        indexes.push(i as u8);
+        indexes.push(u8::try_from(i).expect("a few parties"));
         action_first &= rounds.value() > round;
     }
     (indexes, action_first)

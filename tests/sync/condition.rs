@@ -127,7 +127,10 @@ async fn wait_timeout_times_out_after_about_t_with_the_lock_back() -> Result<(),
         ensure(timed_out, "timed out")?;
         ensure(relocked, "holds the lock again")?;
         ensure(
-            about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+            about(
+                Duration::from_millis(u64::try_from(ms)?),
+                Duration::from_millis(300),
+            ),
             format!("after {ms} ms"),
         )?;
     }

@@ -82,7 +82,10 @@ async fn wait_timeout_is_false_after_about_t() -> Result<(), Failed> {
     for (set, ms) in [a.join().await?, b.join().await?] {
         ensure(!set, "not set")?;
         ensure(
-            about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+            about(
+                Duration::from_millis(u64::try_from(ms)?),
+                Duration::from_millis(300),
+            ),
             format!("timed out after {ms} ms"),
         )?;
     }

@@ -107,7 +107,10 @@ async fn try_lock_and_timeouts_while_held_elsewhere() -> Result<(), Failed> {
     ensure(tried == "would block", format!("try_lock: {tried}"))?;
     ensure(timed == "would block", format!("lock_timeout: {timed}"))?;
     ensure(
-        about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+        about(
+            Duration::from_millis(u64::try_from(ms)?),
+            Duration::from_millis(300),
+        ),
         format!("sync timeout after {ms} ms"),
     )?;
     let p = mp::Process::new(async_lock_timeout, (lock.clone(), 300));
@@ -115,7 +118,10 @@ async fn try_lock_and_timeouts_while_held_elsewhere() -> Result<(), Failed> {
     let (would_block, ms) = p.join().await?;
     ensure(would_block, "async lock_timeout would block")?;
     ensure(
-        about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+        about(
+            Duration::from_millis(u64::try_from(ms)?),
+            Duration::from_millis(300),
+        ),
         format!("async timeout after {ms} ms"),
     )?;
     let t0 = Instant::now();

@@ -93,7 +93,10 @@ async fn try_acquire_and_timeouts_with_no_permit() -> Result<(), Failed> {
     let (tried, timed, ms) = p.join().await?;
     ensure(!tried && !timed, "no permit in the child")?;
     ensure(
-        about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+        about(
+            Duration::from_millis(u64::try_from(ms)?),
+            Duration::from_millis(300),
+        ),
         format!("sync timeout after {ms} ms"),
     )?;
     let p = mp::Process::new(async_time_out, (sem.clone(), 300));
@@ -101,7 +104,10 @@ async fn try_acquire_and_timeouts_with_no_permit() -> Result<(), Failed> {
     let (got, ms) = p.join().await?;
     ensure(!got, "no permit for the async child")?;
     ensure(
-        about(Duration::from_millis(ms as u64), Duration::from_millis(300)),
+        about(
+            Duration::from_millis(u64::try_from(ms)?),
+            Duration::from_millis(300),
+        ),
         format!("async timeout after {ms} ms"),
     )?;
     Ok(())

@@ -234,7 +234,7 @@ async fn a_recv_cancelled_in_select_loses_nothing() {
         for i in 0..200u32 {
             // Large enough to arrive in pieces, so that cancellations
             // land in the middle of messages.
-            a.send(&(i, ByteBuf::from(vec![i as u8; 100_000])))
+            a.send(&(i, ByteBuf::from(vec![i.to_le_bytes()[0]; 100_000])))
                 .await
                 .unwrap();
             if i % 3 == 0 {
@@ -249,7 +249,7 @@ async fn a_recv_cancelled_in_select_loses_nothing() {
             got = b.recv::<(u32, ByteBuf)>() => {
                 let (i, body) = got.unwrap();
                 assert_eq!(i, next);
-                assert!(body.len() == 100_000 && body.iter().all(|&x| x == i as u8));
+                assert!(body.len() == 100_000 && body.iter().all(|&x| x == i.to_le_bytes()[0]));
                 next += 1;
             }
             () = tokio::time::sleep(Duration::from_millis(1)) => cancelled += 1,

@@ -88,6 +88,8 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
             super::proc::forget_identity();
             Ok(None)
         }
-        pid => Ok(Some(pid as u32)),
+        pid => u32::try_from(pid)
+            .map(Some)
+            .map_err(|_| io::Error::other(format!("clone3 returned {pid}"))),
     }
 }

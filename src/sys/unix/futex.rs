@@ -83,7 +83,7 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) -> usize {
             0u32,
         )
     };
-    ret.max(0) as usize
+    usize::try_from(ret).unwrap_or(0)
 }
 
 /// Wakes every thread sleeping in [`wait`] on `word`.

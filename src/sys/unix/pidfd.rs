@@ -27,7 +27,8 @@ pub(crate) fn open(pid: i32) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: the kernel returned a fresh descriptor (pidfd_open always sets
     // O_CLOEXEC) that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -35,7 +35,7 @@ impl ProcId {
     pub(crate) fn from_bits(bits: u64) -> ProcId {
         ProcId {
             pid: (bits >> 32) as u32,
-            start: bits as u32,
+            start: (bits & 0xffff_ffff) as u32,
         }
     }
 }
@@ -66,7 +66,7 @@ fn me_slow() -> ProcId {
         }
     });
     let pid = std::process::id();
-    let start = stat(pid).map_or(0, |s| s.start as u32);
+    let start = stat(pid).map_or(0, |s| start_tag(s.start));
     let id = ProcId { pid, start };
     IDENTITY.store(id.to_bits(), Ordering::Relaxed);
     id
@@ -80,6 +80,11 @@ pub(crate) fn forget_identity() {
 
 extern "C" fn forget_identity_at_fork() {
     forget_identity();
+}
+
+/// The start tag of a start time: its low 32 bits.
+fn start_tag(start: u64) -> u32 {
+    (start & 0xffff_ffff) as u32
 }
 
 /// What `/proc/PID/stat` says about a process.
@@ -145,7 +150,7 @@ pub(crate) fn liveness(who: ProcId, check_start: bool) -> Liveness {
     match stat(who.pid) {
         Ok(s) => {
             let exited = matches!(s.state, b'Z' | b'X' | b'x');
-            let reused = check_start && who.start != 0 && s.start as u32 != who.start;
+            let reused = check_start && who.start != 0 && start_tag(s.start) != who.start;
             if exited || reused {
                 Liveness::Dead
             } else {

@@ -18,6 +18,8 @@ pub(crate) const MAX_FDS_PER_MSG: usize = 253;
 /// Bytes of control space for one `SCM_RIGHTS` message of
 /// [`MAX_FDS_PER_MSG`] descriptors.
 const CMSG_BUF_LEN: usize = {
+    // 253 descriptors of 4 bytes: far below `c_uint::MAX`.
+    #[allow(clippy::cast_possible_truncation)]
     let payload = (MAX_FDS_PER_MSG * size_of::<RawFd>()) as libc::c_uint;
     // SAFETY: `CMSG_SPACE` is pure arithmetic on its argument; it touches no
     // memory.
