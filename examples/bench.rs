@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use mp::unix::PipeEndExt;
 use tokio_multiprocessing as mp;
 
 /// Set in the environment of a `floor_spawn` child: it exits before doing

@@ -137,6 +137,8 @@ pub mod sync;
 mod sys;
 mod target;
 mod transport;
+#[cfg(unix)]
+pub mod unix;
 mod wire;
 
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};

@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use crate::runtime::{forkserver, registry, watch};
+use crate::sys::Signal;
 
 /// How long the exit rule waits for starts already under way to register
 /// their children.
@@ -29,7 +28,7 @@ pub(crate) fn exit_rule() {
             break;
         }
         for c in children.iter().filter(|c| c.daemon) {
-            if let Err(e) = c.signal(Signal::SIGTERM) {
+            if let Err(e) = c.signal(Signal::Terminate) {
                 tracing::warn!(pid = c.pid(), error = %e, "could not terminate a daemonic child");
             }
         }

@@ -27,7 +27,6 @@
 //! of the stream only after the last byte.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 #[cfg(test)]
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,13 +36,13 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::unix::AsyncFd;
 use tokio::runtime;
 use tokio::sync::Notify;
 use tokio_util::codec::Decoder;
 
 use crate::sys;
-use crate::sys::stream::Wait;
+use crate::sys::OwnedHandle;
+use crate::sys::stream::{Registration, Wait};
 use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, HEADER_LEN, decode_message, encode_message};
 
@@ -99,16 +98,13 @@ pub(crate) fn closed_here() -> ChannelError {
     ))
 }
 
-/// The socket as registered with one runtime's reactor.
-type Registration = AsyncFd<Arc<OwnedFd>>;
-
 /// The state of one end that flush tasks share with the user's handle.
 struct Shared {
     /// One registration per runtime that awaited on this socket.
     regs: Mutex<Vec<(runtime::Id, Arc<Registration>)>>,
     /// The socket. It closes when the last owner of `Shared` goes (the
     /// registrations hold it too, and go with `Shared`).
-    fd: Arc<OwnedFd>,
+    fd: Arc<OwnedHandle>,
     /// The largest frame body sent or accepted.
     max: usize,
     write: Mutex<WriteState>,
@@ -280,7 +276,7 @@ impl Shared {
                     }
                 }
             }
-            let err = match sys::stream::send(self.fd.as_fd(), &chunk, false) {
+            let err = match sys::stream::send(&self.fd, &chunk, false) {
                 Ok(n) => {
                     self.count_write();
                     let whole = n == chunk.len();
@@ -434,7 +430,7 @@ impl Shared {
     /// that long.
     fn write_all_blocking(&self, chunk: &mut BytesMut, stall: Option<Duration>) -> io::Result<()> {
         while !chunk.is_empty() {
-            match sys::stream::send(self.fd.as_fd(), chunk, stall.is_none()) {
+            match sys::stream::send(&self.fd, chunk, stall.is_none()) {
                 Ok(n) => {
                     self.count_write();
                     chunk.advance(n);
@@ -442,7 +438,7 @@ impl Shared {
                 // A full socket (never blocking, or someone made it
                 // nonblocking): wait for room.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !sys::stream::wait(self.fd.as_fd(), Wait::Writable, stall)? {
+                    if !sys::stream::wait(&self.fd, Wait::Writable, stall)? {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
                             "the peer read nothing while the rest waited to be written",
@@ -629,7 +625,7 @@ impl ReadState {
     }
 
     /// Reads once from `fd` into the buffer.
-    fn fill(&mut self, fd: &OwnedFd, wait: bool) -> Fill {
+    fn fill(&mut self, fd: &OwnedHandle, wait: bool) -> Fill {
         // Ask for more than a chunk only for a frame whose bytes keep
         // coming, and never more than we already hold: the header is the
         // peer's word, the bytes are its deeds.
@@ -639,7 +635,7 @@ impl ReadState {
             }
             _ => READ_CHUNK,
         };
-        match sys::stream::recv_into(fd.as_fd(), &mut self.buf, want, wait) {
+        match sys::stream::recv_into(fd, &mut self.buf, want, wait) {
             Ok(0) => {
                 self.eof = true;
                 Fill::End
@@ -673,7 +669,7 @@ impl Chan {
     }
 
     /// An end around `fd`, which must be a connected stream socket.
-    pub(crate) fn from_fd(fd: OwnedFd, max: usize) -> Chan {
+    pub(crate) fn from_fd(fd: OwnedHandle, max: usize) -> Chan {
         Chan {
             shared: Arc::new(Shared {
                 regs: Mutex::new(Vec::new()),
@@ -690,7 +686,7 @@ impl Chan {
         }
     }
 
-    pub(crate) fn fd(&self) -> &OwnedFd {
+    pub(crate) fn fd(&self) -> &OwnedHandle {
         &self.shared.fd
     }
 
@@ -810,7 +806,7 @@ impl Chan {
             // A failed write is kept for the next send; reading goes on.
             let _ = self.shared.blocking_flush();
             if let Fill::WouldBlock = read.fill(&self.shared.fd, true) {
-                sys::stream::wait(self.shared.fd.as_fd(), Wait::Readable, None)?;
+                sys::stream::wait(&self.shared.fd, Wait::Readable, None)?;
             }
         }
     }
@@ -859,7 +855,7 @@ impl Chan {
                 return true;
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match sys::stream::wait(self.shared.fd.as_fd(), Wait::Readable, left) {
+            match sys::stream::wait(&self.shared.fd, Wait::Readable, left) {
                 Ok(true) => {
                     // Take the bytes in, so that readiness is not lost if
                     // someone reads the socket elsewhere; a spurious wake-up
@@ -881,7 +877,7 @@ impl Chan {
 impl std::fmt::Debug for Chan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chan")
-            .field("fd", &self.shared.fd.as_raw_fd())
+            .field("fd", &self.shared.fd)
             .field("max", &self.shared.max)
             .finish_non_exhaustive()
     }

@@ -40,7 +40,6 @@ mod chan;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::result::Result;
 use std::time::Duration;
@@ -50,6 +49,7 @@ use serde::ser::{Error as _, SerializeTuple};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sentinel::{Waitable, private::Sealed};
+use crate::sys::OwnedHandle;
 use crate::wire::ChannelError;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 pub(crate) use chan::flush_orphans;
@@ -291,7 +291,7 @@ impl End {
         })
     }
 
-    fn into_std(mut self) -> Result<std::os::unix::net::UnixStream, ChannelError> {
+    fn into_handle(mut self) -> Result<OwnedHandle, ChannelError> {
         let chan = self.chan.take().ok_or_else(closed_here)?;
         if chan.holds_unread() {
             return Err(ChannelError::Io(std::io::Error::other(
@@ -299,14 +299,12 @@ impl End {
             )));
         }
         chan.blocking_flush()?;
-        let fd = chan.fd().try_clone()?;
-        Ok(std::os::unix::net::UnixStream::from(fd))
+        Ok(chan.fd().try_clone()?)
     }
 
     fn fmt(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use std::os::fd::AsRawFd;
         f.debug_struct(name)
-            .field("fd", &self.chan.as_ref().map(|c| c.fd().as_raw_fd()))
+            .field("socket", &self.chan.as_ref().map(|c| c.fd()))
             .field("max_message", &self.max)
             .finish()
     }
@@ -331,7 +329,7 @@ impl Serialize for End {
 }
 
 /// Serializes a borrowed descriptor out of band (see `crate::handle`).
-struct FdRef<'a>(&'a OwnedFd);
+struct FdRef<'a>(&'a OwnedHandle);
 
 impl Serialize for FdRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -341,7 +339,10 @@ impl Serialize for FdRef<'_> {
 
 /// An end as it travels: its descriptor (out of band) and its limit.
 #[derive(Deserialize)]
-struct EndWire(#[serde(with = "crate::transport::handle::fd")] OwnedFd, u64);
+struct EndWire(
+    #[serde(with = "crate::transport::handle::fd")] OwnedHandle,
+    u64,
+);
 
 impl<'de> Deserialize<'de> for End {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
@@ -395,16 +396,10 @@ impl<T> Connection<T> {
         self.end.max
     }
 
-    /// Writes out the queued messages, then gives the socket up as a plain
-    /// `UnixStream`, for code that speaks its own protocol.
-    ///
-    /// # Errors
-    ///
-    /// If the end is closed, if it holds received bytes that no `recv` has
-    /// taken (they would be lost), if writing fails, or if the descriptor
-    /// cannot be duplicated.
-    pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, ChannelError> {
-        self.end.into_std()
+    /// Writes out the queued messages, then gives the socket up (see
+    /// `crate::unix::PipeEndExt`).
+    pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
+        self.end.into_handle()
     }
 }
 
@@ -600,13 +595,10 @@ impl<T> Sender<T> {
         self.end.max
     }
 
-    /// Gives the socket up; see [`Connection::into_std`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Connection::into_std`].
-    pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, ChannelError> {
-        self.end.into_std()
+    /// Writes out the queued messages, then gives the socket up (see
+    /// `crate::unix::PipeEndExt`).
+    pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
+        self.end.into_handle()
     }
 }
 
@@ -698,13 +690,10 @@ impl<T> Receiver<T> {
         self.end.max
     }
 
-    /// Gives the socket up; see [`Connection::into_std`].
-    ///
-    /// # Errors
-    ///
-    /// As [`Connection::into_std`].
-    pub fn into_std(self) -> Result<std::os::unix::net::UnixStream, ChannelError> {
-        self.end.into_std()
+    /// Writes out the queued messages, then gives the socket up (see
+    /// `crate::unix::PipeEndExt`).
+    pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
+        self.end.into_handle()
     }
 }
 

@@ -67,7 +67,7 @@ impl PoolBuilder {
         self
     }
 
-    /// A task running longer than `d` fails with [`TaskError::TimedOut`];
+    /// A task running longer than `d` fails with [`TaskError::TimedOut`](crate::TaskError::TimedOut);
     /// its worker gets `SIGTERM`, then `SIGKILL` half a second later, and
     /// is replaced.
     pub fn task_timeout(mut self, d: Duration) -> Self {
@@ -82,7 +82,7 @@ impl PoolBuilder {
     /// holds the worker's thread while it runs, so the others pause. The
     /// tasks a worker runs share its fate: if it dies, or is killed
     /// because one of them outlived the task timeout, the others fail with
-    /// [`TaskError::WorkerDied`]. `c = 0` fails the build.
+    /// [`TaskError::WorkerDied`](crate::TaskError::WorkerDied). `c = 0` fails the build.
     pub fn concurrency(mut self, c: usize) -> Self {
         self.concurrency = Some(c);
         self

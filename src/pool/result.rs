@@ -19,7 +19,7 @@ enum Inner {
     Failed(Option<TaskError>),
 }
 
-/// The value of a task submitted with [`Pool::apply_async`], as a future.
+/// The value of a task submitted with [`Pool::apply_async`](crate::Pool::apply_async), as a future.
 ///
 /// Python's `AsyncResult`: await it for the value, or ask
 /// [`ready`](Self::ready). Dropping it before the task reached a worker

@@ -127,10 +127,4 @@ impl ProcessError {
     }
 }
 
-/// The name of signal `signal` (`SIGTERM`), or its number as text.
-pub(crate) fn signal_name(signal: i32) -> String {
-    match nix::sys::signal::Signal::try_from(signal) {
-        Ok(s) => s.as_str().to_owned(),
-        Err(_) => format!("signal {signal}"),
-    }
-}
+pub(crate) use crate::sys::signal_name;

@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -48,7 +47,7 @@ use crate::runtime::registry::StartPermit;
 use crate::runtime::spawn::{self, Started};
 use crate::runtime::watch::{self, ChildState, Report};
 use crate::sentinel::Sentinel;
-use crate::sys;
+use crate::sys::{self, Signal};
 use crate::target::{Target, decode_value, encode_value, fingerprint};
 use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, encode_message};
@@ -175,7 +174,7 @@ impl ProcessBuilder {
         Process {
             state: ChildState::new(self.daemon, self.detached),
             spec: Mutex::new(Some({
-                let (args, fds) = crate::transport::handle::collect_fds(|| encode_value(&args));
+                let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
                 Spec {
                     target: target.__target_ref().0,
                     args,
@@ -221,7 +220,7 @@ struct Spec {
     target: TargetRef,
     args: std::result::Result<Vec<u8>, String>,
     /// Descriptors of the handles in the arguments, sent with the orders.
-    fds: Vec<std::os::fd::OwnedFd>,
+    fds: Vec<sys::OwnedHandle>,
 }
 
 /// A child process running a target function, whose `join` returns the
@@ -475,7 +474,7 @@ impl<R> Process<R> {
     ///
     /// [`ProcessError::NotStarted`] before [`start`](Process::start).
     pub fn terminate(&self) -> std::result::Result<(), ProcessError> {
-        self.send(Signal::SIGTERM)
+        self.send(Signal::Terminate)
     }
 
     /// Sends `SIGKILL`. A no-op once the process has ended.
@@ -484,7 +483,7 @@ impl<R> Process<R> {
     ///
     /// [`ProcessError::NotStarted`] before [`start`](Process::start).
     pub fn kill(&self) -> std::result::Result<(), ProcessError> {
-        self.send(Signal::SIGKILL)
+        self.send(Signal::Kill)
     }
 
     /// Kills the process and reaps it, blocking the thread for at most

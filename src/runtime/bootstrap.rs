@@ -3,8 +3,6 @@
 //!
 //! See `docs/protocol.md` for the handshake.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use std::sync::OnceLock;
@@ -12,7 +10,7 @@ use std::sync::OnceLock;
 use super::exec::{CHILD_ENV, parse_marker};
 use super::forkserver::server;
 use super::identity::{Current, set_current};
-use crate::sys;
+use crate::sys::{self, OwnedHandle};
 use crate::target::{Resolved, fingerprint, resolve};
 use crate::transport::blocking::{BlockingChannel, FrameReader};
 use crate::wire::ChannelError;
@@ -84,11 +82,12 @@ const HELLO_MAX: usize = 4096;
 /// `parent_gone` is the pid of a parent that made the socket and exited
 /// before this child started: the orders it left are still read, and only
 /// a detached child, which is meant to outlive its parent, runs them.
-pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) -> i32 {
-    let stream = UnixStream::from(sock);
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+pub(crate) fn child_main(sock: OwnedHandle, nonce: u64, parent_gone: Option<i32>) -> i32 {
+    // The frame limit is not known before the `Hello`; it is set below.
+    let mut ch = BlockingChannel::new(sock, HELLO_MAX);
+    let _ = ch.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut reader = FrameReader::new(HELLO_MAX);
-    let hello: Hello = match reader.recv(&stream) {
+    let hello: Hello = match reader.recv(&ch) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its handshake: {e}");
@@ -96,7 +95,7 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
         }
     };
     let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
-    let ch = BlockingChannel { stream, max_frame };
+    ch.max_frame = max_frame;
     let refusal = if hello.magic != MAGIC {
         Some("the handshake is not from tokio-multiprocessing".to_owned())
     } else if hello.version != PROTOCOL_VERSION {
@@ -115,14 +114,14 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
         return refuse(&ch, reason);
     }
     reader.set_max_frame(max_frame);
-    let orders: ParentMsg = match reader.recv(&ch.stream) {
+    let orders: ParentMsg = match reader.recv(&ch) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its orders: {e}");
             return REFUSED_EXIT;
         }
     };
-    let _ = ch.stream.set_read_timeout(None);
+    let _ = ch.set_read_timeout(None);
     match orders {
         ParentMsg::Run {
             id,
@@ -151,7 +150,7 @@ pub(crate) fn child_main(sock: OwnedFd, nonce: u64, parent_gone: Option<i32>) ->
 }
 
 /// The entry of a child forked by the fork server.
-fn forked_child_main(sock: OwnedFd, nonce: u64) -> i32 {
+fn forked_child_main(sock: OwnedHandle, nonce: u64) -> i32 {
     child_main(sock, nonce, None)
 }
 
@@ -161,7 +160,7 @@ fn run_target(
     identity: Identity,
     target: TargetRef,
     args: &[u8],
-    fds: Vec<OwnedFd>,
+    fds: Vec<OwnedHandle>,
 ) -> i32 {
     set_current(Current {
         name: identity.name,
@@ -171,12 +170,9 @@ fn run_target(
         parent_pid: Some(identity.parent_pid),
     });
     if !identity.detached {
-        watch_parent(&ch.stream);
+        watch_parent(&ch);
     }
-    CONTROL_FD.store(
-        std::os::fd::AsRawFd::as_raw_fd(&ch.stream),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    CONTROL_FD.store(ch.number(), std::sync::atomic::Ordering::Relaxed);
     crate::target::panic::install_hook();
 
     // SAFETY: the handshake above proved that the parent runs this very
@@ -188,7 +184,7 @@ fn run_target(
     // The handles in the arguments take their descriptors as they decode,
     // which the trampolines do first thing (an async one before it returns
     // its future).
-    let started = crate::transport::handle::provide_fds(fds, move || match entry {
+    let started = crate::transport::handle::provide_handles(fds, move || match entry {
         Resolved::Sync(entry) => Err(crate::target::call_sync(entry, args)),
         Resolved::Async(entry) => Ok(entry(args)),
     });
@@ -227,8 +223,8 @@ fn run_target(
 
 /// Exits this process as soon as the parent's end of the control channel
 /// closes, which happens when the parent dies, however it dies.
-fn watch_parent(sock: &UnixStream) {
-    let Ok(watch) = sock.as_fd().try_clone_to_owned() else {
+fn watch_parent(ch: &BlockingChannel) {
+    let Ok(watch) = ch.try_clone_handle() else {
         return;
     };
     let spawned = std::thread::Builder::new()
@@ -236,7 +232,7 @@ fn watch_parent(sock: &UnixStream) {
         // It only polls one descriptor: a small stack is cheaper to map.
         .stack_size(64 * 1024)
         .spawn(move || {
-            sys::wait_peer_closed(watch.as_fd());
+            sys::wait_peer_closed(&watch);
             sys::exit_immediately(1);
         });
     if let Err(e) = spawned {
@@ -254,7 +250,7 @@ static CONTROL_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::
 /// report.
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
-pub fn __control_fd() -> Option<std::os::fd::RawFd> {
+pub fn __control_fd() -> Option<i32> {
     match CONTROL_FD.load(std::sync::atomic::Ordering::Relaxed) {
         -1 => None,
         fd => Some(fd),

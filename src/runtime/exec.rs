@@ -3,9 +3,8 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::BorrowedFd;
 
-use crate::sys;
+use crate::sys::{self, OwnedHandle};
 
 /// Set by the parent in a child's environment: `FD:NONCE`, the number of
 /// the inherited control socket and a random value the handshake repeats.
@@ -27,7 +26,7 @@ pub(crate) fn parse_marker(value: &str) -> Option<(i32, u64)> {
 /// Re-executes the program with `control` as its control socket and `env`
 /// as its environment (see [`child_env`]).
 pub(crate) fn reexec(
-    control: BorrowedFd<'_>,
+    control: &OwnedHandle,
     env: &[CString],
     detached: bool,
 ) -> io::Result<sys::Child> {

@@ -1,18 +1,17 @@
 //! Starting a child: forked by the fork server, or re-executed.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 
 use super::exec;
 use super::forkserver::StartMethod;
 use super::forkserver::client::{self, Forked};
-use crate::sys;
+use crate::sys::{self, OwnedHandle};
 
 /// A child just started, waiting for its handshake on `ours`.
 pub(crate) struct Started {
     pub(crate) child: sys::Child,
     /// The parent's end of the child's control socket.
-    pub(crate) ours: OwnedFd,
+    pub(crate) ours: OwnedHandle,
     /// Whether the fork server forked it (rather than a re-exec).
     pub(crate) forked: bool,
 }
@@ -28,7 +27,7 @@ pub(crate) async fn start(method: StartMethod, nonce: u64, detached: bool) -> io
         StartMethod::ForkServer => client::fork(&ours, theirs, nonce, detached).await,
         StartMethod::Spawn => Forked::Declined(theirs),
     };
-    let reexec = |theirs: &OwnedFd| exec::reexec(theirs.as_fd(), &exec::child_env(nonce), detached);
+    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce), detached);
     match forked {
         Forked::Child(child) => Ok(Started {
             child,

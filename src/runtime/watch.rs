@@ -2,7 +2,6 @@
 //! and the task that watches its control channel and reaps it; and the
 //! registry of the live ones.
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -10,13 +9,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::StreamExt;
-use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
 use super::latch::Latch;
 use super::registry::Registry;
-use crate::sys;
+use crate::sys::{self, OwnedHandle, Signal};
 use crate::transport::fdstream::FdStream;
 use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, decode_message};
@@ -65,7 +63,7 @@ pub(crate) struct ChildState {
     report: Mutex<Report>,
     /// A second descriptor of our end of the control socket, for draining
     /// at program exit when no runtime is left to run the watcher.
-    drain: Mutex<Option<OwnedFd>>,
+    drain: Mutex<Option<OwnedHandle>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,7 +143,7 @@ impl ChildState {
     /// Kills the child and reaps it, blocking the thread for at most
     /// `timeout` while it dies. For when no runtime is left to do it.
     pub(crate) fn kill_and_reap_blocking(&self, timeout: Duration) {
-        if self.signal(Signal::SIGKILL).is_err() {
+        if self.signal(Signal::Kill).is_err() {
             return;
         }
         if let Some(child) = self.child.get() {
@@ -227,7 +225,7 @@ impl ChildState {
             let drain = lock(&self.drain)
                 .as_ref()
                 .and_then(|fd| fd.try_clone().ok());
-            child.wait_exited_blocking(drain.as_ref().map(|fd| fd.as_fd()));
+            child.wait_exited_blocking(drain.as_ref());
         }
         self.try_reap();
         drop(lock(&self.drain).take());
@@ -284,8 +282,8 @@ impl ChildState {
 pub(crate) async fn start_watcher(
     state: Arc<ChildState>,
     child: sys::Child,
-    sock: OwnedFd,
-    (first, fds): (BytesMut, Vec<OwnedFd>),
+    sock: OwnedHandle,
+    (first, fds): (BytesMut, Vec<OwnedHandle>),
     max_frame: usize,
 ) -> std::io::Result<()> {
     let drain = sock.try_clone()?;

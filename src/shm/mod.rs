@@ -23,13 +23,13 @@
 use std::ffi::CStr;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
+use crate::sys::OwnedHandle;
 use crate::sys::shm::{self, Mapping};
 
 #[cfg(fuzzing)]
@@ -85,7 +85,7 @@ pub(crate) struct Segment {
 
 struct Inner {
     map: Mapping,
-    fd: OwnedFd,
+    fd: OwnedHandle,
 }
 
 impl Segment {
@@ -107,7 +107,7 @@ impl Segment {
             ));
         }
         let fd = shm::create(kind.memfd_name(), len)?;
-        let map = Mapping::new(fd.as_fd(), len)?;
+        let map = Mapping::new(&fd, len)?;
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| io::Error::other(e.to_string()))?;
         let seg = Segment {
@@ -122,21 +122,21 @@ impl Segment {
 
     /// Maps a segment received from another process, checking that it is
     /// at least `len` bytes long and was laid out for `kind`.
-    pub(crate) fn open(fd: OwnedFd, kind: Kind, len: usize) -> io::Result<Segment> {
-        let size = shm::size(fd.as_fd())?;
+    pub(crate) fn open(fd: OwnedHandle, kind: Kind, len: usize) -> io::Result<Segment> {
+        let size = shm::size(&fd)?;
         if size < len {
             return Err(invalid(format!(
                 "shared-memory segment of {size} bytes, expected {len}"
             )));
         }
-        if !shm::is_sealed(fd.as_fd())? {
+        if !shm::is_sealed(&fd)? {
             // Whoever holds the descriptor could shrink the file under
             // our mapping.
             return Err(invalid(
                 "shared-memory segment not sealed at its size".to_owned(),
             ));
         }
-        let map = Mapping::new(fd.as_fd(), len)?;
+        let map = Mapping::new(&fd, len)?;
         let seg = Segment {
             inner: Arc::new(Inner { map, fd }),
         };
@@ -197,7 +197,7 @@ impl Segment {
 
     /// Serializes the segment as its descriptor (see `crate::handle`).
     pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        crate::transport::handle::serialize_fd(self.inner.fd.as_fd(), serializer)
+        crate::transport::handle::serialize_handle(&self.inner.fd, serializer)
     }
 
     /// Deserializes a segment written by [`serialize`](Self::serialize) and
@@ -207,7 +207,7 @@ impl Segment {
         kind: Kind,
         len: usize,
     ) -> Result<Segment, D::Error> {
-        let fd = crate::transport::handle::deserialize_fd(deserializer)?;
+        let fd = crate::transport::handle::deserialize_handle(deserializer)?;
         Segment::open(fd, kind, len).map_err(D::Error::custom)
     }
 }
@@ -237,11 +237,11 @@ impl serde::Serialize for SegmentFd<'_> {
 
 /// A descriptor received in a child, not yet mapped or checked: the
 /// counterpart of [`SegmentFd`].
-pub(crate) struct ReceivedFd(pub(crate) OwnedFd);
+pub(crate) struct ReceivedFd(pub(crate) OwnedHandle);
 
 impl<'de> serde::Deserialize<'de> for ReceivedFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        crate::transport::handle::deserialize_fd(deserializer).map(ReceivedFd)
+        crate::transport::handle::deserialize_handle(deserializer).map(ReceivedFd)
     }
 }
 
@@ -349,7 +349,7 @@ mod tests {
         assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "shrunk");
         assert!(nix::unistd::ftruncate(&fd, 4096).is_err(), "grown");
         seg.u32(16).store(1, Ordering::Relaxed);
-        assert_eq!(crate::sys::shm::size(fd.as_fd()).unwrap(), 64);
+        assert_eq!(crate::sys::shm::size(&fd).unwrap(), 64);
     }
 
     #[test]
@@ -365,11 +365,12 @@ mod tests {
     fn a_segment_travels_as_its_descriptor() {
         let probe = Probe(Segment::create(Kind::Event, 64).unwrap());
         probe.0.u32(16).store(42, Ordering::Relaxed);
-        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&probe));
+        let (bytes, fds) = crate::transport::handle::collect_handles(|| rmp_serde::to_vec(&probe));
         let bytes = bytes.unwrap();
         assert_eq!(fds.len(), 1);
         let back: Probe =
-            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
+            crate::transport::handle::provide_handles(fds, || rmp_serde::from_slice(&bytes))
+                .unwrap();
         assert_eq!(back.0.u32(16).load(Ordering::Relaxed), 42);
         assert_eq!(back.0.id(), probe.0.id());
     }

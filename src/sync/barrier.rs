@@ -152,7 +152,7 @@ impl Serialize for Barrier {
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        // The descriptor decodes only inside `handle::provide_fds`, so the
+        // The descriptor decodes only inside `handle::provide_handles`, so the
         // action below is reached only for arguments from our parent.
         let (fd, action): (ReceivedFd, Option<i64>) = Deserialize::deserialize(deserializer)?;
         let seg = Segment::open(fd.0, Kind::Barrier, LEN).map_err(D::Error::custom)?;
@@ -688,11 +688,11 @@ mod tests {
     #[test]
     fn a_child_refuses_a_barrier_whose_parties_word_is_out_of_range() {
         let b = Barrier::new(2).unwrap();
-        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&b));
+        let (bytes, fds) = crate::transport::handle::collect_handles(|| rmp_serde::to_vec(&b));
         let bytes = bytes.unwrap();
         b.seg.u32(PARTIES).store(0, Ordering::Relaxed);
         let back: Result<Barrier, _> =
-            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes));
+            crate::transport::handle::provide_handles(fds, || rmp_serde::from_slice(&bytes));
         let err = back.unwrap_err().to_string();
         assert!(err.contains("0 parties"), "{err}");
     }
@@ -706,10 +706,11 @@ mod tests {
     #[test]
     fn a_barrier_travels_with_its_parties_and_action() {
         let b = Barrier::with_action(1, action).unwrap();
-        let (bytes, fds) = crate::transport::handle::collect_fds(|| rmp_serde::to_vec(&b));
-        let back: Barrier =
-            crate::transport::handle::provide_fds(fds, || rmp_serde::from_slice(&bytes.unwrap()))
-                .unwrap();
+        let (bytes, fds) = crate::transport::handle::collect_handles(|| rmp_serde::to_vec(&b));
+        let back: Barrier = crate::transport::handle::provide_handles(fds, || {
+            rmp_serde::from_slice(&bytes.unwrap())
+        })
+        .unwrap();
         assert_eq!(back.parties(), 1);
         assert_eq!(back.seg.id(), b.seg.id());
         assert_eq!(back.blocking_wait(), Ok(0));

@@ -1,6 +1,59 @@
-//! Operating-system specific code. Everything that makes a system call lives below here.
+//! The operating-system seam: every system call lives below here.
+//!
+//! This file is the contract. It names, one by one, what every backend
+//! provides, and the rest of the crate uses nothing else from below it;
+//! `tests.rs` checks the contract against the backend in use. Only the
+//! transport floor (`crate::transport`) may also use the Unix descriptor
+//! types directly, to carry descriptors beside bytes.
+//!
+//! | part | what | names |
+//! |---|---|---|
+//! | handles | an open descriptor this process owns | [`OwnedHandle`] |
+//! | the child | start a re-executed copy, watch it end, reap it, signal it | [`Child`], [`Signal`], [`signal_pid`], [`signal_name`], [`python_exitcode`], [`own_argv`], [`child_env`], [`exe_identity`] |
+//! | the control socket | a connected pair, the child's inherited end, the parent's death | [`socketpair`], [`CHILD_FD`], [`claim_control_socket`], [`wait_peer_closed`], [`stream`] |
+//! | shared mappings | an anonymous shared file, mapped | [`shm`] |
+//! | park and wake | sleep on a shared word until it changes | [`futex`] |
+//! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`], [`new_session`] |
+//! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
+//! | processes by id | who holds a lock, and whether it lives | [`proc`] |
+//! | descriptors in messages | `SCM_RIGHTS` (for the transport floor) | [`scm`] |
 
 #[cfg(unix)]
-pub(crate) mod unix;
+mod unix;
 #[cfg(unix)]
-pub(crate) use unix::*;
+use unix as imp;
+
+#[cfg(test)]
+mod tests;
+
+// Handles.
+pub(crate) use imp::OwnedHandle;
+
+// The child.
+pub(crate) use imp::{
+    Child, Signal, child_env, exe_identity, own_argv, python_exitcode, signal_name, signal_pid,
+};
+
+// The control socket.
+pub(crate) use imp::stream;
+pub(crate) use imp::{CHILD_FD, claim_control_socket, socketpair, wait_peer_closed};
+#[cfg(test)]
+pub(crate) use imp::{NotOurs, peer_closed};
+
+// Shared mappings.
+pub(crate) use imp::shm;
+
+// Park and wake.
+pub(crate) use imp::futex;
+
+// Fork.
+pub(crate) use imp::{fork_sibling, libc_allows_raw_fork, new_session, thread_count};
+
+// Signals.
+pub(crate) use imp::{exit_immediately, set_interrupt_ignored};
+
+// Processes by id.
+pub(crate) use imp::proc;
+
+// Descriptors in messages.
+pub(crate) use imp::scm;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::Decoder;
 
-use crate::sys;
+use crate::sys::{self, OwnedHandle};
 use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, decode_message, encode_message};
 
@@ -32,6 +32,12 @@ pub(crate) trait Source {
 impl Source for &UnixStream {
     fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
         sys::scm::recv_with_fds(self.as_fd(), buf, fds)
+    }
+}
+
+impl Source for &BlockingChannel {
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        sys::scm::recv_with_fds(self.stream.as_fd(), buf, fds)
     }
 }
 
@@ -138,10 +144,57 @@ pub(crate) struct BlockingChannel {
 }
 
 impl BlockingChannel {
+    /// A channel on `handle`, a connected stream socket.
+    pub(crate) fn new(handle: OwnedHandle, max_frame: usize) -> BlockingChannel {
+        BlockingChannel {
+            stream: UnixStream::from(handle),
+            max_frame,
+        }
+    }
+
+    /// A second handle on the same socket.
+    pub(crate) fn try_clone_handle(&self) -> io::Result<OwnedHandle> {
+        self.stream.as_fd().try_clone_to_owned()
+    }
+
+    /// The number of the socket's descriptor (for tests that play a
+    /// misbehaving child).
+    pub(crate) fn number(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
+    }
+
+    /// Sets how long a read may wait (`None`: for ever).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
     /// Sends one message, blocking.
     pub(crate) fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
         send_message(&self.stream, msg, self.max_frame)
     }
+}
+
+/// [`send_message`] on a stream socket given by its handle.
+///
+/// # Errors
+///
+/// As [`send_message`].
+pub(crate) fn send_on<T: Serialize + ?Sized>(
+    sock: &OwnedHandle,
+    msg: &T,
+    max_frame: usize,
+) -> Result<(), ChannelError> {
+    let mut frame = BytesMut::new();
+    encode_message(msg, &mut frame, max_frame)?;
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        match sys::stream::send(sock, rest, true) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Encodes `msg` as one frame (at most `max_frame` bytes of body) and

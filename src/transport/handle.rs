@@ -2,17 +2,19 @@
 //!
 //! A handle that owns an OS resource (a socket, a shared memory segment)
 //! serializes its descriptor out of band: while a target's arguments are
-//! encoded for a child, [`collect_fds`] gathers a duplicate of every
+//! encoded for a child, [`collect_handles`] gathers a duplicate of every
 //! descriptor a handle serializes, and the handle writes only the
 //! descriptor's index among them. The descriptors then travel with the
 //! frame that carries the arguments, by `SCM_RIGHTS`, and in the child
-//! [`provide_fds`] hands them back to the handles as they deserialize.
+//! [`provide_handles`] hands them back to the handles as they deserialize.
 //!
 //! Encoding a handle anywhere else (to JSON, say) fails with a clear error:
 //! a descriptor number means nothing outside the process that owns it.
 
 use std::cell::RefCell;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use crate::sys::OwnedHandle;
 
 use serde::de::Error as _;
 use serde::ser::Error as _;
@@ -25,7 +27,7 @@ thread_local! {
 
 /// Runs `f` (which encodes something) and returns its result with the
 /// descriptors the handles in it serialized, in index order.
-pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let outer = SINK.with(|s| s.borrow_mut().replace(Vec::new()));
     let result = f();
     let fds = SINK
@@ -36,7 +38,7 @@ pub(crate) fn collect_fds<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 
 /// Runs `f` (which decodes something) with `fds` available to the handles
 /// in it. Descriptors no handle claimed are closed afterwards.
-pub(crate) fn provide_fds<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn provide_handles<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
     let fds = fds.into_iter().map(Some).collect();
     let outer = SOURCE.with(|s| s.borrow_mut().replace(fds));
     let result = f();
@@ -45,8 +47,8 @@ pub(crate) fn provide_fds<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
 }
 
 /// Serializes `fd` as its index among the descriptors being collected.
-pub(crate) fn serialize_fd<S: Serializer>(
-    fd: BorrowedFd<'_>,
+pub(crate) fn serialize_handle<S: Serializer>(
+    fd: &OwnedHandle,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     let index = SINK.with(|s| {
@@ -57,7 +59,7 @@ pub(crate) fn serialize_fd<S: Serializer>(
                  inside a target's arguments",
             ));
         };
-        let dup = fd.try_clone_to_owned().map_err(S::Error::custom)?;
+        let dup = fd.try_clone().map_err(S::Error::custom)?;
         sink.push(dup);
         Ok(sink.len() - 1)
     })?;
@@ -66,8 +68,8 @@ pub(crate) fn serialize_fd<S: Serializer>(
         .serialize(serializer)
 }
 
-/// Deserializes a descriptor serialized by [`serialize_fd`].
-pub(crate) fn deserialize_fd<'de, D: Deserializer<'de>>(
+/// Deserializes a descriptor serialized by [`serialize_handle`].
+pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<OwnedFd, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
@@ -89,13 +91,13 @@ pub(crate) mod fd {
     use super::*;
 
     pub(crate) fn serialize<S: Serializer>(fd: &OwnedFd, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_fd(fd.as_fd(), serializer)
+        serialize_handle(fd, serializer)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<OwnedFd, D::Error> {
-        deserialize_fd(deserializer)
+        deserialize_handle(deserializer)
     }
 }
 
@@ -119,11 +121,11 @@ mod tests {
             name: "x".into(),
             sock: OwnedFd::from(b),
         };
-        let (bytes, fds) = collect_fds(|| rmp_serde::to_vec(&carrier));
+        let (bytes, fds) = collect_handles(|| rmp_serde::to_vec(&carrier));
         let bytes = bytes.unwrap();
         assert_eq!(fds.len(), 1);
         drop(carrier);
-        let back: Carrier = provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
+        let back: Carrier = provide_handles(fds, || rmp_serde::from_slice(&bytes)).unwrap();
         assert_eq!(back.name, "x");
         let mut b = UnixStream::from(back.sock);
         (&a).write_all(b"hi").unwrap();
@@ -141,7 +143,7 @@ mod tests {
         };
         let err = rmp_serde::to_vec(&carrier).unwrap_err().to_string();
         assert!(err.contains("can only be sent to a child process"), "{err}");
-        let (bytes, _fds) = collect_fds(|| rmp_serde::to_vec(&carrier));
+        let (bytes, _fds) = collect_handles(|| rmp_serde::to_vec(&carrier));
         let err = rmp_serde::from_slice::<Carrier>(&bytes.unwrap())
             .err()
             .unwrap()
@@ -159,10 +161,11 @@ mod tests {
             name: "x".into(),
             sock: OwnedFd::from(b),
         };
-        let (bytes, fds) = collect_fds(|| rmp_serde::to_vec(&(&carrier, &carrier)));
+        let (bytes, fds) = collect_handles(|| rmp_serde::to_vec(&(&carrier, &carrier)));
         let bytes = bytes.unwrap();
         assert_eq!(fds.len(), 2, "each serialization carries its own duplicate");
-        let pair: (Carrier, Carrier) = provide_fds(fds, || rmp_serde::from_slice(&bytes)).unwrap();
+        let pair: (Carrier, Carrier) =
+            provide_handles(fds, || rmp_serde::from_slice(&bytes)).unwrap();
         drop(pair);
     }
 }

@@ -16,3 +16,4 @@ pub(crate) mod blocking;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod fdstream;
 pub(crate) mod handle;
+pub(crate) mod socket;

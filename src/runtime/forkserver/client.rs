@@ -1,8 +1,6 @@
 //! The parent's side of the fork server: starting it, asking it for
 //! forks, and what to do when it is lost.
 
-use std::io::IoSlice;
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,7 +11,8 @@ use tokio_util::codec::Decoder;
 #[cfg(feature = "test-support")]
 use super::FAULTS_ENV;
 use crate::runtime::{exec, identity};
-use crate::sys;
+use crate::sys::{self, OwnedHandle, Signal};
+use crate::transport::socket::AsyncSocket;
 use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message};
 use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
@@ -53,9 +52,8 @@ enum State {
 struct Server {
     child: sys::Child,
     /// The channel, nonblocking. Each runtime that talks to the server
-    /// registers its own duplicate of it (`reg`).
-    sock: std::os::unix::net::UnixStream,
-    reg: Option<(tokio::runtime::Id, tokio::net::UnixStream)>,
+    /// registers its own duplicate of it.
+    sock: AsyncSocket,
     codec: FrameCodec,
     buf: BytesMut,
     next_id: u64,
@@ -88,7 +86,7 @@ pub(crate) enum Forked {
     Child(sys::Child),
     /// No fork server serves now: the caller re-executes the program, with
     /// its end of the socketpair handed back.
-    Declined(OwnedFd),
+    Declined(OwnedHandle),
     /// The server was lost with the request and no child took the
     /// socketpair: it is spent, and the caller re-executes with a new one.
     Spent,
@@ -104,7 +102,12 @@ pub(crate) enum Forked {
 /// child already: such a child announces itself on `ours` first thing, so
 /// it is adopted if it does (never a second child on one channel), and
 /// killed and reaped if it shows up too late.
-pub(crate) async fn fork(ours: &OwnedFd, theirs: OwnedFd, nonce: u64, detached: bool) -> Forked {
+pub(crate) async fn fork(
+    ours: &OwnedHandle,
+    theirs: OwnedHandle,
+    nonce: u64,
+    detached: bool,
+) -> Forked {
     reap_strays();
     let mut client = CLIENT.lock().await;
     if matches!(client.state, State::Idle) && client.retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -152,15 +155,15 @@ pub(crate) async fn fork(ours: &OwnedFd, theirs: OwnedFd, nonce: u64, detached: 
 
 /// Waits for the announcement of a child forked for request `id` by a
 /// server since lost, on `ours`.
-async fn claim_orphan(ours: &OwnedFd, id: u64) -> Forked {
-    let dup = match ours.try_clone() {
-        Ok(fd) => fd,
+async fn claim_orphan(ours: &OwnedHandle, id: u64) -> Forked {
+    let announce = ours.try_clone().and_then(Announcement::new);
+    let mut announce = match announce {
+        Ok(announce) => announce,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look for a child the lost fork server forked");
             return Forked::Spent;
         }
     };
-    let mut announce = Announcement::new(dup);
     match announce.read(Instant::now() + ANNOUNCE_TIMEOUT).await {
         Ok(Some(pid)) => {
             tracing::debug!(pid, id, "adopted the child a lost fork server forked");
@@ -205,12 +208,11 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = exec::reexec(theirs.as_fd(), &env, false).map_err(io)?;
+    let child = exec::reexec(&theirs, &env, false).map_err(io)?;
     drop(theirs);
-    let sock = std::os::unix::net::UnixStream::from(ours);
+    let sock = AsyncSocket::new(ours).map_err(io)?;
     let mut server = Server {
         child,
-        reg: None,
         codec: FrameCodec::new(DEFAULT_MAX_FRAME),
         buf: BytesMut::new(),
         next_id: 1,
@@ -260,17 +262,6 @@ impl Client {
 }
 
 impl Server {
-    /// The channel, registered with the current runtime.
-    fn registered(&mut self) -> std::io::Result<&tokio::net::UnixStream> {
-        let id = tokio::runtime::Handle::current().id();
-        if self.reg.as_ref().is_none_or(|(rt, _)| *rt != id) {
-            let dup = self.sock.try_clone()?;
-            dup.set_nonblocking(true)?;
-            self.reg = Some((id, tokio::net::UnixStream::from_std(dup)?));
-        }
-        Ok(&self.reg.as_ref().expect("registered above").1)
-    }
-
     /// Sends the handshake and the order to serve; returns the answer.
     async fn handshake(&mut self, nonce: u64) -> Result<ChildMsg, ChannelError> {
         let mut frame = BytesMut::new();
@@ -293,7 +284,7 @@ impl Server {
     async fn fork(
         &mut self,
         id: u64,
-        control: &OwnedFd,
+        control: &OwnedHandle,
         nonce: u64,
         detached: bool,
     ) -> Result<u32, ChannelError> {
@@ -319,7 +310,7 @@ impl Server {
                 // it waited: its child saw its channel close and exits.
                 ChildMsg::Forked { pid, .. } => {
                     let child = sys::Child::adopt(pid);
-                    let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.signal(Signal::Kill);
                     stray(Stray::Child(child));
                 }
                 ChildMsg::ForkFailed { .. } => {}
@@ -336,26 +327,10 @@ impl Server {
     async fn send(
         &mut self,
         frame: &[u8],
-        fd: Option<&OwnedFd>,
+        fd: Option<&OwnedHandle>,
         deadline: Instant,
     ) -> Result<(), ChannelError> {
-        let sock = self.registered()?;
-        let mut sent = 0;
-        while sent < frame.len() {
-            timeout_at(deadline, sock.writable()).await??;
-            let fds: Vec<_> = match fd {
-                Some(fd) if sent == 0 => vec![fd.as_fd()],
-                _ => Vec::new(),
-            };
-            match sock.try_io(tokio::io::Interest::WRITABLE, || {
-                sys::scm::send_with_fds(sock.as_fd(), &[IoSlice::new(&frame[sent..])], &fds)
-            }) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        Ok(self.sock.send(frame, fd, deadline).await?)
     }
 
     /// Reads the next message by `deadline`.
@@ -364,18 +339,8 @@ impl Server {
             if let Some(body) = self.codec.decode(&mut self.buf)? {
                 return decode_message(&body);
             }
-            let Server { reg, buf, .. } = &mut *self;
-            let sock = match reg {
-                Some((_, sock)) => sock,
-                None => return Err(ChannelError::Closed),
-            };
-            timeout_at(deadline, sock.readable()).await??;
-            buf.reserve(256);
-            match sock.try_read_buf(buf) {
-                Ok(0) => return Err(ChannelError::Closed),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            if self.sock.recv(&mut self.buf, deadline).await? == 0 {
+                return Err(ChannelError::Closed);
             }
         }
     }
@@ -383,13 +348,10 @@ impl Server {
     /// Kills the server and reaps it, giving up the wait after a moment
     /// (then the exit rule reaps it).
     async fn kill(self) {
-        let Server {
-            child, sock, reg, ..
-        } = self;
-        drop(reg);
+        let Server { child, sock, .. } = self;
         drop(sock);
-        let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = timeout_at(Instant::now() + STOP_TIMEOUT, child.exited()).await;
+        let _ = child.signal(Signal::Kill);
+        let _ = tokio::time::timeout(STOP_TIMEOUT, child.exited()).await;
         if !matches!(child.try_reap(), Ok(Some(_))) {
             stray(Stray::Child(child));
         }
@@ -399,64 +361,42 @@ impl Server {
     /// the server, killing it if it has not left within [`STOP_TIMEOUT`].
     /// Blocks the thread: for the exit rule.
     fn stop_blocking(self) {
-        let Server {
-            child, sock, reg, ..
-        } = self;
-        drop(reg);
+        let Server { child, sock, .. } = self;
         drop(sock);
         if !child.wait_exited_timeout_blocking(STOP_TIMEOUT) {
-            let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = child.signal(Signal::Kill);
             child.wait_exited_blocking(None);
         }
         let _ = child.try_reap();
     }
 }
 
-/// A deadline on a wait of the fork server's, as an I/O error.
-async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> std::io::Result<F::Output> {
-    tokio::time::timeout_at(deadline.into(), f)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the fork server did not answer in time",
-            )
-        })
-}
-
 /// Reads the one frame a child forked by the server writes first on its
 /// control socket: `ChildMsg::Forked` with its pid.
 struct Announcement {
-    fd: OwnedFd,
+    sock: AsyncSocket,
     codec: FrameCodec,
     buf: BytesMut,
 }
 
 impl Announcement {
-    fn new(fd: OwnedFd) -> Announcement {
-        Announcement {
-            fd,
+    fn new(handle: OwnedHandle) -> std::io::Result<Announcement> {
+        Ok(Announcement {
+            sock: AsyncSocket::new(handle)?,
             codec: FrameCodec::new(ANNOUNCEMENT_MAX),
             buf: BytesMut::new(),
-        }
+        })
     }
 
     /// The announced pid; `None` when the channel closed with no word (no
     /// child holds it). Waits until `deadline`.
     async fn read(&mut self, deadline: Instant) -> Result<Option<u32>, ChannelError> {
-        let dup = std::os::unix::net::UnixStream::from(self.fd.try_clone()?);
-        dup.set_nonblocking(true)?;
-        let sock = tokio::net::UnixStream::from_std(dup)?;
         loop {
             if let Some(pid) = self.decode()? {
                 return Ok(Some(pid));
             }
-            timeout_at(deadline, sock.readable()).await??;
-            match sock.try_read_buf(&mut self.buf) {
-                Ok(0) => return Ok(None),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            if self.sock.recv(&mut self.buf, deadline).await? == 0 {
+                return Ok(None);
             }
         }
     }
@@ -468,7 +408,7 @@ impl Announcement {
             if let Some(pid) = self.decode()? {
                 return Ok(Some(pid));
             }
-            match sys::stream::recv_into(self.fd.as_fd(), &mut self.buf, ANNOUNCEMENT_MAX, false) {
+            match self.sock.try_recv(&mut self.buf, ANNOUNCEMENT_MAX) {
                 Ok(0) => return Err(ChannelError::Closed),
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -529,7 +469,7 @@ fn reap_strays() {
             Stray::Unannounced(mut a) => match a.poll_now() {
                 Ok(Some(pid)) => {
                     let child = sys::Child::adopt(pid);
-                    let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.signal(Signal::Kill);
                     kept.push(Stray::Child(child));
                 }
                 Ok(None) => kept.push(Stray::Unannounced(a)),
@@ -570,10 +510,7 @@ pub(crate) fn shutdown() {
         }
         Err(_) => {
             if let Some(pid) = server_pid() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = sys::signal_pid(pid, Signal::Kill);
             }
         }
     }

@@ -1,20 +1,16 @@
 //! The fork server itself: a single-threaded copy of the program that
 //! forks a child for every request.
 
-use std::os::fd::{AsFd, OwnedFd};
-
-use bytes::BytesMut;
-
 use super::REFUSED_EXIT;
-use crate::sys;
-use crate::transport::blocking::{BlockingChannel, FrameReader};
+use crate::sys::{self, OwnedHandle};
+use crate::transport::blocking::{BlockingChannel, FrameReader, send_on};
 use crate::wire::ChannelError;
-use crate::wire::frame::{DEFAULT_MAX_FRAME, decode_message, encode_message};
+use crate::wire::frame::{DEFAULT_MAX_FRAME, decode_message};
 use crate::wire::message::{ChildMsg, ParentMsg};
 
 /// What a forked child runs: the child's side of a start, on its control
 /// socket, with the request's nonce (the bootstrap's `child_main`).
-pub(crate) type ChildMain = fn(OwnedFd, u64) -> i32;
+pub(crate) type ChildMain = fn(OwnedHandle, u64) -> i32;
 
 /// Serves fork requests until the parent closes the channel. Runs in the
 /// re-executed server process; returns its exit code.
@@ -36,18 +32,14 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
     // re-executed one inherits its parent's: `SIGINT` stays ignored in the
     // children of a program started with it ignored.
     let inherited_ignored = sys::set_interrupt_ignored(true);
-    let BlockingChannel {
-        stream: sock,
-        max_frame,
-    } = ch;
-    if sock.set_read_timeout(None).is_err() {
+    if ch.set_read_timeout(None).is_err() {
         return 1;
     }
-    let mut reader = FrameReader::new(max_frame);
+    let mut reader = FrameReader::new(ch.max_frame);
     #[cfg(feature = "test-support")]
     let mut faults = Faults::from_env();
     loop {
-        let body = match reader.next(&sock) {
+        let body = match reader.next(&ch) {
             Ok(body) => body,
             Err(ChannelError::Closed) => return 0,
             Err(e) => {
@@ -68,7 +60,7 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
         };
         let Some(control) = reader.take_fd() else {
             let error = "the request carried no control socket".to_owned();
-            if reply(sock.as_fd(), &ChildMsg::ForkFailed { id, error }).is_err() {
+            if ch.send(&ChildMsg::ForkFailed { id, error }).is_err() {
                 return 1;
             }
             continue;
@@ -80,24 +72,20 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
             Ok(None) => {
                 // The new process: leave the server's channel, become the child.
                 drop(reader);
-                drop(sock);
+                drop(ch);
                 sys::set_interrupt_ignored(inherited_ignored);
                 // Say who we are first, so that a parent that lost the
                 // server before its reply still finds this child.
-                if reply(
-                    &control,
-                    &ChildMsg::Forked {
-                        id,
-                        pid: std::process::id(),
-                    },
-                )
-                .is_err()
-                {
+                let me = ChildMsg::Forked {
+                    id,
+                    pid: std::process::id(),
+                };
+                if send_on(&control, &me, DEFAULT_MAX_FRAME).is_err() {
                     // The parent is gone already.
                     std::process::exit(REFUSED_EXIT);
                 }
                 if detached {
-                    let _ = nix::unistd::setsid();
+                    sys::new_session();
                 }
                 std::process::exit(child_main(control, nonce));
             }
@@ -105,39 +93,18 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                 drop(control);
                 #[cfg(feature = "test-support")]
                 faults.after_fork();
-                if reply(sock.as_fd(), &ChildMsg::Forked { id, pid }).is_err() {
+                if ch.send(&ChildMsg::Forked { id, pid }).is_err() {
                     return 1;
                 }
             }
             Err(e) => {
-                if reply(
-                    sock.as_fd(),
-                    &ChildMsg::ForkFailed {
-                        id,
-                        error: e.to_string(),
-                    },
-                )
-                .is_err()
-                {
+                let error = e.to_string();
+                if ch.send(&ChildMsg::ForkFailed { id, error }).is_err() {
                     return 1;
                 }
             }
         }
     }
-}
-
-fn reply(sock: impl AsFd, msg: &ChildMsg) -> Result<(), ChannelError> {
-    let mut frame = BytesMut::new();
-    encode_message(msg, &mut frame, DEFAULT_MAX_FRAME)?;
-    let mut rest = &frame[..];
-    while !rest.is_empty() {
-        match sys::stream::send(sock.as_fd(), rest, true) {
-            Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// The faults this fork server injects, from `FAULTS_ENV`.

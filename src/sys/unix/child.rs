@@ -34,7 +34,7 @@ impl Child {
     /// descriptor it inherits besides stdio). A detached child gets a
     /// session of its own, so a terminal's Ctrl-C does not reach it.
     pub(crate) fn spawn(
-        control: BorrowedFd<'_>,
+        control: &super::OwnedHandle,
         argv: &[CString],
         env: &[CString],
         detached: bool,
@@ -43,7 +43,7 @@ impl Child {
         // the descriptor out of the way first if it happens to be CHILD_FD.
         let moved: Option<OwnedFd>;
         let source: RawFd = if control.as_raw_fd() == CHILD_FD {
-            moved = Some(control.try_clone_to_owned()?);
+            moved = Some(control.try_clone()?);
             moved.as_ref().map(|f| f.as_raw_fd()).unwrap_or(CHILD_FD)
         } else {
             control.as_raw_fd()
@@ -164,8 +164,8 @@ impl Child {
     /// Blocks the calling thread until the child has exited (it is not
     /// reaped), reading and discarding whatever arrives on `drain` in the
     /// meantime, so that a child blocked writing to us can finish.
-    pub(crate) fn wait_exited_blocking(&self, drain: Option<BorrowedFd<'_>>) {
-        self.wait_exited_until(drain, None);
+    pub(crate) fn wait_exited_blocking(&self, drain: Option<&super::OwnedHandle>) {
+        self.wait_exited_until(drain.map(AsFd::as_fd), None);
     }
 
     /// Blocks the calling thread until the child has exited (it is not
@@ -239,8 +239,8 @@ impl Child {
 
     /// Sends `sig` to the child. The caller guarantees it has not been
     /// reaped (so the pid is still ours).
-    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
-        match kill(self.pid, sig) {
+    pub(crate) fn signal(&self, sig: super::Signal) -> io::Result<()> {
+        match kill(self.pid, sig.to_nix()) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }

@@ -27,6 +27,50 @@ use nix::sys::wait::WaitStatus;
 pub(crate) use child::Child;
 pub(crate) use fork::{fork_sibling, libc_allows_raw_fork, thread_count};
 
+/// An open descriptor this process owns: a socket, a shared-memory file.
+pub(crate) type OwnedHandle = OwnedFd;
+
+/// The signals the crate sends to its children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Ask the process to end (`SIGTERM`).
+    Terminate,
+    /// End it now (`SIGKILL`).
+    Kill,
+}
+
+impl Signal {
+    fn to_nix(self) -> nix::sys::signal::Signal {
+        match self {
+            Signal::Terminate => nix::sys::signal::Signal::SIGTERM,
+            Signal::Kill => nix::sys::signal::Signal::SIGKILL,
+        }
+    }
+}
+
+/// Sends `sig` to process `pid`; a process that is gone already is fine.
+/// Only for a pid that cannot have been reused: an unreaped child of ours.
+pub(crate) fn signal_pid(pid: u32, sig: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(io::Error::other)?;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig.to_nix()) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The name of signal number `signal` (`SIGTERM`), or the number as text.
+pub(crate) fn signal_name(signal: i32) -> String {
+    match nix::sys::signal::Signal::try_from(signal) {
+        Ok(s) => s.as_str().to_owned(),
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+/// Starts a session of this process's own (a detached child, forked).
+pub(crate) fn new_session() {
+    let _ = nix::unistd::setsid();
+}
+
 /// The descriptor number the control socket has in a freshly started child.
 pub(crate) const CHILD_FD: RawFd = 3;
 
@@ -155,7 +199,7 @@ pub(crate) fn claim_control_socket(fd: RawFd) -> Result<ControlSocket, NotOurs> 
     };
     let parent_gone = if peer == parent {
         None
-    } else if peer_closed(borrowed) {
+    } else if hung_up(borrowed) {
         // What the parent wrote before it died (the handshake, the
         // orders) is still there to read; the handshake decides the rest.
         Some(peer)
@@ -203,7 +247,7 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// Blocks the calling thread until the peer of `sock` closes its end
 /// (every copy of it), then returns. Used by children to notice that their
 /// parent has died.
-pub(crate) fn wait_peer_closed(sock: BorrowedFd<'_>) {
+pub(crate) fn wait_peer_closed(sock: &OwnedHandle) {
     // nix's PollFlags does not know POLLRDHUP (its `revents()` would drop
     // the whole set), so this one poll goes to libc directly.
     let mut pfd = libc::pollfd {
@@ -247,7 +291,13 @@ pub(crate) fn set_interrupt_ignored(ignore: bool) -> bool {
 
 /// Whether the peer of `sock` has closed its end (every copy of it) by
 /// now. Does not wait.
-pub(crate) fn peer_closed(sock: BorrowedFd<'_>) -> bool {
+#[cfg(test)]
+pub(crate) fn peer_closed(sock: &OwnedHandle) -> bool {
+    hung_up(sock.as_fd())
+}
+
+/// [`peer_closed`] on a borrowed descriptor.
+fn hung_up(sock: BorrowedFd<'_>) -> bool {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLRDHUP,
@@ -289,11 +339,11 @@ mod tests {
     #[test]
     fn peer_closed_sees_the_other_end_go() {
         let (a, b) = socketpair().expect("socketpair");
-        assert!(!peer_closed(a.as_fd()));
+        assert!(!peer_closed(&a));
         // Unread data does not hide the hang-up.
         socket::send(b.as_raw_fd(), b"x", socket::MsgFlags::empty()).expect("send");
-        assert!(!peer_closed(a.as_fd()));
+        assert!(!peer_closed(&a));
         drop(b);
-        assert!(peer_closed(a.as_fd()));
+        assert!(peer_closed(&a));
     }
 }

@@ -11,7 +11,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -38,13 +38,13 @@ pub(crate) fn create(name: &CStr, len: usize) -> io::Result<OwnedFd> {
 
 /// Whether the file behind `fd` is sealed against resizing, as [`create`]
 /// leaves it.
-pub(crate) fn is_sealed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+pub(crate) fn is_sealed(fd: &OwnedFd) -> io::Result<bool> {
     let seals = SealFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GET_SEALS)?);
     Ok(seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW))
 }
 
 /// The size in bytes of the file behind `fd`.
-pub(crate) fn size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+pub(crate) fn size(fd: &OwnedFd) -> io::Result<usize> {
     let st = nix::sys::stat::fstat(fd)?;
     usize::try_from(st.st_size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
@@ -69,7 +69,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps the first `len` bytes of the file behind `fd`, read-write and
     /// shared. `len` must not exceed the file's size (see [`size`]).
-    pub(crate) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+    pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
         let nz = NonZeroUsize::new(len).ok_or(io::ErrorKind::InvalidInput)?;
         // SAFETY: we ask the kernel for a fresh mapping at an address of its
         // choice (no MAP_FIXED), so no existing memory of ours is replaced;

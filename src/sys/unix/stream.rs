@@ -8,7 +8,7 @@
 //! closed peer gives `EPIPE`, never `SIGPIPE`.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use super::scm::send_flags;
 ///
 /// With `wait` false the call never blocks: a full socket gives
 /// [`io::ErrorKind::WouldBlock`]. Retries `EINTR`.
-pub(crate) fn send(sock: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<usize> {
+pub(crate) fn send(sock: &OwnedFd, buf: &[u8], wait: bool) -> io::Result<usize> {
     let mut flags = send_flags();
     if !wait {
         flags |= MsgFlags::MSG_DONTWAIT;
@@ -46,7 +46,7 @@ pub(crate) fn send(sock: BorrowedFd<'_>, buf: &[u8], wait: bool) -> io::Result<u
 /// With `wait` false the call never blocks: nothing to read gives
 /// [`io::ErrorKind::WouldBlock`]. Retries `EINTR`.
 pub(crate) fn recv_into(
-    sock: BorrowedFd<'_>,
+    sock: &OwnedFd,
     buf: &mut BytesMut,
     want: usize,
     wait: bool,
@@ -90,7 +90,7 @@ pub(crate) fn recv_into(
 ///
 /// If the reactor refuses. Must be called within a Tokio runtime with
 /// I/O enabled.
-pub(crate) fn register(fd: Arc<OwnedFd>) -> io::Result<AsyncFd<Arc<OwnedFd>>> {
+pub(crate) fn register(fd: Arc<OwnedFd>) -> io::Result<Registration> {
     // SAFETY: the `AsyncFd` owns a strong reference to the `OwnedFd`,
     // which closes its descriptor only when the last reference goes; so
     // the descriptor stays open, naming the same open file description,
@@ -99,6 +99,9 @@ pub(crate) fn register(fd: Arc<OwnedFd>) -> io::Result<AsyncFd<Arc<OwnedFd>>> {
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
         .map_err(|e| e.into_parts().1)
 }
+
+/// A socket registered with one runtime's reactor.
+pub(crate) type Registration = AsyncFd<Arc<OwnedFd>>;
 
 /// What to wait for on a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +115,7 @@ pub(crate) enum Wait {
 /// Blocks until `sock` is ready as asked, or `timeout` passes (`None`:
 /// no limit). Returns whether it became ready. Retries `EINTR` with the
 /// time that is left.
-pub(crate) fn wait(
-    sock: BorrowedFd<'_>,
-    what: Wait,
-    timeout: Option<Duration>,
-) -> io::Result<bool> {
+pub(crate) fn wait(sock: &OwnedFd, what: Wait, timeout: Option<Duration>) -> io::Result<bool> {
     let events = match what {
         Wait::Readable => PollFlags::POLLIN,
         Wait::Writable => PollFlags::POLLOUT,
@@ -132,7 +131,7 @@ pub(crate) fn wait(
                 PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
             }
         };
-        let mut fds = [PollFd::new(sock, events)];
+        let mut fds = [PollFd::new(sock.as_fd(), events)];
         match poll(&mut fds, left) {
             Ok(0) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -148,44 +147,42 @@ pub(crate) fn wait(
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
     use super::*;
 
     #[test]
     fn nonblocking_calls_never_block_on_a_blocking_socket() {
         let (a, b) = super::super::socketpair().unwrap();
         let mut buf = BytesMut::new();
-        let err = recv_into(a.as_fd(), &mut buf, 16, false).unwrap_err();
+        let err = recv_into(&a, &mut buf, 16, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        assert!(!wait(a.as_fd(), Wait::Readable, Some(Duration::from_millis(20))).unwrap());
+        assert!(!wait(&a, Wait::Readable, Some(Duration::from_millis(20))).unwrap());
 
-        assert_eq!(send(b.as_fd(), b"hello", false).unwrap(), 5);
-        assert!(wait(a.as_fd(), Wait::Readable, Some(Duration::ZERO)).unwrap());
-        assert_eq!(recv_into(a.as_fd(), &mut buf, 3, true).unwrap(), 3);
-        assert_eq!(recv_into(a.as_fd(), &mut buf, 64, false).unwrap(), 2);
+        assert_eq!(send(&b, b"hello", false).unwrap(), 5);
+        assert!(wait(&a, Wait::Readable, Some(Duration::ZERO)).unwrap());
+        assert_eq!(recv_into(&a, &mut buf, 3, true).unwrap(), 3);
+        assert_eq!(recv_into(&a, &mut buf, 64, false).unwrap(), 2);
         assert_eq!(&buf[..], b"hello");
 
         // Fill the socket: a nonblocking send then reports WouldBlock.
         let chunk = vec![0u8; 64 * 1024];
         let err = loop {
-            if let Err(e) = send(b.as_fd(), &chunk, false) {
+            if let Err(e) = send(&b, &chunk, false) {
                 break e;
             }
         };
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-        assert!(!wait(b.as_fd(), Wait::Writable, Some(Duration::from_millis(10))).unwrap());
+        assert!(!wait(&b, Wait::Writable, Some(Duration::from_millis(10))).unwrap());
 
         // `a` closes with bytes unread: its peer hears of a reset once,
         // then sees the end of the stream.
         drop(a);
-        let err = send(b.as_fd(), b"x", true).unwrap_err();
+        let err = send(&b, b"x", true).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
-        match recv_into(b.as_fd(), &mut buf, 8, true) {
+        match recv_into(&b, &mut buf, 8, true) {
             Ok(0) => {}
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset),
             Ok(n) => panic!("{n} bytes from a closed peer"),
         }
-        assert_eq!(recv_into(b.as_fd(), &mut buf, 8, true).unwrap(), 0);
+        assert_eq!(recv_into(&b, &mut buf, 8, true).unwrap(), 0);
     }
 }

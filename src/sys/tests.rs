@@ -1,0 +1,180 @@
+//! The contract of `sys`, checked against the backend in use: each test
+//! uses only the names `sys/mod.rs` declares, so a second backend passes
+//! the same suite.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::futex::{self, Wait};
+use super::proc::{self, Liveness, ProcId};
+use super::stream::{self, Wait as Ready};
+use super::*;
+
+/// A child of this process that nothing else waits for: `sleep` for
+/// `secs`, adopted as a `Child`.
+fn sleeping_child(secs: &str) -> Child {
+    let spawned = std::process::Command::new("sleep")
+        .arg(secs)
+        .spawn()
+        .expect("sleep");
+    // Dropping the standard library's handle neither waits nor kills:
+    // the child is ours to reap.
+    let pid = spawned.id();
+    drop(spawned);
+    Child::adopt(pid)
+}
+
+#[test]
+fn a_socketpair_carries_bytes_both_ways_and_tells_of_a_close() {
+    let (a, b) = socketpair().unwrap();
+    assert_eq!(stream::send(&a, b"ping", true).unwrap(), 4);
+    assert!(stream::wait(&b, Ready::Readable, Some(Duration::from_secs(5))).unwrap());
+    let mut buf = BytesMut::new();
+    assert_eq!(stream::recv_into(&b, &mut buf, 64, false).unwrap(), 4);
+    assert_eq!(&buf[..], b"ping");
+    let err = stream::recv_into(&b, &mut buf, 64, false).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(!peer_closed(&b));
+    let a2 = a.try_clone().unwrap();
+    drop(a);
+    assert!(!peer_closed(&b), "a copy of the other end is still open");
+    drop(a2);
+    assert!(peer_closed(&b));
+    wait_peer_closed(&b);
+    assert_eq!(stream::recv_into(&b, &mut buf, 64, true).unwrap(), 0);
+}
+
+#[test]
+fn a_handle_travels_in_a_message() {
+    let (a, b) = socketpair().unwrap();
+    let (x, y) = socketpair().unwrap();
+    let sent = scm::send_with_fds(
+        std::os::fd::AsFd::as_fd(&a),
+        &[std::io::IoSlice::new(b"h")],
+        &[std::os::fd::AsFd::as_fd(&x)],
+    )
+    .unwrap();
+    assert_eq!(sent, 1);
+    drop(x);
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    let n = scm::recv_with_fds(std::os::fd::AsFd::as_fd(&b), &mut byte, &mut got).unwrap();
+    assert_eq!((n, got.len()), (1, 1));
+    // The received handle is the same socket: it reaches `y`.
+    stream::send(&got[0], b"via", true).unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(stream::recv_into(&y, &mut buf, 8, true).unwrap(), 3);
+}
+
+#[test]
+fn a_child_is_watched_signalled_and_reaped() {
+    let child = sleeping_child("30");
+    assert!(child.pid() > 0);
+    assert!(child.try_reap().unwrap().is_none(), "still running");
+    assert!(!child.wait_exited_timeout_blocking(Duration::from_millis(50)));
+    child.signal(Signal::Kill).unwrap();
+    child.wait_exited_blocking(None);
+    let status = child.try_reap().unwrap().expect("reaped");
+    assert_eq!(python_exitcode(status), -9);
+    assert_eq!(signal_name(9), "SIGKILL");
+
+    let child = sleeping_child("30");
+    signal_pid(child.pid(), Signal::Terminate).unwrap();
+    assert!(child.wait_exited_timeout_blocking(Duration::from_secs(10)));
+    assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), -15);
+}
+
+#[tokio::test]
+async fn a_child_s_end_is_a_future() {
+    let child = sleeping_child("0.05");
+    tokio::time::timeout(Duration::from_secs(10), child.exited())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), 0);
+}
+
+#[test]
+fn a_shared_mapping_is_shared_and_keeps_its_size() {
+    let h = shm::create(c"tokio-mp-contract", 4096).unwrap();
+    assert_eq!(shm::size(&h).unwrap(), 4096);
+    assert!(shm::is_sealed(&h).unwrap());
+    let a = shm::Mapping::new(&h, 4096).unwrap();
+    let b = shm::Mapping::new(&h.try_clone().unwrap(), 4096).unwrap();
+    a.u32_at(64).store(7, Ordering::Relaxed);
+    assert_eq!(b.u32_at(64).load(Ordering::Relaxed), 7);
+    b.u64_at(128).fetch_add(5, Ordering::Relaxed);
+    assert_eq!(a.u64_at(128).load(Ordering::Relaxed), 5);
+    assert_eq!(a.len(), 4096);
+}
+
+#[test]
+fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
+    let word = Arc::new(AtomicU32::new(0));
+    let t0 = Instant::now();
+    assert_eq!(
+        futex::wait(&word, 0, Some(Duration::from_millis(30))),
+        Wait::TimedOut
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(25));
+    assert_eq!(futex::wait(&word, 1, None), Wait::Changed, "not the value");
+    let sleeper = {
+        let word = word.clone();
+        std::thread::spawn(move || {
+            while word.load(Ordering::Acquire) == 0 {
+                futex::wait(&word, 0, Some(Duration::from_secs(10)));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    word.store(1, Ordering::Release);
+    futex::wake_all(&word);
+    sleeper.join().unwrap();
+}
+
+#[test]
+fn a_process_is_alive_until_it_is_reaped() {
+    let me = proc::me();
+    assert_eq!(me.pid, std::process::id());
+    assert_eq!(proc::liveness(me, true), Liveness::Alive);
+    let child = sleeping_child("30");
+    let who = ProcId {
+        pid: child.pid(),
+        start: 0,
+    };
+    assert_eq!(proc::liveness(who, false), Liveness::Alive);
+    child.signal(Signal::Kill).unwrap();
+    child.wait_exited_blocking(None);
+    assert_eq!(proc::liveness(who, false), Liveness::Dead, "a zombie");
+    child.try_reap().unwrap();
+    assert_eq!(proc::liveness(who, false), Liveness::Dead);
+}
+
+#[test]
+fn only_a_socket_from_our_parent_is_claimed() {
+    // A number that is not open.
+    assert!(matches!(
+        claim_control_socket(1_000_000),
+        Err(NotOurs::Closed)
+    ));
+    // A file is not a socket.
+    let f = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    assert!(matches!(claim_control_socket(fd), Err(NotOurs::NotASocket)));
+}
+
+#[test]
+fn this_program_has_an_identity_and_a_command_line() {
+    let a = exe_identity().unwrap();
+    assert_eq!(a, exe_identity().unwrap());
+    assert!(!own_argv().is_empty());
+    let env = child_env("TOKIO_MP_CONTRACT_SKIP", ("TOKIO_MP_CONTRACT", "1"));
+    assert!(
+        env.iter()
+            .any(|kv| kv.to_str() == Ok("TOKIO_MP_CONTRACT=1"))
+    );
+    assert!(thread_count() >= 1);
+}
