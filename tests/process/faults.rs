@@ -287,6 +287,87 @@ async fn a_failed_start_says_why() -> Result<(), Failed> {
     )
 }
 
+/// Set in the program that never calls `init()`.
+const NO_INIT_PROGRAM: &str = "TMP_NO_INIT_PROGRAM";
+
+fn echo(x: u32) -> u32 {
+    x
+}
+
+/// Whether this run of the test binary is the program that never calls
+/// `init()`, [`no_init_program`].
+pub(crate) fn no_init_program_asked() -> bool {
+    std::env::var_os(NO_INIT_PROGRAM).is_some()
+}
+
+/// The program that forgot `init()`: tries a `Process` and a `Pool`, and
+/// prints what each error says, one line each.
+pub(crate) fn no_init_program() -> i32 {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        match mp::Process::new(echo, 1).start().await {
+            Ok(()) => println!("process: started"),
+            Err(e) => println!("process: {e}"),
+        }
+        match mp::Pool::new(1).await {
+            Ok(_) => println!("pool: started"),
+            Err(e) => println!("pool: {e}"),
+        }
+    });
+    0
+}
+
+/// A program that never called `init()` gets errors that say so, and
+/// where to call it, from `Process::start` and from `Pool::new` alike
+/// (the pool's said "initializer", and the process's said only "failed to
+/// spawn" outside its `Debug`).
+async fn a_missing_init_is_named_in_the_error() -> Result<(), Failed> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.env(NO_INIT_PROGRAM, "1")
+        .stdin(std::process::Stdio::null());
+    let out =
+        tokio::task::spawn_blocking(move || run::run_with_watchdog(cmd, Duration::from_secs(30)))
+            .await??;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    ensure(
+        lines.len() == 2 && out.status.success(),
+        format!("{lines:?}, {}; {}", out.status, out.stderr),
+    )?;
+    for line in &lines {
+        ensure(
+            line.contains("init() was never called") && line.contains("first thing in main"),
+            format!("the error does not name init(): {line:?}"),
+        )?;
+    }
+    ensure(lines[0].starts_with("process: "), lines[0])?;
+    ensure(
+        lines[1].starts_with("pool: ") && !lines[1].contains("initializer"),
+        lines[1],
+    )
+}
+
+/// Arguments over the frame limit are refused before anything starts,
+/// with an error that says "oversized" and how to raise the limit (it
+/// said the control channel broke).
+async fn an_oversized_argument_says_so() -> Result<(), Failed> {
+    let p = mp::Process::builder()
+        .max_frame(1024)
+        .build(echo_bytes, vec![7u8; 4096]);
+    let err = p.start().await.expect_err("over the limit");
+    let said = err.to_string();
+    ensure(
+        matches!(err, mp::ProcessError::Oversized { max: 1024, .. })
+            && said.contains("oversized")
+            && said.contains("max_frame"),
+        format!("{err:?}: {said}"),
+    )?;
+    ensure(p.pid().is_none(), "nothing was started")
+}
+
+fn echo_bytes(b: Vec<u8>) -> usize {
+    b.len()
+}
+
 /// Set in the program that `children_inherit_an_ignored_sigint` runs.
 const SIGINT_PROGRAM: &str = "TMP_SIGINT_PROGRAM";
 
@@ -388,6 +469,14 @@ pub(crate) fn cases() -> Vec<Case> {
             a_stopped_fork_server_freezes_nothing,
         ),
         faulty("a_failed_start_says_why", a_failed_start_says_why),
+        faulty(
+            "a_missing_init_is_named_in_the_error",
+            a_missing_init_is_named_in_the_error,
+        ),
+        faulty(
+            "an_oversized_argument_says_so",
+            an_oversized_argument_says_so,
+        ),
         faulty(
             "children_inherit_an_ignored_sigint",
             children_inherit_an_ignored_sigint,

@@ -33,6 +33,9 @@ fn main() {
     if faults::sigint_program_asked() {
         std::process::exit(faults::sigint_program());
     }
+    if faults::no_init_program_asked() {
+        std::process::exit(faults::no_init_program());
+    }
     if hijack::probe_asked() {
         hijack::probe_program();
         return;
