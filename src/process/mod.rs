@@ -27,10 +27,14 @@
 //! `SIGKILL`, exits at once, unless it was started
 //! [`detached`](ProcessBuilder::detached).
 
+mod builder;
 mod error;
+mod info;
 
+pub use builder::ProcessBuilder;
 pub use error::ProcessError;
 pub(crate) use error::signal_name;
+pub use info::{ProcessInfo, current_process, parent_pid};
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -42,185 +46,25 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::runtime::forkserver::{StartMethod, get_start_method};
-use crate::runtime::identity::{Current, current, init_called, next_identity, nonce};
+use crate::runtime::identity::{current, init_called, nonce};
 use crate::runtime::registry::StartPermit;
 use crate::runtime::spawn::{self, Started};
 use crate::runtime::watch::{self, ChildState, Report};
 use crate::sentinel::Sentinel;
 use crate::sys::{self, Signal};
-use crate::target::{Target, decode_value, encode_value, fingerprint};
+use crate::target::{Target, decode_value, fingerprint};
 use crate::wire::ChannelError;
-use crate::wire::frame::{DEFAULT_MAX_FRAME, encode_message};
+use crate::wire::frame::encode_message;
 use crate::wire::message::{
     Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
 
-/// What [`current_process`] tells about the running process.
-#[derive(Debug, Clone)]
-pub struct ProcessInfo {
-    current: &'static Current,
-}
-
-impl ProcessInfo {
-    /// `MainProcess` in the root process, `Process-N` (or a name given to
-    /// the builder) in a child.
-    pub fn name(&self) -> &str {
-        &self.current.name
-    }
-
-    /// This process's id.
-    pub fn pid(&self) -> u32 {
-        std::process::id()
-    }
-
-    /// The 32-byte authentication key, random in the root process and
-    /// inherited by every child.
-    pub fn authkey(&self) -> &[u8] {
-        &self.current.authkey
-    }
-
-    /// Whether this process was started by this library.
-    pub fn is_child(&self) -> bool {
-        self.current.parent_pid.is_some()
-    }
-
-    /// Whether this process is daemonic.
-    pub fn daemon(&self) -> bool {
-        self.current.daemon
-    }
-}
-
-/// The running process: its name, pid and authkey.
-pub fn current_process() -> ProcessInfo {
-    ProcessInfo { current: current() }
-}
-
-/// The pid of the process that started this one, if this library did.
-pub fn parent_pid() -> Option<u32> {
-    current().parent_pid
-}
-
-/// Configures a [`Process`] before it is built or started.
-///
-/// ```no_run
-/// # use tokio_multiprocessing as mp;
-/// # fn work(_: ()) {}
-/// # async fn demo() -> mp::Result<()> {
-/// let p = mp::Process::builder().name("worker").daemon(true).spawn(work, ()).await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Default)]
-#[must_use]
-pub struct ProcessBuilder {
-    name: Option<String>,
-    daemon: bool,
-    detached: bool,
-    max_frame: Option<usize>,
-    start_method: Option<StartMethod>,
-}
-
-impl ProcessBuilder {
-    /// The process's name; the default is `Process-N`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// A daemonic process is terminated, not joined, when its parent
-    /// leaves `main`, and may not start children of its own.
-    pub fn daemon(mut self, daemon: bool) -> Self {
-        self.daemon = daemon;
-        self
-    }
-
-    /// A detached process outlives its parent: it does not exit when the
-    /// parent dies, the exit rule leaves it alone, and it starts in a
-    /// session of its own.
-    pub fn detached(mut self, detached: bool) -> Self {
-        self.detached = detached;
-        self
-    }
-
-    /// The largest frame accepted on the control channel, in bytes (default
-    /// 128 MiB). Arguments and return values must fit.
-    pub fn max_frame(mut self, bytes: usize) -> Self {
-        self.max_frame = Some(bytes);
-        self
-    }
-
-    /// How to start this process; the default is the program's
-    /// [`get_start_method`].
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.start_method = Some(method);
-        self
-    }
-
-    /// Builds the process without starting it.
-    pub fn build<A, R, M, F>(self, target: F, args: A) -> Process<R>
-    where
-        F: Target<A, R, M>,
-        A: Serialize,
-    {
-        let (default_name, path) = next_identity();
-        let cur = current();
-        let identity = Identity {
-            name: self.name.unwrap_or(default_name),
-            path,
-            authkey: cur.authkey.clone().into(),
-            daemon: self.daemon,
-            detached: self.detached,
-            parent_pid: std::process::id(),
-        };
-        Process {
-            state: ChildState::new(self.daemon, self.detached),
-            spec: Mutex::new(Some({
-                let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
-                Spec {
-                    target: target.__target_ref().0,
-                    args,
-                    fds,
-                }
-            })),
-            authkey: cur.authkey.clone(),
-            identity,
-            max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
-            start_method: self.start_method,
-            _result: PhantomData,
-        }
-    }
-
-    /// Builds the process and starts it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Process::start`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Not cancel safe: if the future is dropped after the child was
-    /// spawned, the child runs on, with no handle left to join it (the exit
-    /// rule still reaps it).
-    pub async fn spawn<A, R, M, F>(
-        self,
-        target: F,
-        args: A,
-    ) -> std::result::Result<Process<R>, ProcessError>
-    where
-        F: Target<A, R, M>,
-        A: Serialize,
-        R: DeserializeOwned,
-    {
-        let p = self.build(target, args);
-        p.start().await?;
-        Ok(p)
-    }
-}
-
-struct Spec {
-    target: TargetRef,
-    args: std::result::Result<Vec<u8>, String>,
+/// What a process will run, kept until `start` sends it.
+pub(crate) struct Spec {
+    pub(super) target: TargetRef,
+    pub(super) args: std::result::Result<Vec<u8>, String>,
     /// Descriptors of the handles in the arguments, sent with the orders.
-    fds: Vec<sys::OwnedHandle>,
+    pub(super) fds: Vec<sys::OwnedHandle>,
 }
 
 /// A child process running a target function, whose `join` returns the
@@ -231,13 +75,13 @@ struct Spec {
 /// its arguments over a private socket and sends back what the target
 /// returned.
 pub struct Process<R> {
-    state: Arc<ChildState>,
-    spec: Mutex<Option<Spec>>,
-    authkey: Vec<u8>,
-    identity: Identity,
-    max_frame: usize,
-    start_method: Option<StartMethod>,
-    _result: PhantomData<fn() -> R>,
+    pub(super) state: Arc<ChildState>,
+    pub(super) spec: Mutex<Option<Spec>>,
+    pub(super) authkey: Vec<u8>,
+    pub(super) identity: Identity,
+    pub(super) max_frame: usize,
+    pub(super) start_method: Option<StartMethod>,
+    pub(super) _result: PhantomData<fn() -> R>,
 }
 
 impl Process<()> {
