@@ -600,16 +600,13 @@ impl ReadState {
     /// one frame decoder.
     fn take<T: DeserializeOwned>(&mut self, max: usize) -> Result<Option<T>, ChannelError> {
         let mut codec = FrameCodec::new(max);
-        let frame = if self.eof && self.broken.is_none() {
-            codec.decode_eof(&mut self.buf)?
-        } else {
-            codec.decode(&mut self.buf)?
-        };
-        if let Some(body) = frame {
-            let msg = decode_message(&body);
-            if body.len() > KEEP_BUF && self.buf.len() <= KEEP_BUF {
+        // The body is decoded where it lies, not split off the buffer (which
+        // would make the buffer shared, at a cost on every message).
+        if let Some(total) = codec.frame_len(&self.buf)? {
+            let msg = decode_message(&self.buf[HEADER_LEN..total]);
+            self.buf.advance(total);
+            if total > KEEP_BUF && self.buf.len() <= KEEP_BUF {
                 // Let the big frame's memory go; keep what follows it.
-                drop(body);
                 self.buf = BytesMut::from(&self.buf[..]);
             }
             return msg.map(Some);
@@ -618,7 +615,8 @@ impl ReadState {
             return Err(b.error());
         }
         if self.eof {
-            // `decode_eof` found nothing left at all.
+            // An incomplete frame is `Truncated`; nothing left, `Closed`.
+            codec.decode_eof(&mut self.buf)?;
             return Err(ChannelError::Closed);
         }
         Ok(None)

@@ -328,7 +328,7 @@ impl Serialize for End {
     }
 }
 
-/// Serializes a borrowed descriptor out of band (see `crate::handle`).
+/// Serializes a borrowed descriptor out of band (see `crate::transport::handle`).
 struct FdRef<'a>(&'a OwnedHandle);
 
 impl Serialize for FdRef<'_> {

@@ -2,7 +2,7 @@
 //!
 //! A [`Segment`] is a small anonymous shared-memory file (a `memfd`) mapped
 //! into this process. Cloning a segment shares the mapping; serializing it
-//! (only possible inside a target's arguments, see `crate::handle`) sends a
+//! (only possible inside a target's arguments, see `crate::transport::handle`) sends a
 //! duplicate of its descriptor, and deserializing it in the child maps the
 //! same memory there. Its words are read and written only as atomics.
 //!
@@ -195,7 +195,7 @@ impl Segment {
         self.u64(8).load(Ordering::Relaxed)
     }
 
-    /// Serializes the segment as its descriptor (see `crate::handle`).
+    /// Serializes the segment as its descriptor (see `crate::transport::handle`).
     pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         crate::transport::handle::serialize_handle(&self.inner.fd, serializer)
     }

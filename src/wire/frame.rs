@@ -67,6 +67,28 @@ impl FrameCodec {
         self.max_frame = max_frame.min(HEADER_MAX);
     }
 
+    /// The length, header included, of the whole frame at the start of
+    /// `src`, once all of it is there: the check every decode makes, for
+    /// readers that decode the body in place rather than split it off.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::Oversized`] as soon as the header claims more than
+    /// the limit.
+    pub(crate) fn frame_len(&self, src: &[u8]) -> Result<Option<usize>, ChannelError> {
+        let Some(len) = Self::claimed(src) else {
+            return Ok(None);
+        };
+        if len > self.max_frame {
+            return Err(ChannelError::Oversized {
+                len,
+                max: self.max_frame,
+            });
+        }
+        let total = HEADER_LEN + len;
+        Ok((src.len() >= total).then_some(total))
+    }
+
     /// The body length claimed by the header at the start of `src`, if the
     /// whole header is there.
     pub(crate) fn claimed(src: &[u8]) -> Option<usize> {
@@ -88,24 +110,22 @@ impl Decoder for FrameCodec {
     type Error = ChannelError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ChannelError> {
-        let Some(len) = Self::claimed(src) else {
-            return Ok(None);
-        };
-        if len > self.max_frame {
-            return Err(ChannelError::Oversized {
-                len,
-                max: self.max_frame,
-            });
+        match self.frame_len(src)? {
+            Some(total) => {
+                src.advance(HEADER_LEN);
+                Ok(Some(src.split_to(total - HEADER_LEN)))
+            }
+            None => {
+                // Make room for more of the body, but only in bounded
+                // steps: the claimed length is the peer's word, not bytes
+                // it has sent.
+                if let Some(len) = Self::claimed(src) {
+                    let total = HEADER_LEN + len;
+                    src.reserve(total.saturating_sub(src.len()).min(RESERVE_STEP));
+                }
+                Ok(None)
+            }
         }
-        let total = HEADER_LEN + len;
-        if src.len() < total {
-            // Make room for more of the body, but only in bounded steps: the
-            // claimed length is the peer's word, not bytes it has sent.
-            src.reserve((total - src.len()).min(RESERVE_STEP));
-            return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        Ok(Some(src.split_to(len)))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ChannelError> {
