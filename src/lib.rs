@@ -133,6 +133,7 @@ pub mod queue;
 mod runtime;
 mod sentinel;
 mod shm;
+pub mod supervisor;
 pub mod sync;
 mod sys;
 mod target;
@@ -157,6 +158,9 @@ pub use runtime::bootstrap::__control_fd;
 pub use runtime::forkserver::client::{__fork_server_pid, __set_fork_server_faults};
 pub use runtime::forkserver::{StartMethod, get_start_method, set_start_method};
 pub use sentinel::{Sentinel, Waitable, wait};
+pub use supervisor::{
+    Supervisor, SupervisorBuilder, SupervisorError, heartbeat, notify_ready, shutdown_requested,
+};
 pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
     SemaphorePermit,

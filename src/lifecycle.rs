@@ -7,6 +7,10 @@ use std::time::Duration;
 use crate::runtime::{forkserver, registry, watch};
 use crate::sys::Signal;
 
+/// How long the exit rule waits for supervisors that are shutting down in
+/// the background to finish, before it stops their children itself.
+const SUPERVISORS_GRACE: Duration = Duration::from_secs(10);
+
 /// How long the exit rule waits for starts already under way to register
 /// their children.
 const STARTS_GRACE: Duration = Duration::from_secs(1);
@@ -17,6 +21,8 @@ const STARTS_GRACE: Duration = Duration::from_secs(1);
 /// No child starts once it has begun; children whose start was under way
 /// (a pool replacing a worker, say) are waited for and handled too.
 pub(crate) fn exit_rule() {
+    // Supervisors stop their children first, in their own order.
+    crate::supervisor::stop_all_blocking(SUPERVISORS_GRACE);
     let mut handled = HashSet::new();
     loop {
         registry::begin_exit(STARTS_GRACE);

@@ -31,7 +31,7 @@ use crate::wire::message::TargetRef;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 #[must_use]
 pub struct PoolBuilder {
     processes: usize,
@@ -145,6 +145,7 @@ impl PoolBuilder {
             cancelled: Notify::new(),
             hungry: AtomicUsize::new(0),
             runtime_gone: std::sync::atomic::AtomicBool::new(false),
+            gave_up: std::sync::Mutex::new(None),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);

@@ -117,6 +117,11 @@ pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result
     guard.finished = true;
     let last = shared.live_slots.fetch_sub(1, Ordering::AcqRel) == 1;
     if let (true, Some(why)) = (last, failure) {
+        shared
+            .gave_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| why.clone());
         shared.state.send_replace(State::Terminated);
         let drained: Vec<Job> = shared.lock_queue().drain(..).collect();
         for job in drained {
@@ -144,6 +149,11 @@ impl Drop for SlotGuard<'_> {
         if !shared.runtime_gone.swap(true, Ordering::AcqRel) {
             tracing::warn!("the runtime that ran a pool shut down; the pool is terminated");
         }
+        shared
+            .gave_up
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| TaskError::RuntimeShutdown.to_string());
         shared.state.send_replace(State::Terminated);
         let drained: Vec<Job> = shared.lock_queue().drain(..).collect();
         for job in drained {

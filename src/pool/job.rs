@@ -202,6 +202,9 @@ pub(super) struct Shared {
     /// The runtime that ran the slots shut down: they are gone, and their
     /// workers killed and reaped.
     pub(super) runtime_gone: std::sync::atomic::AtomicBool,
+    /// Why the pool ended by itself: its last worker could not be
+    /// replaced, or its runtime shut down.
+    pub(super) gave_up: Mutex<Option<String>>,
 }
 
 impl Shared {

@@ -568,6 +568,24 @@ impl Pool {
         let _ = self.join().await;
     }
 
+    /// Waits until the pool has ended: `Some(why)` when it ended by itself
+    /// (its last worker could not be replaced, or its runtime shut down),
+    /// `None` when it was terminated or closed and joined.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub(crate) async fn ended(&self) -> Option<String> {
+        let mut state = self.shared().state.subscribe();
+        let _ = state.wait_for(|s| *s == State::Terminated).await;
+        // A closed pool ends when its slots do.
+        self.shared()
+            .gave_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// How many workers there are, how many are busy, and how many tasks
     /// are queued, done, failed and restarted.
     pub fn stats(&self) -> PoolStats {

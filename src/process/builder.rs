@@ -10,9 +10,10 @@ use super::{Process, ProcessError, Spec};
 use crate::runtime::forkserver::StartMethod;
 use crate::runtime::identity::{current, next_identity};
 use crate::runtime::watch::ChildState;
+use crate::sys::OwnedHandle;
 use crate::target::{Target, encode_value};
 use crate::wire::frame::DEFAULT_MAX_FRAME;
-use crate::wire::message::Identity;
+use crate::wire::message::{Identity, TargetRef};
 
 /// Configures a [`Process`] before it is built or started.
 ///
@@ -31,6 +32,7 @@ pub struct ProcessBuilder {
     detached: bool,
     max_frame: Option<usize>,
     start_method: Option<StartMethod>,
+    supervised: bool,
 }
 
 impl ProcessBuilder {
@@ -69,12 +71,30 @@ impl ProcessBuilder {
         self
     }
 
+    /// A child of a `Supervisor`: it leads a process group of its own, and
+    /// its readiness and heartbeats reach [`Process::notes`].
+    pub(crate) fn supervised(mut self, supervised: bool) -> Self {
+        self.supervised = supervised;
+        self
+    }
+
     /// Builds the process without starting it.
     pub fn build<A, R, M, F>(self, target: F, args: A) -> Process<R>
     where
         F: Target<A, R, M>,
         A: Serialize,
     {
+        let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
+        self.build_encoded(target.__target_ref().0, args, fds)
+    }
+
+    /// Builds a process from a target and arguments encoded already.
+    pub(crate) fn build_encoded<R>(
+        self,
+        target: TargetRef,
+        args: Result<Vec<u8>, String>,
+        fds: Vec<OwnedHandle>,
+    ) -> Process<R> {
         let (default_name, path) = next_identity();
         let cur = current();
         let identity = Identity {
@@ -84,17 +104,11 @@ impl ProcessBuilder {
             daemon: self.daemon,
             detached: self.detached,
             parent_pid: std::process::id(),
+            supervised: self.supervised,
         };
         Process {
             state: ChildState::new(self.daemon, self.detached),
-            spec: Mutex::new(Some({
-                let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
-                Spec {
-                    target: target.__target_ref().0,
-                    args,
-                    fds,
-                }
-            })),
+            spec: Mutex::new(Some(Spec { target, args, fds })),
             authkey: cur.authkey.clone(),
             identity,
             max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),

@@ -49,14 +49,14 @@ use crate::runtime::forkserver::{StartMethod, get_start_method};
 use crate::runtime::identity::{current, init_called, nonce};
 use crate::runtime::registry::StartPermit;
 use crate::runtime::spawn::{self, Started};
-use crate::runtime::watch::{self, ChildState, Report};
+use crate::runtime::watch::{self, ChildState, Note, Report};
 use crate::sentinel::Sentinel;
 use crate::sys::{self, Signal};
 use crate::target::{Target, decode_value, fingerprint};
 use crate::wire::ChannelError;
 use crate::wire::frame::encode_message;
 use crate::wire::message::{
-    Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
+    Group, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
 
 /// What a process will run, kept until `start` sends it.
@@ -179,7 +179,7 @@ impl<R: DeserializeOwned> Process<R> {
             child,
             ours,
             forked,
-        } = spawn::start(method, nonce, self.identity.detached)
+        } = spawn::start(method, nonce, self.group())
             .await
             .map_err(ProcessError::Spawn)?;
         tracing::debug!(pid = child.pid(), name = %self.identity.name, forked, "started child");
@@ -307,6 +307,23 @@ impl<R> Process<R> {
         self.state.try_reap().map(sys::python_exitcode)
     }
 
+    /// The process group (or session) the child starts in.
+    fn group(&self) -> Group {
+        if self.identity.detached {
+            Group::Session
+        } else if self.identity.supervised {
+            Group::Own
+        } else {
+            Group::Inherit
+        }
+    }
+
+    /// What a supervised child notifies from now on (readiness,
+    /// heartbeats).
+    pub(crate) fn notes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Note> {
+        self.state.subscribe_notes()
+    }
+
     /// A future that resolves when the process has ended.
     pub fn sentinel(&self) -> Sentinel {
         Sentinel::new(self.state.exit.clone())
@@ -328,6 +345,23 @@ impl<R> Process<R> {
     /// [`ProcessError::NotStarted`] before [`start`](Process::start).
     pub fn kill(&self) -> std::result::Result<(), ProcessError> {
         self.send(Signal::Kill)
+    }
+
+    /// Blocks the thread until the process has ended, for at most
+    /// `timeout`; says whether it has (it is then reaped).
+    pub(crate) fn wait_blocking(&self, timeout: Duration) -> bool {
+        self.state.started() && self.state.wait_exited_blocking(timeout)
+    }
+
+    /// Builds a process from arguments encoded already (a supervised
+    /// child, started again and again from one spec).
+    pub(crate) fn from_encoded(
+        builder: ProcessBuilder,
+        target: TargetRef,
+        args: std::result::Result<Vec<u8>, String>,
+        fds: Vec<sys::OwnedHandle>,
+    ) -> Process<R> {
+        builder.build_encoded(target, args, fds)
     }
 
     /// Kills the process and reaps it, blocking the thread for at most

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use super::exec::{CHILD_ENV, parse_marker};
 use super::forkserver::server;
 use super::identity::{Current, set_current};
+use super::watch::Note;
 use crate::sys::{self, OwnedHandle};
 use crate::target::{Resolved, fingerprint, resolve};
 use crate::transport::blocking::{BlockingChannel, FrameReader};
@@ -174,6 +175,11 @@ fn run_target(
     }
     CONTROL_FD.store(ch.number(), std::sync::atomic::Ordering::Relaxed);
     crate::target::panic::install_hook();
+    // From here on every frame to the parent goes through one lock: the
+    // notes of a supervised child may come from any thread while the
+    // target runs, and frames must never interleave.
+    let ch = CHANNEL.get_or_init(|| Mutex::new(ch));
+    SUPERVISED.store(identity.supervised, std::sync::atomic::Ordering::Relaxed);
 
     // SAFETY: the handshake above proved that the parent runs this very
     // build (magic, protocol version and build fingerprint match, and the
@@ -206,6 +212,7 @@ fn run_target(
         _ => 1,
     };
     let msg = ChildMsg::Outcome { id, outcome };
+    let ch = ch.lock().unwrap_or_else(PoisonError::into_inner);
     if let Err(ChannelError::Oversized { len, max }) = ch.send(&msg) {
         drop(msg);
         let outcome = Outcome::EncodeResult(format!(
@@ -214,11 +221,38 @@ fn run_target(
         let _ = ch.send(&ChildMsg::Outcome { id, outcome });
         code = 1;
     }
+    drop(ch);
     // Python's exit rule, inside the child too.
     if let Some(exit_rule) = EXIT_RULE.get() {
         exit_rule();
     }
     code
+}
+
+/// The control channel of this child, once its target runs.
+static CHANNEL: OnceLock<Mutex<BlockingChannel>> = OnceLock::new();
+
+/// Whether this child was started by a `Supervisor`.
+static SUPERVISED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells this child's supervisor `note` (readiness, a heartbeat). Returns
+/// whether it went: false in a process that is not a supervised child, or
+/// when the parent is gone.
+pub(crate) fn notify(note: Note) -> bool {
+    if !SUPERVISED.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    let Some(ch) = CHANNEL.get() else {
+        return false;
+    };
+    let msg = match note {
+        Note::Ready => ChildMsg::Ready,
+        Note::Heartbeat => ChildMsg::Heartbeat,
+    };
+    ch.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send(&msg)
+        .is_ok()
 }
 
 /// Exits this process as soon as the parent's end of the control channel

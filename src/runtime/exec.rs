@@ -5,6 +5,16 @@ use std::ffi::CString;
 use std::io;
 
 use crate::sys::{self, OwnedHandle};
+use crate::wire::message::Group;
+
+/// The OS's name for a group placement.
+pub(crate) fn sys_group(group: Group) -> sys::Group {
+    match group {
+        Group::Inherit => sys::Group::Inherit,
+        Group::Own => sys::Group::Own,
+        Group::Session => sys::Group::Session,
+    }
+}
 
 /// Set by the parent in a child's environment: `FD:NONCE`, the number of
 /// the inherited control socket and a random value the handshake repeats.
@@ -28,9 +38,9 @@ pub(crate) fn parse_marker(value: &str) -> Option<(i32, u64)> {
 pub(crate) fn reexec(
     control: &OwnedHandle,
     env: &[CString],
-    detached: bool,
+    group: Group,
 ) -> io::Result<sys::Child> {
-    sys::Child::spawn(control, &sys::own_argv(), env, detached)
+    sys::Child::spawn(control, &sys::own_argv(), env, sys_group(group))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::exec;
 use super::forkserver::StartMethod;
 use super::forkserver::client::{self, Forked};
 use crate::sys::{self, OwnedHandle};
+use crate::wire::message::Group;
 
 /// A child just started, waiting for its handshake on `ours`.
 pub(crate) struct Started {
@@ -21,19 +22,26 @@ pub(crate) struct Started {
 /// by re-executing. A fork server lost with the request leaves its
 /// socketpair spent: the child is re-executed on a new one, so that no
 /// other process shares its channel.
-pub(crate) async fn start(method: StartMethod, nonce: u64, detached: bool) -> io::Result<Started> {
+pub(crate) async fn start(method: StartMethod, nonce: u64, group: Group) -> io::Result<Started> {
     let (ours, theirs) = sys::socketpair()?;
     let forked = match method {
-        StartMethod::ForkServer => client::fork(&ours, theirs, nonce, detached).await,
+        StartMethod::ForkServer => client::fork(&ours, theirs, nonce, group).await,
         StartMethod::Spawn => Forked::Declined(theirs),
     };
-    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce), detached);
+    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce), group);
     match forked {
-        Forked::Child(child) => Ok(Started {
-            child,
-            ours,
-            forked: true,
-        }),
+        Forked::Child(child) => {
+            if group == Group::Own {
+                // The child makes itself the leader too; whichever runs
+                // first, the group exists when `start` returns.
+                sys::lead_own_group(child.pid());
+            }
+            Ok(Started {
+                child,
+                ours,
+                forked: true,
+            })
+        }
         Forked::Declined(theirs) => Ok(Started {
             child: reexec(&theirs)?,
             ours,

@@ -27,6 +27,15 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// The request id of a `Process`'s one `Run`.
 pub(crate) const RUN_ID: u64 = 1;
 
+/// What a supervised child tells its supervisor while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// It is ready (`notify_ready`).
+    Ready,
+    /// It is alive (`heartbeat`).
+    Heartbeat,
+}
+
 /// What the child reported, as far as the parent knows.
 #[derive(Debug)]
 pub(crate) enum Report {
@@ -61,6 +70,8 @@ pub(crate) struct ChildState {
     rewatching: AtomicBool,
     max_frame: OnceLock<usize>,
     report: Mutex<Report>,
+    /// Where readiness and heartbeats of a supervised child go.
+    notes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Note>>>,
     /// A second descriptor of our end of the control socket, for draining
     /// at program exit when no runtime is left to run the watcher.
     drain: Mutex<Option<OwnedHandle>>,
@@ -86,7 +97,17 @@ impl ChildState {
             max_frame: OnceLock::new(),
             report: Mutex::new(Report::Pending),
             drain: Mutex::new(None),
+            notes: Mutex::new(None),
         })
+    }
+
+    /// From now on, what a supervised child notifies (readiness,
+    /// heartbeats) goes to the returned receiver; unsubscribed, it is
+    /// dropped.
+    pub(crate) fn subscribe_notes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Note> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.notes) = Some(tx);
+        rx
     }
 
     /// The pid, once started.
@@ -152,14 +173,37 @@ impl ChildState {
         self.try_reap();
     }
 
+    /// Blocks the thread until the child has exited, for at most
+    /// `timeout`, and reaps it if it has; says whether it has.
+    pub(crate) fn wait_exited_blocking(&self, timeout: Duration) -> bool {
+        if self.exit.get().is_none()
+            && let Some(child) = self.child.get()
+        {
+            child.wait_exited_timeout_blocking(timeout);
+        }
+        self.try_reap().is_some()
+    }
+
     /// Takes the child's report, leaving `Taken`.
     pub(crate) fn take_report(&self) -> Report {
         std::mem::replace(&mut *lock(&self.report), Report::Taken)
     }
 
     fn on_frame(&self, body: &[u8]) {
+        let msg = decode_message::<ChildMsg>(body);
+        let note = match &msg {
+            Ok(ChildMsg::Ready) => Some(Note::Ready),
+            Ok(ChildMsg::Heartbeat) => Some(Note::Heartbeat),
+            _ => None,
+        };
+        if let Some(note) = note {
+            if let Some(tx) = lock(&self.notes).as_ref() {
+                let _ = tx.send(note);
+            }
+            return;
+        }
         let mut report = lock(&self.report);
-        match decode_message::<ChildMsg>(body) {
+        match msg {
             Ok(ChildMsg::Outcome {
                 id: RUN_ID,
                 outcome,
@@ -182,7 +226,11 @@ impl ChildState {
             // anything else (see `forkserver::fork`).
             Ok(ChildMsg::Forked { pid, .. }) if Some(pid) == self.pid() => {}
             Ok(
-                other @ (ChildMsg::Serving | ChildMsg::Forked { .. } | ChildMsg::ForkFailed { .. }),
+                other @ (ChildMsg::Serving
+                | ChildMsg::Forked { .. }
+                | ChildMsg::ForkFailed { .. }
+                | ChildMsg::Ready
+                | ChildMsg::Heartbeat),
             ) => {
                 let e =
                     ChannelError::Malformed(format!("unexpected message from a child: {other:?}"));

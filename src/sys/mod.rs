@@ -13,9 +13,11 @@
 //! | the control socket | a connected pair, the child's inherited end, the parent's death | [`socketpair`], [`CHILD_FD`], [`claim_control_socket`], [`wait_peer_closed`], [`stream`] |
 //! | shared mappings | an anonymous shared file, mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
-//! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`], [`new_session`] |
+//! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
+//! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`signal_group`], [`group_exists`] |
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
+//! | readiness of programs | an `sd_notify` socket, and the group of a sender | [`notify`] |
 //! | descriptors in messages | `SCM_RIGHTS` (for the transport floor) | [`scm`] |
 
 #[cfg(unix)]
@@ -47,10 +49,19 @@ pub(crate) use imp::shm;
 pub(crate) use imp::futex;
 
 // Fork.
-pub(crate) use imp::{fork_sibling, libc_allows_raw_fork, new_session, thread_count};
+pub(crate) use imp::{
+    Group, enter_group, fork_sibling, group_exists, lead_own_group, libc_allows_raw_fork,
+    signal_group, thread_count,
+};
+
+// The service manager's end of sd_notify, for supervised programs.
+pub(crate) use imp::notify;
 
 // Signals.
-pub(crate) use imp::{exit_immediately, set_interrupt_ignored};
+pub(crate) use imp::{TerminateSignal, exit_immediately, set_interrupt_ignored};
+
+// Files.
+pub(crate) use imp::create_private_dir;
 
 // Processes by id.
 pub(crate) use imp::proc;

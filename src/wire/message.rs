@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever a message's layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The `magic` field of every `Hello`: a child that reads anything else
 /// was not started by this library.
@@ -49,6 +49,18 @@ pub(crate) struct TargetRef {
     pub(crate) offset: i64,
 }
 
+/// Which process group (and session) a new child starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Group {
+    /// Its parent's.
+    Inherit,
+    /// A group of its own, led by itself (a supervised child: its whole
+    /// group is signalled together).
+    Own,
+    /// A session of its own, and so a group (a detached child).
+    Session,
+}
+
 /// Who the child is, as the parent decided at `Process::new`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Identity {
@@ -59,6 +71,8 @@ pub(crate) struct Identity {
     pub(crate) daemon: bool,
     pub(crate) detached: bool,
     pub(crate) parent_pid: u32,
+    /// Started by a `Supervisor`: readiness and heartbeats go to it.
+    pub(crate) supervised: bool,
 }
 
 /// Parent-to-child messages after the `Hello`.
@@ -78,7 +92,7 @@ pub(crate) enum ParentMsg {
     Serve,
     /// Fork a child that will read its orders from the control socket
     /// that travels with this frame (one descriptor, by `SCM_RIGHTS`).
-    Fork { id: u64, nonce: u64, detached: bool },
+    Fork { id: u64, nonce: u64, group: Group },
 }
 
 /// How a target ended in the child.
@@ -107,6 +121,10 @@ pub(crate) enum ChildMsg {
     Forked { id: u64, pid: u32 },
     /// The fork server could not fork request `id`.
     ForkFailed { id: u64, error: String },
+    /// A supervised child is ready (`notify_ready`).
+    Ready,
+    /// A supervised child is alive (`heartbeat`).
+    Heartbeat,
 }
 
 /// Where a panic happened, as reported by the child that panicked.

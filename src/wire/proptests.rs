@@ -8,7 +8,9 @@ use serde_bytes::ByteBuf;
 use tokio_util::codec::Decoder;
 
 use crate::wire::frame::{FrameCodec, RESERVE_STEP, decode_message, encode_message};
-use crate::wire::message::{ChildMsg, Hello, Identity, Outcome, ParentMsg, TargetKind, TargetRef};
+use crate::wire::message::{
+    ChildMsg, Group, Hello, Identity, Outcome, ParentMsg, TargetKind, TargetRef,
+};
 use crate::wire::{ChannelError, PanicInfo};
 
 fn bytes() -> impl Strategy<Value = ByteBuf> {
@@ -34,15 +36,17 @@ fn identity() -> impl Strategy<Value = Identity> {
         any::<bool>(),
         any::<bool>(),
         any::<u32>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(name, path, authkey, daemon, detached, parent_pid)| Identity {
+            |(name, path, authkey, daemon, detached, parent_pid, supervised)| Identity {
                 name,
                 path,
                 authkey,
                 daemon,
                 detached,
                 parent_pid,
+                supervised,
             },
         )
 }
@@ -69,13 +73,12 @@ fn parent_msg() -> impl Strategy<Value = ParentMsg> {
             }
         ),
         Just(ParentMsg::Serve),
-        (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, nonce, detached)| {
-            ParentMsg::Fork {
-                id,
-                nonce,
-                detached,
-            }
-        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![Just(Group::Inherit), Just(Group::Own), Just(Group::Session)]
+        )
+            .prop_map(|(id, nonce, group)| ParentMsg::Fork { id, nonce, group }),
     ]
 }
 
@@ -85,6 +88,8 @@ fn child_msg() -> impl Strategy<Value = ChildMsg> {
         ".{0,40}".prop_map(|reason| ChildMsg::Refused { reason }),
         Just(ChildMsg::Serving),
         (any::<u64>(), any::<u32>()).prop_map(|(id, pid)| ChildMsg::Forked { id, pid }),
+        Just(ChildMsg::Ready),
+        Just(ChildMsg::Heartbeat),
         (any::<u64>(), ".{0,40}").prop_map(|(id, error)| ChildMsg::ForkFailed { id, error }),
     ]
 }

@@ -15,7 +15,7 @@ use crate::sys::{self, OwnedHandle, Signal};
 use crate::transport::socket::AsyncSocket;
 use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, FrameCodec, decode_message, encode_message};
-use crate::wire::message::{ChildMsg, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
+use crate::wire::message::{ChildMsg, Group, Hello, MAGIC, PROTOCOL_VERSION, ParentMsg};
 
 /// How long the parent waits for the server to answer one fork request.
 /// A server that does not answer in time (stopped, hung) is killed.
@@ -106,7 +106,7 @@ pub(crate) async fn fork(
     ours: &OwnedHandle,
     theirs: OwnedHandle,
     nonce: u64,
-    detached: bool,
+    group: Group,
 ) -> Forked {
     reap_strays();
     let mut client = CLIENT.lock().await;
@@ -132,7 +132,7 @@ pub(crate) async fn fork(
     };
     let id = server.next_id;
     server.next_id += 1;
-    match server.fork(id, &theirs, nonce, detached).await {
+    match server.fork(id, &theirs, nonce, group).await {
         Ok(pid) => {
             client.barren = 0;
             client.retry_at = None;
@@ -208,7 +208,7 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = exec::reexec(&theirs, &env, false).map_err(io)?;
+    let child = exec::reexec(&theirs, &env, Group::Inherit).map_err(io)?;
     drop(theirs);
     let sock = AsyncSocket::new(ours).map_err(io)?;
     let mut server = Server {
@@ -286,15 +286,11 @@ impl Server {
         id: u64,
         control: &OwnedHandle,
         nonce: u64,
-        detached: bool,
+        group: Group,
     ) -> Result<u32, ChannelError> {
         let mut frame = BytesMut::new();
         encode_message(
-            &ParentMsg::Fork {
-                id,
-                nonce,
-                detached,
-            },
+            &ParentMsg::Fork { id, nonce, group },
             &mut frame,
             DEFAULT_MAX_FRAME,
         )?;

@@ -47,12 +47,8 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                 return 1;
             }
         };
-        let (id, nonce, detached) = match decode_message::<ParentMsg>(&body) {
-            Ok(ParentMsg::Fork {
-                id,
-                nonce,
-                detached,
-            }) => (id, nonce, detached),
+        let (id, nonce, group) = match decode_message::<ParentMsg>(&body) {
+            Ok(ParentMsg::Fork { id, nonce, group }) => (id, nonce, group),
             Ok(_) | Err(_) => {
                 eprintln!("tokio-multiprocessing: fork server: unexpected message");
                 return 1;
@@ -84,9 +80,7 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                     // The parent is gone already.
                     std::process::exit(REFUSED_EXIT);
                 }
-                if detached {
-                    sys::new_session();
-                }
+                sys::enter_group(crate::runtime::exec::sys_group(group));
                 std::process::exit(child_main(control, nonce));
             }
             Ok(Some(pid)) => {

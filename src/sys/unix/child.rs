@@ -31,13 +31,13 @@ pub(crate) struct Child {
 impl Child {
     /// Starts `/proc/self/exe` with our own `argv`, the environment `env`,
     /// and `control` installed as descriptor [`CHILD_FD`] (the only
-    /// descriptor it inherits besides stdio). A detached child gets a
-    /// session of its own, so a terminal's Ctrl-C does not reach it.
+    /// descriptor it inherits besides stdio), in the process group (or
+    /// session) `group` says.
     pub(crate) fn spawn(
         control: &super::OwnedHandle,
         argv: &[CString],
         env: &[CString],
-        detached: bool,
+        group: super::Group,
     ) -> io::Result<Child> {
         // dup2 onto the same number would keep close-on-exec set, so move
         // the descriptor out of the way first if it happens to be CHILD_FD.
@@ -57,10 +57,17 @@ impl Child {
         // standard library's Command does; the child's runtime sets its own.
         let mut flags =
             PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF;
-        if detached {
-            flags |= PosixSpawnFlags::from_bits_retain(libc::c_int::from(libc::POSIX_SPAWN_SETSID));
+        match group {
+            super::Group::Inherit => {}
+            super::Group::Own => flags |= PosixSpawnFlags::POSIX_SPAWN_SETPGROUP,
+            super::Group::Session => {
+                flags |=
+                    PosixSpawnFlags::from_bits_retain(libc::c_int::from(libc::POSIX_SPAWN_SETSID));
+            }
         }
         attr.set_flags(flags)?;
+        // With POSIX_SPAWN_SETPGROUP, group 0: a new one, led by the child.
+        attr.set_pgroup(nix::unistd::Pid::from_raw(0))?;
         attr.set_sigmask(&SigSet::empty())?;
         let mut default = SigSet::empty();
         default.add(Signal::SIGPIPE);

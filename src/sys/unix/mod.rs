@@ -7,6 +7,7 @@
 mod child;
 mod fork;
 pub(crate) mod futex;
+pub(crate) mod notify;
 mod pidfd;
 pub(crate) mod proc;
 pub(crate) mod scm;
@@ -66,9 +67,97 @@ pub(crate) fn signal_name(signal: i32) -> String {
     }
 }
 
-/// Starts a session of this process's own (a detached child, forked).
-pub(crate) fn new_session() {
-    let _ = nix::unistd::setsid();
+/// Creates directory `dir` (and its parents), readable by this user only.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+}
+
+/// `SIGTERM`, listened for: once listening, the signal no longer ends the
+/// process by itself.
+#[derive(Debug)]
+pub(crate) struct TerminateSignal(tokio::signal::unix::Signal);
+
+impl TerminateSignal {
+    /// Starts listening. Must be called within a Tokio runtime.
+    pub(crate) fn listen() -> io::Result<TerminateSignal> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map(TerminateSignal)
+    }
+
+    /// Resolves at the next `SIGTERM`.
+    pub(crate) async fn recv(&mut self) {
+        if self.0.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Which process group (and session) a child starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// Its parent's.
+    Inherit,
+    /// A new group, led by the child: signals to the group reach every
+    /// process the child starts (unless one leaves it).
+    Own,
+    /// A new session, and so a new group, without a controlling terminal:
+    /// a terminal's Ctrl-C does not reach it.
+    Session,
+}
+
+/// Puts this process, just forked, in the group (or session) `group` says.
+pub(crate) fn enter_group(group: Group) {
+    match group {
+        Group::Inherit => {}
+        Group::Own => {
+            let _ =
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+        }
+        Group::Session => {
+            let _ = nix::unistd::setsid();
+        }
+    }
+}
+
+/// Makes child `pid` the leader of a group of its own, from the parent's
+/// side: called by the parent too, so that the group exists before the
+/// parent signals it, whichever of the two runs first. An error (the child
+/// did it already and then ran `exec`) is fine.
+pub(crate) fn lead_own_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::unistd::setpgid(pid, pid);
+    }
+}
+
+/// Sends signal number `signo` to every process of group `pgid`; a group
+/// that is gone already is fine.
+pub(crate) fn signal_group(pgid: u32, signo: i32) -> io::Result<()> {
+    let pgid = i32::try_from(pgid).map_err(io::Error::other)?;
+    let sig = nix::sys::signal::Signal::try_from(signo)?;
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether any process is left in group `pgid`.
+pub(crate) fn group_exists(pgid: u32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
+}
+
+impl Signal {
+    /// The signal's number.
+    pub(crate) fn number(self) -> i32 {
+        self.to_nix() as i32
+    }
 }
 
 /// The descriptor number the control socket has in a freshly started child.
