@@ -396,7 +396,10 @@ fn start_program(
     ));
     let _ = std::fs::remove_file(&socket_path);
     let socket = sys::notify::NotifySocket::bind(&socket_path).map_err(spawn_failed)?;
-    command.process_group(0).kill_on_drop(false);
+    // Its own group, and killed if this program dies (this task runs on a
+    // worker thread of the runtime, which lives as long as the runtime).
+    sys::own_group_tied_to_us(command);
+    command.kill_on_drop(false);
     command.env("NOTIFY_SOCKET", socket.path());
     match watchdog {
         Some(d) => {

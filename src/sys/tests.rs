@@ -178,3 +178,40 @@ fn this_program_has_an_identity_and_a_command_line() {
     );
     assert!(thread_count() >= 1);
 }
+
+#[test]
+fn a_tied_program_leads_its_group_and_dies_with_the_thread_that_started_it() {
+    // Started from a thread of its own, which then ends: the program is
+    // killed as if this process had died.
+    let pid = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut command = tokio::process::Command::new("sleep");
+            command.arg("30").kill_on_drop(false);
+            own_group_tied_to_us(&mut command);
+            let child = command.spawn().unwrap();
+            let pid = child.id().unwrap();
+            assert!(group_exists(pid), "it leads a group of its own");
+            pid
+        })
+    })
+    .join()
+    .unwrap();
+    let child = Child::adopt(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_reap().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.signal(Signal::Kill).unwrap();
+            panic!("the program outlived the thread that started it");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(python_exitcode(status), -9, "killed by SIGKILL");
+    assert!(!group_exists(pid), "its group went with it");
+}

@@ -134,6 +134,33 @@ pub(crate) fn lead_own_group(pid: u32) {
     }
 }
 
+/// Makes `command` start its program as the leader of a process group of
+/// its own and, on Linux, tied to this process: the kernel sends it
+/// `SIGKILL` when this process dies, even by `SIGKILL` (the parent-death
+/// signal). The signal follows the thread that starts the program, so
+/// start it from a thread that lives as long as the program should (a
+/// runtime's worker, not a blocking-pool thread).
+pub(crate) fn own_group_tied_to_us(command: &mut tokio::process::Command) {
+    command.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = nix::unistd::getpid();
+        // SAFETY: the closure runs in the child between fork and exec. It
+        // makes two system calls, both async-signal-safe, allocates
+        // nothing, and touches no lock or state of the parent's.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // The parent died before the signal was asked for.
+                if nix::unistd::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 /// Sends signal number `signo` to every process of group `pgid`; a group
 /// that is gone already is fine.
 pub(crate) fn signal_group(pgid: u32, signo: i32) -> io::Result<()> {
