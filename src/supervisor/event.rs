@@ -106,6 +106,74 @@ pub enum Event {
     Lagged(u64),
 }
 
+/// One line for a log: `"root/db: started, pid 4242 (start 2)"`.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Started {
+                child,
+                pid,
+                generation,
+            } => write!(f, "{child}: started, pid {pid} (start {generation})"),
+            Event::Ready { child, pid } => write!(f, "{child}: ready, pid {pid}"),
+            Event::Exited {
+                child,
+                pid,
+                exit,
+                uptime,
+            } => write!(f, "{child}: pid {pid} {exit} after {uptime:.1?}"),
+            Event::RestartScheduled {
+                child,
+                delay,
+                restarts_in_period,
+            } if delay.is_zero() => write!(
+                f,
+                "{child}: restarts at once (restart {restarts_in_period} in the period)"
+            ),
+            Event::RestartScheduled {
+                child,
+                delay,
+                restarts_in_period,
+            } => write!(
+                f,
+                "{child}: restarts in {delay:.1?} (restart {restarts_in_period} in the period)"
+            ),
+            Event::Stopping { child, pid } => write!(f, "{child}: stopping pid {pid}"),
+            Event::Killed { child, pid } => {
+                write!(
+                    f,
+                    "{child}: pid {pid} outlived its shutdown timeout; killed"
+                )
+            }
+            Event::WatchdogTimeout { child, pid } => {
+                write!(f, "{child}: pid {pid} missed its heartbeat; killed")
+            }
+            Event::IntensityExceeded {
+                supervisor,
+                child,
+                restarts,
+            } => write!(
+                f,
+                "{supervisor}: {restarts} restarts in the period (the last for {child}), \
+                 past its intensity; every child is stopped"
+            ),
+            Event::Log {
+                child,
+                pid,
+                stream,
+                line,
+            } => {
+                let stream = match stream {
+                    OutputStream::Stdout => "stdout",
+                    OutputStream::Stderr => "stderr",
+                };
+                write!(f, "{child}[{pid}] {stream}: {line}")
+            }
+            Event::Lagged(n) => write!(f, "(this reader missed {n} events)"),
+        }
+    }
+}
+
 /// How an incarnation of a child ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -202,8 +270,10 @@ pub enum ChildStatus {
 /// by more than the buffer (1,024 events) gets one [`Event::Lagged`] with
 /// the number it missed, then the events that follow.
 ///
-/// The stream ends once the supervisor has stopped and every event before
-/// that was read.
+/// The stream ends once the supervisor is gone (its last handle dropped
+/// and its task ended) and every event before that was read; a
+/// supervisor that stopped may be started again, so it does not end
+/// then.
 ///
 /// # Cancel safety
 ///

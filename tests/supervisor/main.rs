@@ -17,6 +17,7 @@ mod lifecycle;
 mod nested;
 mod pools;
 mod programs;
+mod service_tree;
 mod strategies;
 mod watchdog;
 
@@ -41,6 +42,7 @@ fn main() {
             common::module("watchdog", watchdog::cases()),
             common::module("pools", pools::cases()),
             common::module("nested", nested::cases()),
+            common::module("service_tree", service_tree::cases()),
         ],
     )
 }
