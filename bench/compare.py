@@ -37,7 +37,14 @@ side with the worker's RSS and PSS in KiB and the ratios python/rust (above
 1: this crate's worker is smaller). They stay out of the plot, and procspawn
 is not run for them.
 
-Standard library only.
+The supervisor cases (``sup_restart``, ``sup_start_100``,
+``sup_shutdown_100``) have no multiprocessing counterpart: their other side
+is supervisord (``bench/supervisord_bench.py``, which needs ``pip install
+supervisor``), in a column of its own, with n capped at 10 for
+``sup_restart``. Their notes give the Rust ``spawn`` case and the ratio to
+it, which their goals are stated in.
+
+Standard library only (supervisord for its column).
 """
 
 import argparse
@@ -50,9 +57,24 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS = os.path.join(BENCH_DIR, "results", "latest.jsonl")
 MP_BENCH = os.path.join(BENCH_DIR, "mp_bench.py")
+SD_BENCH = os.path.join(BENCH_DIR, "supervisord_bench.py")
 
 sys.path.insert(0, BENCH_DIR)
 import mp_bench  # noqa: E402  (for the case list and default n only)
+import supervisord_bench  # noqa: E402  (for the case list only)
+
+# The supervisor cases: their other side is supervisord, shown as the
+# pseudo start method "supervisord".
+SUPERVISOR_CASES = list(supervisord_bench.CASES)
+PSEUDO_METHODS = ("supervisord",)
+
+# supervisord restarts a program on its next main-loop turn, about a
+# second after the kill: its side of sup_restart makes this many.
+SUPERVISORD_RESTARTS = 10
+
+# Rust cases a case's figure is judged against (its goal is a ratio to
+# them), shown in its notes as "rust REF X us, case/REF R".
+REFERENCES = {"sup_restart": "spawn", "sup_start_100": "spawn"}
 
 
 # Rust-only floor cases shown in the notes of the case they bound.
@@ -188,8 +210,11 @@ class Runner:
         return f"exit {rc}: {err}" if err else f"exit {rc}"
 
     def python(self, case, method, n):
-        cmd = [sys.executable, MP_BENCH, case, "--reps", str(self.args.reps)]
-        cmd += ["--start-method", method]
+        if case in SUPERVISOR_CASES:
+            cmd = [sys.executable, SD_BENCH, case, "--reps", str(self.args.reps)]
+        else:
+            cmd = [sys.executable, MP_BENCH, case, "--reps", str(self.args.reps)]
+            cmd += ["--start-method", method]
         if n is not None:
             cmd += ["--n", str(n)]
         log(f"python {case} ({method}, n={n if n is not None else 'default'})")
@@ -197,6 +222,8 @@ class Runner:
         for _, obj in lines:
             if is_result(obj, case):
                 return obj
+        if rc == 3 and case in SUPERVISOR_CASES:
+            return "supervisord not installed (pip install supervisor)"
         return f"exit {rc}: {err}" if rc is not None else err
 
 
@@ -209,6 +236,8 @@ def python_n(args, case, method, rust_line):
     n = int(rust_line["n"])
     if case == "spawn" and method != "fork":
         n = min(n, mp_bench.default_n(case, method))
+    if case == "sup_restart":
+        n = min(n, SUPERVISORD_RESTARTS)  # about a second each
     return n
 
 
@@ -443,7 +472,7 @@ def plot(rows, methods, path):
 
 
 def main(argv=None):
-    all_cases = list(mp_bench.CASES)
+    all_cases = list(mp_bench.CASES) + SUPERVISOR_CASES
     parser = argparse.ArgumentParser(
         description="Run the Rust driver and Python multiprocessing side by side."
     )
@@ -472,7 +501,7 @@ def main(argv=None):
     if args.reps < 1:
         parser.error("--reps must be at least 1")
     cases = all_cases if not args.cases else [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in mp_bench.CASES]
+    unknown = [c for c in cases if c not in all_cases]
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(all_cases)}")
     forced = None
@@ -494,7 +523,9 @@ def main(argv=None):
     mem_methods = []
     for case in cases:
         memory = case in MEMORY_CASES
-        if forced:
+        if case in SUPERVISOR_CASES:
+            methods = ["supervisord"]
+        elif forced:
             methods = forced
         elif case == "spawn" or memory:
             methods = list(mp_bench.START_METHODS)
@@ -522,6 +553,16 @@ def main(argv=None):
                 )
             else:
                 row["notes"].append(f"{floor_case} n/a ({floor})")
+        ref_case = REFERENCES.get(case)
+        if ref_case and not args.python_only:
+            ref = runner.rust(ref_case)
+            if isinstance(ref, dict):
+                row["notes"].append(
+                    f"rust {ref_case} {fmt_us(ref['per_op_us'])} us, "
+                    f"{case}/{ref_case} {ratio(row['rust'], ref)}"
+                )
+            else:
+                row["notes"].append(f"{ref_case} n/a ({ref})")
         row["procspawn"] = runner.procspawn(case, row["rust"])
         if isinstance(row["procspawn"], str):
             row["notes"].append(f"procspawn n/a ({row['procspawn']})")
@@ -547,7 +588,7 @@ def main(argv=None):
         for raw in runner.raw:
             f.write(raw + "\n")
 
-    order = [m for m in mp_bench.START_METHODS if m in used_methods]
+    order = [m for m in mp_bench.START_METHODS + PSEUDO_METHODS if m in used_methods]
     mem_order = [m for m in mp_bench.START_METHODS if m in mem_methods]
     with_procspawn = bool(args.procspawn_bin)
     if rows:

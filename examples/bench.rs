@@ -123,6 +123,24 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplyAsync))),
     },
     Case {
+        name: "sup_restart",
+        default_n: 200,
+        about: "SIGKILL a supervised child, until its replacement says it is ready (Event::Ready)",
+        run: Run::Time(|n| Box::pin(sup_restart(n))),
+    },
+    Case {
+        name: "sup_start_100",
+        default_n: 100,
+        about: "start a supervisor of n children, each ready before the next; one op is one child",
+        run: Run::Time(|n| Box::pin(sup_start(n))),
+    },
+    Case {
+        name: "sup_shutdown_100",
+        default_n: 100,
+        about: "shut down a supervisor of n cooperative children, in reverse order; one op is one child",
+        run: Run::Time(|n| Box::pin(sup_shutdown(n))),
+    },
+    Case {
         name: "pool_idle_rss",
         default_n: 100,
         about: "memory of an idle Pool(2) worker after a map of n trivial tasks (VmRSS, Pss; KiB)",
@@ -164,6 +182,70 @@ async fn floor_spawn(n: u64) -> Result<Duration, String> {
             return Err(format!("floor child failed: {status}"));
         }
     }
+    Ok(t0.elapsed())
+}
+
+/// A supervised child that says it is ready, then waits to be stopped and
+/// returns.
+async fn cooperative(_: ()) {
+    mp::notify_ready();
+    mp::shutdown_requested().await;
+}
+
+/// A supervisor of `n` cooperative children, each with a ready timeout,
+/// built but not started, and its events.
+fn supervisor_of(n: u64) -> (mp::Supervisor, mp::supervisor::EventStream) {
+    let mut builder = mp::Supervisor::builder()
+        .name("bench")
+        .intensity(u32::MAX, Duration::from_secs(1));
+    for i in 0..n {
+        builder = builder.child(
+            mp::supervisor::ChildSpec::new(format!("c{i}"), cooperative, ())
+                .ready_timeout(Duration::from_secs(10)),
+        );
+    }
+    let sup = builder.build();
+    let events = sup.events();
+    (sup, events)
+}
+
+async fn sup_restart(n: u64) -> Result<Duration, String> {
+    use futures::StreamExt;
+    let (sup, mut events) = supervisor_of(1);
+    sup.start().await.map_err(err)?;
+    let mut took = Duration::ZERO;
+    for _ in 0..n {
+        let old = sup.which_children()[0].pid.ok_or("no pid")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(old).map_err(err)?);
+        let t0 = Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).map_err(err)?;
+        loop {
+            match events.next().await {
+                Some(mp::supervisor::Event::Ready { pid, .. }) if pid != old => break,
+                Some(_) => {}
+                None => return Err("the event stream ended".to_owned()),
+            }
+        }
+        took += t0.elapsed();
+    }
+    sup.shutdown().await.map_err(err)?;
+    Ok(took)
+}
+
+async fn sup_start(n: u64) -> Result<Duration, String> {
+    let (sup, _events) = supervisor_of(n);
+    let t0 = Instant::now();
+    sup.start().await.map_err(err)?;
+    let took = t0.elapsed();
+    sup.shutdown().await.map_err(err)?;
+    Ok(took)
+}
+
+async fn sup_shutdown(n: u64) -> Result<Duration, String> {
+    let (sup, _events) = supervisor_of(n);
+    sup.start().await.map_err(err)?;
+    let t0 = Instant::now();
+    sup.shutdown().await.map_err(err)?;
     Ok(t0.elapsed())
 }
 

@@ -183,6 +183,18 @@ fn bench_lists_its_cases_and_runs_one() {
         assert_eq!(line["n"], 200);
     }
 
+    // The supervisor cases, small.
+    for case in ["sup_restart", "sup_start_100", "sup_shutdown_100"] {
+        let mut cmd = Command::new(example("bench"));
+        cmd.args([case, "--n", "5", "--reps", "1"]);
+        let out = run_with_watchdog(cmd, LIMIT).expect("bench case");
+        assert!(out.status.success(), "{case}: {}", out.stderr);
+        let line: serde_json::Value =
+            serde_json::from_str(out.stdout.trim()).expect("one JSON line");
+        assert_eq!(line["case"], case);
+        assert_eq!(line["n"], 5);
+    }
+
     let mut cmd = Command::new(example("bench"));
     cmd.arg("no_such_case");
     let out = run_with_watchdog(cmd, LIMIT).expect("bench unknown");

@@ -379,6 +379,14 @@ impl Engine {
                 continue;
             }
             let timer = self.next_timer();
+            if timer.is_some_and(|t| t <= Instant::now()) {
+                // Due already (a restart without backoff): at once, not at
+                // the timer wheel's next millisecond.
+                if let Some(end) = self.on_timers().await {
+                    return end;
+                }
+                continue;
+            }
             let cancelled = async {
                 match &cancel {
                     Some(token) => token.cancelled().await,
