@@ -39,6 +39,8 @@ enum State {
         beat_due: Option<Instant>,
         /// The watchdog fired: the exit is a `WatchdogTimeout`.
         watchdog_fired: bool,
+        /// Its stop signal was sent; the engine waits for its end.
+        stopping: bool,
     },
     Backoff {
         due: Instant,
@@ -58,9 +60,16 @@ impl Entry {
     fn info(&self) -> ChildInfo {
         let (pid, state) = match &self.state {
             State::Stopped => (None, ChildStatus::Stopped),
-            State::Running { inc, ready, .. } => (
+            State::Running {
+                inc,
+                ready,
+                stopping,
+                ..
+            } => (
                 Some(inc.pid),
-                if *ready || self.spec.ready_timeout.is_none() {
+                if *stopping {
+                    ChildStatus::Stopping
+                } else if *ready || self.spec.ready_timeout.is_none() {
                     ChildStatus::Running
                 } else {
                     ChildStatus::Starting
@@ -244,6 +253,7 @@ impl Engine {
             ready: false,
             beat_due: watchdog.map(|d| Instant::now() + d),
             watchdog_fired: false,
+            stopping: false,
         };
         self.publish();
         let Some(limit) = ready_timeout else {
@@ -332,6 +342,10 @@ impl Engine {
     /// exit kind reported (a start that was not ready in time).
     async fn stop_one(&mut self, i: usize, as_exit: Option<ExitKind>) {
         let path = self.path_of(&self.entries[i].spec.name);
+        if let State::Running { stopping, .. } = &mut self.entries[i].state {
+            *stopping = true;
+            self.publish();
+        }
         let entry = &mut self.entries[i];
         match &mut entry.state {
             State::Running { inc, .. } => {

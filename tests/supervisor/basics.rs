@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libtest_mimic::Failed;
-use mp::supervisor::{ChildSpec, Event, EventStream, Supervisor};
+use mp::supervisor::{ChildSpec, ChildStatus, Event, EventStream, ExitKind, Shutdown, Supervisor};
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
@@ -93,18 +93,73 @@ async fn runs_a_pool_and_a_nested_supervisor() -> Result<(), Failed> {
     let pool = sup.pool("pool").ok_or("the pool")?;
     let out = pool.map(double, vec![1, 2, 3]).await?;
     ensure(out == vec![2, 4, 6], "the pool works")?;
-    let e = until(
+    // The nested supervisor's child, on the root's stream, by its path.
+    until(
         &mut events,
-        |e| matches!(e, Event::Started { child, .. } if child.ends_with("/x")),
+        |e| matches!(e, Event::Started { child, .. } if child == "root/sub/x"),
     )
-    .await;
-    eprintln!("{e:?} {:?}", sup.which_children());
+    .await?;
     sup.shutdown().await?;
+    Ok(())
+}
+
+/// Says it is ready with its stop handler in place, then ignores the stop.
+async fn stubborn(_: ()) {
+    let stop = mp::shutdown_requested();
+    tokio::pin!(stop);
+    // Polled once, so that the handler is in place before it is ready.
+    let _ = futures::poll!(&mut stop);
+    mp::notify_ready();
+    stop.await;
+    std::future::pending::<()>().await;
+}
+
+/// While its stop is under way a child is `Stopping`; past its timeout
+/// it is killed (`Killed`, then `Exited` by SIGKILL).
+async fn a_child_being_stopped_is_stopping_then_killed() -> Result<(), Failed> {
+    let sup = Supervisor::builder()
+        .name("root")
+        .child(
+            ChildSpec::new("s", stubborn, ())
+                .ready_timeout(Duration::from_secs(10))
+                .shutdown(Shutdown::Timeout(Duration::from_millis(500))),
+        )
+        .build();
+    let mut events = sup.events();
+    sup.start().await?;
+    let pid = sup.which_children()[0].pid.ok_or("a pid")?;
+    let stopping = tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.shutdown().await }
+    });
+    crate::common::eventually("the child is Stopping", || {
+        sup.which_children()
+            .first()
+            .is_some_and(|c| c.state == ChildStatus::Stopping && c.pid == Some(pid))
+    })
+    .await?;
+    stopping.await??;
+    until(
+        &mut events,
+        |e| matches!(e, Event::Killed { pid: p, .. } if *p == pid),
+    )
+    .await?;
+    let exited = until(&mut events, |e| matches!(e, Event::Exited { .. })).await?;
+    ensure(
+        matches!(exited, Event::Exited { exit: ExitKind::Signal(9), pid: p, .. } if p == pid),
+        format!("{exited:?}"),
+    )?;
+    ensure(!crate::common::is_running(pid), "the child is gone")?;
     Ok(())
 }
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
+        case(
+            "a_child_being_stopped_is_stopping_then_killed",
+            Duration::from_secs(30),
+            a_child_being_stopped_is_stopping_then_killed,
+        ),
         case(
             "restarts_a_killed_target",
             Duration::from_secs(30),
