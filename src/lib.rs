@@ -61,6 +61,14 @@
 //! | `pool.starmap(f, pairs)` | [`pool.starmap(f, pairs).await`](Pool::starmap) (`f` takes 1 to 6 arguments: [`StarTarget`]) |
 //! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`pool.imap(f, xs)`](Pool::imap), [`pool.imap_unordered(f, xs)`](Pool::imap_unordered): a [`Stream`](futures::Stream) ([`Imap`], [`ImapUnordered`]); also from a `Stream` ([`Pool::imap_stream`]) |
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close()`](Pool::close), [`join().await`](Pool::join), [`terminate().await`](Pool::terminate) |
+//! | supervisord's `[program:x]`, `autorestart`, `startsecs`, `stopsignal`, `stopwaitsecs` | [`Supervisor::builder()`](Supervisor::builder)`.child(`[`ChildSpec::command`](supervisor::ChildSpec::command)`("x", cmd).restart(..).ready_timeout(..).stop_signal(..).shutdown(..))`; see [`supervisor`] |
+//!
+//! # Supervision
+//!
+//! A [`Supervisor`] keeps children running by policy, as Erlang/OTP's
+//! `supervisor` does, for OS processes: targets, programs, pools and other
+//! supervisors, with restart strategies, an intensity limit, readiness,
+//! watchdogs and ordered shutdown. See the [`supervisor`] module.
 //!
 //! # Targets
 //!
