@@ -450,6 +450,16 @@ pub(crate) mod kit {
         }
     }
 
+    /// A child that says it is ready after `ms` milliseconds, then runs
+    /// until it is asked to stop.
+    pub(crate) async fn ready_after(ms: u64) {
+        let mut stop = std::pin::pin!(mp::shutdown_requested());
+        let _ = futures::poll!(stop.as_mut());
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        mp::notify_ready();
+        stop.await;
+    }
+
     fn signal(pid: u32, sig: Signal) -> Result<(), Failed> {
         kill(Pid::from_raw(i32::try_from(pid)?), sig)?;
         Ok(())
@@ -511,10 +521,11 @@ pub(crate) mod kit {
         }
     }
 
-    /// The events already there, without waiting for more.
+    /// The events already there, without waiting for more (and without
+    /// the task budget, which would cut a long run short).
     pub(crate) fn drain(events: &mut EventStream) -> Vec<Event> {
         let mut seen = Vec::new();
-        while let Some(Some(e)) = events.next().now_or_never() {
+        while let Some(Some(e)) = tokio::task::unconstrained(events.next()).now_or_never() {
             seen.push(e);
         }
         seen

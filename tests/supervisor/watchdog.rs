@@ -28,16 +28,6 @@ async fn beat(for_ms: Option<u64>) {
     kit::serve(()).await;
 }
 
-/// A child that says it is ready after `ms` milliseconds and never sends
-/// a heartbeat.
-async fn ready_late(ms: u64) {
-    let mut stop = std::pin::pin!(mp::shutdown_requested());
-    let _ = futures::poll!(stop.as_mut());
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    mp::notify_ready();
-    stop.await;
-}
-
 /// A child that sends heartbeats well within its watchdog is left alone:
 /// same process, first generation, no watchdog event.
 async fn heartbeats_keep_a_child_running() -> Result<(), Failed> {
@@ -140,7 +130,7 @@ async fn the_watchdog_starts_from_readiness() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
         .child(
-            ChildSpec::new("a", ready_late, u64::try_from(late.as_millis())?)
+            ChildSpec::new("a", kit::ready_after, u64::try_from(late.as_millis())?)
                 .ready_timeout(READY)
                 .watchdog(watchdog),
         )
