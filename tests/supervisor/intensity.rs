@@ -16,17 +16,6 @@ use crate::strategies::kit::{
     self, READY, barrier, group_members, labels, pid_of, record, served, sigkill,
 };
 
-/// Every pid a `Started` in `events` names.
-fn started_pids(events: &[Event]) -> Vec<u32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Started { pid, .. } => Some(*pid),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The `RestartScheduled` in `events`: (delay, restarts in period).
 fn scheduled(events: &[Event]) -> Vec<(Duration, u32)> {
     events
@@ -111,7 +100,7 @@ async fn exceeding_the_intensity_stops_everything() -> Result<(), Failed> {
         other => return Err(format!("wait() gave {other:?}").into()),
     }
     all.extend(seen);
-    let pids = started_pids(&all);
+    let pids = kit::started_pids(&all);
     ensure(
         pids.len() == 5,
         format!("three starts and two restarts: {pids:?}"),

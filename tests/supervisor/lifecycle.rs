@@ -129,17 +129,6 @@ async fn ready_when(path: PathBuf) {
     stop.await;
 }
 
-/// Every pid a `Started` in `events` names.
-fn started_pids(events: &[Event]) -> Vec<u32> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Started { pid, .. } => Some(*pid),
-            _ => None,
-        })
-        .collect()
-}
-
 const ORDER: &[&str] = &["started", "ready", "exited", "stopping", "killed"];
 
 /// Each child starts only once the one before it said it is ready, and
@@ -225,7 +214,7 @@ async fn a_child_not_ready_in_time_fails_the_start() -> Result<(), Failed> {
         kit::exit_of(&seen, "late") == Some(ExitKind::ReadyTimeout),
         "late's exit is ReadyTimeout",
     )?;
-    for pid in started_pids(&seen) {
+    for pid in kit::started_pids(&seen) {
         ensure(
             !is_running(pid),
             format!("pid {pid} outlived the failed start"),
@@ -269,7 +258,7 @@ async fn a_child_dying_before_ready_fails_the_start() -> Result<(), Failed> {
             ],
         format!("events: {seen:#?}"),
     )?;
-    for pid in started_pids(&seen) {
+    for pid in kit::started_pids(&seen) {
         ensure(
             !is_running(pid),
             format!("pid {pid} outlived the failed start"),

@@ -16,7 +16,7 @@ use tokio_multiprocessing as mp;
 use crate::common::{Case, case, ensure, is_running};
 use kit::{OnStop, barrier, labels, pid_of, record, served, serving_then, sigkill, sigterm};
 
-/// Children `names`, each a [`serve`] target, under `strategy`.
+/// Children `names`, each a [`kit::served`] child, under `strategy`.
 fn serving(strategy: Strategy, names: &[&str]) -> Supervisor {
     let mut b = Supervisor::builder()
         .name("root")
@@ -529,6 +529,17 @@ pub(crate) mod kit {
             seen.push(e);
         }
         seen
+    }
+
+    /// Every pid a `Started` in `events` names.
+    pub(crate) fn started_pids(events: &[Event]) -> Vec<u32> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Started { pid, .. } => Some(*pid),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The last part of a child's path: its name.
