@@ -385,7 +385,13 @@ impl Engine {
         mut cmds: mpsc::UnboundedReceiver<Cmd>,
     ) -> Result<(), SupervisorError> {
         let cancel = self.cancel.clone();
+        let exiting = self.shared.exiting.clone();
         loop {
+            if exiting.is_cancelled() {
+                // The program is exiting: nothing restarts now.
+                self.stop_range(0, self.entries.len()).await;
+                return Ok(());
+            }
             if let Some(msg) = self.deferred.pop_front() {
                 if let Some(end) = self.on_internal(msg).await {
                     return end;
@@ -433,6 +439,7 @@ impl Engine {
                     self.stop_range(0, self.entries.len()).await;
                     return Ok(());
                 }
+                () = exiting.cancelled() => {}
             }
         }
     }

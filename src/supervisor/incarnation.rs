@@ -343,6 +343,9 @@ fn target_exit(result: Result<IgnoredAny, ProcessError>, exitcode: Option<i32>) 
         Ok(_) => ExitKind::Normal,
         Err(ProcessError::Panicked(info)) => ExitKind::Panicked(info.message),
         Err(ProcessError::Signaled { signal }) => ExitKind::Signal(signal),
+        // `std::process::exit(0)` before the target returned: a normal
+        // exit all the same (a transient child is not restarted).
+        Err(ProcessError::Exited { code: 0 }) => ExitKind::Normal,
         Err(ProcessError::Exited { code }) => ExitKind::Code(code),
         Err(_) => match exitcode {
             Some(0) => ExitKind::Normal,

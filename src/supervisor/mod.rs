@@ -134,6 +134,12 @@ struct Shared {
     groups: Mutex<Vec<RunningGroup>>,
     pools: Mutex<HashMap<String, Pool>>,
     runtime_dir: OnceLock<PathBuf>,
+    /// Whether this supervisor is no other's child (the exit rule asks
+    /// only these to stop; each stops its own nested supervisors).
+    root: bool,
+    /// Cancelled by the exit rule: the engine stops every child and ends,
+    /// restarting none.
+    exiting: CancellationToken,
 }
 
 impl Shared {
@@ -210,16 +216,21 @@ impl Drop for Shared {
 /// Every supervisor of this program, for the exit rule.
 static LIVE: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
-/// Waits, from this thread, for the supervisors that are stopping (their
-/// last handle was dropped) to finish, up to `grace`; then stops whatever
-/// process groups any supervisor still runs. Part of the exit rule, before
-/// it joins the children.
+/// Asks every supervisor to stop (as `shutdown` does, each in its own
+/// order), waits, from this thread, for them to finish, up to `grace`;
+/// then stops whatever process groups any supervisor still runs. Part of
+/// the exit rule, before it joins the children.
 pub(crate) fn stop_all_blocking(grace: Duration) {
     let live: Vec<Arc<Shared>> = {
         let mut live = lock(&LIVE);
         live.retain(|w| w.strong_count() > 0);
         live.iter().filter_map(Weak::upgrade).collect()
     };
+    // A supervisor left running would restart the children stopped from
+    // here below; its engine stops them itself, restarting none.
+    for shared in live.iter().filter(|s| s.root) {
+        shared.exiting.cancel();
+    }
     let deadline = Instant::now() + grace;
     for shared in &live {
         while matches!(*shared.run.borrow(), Run::Running) && Instant::now() < deadline {
@@ -332,6 +343,7 @@ impl SupervisorBuilder {
     }
 
     fn build_under(self, path: String, above: Vec<broadcast::Sender<Event>>) -> Supervisor {
+        let root = above.is_empty();
         let (tx, _) = broadcast::channel(EVENT_BUFFER);
         let mut senders = vec![tx];
         senders.extend(above);
@@ -349,6 +361,8 @@ impl SupervisorBuilder {
             groups: Mutex::new(Vec::new()),
             pools: Mutex::new(HashMap::new()),
             runtime_dir: OnceLock::new(),
+            root,
+            exiting: CancellationToken::new(),
         });
         lock(&LIVE).push(Arc::downgrade(&shared));
         Supervisor {

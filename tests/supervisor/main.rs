@@ -26,6 +26,7 @@ use tokio_multiprocessing as mp;
 fn main() {
     // Programs under test (each returns when its environment does not
     // ask for it).
+    lifecycle::exit_rule_probe_if_asked();
 
     let guard = mp::init();
     // Those that count children and descriptors first (see `common`).
