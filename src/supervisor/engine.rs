@@ -91,6 +91,25 @@ impl Entry {
 enum Started {
     Ok,
     Failed(ExitKind),
+    /// A shutdown was asked for while the child was not ready yet: it was
+    /// stopped, and the supervisor is to stop.
+    Interrupted,
+}
+
+/// What ended a wait for a child's readiness.
+enum Woke {
+    Msg(Internal),
+    /// A call, or `None` for a shutdown by other means.
+    Cmd(Option<Cmd>),
+    Late,
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(super) struct Engine {
@@ -107,13 +126,25 @@ pub(super) struct Engine {
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     /// Messages put aside while the engine waited for one child.
     deferred: VecDeque<Internal>,
+    /// The handles' calls.
+    cmds: mpsc::UnboundedReceiver<Cmd>,
+    /// Calls put aside while the engine waited for one child.
+    deferred_cmds: VecDeque<Cmd>,
+    /// A shutdown was asked for (a call, the last handle's drop, a
+    /// cancelled token, the exit rule) while the engine waited for one
+    /// child; the main loop carries it out.
+    stop_asked: bool,
     runtime_dir: std::path::PathBuf,
     /// The engine finished its work; dropping it does nothing more.
     finished: bool,
 }
 
 impl Engine {
-    pub(super) fn new(shared: Arc<Shared>, config: Config) -> Engine {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        config: Config,
+        cmds: mpsc::UnboundedReceiver<Cmd>,
+    ) -> Engine {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let entries = config
             .children
@@ -139,6 +170,9 @@ impl Engine {
             internal_tx,
             internal_rx,
             deferred: VecDeque::new(),
+            cmds,
+            deferred_cmds: VecDeque::new(),
+            stop_asked: false,
             runtime_dir,
             finished: false,
         }
@@ -202,11 +236,19 @@ impl Engine {
     /// start stops the ones started, in reverse, and is the error.
     pub(super) async fn start_all(&mut self) -> Result<(), SupervisorError> {
         for i in 0..self.entries.len() {
-            if let Started::Failed(exit) = self.start_one(i).await {
-                let child = self.entries[i].spec.name.clone();
-                self.stop_range(0, i).await;
-                self.publish();
-                return Err(SupervisorError::StartFailed { child, exit });
+            match self.start_one(i).await {
+                Started::Ok => {}
+                Started::Failed(exit) => {
+                    let child = self.path_of(&self.entries[i].spec.name);
+                    self.stop_range(0, i).await;
+                    self.publish();
+                    return Err(SupervisorError::StartFailed { child, exit });
+                }
+                Started::Interrupted => {
+                    self.stop_range(0, i).await;
+                    self.publish();
+                    return Err(SupervisorError::Stopped);
+                }
             }
         }
         self.publish();
@@ -238,11 +280,6 @@ impl Engine {
         };
         let pid = inc.pid;
         tracing::info!(child = %path, pid, generation, "supervised child started");
-        self.shared.events.emit(Event::Started {
-            child: path.clone(),
-            pid,
-            generation,
-        });
         if let What::Pool(pool) = &inc.what {
             self.shared.set_pool(&name, Some(pool.clone()));
         }
@@ -255,19 +292,32 @@ impl Engine {
             watchdog_fired: false,
             stopping: false,
         };
+        // Published before the event, so that a reader of the event sees
+        // it in `which_children` too.
         self.publish();
+        self.shared.events.emit(Event::Started {
+            child: path.clone(),
+            pid,
+            generation,
+        });
         let Some(limit) = ready_timeout else {
             return Started::Ok;
         };
-        // Wait for this child's readiness; everything else waits.
+        // Wait for this child's readiness; everything else waits, but a
+        // shutdown asked for meanwhile ends the wait.
         let deadline = tokio::time::Instant::now() + limit;
+        let cancel = self.cancel.clone();
+        let exiting = self.shared.exiting.clone();
         loop {
-            let msg = tokio::select! {
-                m = self.internal_rx.recv() => m,
-                () = tokio::time::sleep_until(deadline) => None,
+            let woke = tokio::select! {
+                Some(m) = self.internal_rx.recv() => Woke::Msg(m),
+                c = self.cmds.recv() => Woke::Cmd(c),
+                () = tokio::time::sleep_until(deadline) => Woke::Late,
+                () = cancelled(cancel.as_ref()) => Woke::Cmd(None),
+                () = exiting.cancelled() => Woke::Cmd(None),
             };
-            match msg {
-                Some(Internal::Note {
+            match woke {
+                Woke::Msg(Internal::Note {
                     name: n,
                     generation: g,
                     note: Note::Ready,
@@ -275,7 +325,7 @@ impl Engine {
                     self.mark_ready(i, pid, &path);
                     return Started::Ok;
                 }
-                Some(Internal::Exited {
+                Woke::Msg(Internal::Exited {
                     name: n,
                     generation: g,
                     exit,
@@ -283,8 +333,14 @@ impl Engine {
                     self.finish(i, exit.clone());
                     return Started::Failed(exit);
                 }
-                Some(other) => self.deferred.push_back(other),
-                None => {
+                Woke::Msg(other) => self.deferred.push_back(other),
+                Woke::Cmd(Some(Cmd::Shutdown) | None) => {
+                    self.stop_asked = true;
+                    self.stop_one(i, None).await;
+                    return Started::Interrupted;
+                }
+                Woke::Cmd(Some(cmd)) => self.deferred_cmds.push_back(cmd),
+                Woke::Late => {
                     // Not ready in time: stop it; the start failed.
                     tracing::warn!(child = %path, "a supervised child was not ready in time");
                     self.stop_one(i, Some(ExitKind::ReadyTimeout)).await;
@@ -380,20 +436,24 @@ impl Engine {
     }
 
     /// The main loop; returns how the supervisor ended.
-    pub(super) async fn run(
-        &mut self,
-        mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    ) -> Result<(), SupervisorError> {
+    pub(super) async fn run(&mut self) -> Result<(), SupervisorError> {
         let cancel = self.cancel.clone();
         let exiting = self.shared.exiting.clone();
         loop {
-            if exiting.is_cancelled() {
-                // The program is exiting: nothing restarts now.
+            if self.stop_asked || exiting.is_cancelled() {
+                // Asked to stop (the exit rule, or a shutdown that came
+                // while a child was starting): nothing restarts now.
                 self.stop_range(0, self.entries.len()).await;
                 return Ok(());
             }
             if let Some(msg) = self.deferred.pop_front() {
                 if let Some(end) = self.on_internal(msg).await {
+                    return end;
+                }
+                continue;
+            }
+            if let Some(cmd) = self.deferred_cmds.pop_front() {
+                if let Some(end) = self.on_cmd(cmd).await {
                     return end;
                 }
                 continue;
@@ -407,18 +467,9 @@ impl Engine {
                 }
                 continue;
             }
-            let cancelled = async {
-                match &cancel {
-                    Some(token) => token.cancelled().await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
-                cmd = cmds.recv() => match cmd {
-                    Some(Cmd::Shutdown) | None => {
-                        self.stop_range(0, self.entries.len()).await;
-                        return Ok(());
-                    }
+                cmd = self.cmds.recv() => match cmd {
+                    Some(Cmd::Shutdown) | None => self.stop_asked = true,
                     Some(cmd) => {
                         if let Some(end) = self.on_cmd(cmd).await {
                             return end;
@@ -435,10 +486,7 @@ impl Engine {
                         return end;
                     }
                 }
-                () = cancelled => {
-                    self.stop_range(0, self.entries.len()).await;
-                    return Ok(());
-                }
+                () = cancelled(cancel.as_ref()) => self.stop_asked = true,
                 () = exiting.cancelled() => {}
             }
         }
@@ -529,9 +577,14 @@ impl Engine {
                         let entry = self.entries.remove(i);
                         self.publish();
                         let _ = reply.send(Err(SupervisorError::StartFailed {
-                            child: entry.spec.name,
+                            child: self.path_of(&entry.spec.name),
                             exit,
                         }));
+                    }
+                    Started::Interrupted => {
+                        self.entries.remove(i);
+                        self.publish();
+                        let _ = reply.send(Err(SupervisorError::Stopped));
                     }
                 }
             }
@@ -559,9 +612,11 @@ impl Engine {
                     self.entries[i].state = State::Stopped;
                     let result = match self.start_one(i).await {
                         Started::Ok => Ok(()),
-                        Started::Failed(exit) => {
-                            Err(SupervisorError::StartFailed { child: name, exit })
-                        }
+                        Started::Failed(exit) => Err(SupervisorError::StartFailed {
+                            child: self.path_of(&name),
+                            exit,
+                        }),
+                        Started::Interrupted => Err(SupervisorError::Stopped),
                     };
                     let _ = reply.send(result);
                 }
@@ -708,7 +763,7 @@ impl Engine {
             });
             self.stop_range(0, self.entries.len()).await;
             return Some(Err(SupervisorError::IntensityExceeded {
-                child: name.to_owned(),
+                child: self.path_of(name),
                 restarts: count,
                 period,
                 last_exit: exit,

@@ -15,7 +15,8 @@ pub enum SupervisorError {
          past the supervisor's intensity: every child was stopped"
     )]
     IntensityExceeded {
-        /// The child whose exit went past the limit.
+        /// The path of the child whose exit went past the limit
+        /// (`"root/db"`, as in events).
         child: String,
         /// Restarts counted within the period.
         restarts: u32,
@@ -28,7 +29,7 @@ pub enum SupervisorError {
     /// started before it were stopped.
     #[error("child {child} failed to start: it {exit}")]
     StartFailed {
-        /// The child.
+        /// The child's path (`"root/db"`, as in events).
         child: String,
         /// How its start ended.
         exit: ExitKind,

@@ -449,18 +449,29 @@ impl Supervisor {
         *lock(&self.handle.cmds) = Some(cmd_tx);
         let (started_tx, started_rx) = oneshot::channel();
         tokio::spawn(async move {
-            let mut engine = Engine::new(shared.clone(), config);
+            let mut engine = Engine::new(shared.clone(), config, cmd_rx);
             let started = engine.start_all().await;
-            let failed = started.is_err();
-            let _ = started_tx.send(started.clone());
-            let end = if failed {
-                started
-            } else {
-                engine.run(cmd_rx).await
+            let mut started_tx = Some(started_tx);
+            let end = match started {
+                Ok(()) => {
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    engine.run().await
+                }
+                // A shutdown asked for while the children started: the
+                // start did not happen, the stop did.
+                Err(SupervisorError::Stopped) => Ok(()),
+                Err(ref e) => Err(e.clone()),
             };
+            // Everything is back in place before anyone hears of the end:
+            // the configuration for a later start, the empty list.
             *lock(&shared.config) = Some(engine.into_config());
             shared.publish(Vec::new(), Vec::new());
             shared.run.send_replace(Run::Stopped(end));
+            if let Some(tx) = started_tx {
+                let _ = tx.send(started);
+            }
         });
         Ok(started_rx)
     }

@@ -215,3 +215,27 @@ fn a_tied_program_leads_its_group_and_dies_with_the_thread_that_started_it() {
     assert_eq!(python_exitcode(status), -9, "killed by SIGKILL");
     assert!(!group_exists(pid), "its group went with it");
 }
+
+#[test]
+fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
+    use std::os::unix::process::CommandExt as _;
+    let spawned = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .expect("sleep");
+    let pid = spawned.id();
+    drop(spawned);
+    let child = Child::adopt(pid);
+    assert!(group_exists(pid), "its sleeping leader");
+    child.signal(Signal::Kill).unwrap();
+    // Dead, and a zombie until reaped.
+    child.wait_exited_blocking(None);
+    assert_eq!(
+        proc::liveness(ProcId { pid, start: 0 }, false),
+        Liveness::Dead
+    );
+    assert!(!group_exists(pid), "a zombie holds nothing");
+    child.try_reap().unwrap();
+    assert!(!group_exists(pid));
+}

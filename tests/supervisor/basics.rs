@@ -153,8 +153,56 @@ async fn a_child_being_stopped_is_stopping_then_killed() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Never says it is ready.
+async fn never_ready(_: ()) {
+    mp::shutdown_requested().await;
+}
+
+/// A shutdown asked for while a child is not ready yet ends the wait:
+/// the child is stopped, `start()` says the supervisor is not running,
+/// `wait()` that it stopped as asked. (The ready timeout is far beyond
+/// the case's watchdog: waiting it out fails the case.)
+async fn a_shutdown_during_a_start_ends_it() -> Result<(), Failed> {
+    let sup = Supervisor::builder()
+        .name("root")
+        .child(ChildSpec::new("a", serve, ()).ready_timeout(Duration::from_secs(10)))
+        .child(ChildSpec::new("slow", never_ready, ()).ready_timeout(Duration::from_secs(600)))
+        .build();
+    let mut events = sup.events();
+    let starting = tokio::spawn({
+        let sup = sup.clone();
+        async move { sup.start().await }
+    });
+    let slow = until(
+        &mut events,
+        |e| matches!(e, Event::Started { child, .. } if child == "root/slow"),
+    )
+    .await?;
+    let Event::Started { pid: slow_pid, .. } = slow else {
+        return Err("not a start".into());
+    };
+    sup.shutdown().await?;
+    let started = starting.await?;
+    ensure(
+        started == Err(mp::SupervisorError::Stopped),
+        format!("start() gave {started:?}"),
+    )?;
+    ensure(sup.wait().await.is_ok(), "stopped as asked")?;
+    ensure(
+        !crate::common::is_running(slow_pid),
+        "the slow child is gone",
+    )?;
+    ensure(sup.which_children().is_empty(), "no children")?;
+    Ok(())
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
+        case(
+            "a_shutdown_during_a_start_ends_it",
+            Duration::from_secs(30),
+            a_shutdown_during_a_start_ends_it,
+        ),
         case(
             "a_child_being_stopped_is_stopping_then_killed",
             Duration::from_secs(30),

@@ -96,7 +96,7 @@ async fn exceeding_the_intensity_stops_everything() -> Result<(), Failed> {
             restarts: 3,
             period: p,
             last_exit: ExitKind::Signal(9),
-        }) if child == "b" && p == period => {}
+        }) if child == "root/b" && p == period => {}
         other => return Err(format!("wait() gave {other:?}").into()),
     }
     all.extend(seen);
@@ -197,7 +197,7 @@ async fn explicit_stops_do_not_count() -> Result<(), Failed> {
     match sup.wait().await {
         Err(SupervisorError::IntensityExceeded {
             child, restarts: 1, ..
-        }) if child == "b" => Ok(()),
+        }) if child == "root/b" => Ok(()),
         other => Err(format!("after a crash, wait() gave {other:?}").into()),
     }
 }

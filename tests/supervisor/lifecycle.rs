@@ -185,7 +185,7 @@ async fn a_child_not_ready_in_time_fails_the_start() -> Result<(), Failed> {
         Err(SupervisorError::StartFailed {
             child,
             exit: ExitKind::ReadyTimeout,
-        }) if child == "late" => {}
+        }) if child == "root/late" => {}
         other => return Err(format!("start() gave {other:?}").into()),
     }
     ensure(
@@ -242,7 +242,7 @@ async fn a_child_dying_before_ready_fails_the_start() -> Result<(), Failed> {
         Err(SupervisorError::StartFailed {
             child,
             exit: ExitKind::Code(7),
-        }) if child == "dies" => {}
+        }) if child == "root/dies" => {}
         other => return Err(format!("start() gave {other:?}").into()),
     }
     let seen = kit::drain(&mut events);
@@ -482,7 +482,7 @@ async fn dynamic_children_and_their_errors() -> Result<(), Failed> {
     ensure(
         failed
             == Err(SupervisorError::StartFailed {
-                child: "dies".into(),
+                child: "root/dies".into(),
                 exit: ExitKind::Code(3),
             }),
         format!("a dynamic child that dies: {failed:?}"),

@@ -172,12 +172,17 @@ pub(crate) fn signal_group(pgid: u32, signo: i32) -> io::Result<()> {
     }
 }
 
-/// Whether any process is left in group `pgid`.
+/// Whether any process of group `pgid` has not exited yet. A zombie
+/// waiting for its reaper (init, for an orphan, which may take its time)
+/// does not count: it holds nothing but its pid.
 pub(crate) fn group_exists(pgid: u32) -> bool {
-    let Ok(pgid) = i32::try_from(pgid) else {
+    let Ok(raw) = i32::try_from(pgid) else {
         return false;
     };
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None) != Err(Errno::ESRCH)
+    if nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    proc::group_has_live_member(pgid)
 }
 
 impl Signal {

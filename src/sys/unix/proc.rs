@@ -111,6 +111,46 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { state, start })
 }
 
+/// Whether a process of group `pgid` has not exited yet: a zombie, which
+/// waits for a parent (often init, for an orphan) to reap it, does not
+/// count. When `/proc` cannot be read, assumes one has (the caller waits
+/// and asks again).
+pub(crate) fn group_has_live_member(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            // Gone meanwhile, or unreadable: not counted as gone.
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return true;
+            }
+            continue;
+        };
+        if let Some((state, group)) = parse_state_and_group(&text)
+            && group == pgid
+            && state != b'Z'
+            && state != b'X'
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The state (field 3) and process group (field 5) of a stat line.
+fn parse_state_and_group(text: &str) -> Option<(u8, u32)> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
 /// What can be told about a process recorded in shared memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Liveness {
@@ -173,6 +213,13 @@ pub(crate) fn liveness(who: ProcId, check_start: bool) -> Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_state_and_group_of_a_stat_line() {
+        let line = "4242 (a) b (c)) Z 1 4200 4200 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        assert_eq!(parse_state_and_group(line), Some((b'Z', 4200)));
+        assert_eq!(parse_state_and_group("4242 (x"), None);
+    }
 
     #[test]
     fn parses_a_stat_line_with_an_awkward_name() {
