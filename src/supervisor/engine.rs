@@ -110,9 +110,9 @@ impl Engine {
             .children
             .into_iter()
             .map(|spec| Entry {
+                generation: spec.generation,
                 spec,
                 state: State::Stopped,
-                generation: 0,
                 restarts: 0,
                 streak: 0,
             })
@@ -147,7 +147,10 @@ impl Engine {
             cancel: self.cancel.take(),
             children: std::mem::take(&mut self.entries)
                 .into_iter()
-                .map(|e| e.spec)
+                .map(|e| ChildSpec {
+                    generation: e.generation,
+                    ..e.spec
+                })
                 .collect(),
         }
     }
