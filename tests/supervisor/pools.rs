@@ -180,7 +180,14 @@ async fn a_pool_that_cannot_keep_its_workers_is_restarted() -> Result<(), Failed
         format!("OneForAll: the sibling was stopped and started again: {seen:?}"),
     )?;
     ensure(!is_running(t1), "the old sibling is gone")?;
-    works(&sup.pool("jobs").ok_or("the new pool")?).await?;
+    // The pool is published just after its `Started` is sent.
+    let mut new = None;
+    eventually("the new pool is reachable", || {
+        new = sup.pool("jobs");
+        new.is_some()
+    })
+    .await?;
+    works(&new.ok_or("the new pool")?).await?;
     ensure(
         old.apply(double, 1).await.is_err(),
         "the old pool's handle fails",
