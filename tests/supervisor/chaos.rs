@@ -396,8 +396,7 @@ async fn melt_down(baseline: &[u32], rng: &mut Rng) -> Result<(), Failed> {
     Ok(())
 }
 
-/// Random SIGKILLs to the processes of a three-level tree heal without a
-/// trace; a meltdown climbs the tree level by level and leaves nothing.
+/// Random SIGKILLs over a three-level tree heal without a trace; a meltdown climbs level by level.
 async fn kills_heal_and_meltdowns_climb() -> Result<(), Failed> {
     let baseline = descendants();
     let mut rng = Rng(seed()?);

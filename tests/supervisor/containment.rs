@@ -290,8 +290,7 @@ async fn serve(_: ()) {
 
 // ------------------------------------------------------------------ cases
 
-/// A target's grandchild is in the target's group, and is killed and
-/// reaped before the target's replacement starts.
+/// A panicked target's grandchild is killed and reaped before its replacement starts.
 async fn a_crashed_targets_grandchild_dies_before_the_replacement() -> Result<(), Failed> {
     let dir = Scratch::new("target-grandchild")?;
     let sup = Supervisor::builder()
@@ -335,8 +334,7 @@ async fn a_crashed_targets_grandchild_dies_before_the_replacement() -> Result<()
     Ok(())
 }
 
-/// A program's background grandchild is killed and reaped before the
-/// program's replacement starts, and the program's exit code is reported.
+/// A crashed program's background grandchild is killed and reaped before its replacement starts.
 async fn a_crashed_programs_grandchild_dies_before_the_replacement() -> Result<(), Failed> {
     let dir = Scratch::new("program-grandchild")?;
     let mut cmd = tokio::process::Command::new("sh");
@@ -382,9 +380,7 @@ async fn a_crashed_programs_grandchild_dies_before_the_replacement() -> Result<(
     Ok(())
 }
 
-/// A shutdown stops every child and every grandchild, even one that
-/// ignores the stop signal: no descendant of the test process is left but
-/// the fork server.
+/// A shutdown leaves no descendant but the fork server, even a grandchild deaf to SIGTERM.
 async fn shutdown_leaves_only_the_fork_server() -> Result<(), Failed> {
     let baseline = descendants();
     let dir = Scratch::new("shutdown")?;
@@ -437,9 +433,7 @@ async fn shutdown_leaves_only_the_fork_server() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Every supervised process (target, program, a nested supervisor's
-/// target, a replacement) leads its own process group, apart from the
-/// test's.
+/// Every supervised process (target, program, nested, replacement) leads its own group.
 async fn every_supervised_child_leads_its_own_group() -> Result<(), Failed> {
     let mut prog = tokio::process::Command::new("sh");
     prog.arg("-c")

@@ -55,10 +55,7 @@ fn step(what: &'static str, path: &str) -> (&'static str, String) {
     (what, path.to_owned())
 }
 
-/// The inner children's events reach the root's stream with full paths;
-/// the nested supervisor is started once its children are (each ready
-/// before the next) and before the root's next child; its `Started` and
-/// `Exited` carry the program's pid; an inner restart stays inside.
+/// Inner events reach the root with full paths, in order; the nested one has the program's pid.
 async fn inner_events_reach_the_root_with_full_paths() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -138,11 +135,7 @@ async fn inner_events_reach_the_root_with_full_paths() -> Result<(), Failed> {
     Ok(())
 }
 
-/// An inner meltdown (`IntensityExceeded` inside) is one exit of the
-/// nested supervisor in its parent: the parent, allowed one restart,
-/// does not melt down, and applies its own strategy (RestForOne: the
-/// sibling after it restarts too, the one before it does not); the inner
-/// children start again, their generations going on.
+/// An inner meltdown is one exit in the parent, which applies its strategy; generations go on.
 async fn an_inner_meltdown_is_one_exit_in_the_parent() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -255,10 +248,7 @@ async fn an_inner_meltdown_is_one_exit_in_the_parent() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Shutting the root down stops everything in reverse start order, the
-/// nested supervisor's children included: the root's last child, then the
-/// inner children (last first), then the nested supervisor, then the
-/// root's first child.
+/// A root shutdown stops everything in reverse start order, inner children inside the tree.
 async fn root_shutdown_stops_inner_children_in_reverse() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -303,9 +293,7 @@ async fn root_shutdown_stops_inner_children_in_reverse() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A nested supervisor whose own start fails fails the root's start: the
-/// inner children started are stopped, then the root's children before
-/// it, and the root's children after it never start.
+/// An inner start failure fails the root's start and stops what started, in reverse.
 async fn an_inner_start_failure_fails_the_root_start() -> Result<(), Failed> {
     let inner = Supervisor::builder()
         .name("sub")

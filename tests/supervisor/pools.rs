@@ -50,9 +50,7 @@ async fn works(pool: &mp::Pool) -> Result<(), Failed> {
     )
 }
 
-/// A pool child is a task of this program: its `Started` carries the
-/// program's pid, `sup.pool(name)` gives it (and nothing for another
-/// name), and it maps.
+/// A pool child runs in the program (its pid on `Started`) and `sup.pool(name)` gives it.
 async fn a_pool_child_runs_in_the_program() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -76,9 +74,7 @@ async fn a_pool_child_runs_in_the_program() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A pool worker killed with SIGKILL is replaced by the pool itself: the
-/// pool goes on working and the supervisor neither restarts nor even sees
-/// an exit of the pool (one `Started`, one `Exited`, at shutdown).
+/// Pool workers killed with SIGKILL are replaced by the pool; the supervisor sees no exit.
 async fn killed_workers_are_the_pools_business() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -124,10 +120,7 @@ async fn killed_workers_are_the_pools_business() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A pool whose replacement workers keep failing to start gives up and
-/// exits abnormally (`ExitKind::Failed`); the supervisor applies its
-/// strategy (OneForAll: the sibling is stopped and both start again) and
-/// the new pool works while the old handle does not.
+/// A pool whose replacements keep failing exits `Failed`; its supervisor's strategy applies.
 async fn a_pool_that_cannot_keep_its_workers_is_restarted() -> Result<(), Failed> {
     let dir = Scratch::new("pool-refuses")?;
     let builder = mp::Pool::builder()
@@ -196,9 +189,7 @@ async fn a_pool_that_cannot_keep_its_workers_is_restarted() -> Result<(), Failed
     Ok(())
 }
 
-/// `sup.pool(name)` gives the pool while the child runs, and nothing once
-/// it is terminated or the supervisor is shut down; a restarted child is a
-/// new pool; the handles of an ended pool fail.
+/// `sup.pool(name)` follows the child: none once terminated or shut down, new on restart.
 async fn the_pool_handle_goes_with_the_child() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")

@@ -96,10 +96,7 @@ fn without_logs(events: Vec<Event>) -> Vec<Event> {
         .collect()
 }
 
-/// A program's `READY=1` (from `systemd-notify` for the first child, from
-/// a Python process that is a member of the program's group but not its
-/// leader for the second) lets the next child start; until then the next
-/// child is not started and `start()` does not return.
+/// `READY=1` (systemd-notify's, a non-leader group member's) gates the next child's start.
 async fn readiness_gates_the_next_child() -> Result<(), Failed> {
     let dir = Scratch::new("gate")?;
     let gate = dir.join("gate");
@@ -217,9 +214,7 @@ async fn watchdog_cycle(cmd: Command, watchdog: Duration) -> Result<Vec<Event>, 
     Ok(seen)
 }
 
-/// A Python program finds `NOTIFY_SOCKET` and `WATCHDOG_USEC` (the
-/// `.watchdog` interval, in microseconds), says `READY=1`, pings with
-/// `WATCHDOG=1`, and once it stops pinging is killed and restarted.
+/// A Python program reads `WATCHDOG_USEC`, lives by its pings, is killed and restarted after.
 async fn python_speaks_sd_notify_and_its_watchdog() -> Result<(), Failed> {
     let seen = watchdog_cycle(python(&["watchdog", "15"]), Duration::from_secs(2)).await?;
     let first = seen
@@ -238,9 +233,7 @@ async fn python_speaks_sd_notify_and_its_watchdog() -> Result<(), Failed> {
     Ok(())
 }
 
-/// `systemd-notify WATCHDOG=1` in a loop keeps a program alive (each call
-/// waits on a `BARRIER=1` whose descriptor the supervisor must close), and
-/// the program is killed once the loop ends.
+/// `systemd-notify WATCHDOG=1` (with `BARRIER=1`) keeps a program alive until the pings stop.
 async fn systemd_notify_pings_keep_a_program_alive() -> Result<(), Failed> {
     let cmd = sh(
         r#"systemd-notify --ready
@@ -254,9 +247,7 @@ async fn systemd_notify_pings_keep_a_program_alive() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A program that sends other notifications but never `READY=1` fails the
-/// start with `ReadyTimeout`: it is stopped, then the child before it,
-/// and `start()` returns `StartFailed`.
+/// A program never saying `READY=1` fails `start()` with `ReadyTimeout`, stopping what started.
 async fn never_ready_fails_the_start() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -316,10 +307,7 @@ async fn never_ready_fails_the_start() -> Result<(), Failed> {
     Ok(())
 }
 
-/// `READY=1` sent to a program's socket by processes outside its group
-/// (the test process itself, a Python process, `systemd-notify`, each
-/// started by the test) is ignored: the program still fails its start
-/// with `ReadyTimeout`.
+/// `READY=1` from outside the program's group (test, python, systemd-notify) is ignored.
 async fn ready_from_outside_the_group_is_ignored() -> Result<(), Failed> {
     let mut cmd = Command::new("sleep");
     cmd.arg("1000");
@@ -386,9 +374,7 @@ async fn ready_from_outside_the_group_is_ignored() -> Result<(), Failed> {
     Ok(())
 }
 
-/// With `capture_output(true)`, each line a program writes becomes an
-/// `Event::Log` with its stream and the program's pid, in the order
-/// written on each stream (a last line without a newline included).
+/// `capture_output(true)` makes each stdout/stderr line an `Event::Log`, in order per stream.
 async fn captured_output_becomes_log_events_in_order() -> Result<(), Failed> {
     let cmd = sh(
         r#"i=0
@@ -444,9 +430,7 @@ async fn captured_output_becomes_log_events_in_order() -> Result<(), Failed> {
     Ok(())
 }
 
-/// On shutdown each program gets its own stop signal (SIGTERM by default,
-/// or the one set with `stop_signal`), traps it and exits cleanly: the
-/// exit code says which signal it got, and none is killed.
+/// On shutdown a program gets its `stop_signal` (default SIGTERM), traps it, exits cleanly.
 async fn stop_signal_is_the_one_a_program_gets() -> Result<(), Failed> {
     let spec = |name: &str| {
         ChildSpec::command(name, python(&["traps"]))
@@ -486,8 +470,7 @@ async fn stop_signal_is_the_one_a_program_gets() -> Result<(), Failed> {
     Ok(())
 }
 
-/// Exit status 0 is `Normal`, another code is `Code`, death by a signal
-/// is `Signal`.
+/// A program's exit 0, exit code and death by signal map to `Normal`, `Code` and `Signal`.
 async fn exits_map_to_exit_kinds() -> Result<(), Failed> {
     let temporary = |name: &str, cmd| ChildSpec::command(name, cmd).restart(Restart::Temporary);
     let sup = Supervisor::builder()
@@ -525,9 +508,7 @@ async fn exits_map_to_exit_kinds() -> Result<(), Failed> {
     Ok(())
 }
 
-/// A program that does not exist fails to start with `SpawnFailed`: in
-/// `start()` (the child before it is stopped again), and in
-/// `start_child` (the child is not kept).
+/// A program that does not exist fails `start()` and `start_child` with `SpawnFailed`.
 async fn a_missing_program_fails_with_spawn_failed() -> Result<(), Failed> {
     let missing = || Command::new("/nonexistent/no-such-program");
     let sup = Supervisor::builder()
