@@ -321,12 +321,19 @@ async fn ready_from_outside_the_group_is_ignored() -> Result<(), Failed> {
         async move { sup.start().await }
     });
     let pid = started(&mut events, "root/p", 1).await?;
-    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
-    let socket: PathBuf = environ
-        .split(|&b| b == 0)
-        .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
-        .map(|v| String::from_utf8_lossy(v).into_owned().into())
-        .ok_or("the program has a NOTIFY_SOCKET")?;
+    // Its environment shows in /proc a moment after spawn() returns (the
+    // exec is past closing descriptors, not yet past laying out memory).
+    let mut socket = None;
+    eventually("the program's NOTIFY_SOCKET shows", || {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        socket = environ
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"NOTIFY_SOCKET="))
+            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()));
+        socket.is_some()
+    })
+    .await?;
+    let socket = socket.ok_or("the program has a NOTIFY_SOCKET")?;
     let path = socket.to_str().ok_or("a path")?;
     // The test process.
     std::os::unix::net::UnixDatagram::unbound()?.send_to(b"READY=1", &socket)?;
