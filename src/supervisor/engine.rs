@@ -150,9 +150,9 @@ impl Engine {
             .children
             .into_iter()
             .map(|spec| Entry {
+                generation: spec.generation,
                 spec,
                 state: State::Stopped,
-                generation: 0,
                 restarts: 0,
                 streak: 0,
             })
@@ -190,7 +190,10 @@ impl Engine {
             cancel: self.cancel.take(),
             children: std::mem::take(&mut self.entries)
                 .into_iter()
-                .map(|e| e.spec)
+                .map(|e| ChildSpec {
+                    generation: e.generation,
+                    ..e.spec
+                })
                 .collect(),
         }
     }

@@ -315,17 +315,24 @@ impl ExitSink {
     }
 }
 
-/// Once the leader of group `pgid` is gone, kills what is left of the
-/// group and waits (a little) until it is empty, so that a replacement
-/// never runs beside a remnant of the incarnation before it.
+/// Once the leader of group `pgid` is gone (and reaped), kills what is
+/// left of the group and waits (a little) until it is empty, so that a
+/// replacement never runs beside a remnant of the incarnation before it.
+/// The remnants this process adopted (as a child subreaper, or init) are
+/// its to reap: a zombie keeps the group in existence.
 async fn clear_group(pgid: u32) {
+    sys::reap_group(pgid);
     if !sys::group_exists(pgid) {
         return;
     }
     let _ = sys::signal_group(pgid, Signal::Kill.number());
     let deadline = Instant::now() + GROUP_GRACE;
     let mut pause = Duration::from_micros(200);
-    while sys::group_exists(pgid) && Instant::now() < deadline {
+    loop {
+        sys::reap_group(pgid);
+        if !sys::group_exists(pgid) || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(20));
     }

@@ -223,6 +223,10 @@ pub struct ChildSpec {
     pub(super) significant: bool,
     pub(super) capture_output: bool,
     pub(super) stop_signal: i32,
+    /// How many times the child was started, over every run of its
+    /// supervisor (a nested one is restarted by its parent): a start's
+    /// generation goes on from there.
+    pub(super) generation: u64,
 }
 
 impl ChildSpec {
@@ -241,6 +245,7 @@ impl ChildSpec {
             significant: false,
             capture_output: false,
             stop_signal: Signal::Terminate.number(),
+            generation: 0,
         }
     }
 

@@ -14,7 +14,7 @@
 //! | shared mappings | an anonymous shared file, mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
 //! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
-//! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`signal_group`], [`group_exists`] |
+//! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`signal_group`], [`group_exists`], [`reap_group`] |
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
 //! | readiness of programs | an `sd_notify` socket, and the group of a sender | [`notify`] |
@@ -51,7 +51,7 @@ pub(crate) use imp::futex;
 // Fork.
 pub(crate) use imp::{
     Group, enter_group, fork_sibling, group_exists, lead_own_group, libc_allows_raw_fork,
-    own_group_tied_to_us, signal_group, thread_count,
+    own_group_tied_to_us, reap_group, signal_group, thread_count,
 };
 
 // The service manager's end of sd_notify, for supervised programs.

@@ -185,6 +185,26 @@ pub(crate) fn group_exists(pgid: u32) -> bool {
     proc::group_has_live_member(pgid)
 }
 
+/// Reaps, without waiting, the processes of group `pgid` that are this
+/// process's children and have ended: the orphans of a supervised child's
+/// group, adopted when this process is a child subreaper (or init). Call
+/// it only once the group's leader is reaped, so as not to take its status
+/// from its own watcher.
+pub(crate) fn reap_group(pgid: u32) {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return;
+    };
+    let group = nix::unistd::Pid::from_raw(-pgid);
+    // Each call reaps one; none left (or none of ours) ends the loop.
+    while let Ok(status) =
+        nix::sys::wait::waitpid(group, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+    {
+        if status == WaitStatus::StillAlive {
+            return;
+        }
+    }
+}
+
 impl Signal {
     /// The signal's number.
     pub(crate) fn number(self) -> i32 {
