@@ -323,6 +323,8 @@ impl ExitSink {
 async fn clear_group(pgid: u32) {
     sys::reap_group(pgid);
     if !sys::group_exists(pgid) {
+        // A member that died just now, adopted by this process.
+        sys::reap_group(pgid);
         return;
     }
     let _ = sys::signal_group(pgid, Signal::Kill.number());
@@ -330,7 +332,12 @@ async fn clear_group(pgid: u32) {
     let mut pause = Duration::from_micros(200);
     loop {
         sys::reap_group(pgid);
-        if !sys::group_exists(pgid) || Instant::now() >= deadline {
+        if !sys::group_exists(pgid) {
+            // What died since the reap above, if it is ours.
+            sys::reap_group(pgid);
+            break;
+        }
+        if Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(pause).await;

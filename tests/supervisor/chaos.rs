@@ -352,7 +352,7 @@ async fn melt_down(baseline: &[u32], rng: &mut Rng) -> Result<(), Failed> {
         other => return Err(format!("the root melted down: {other:?}").into()),
     };
     ensure(
-        (child == "sub1" || child == "sub2") && matches!(last_exit, ExitKind::Failed(_)),
+        (child == "root/sub1" || child == "root/sub2") && matches!(last_exit, ExitKind::Failed(_)),
         format!("over a nested supervisor that failed: {child} {last_exit:?}"),
     )?;
     // The stream holds everything once the supervisor is gone.
@@ -368,7 +368,7 @@ async fn melt_down(baseline: &[u32], rng: &mut Rng) -> Result<(), Failed> {
         *last
             == Event::IntensityExceeded {
                 supervisor: "root".into(),
-                child: format!("root/{child}"),
+                child: child.clone(),
                 restarts: 2,
             },
         format!("the root's meltdown comes last: {:?}", s.meltdowns),

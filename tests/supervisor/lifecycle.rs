@@ -702,7 +702,8 @@ async fn dropping_the_last_handle_shuts_it_down() -> Result<(), Failed> {
 }
 
 /// A supervisor that stopped can be started again, with new processes
-/// from the first generation; one that runs cannot be started twice.
+/// whose generations go on from the last run (a path and a generation
+/// name one incarnation for good); one that runs cannot be started twice.
 async fn a_stopped_supervisor_starts_again() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("root")
@@ -723,7 +724,7 @@ async fn a_stopped_supervisor_starts_again() -> Result<(), Failed> {
         format!("first {first:?}, second {second:?}"),
     )?;
     let gens: Vec<_> = sup.which_children().iter().map(|c| c.generation).collect();
-    ensure(gens == [1, 1], format!("generations: {gens:?}"))?;
+    ensure(gens == [2, 2], format!("generations: {gens:?}"))?;
     sup.shutdown().await?;
     ensure(
         second.iter().all(|p| !is_running(*p)),

@@ -312,7 +312,7 @@ async fn an_inner_start_failure_fails_the_root_start() -> Result<(), Failed> {
     let result = sup.start().await;
     ensure(
         matches!(&result, Err(SupervisorError::StartFailed { child, exit: ExitKind::Failed(_) })
-            if child == "sub"),
+            if child == "root/sub"),
         format!("the root's start failed at sub: {result:?}"),
     )?;
     let seen = drain(sup, events).await?;

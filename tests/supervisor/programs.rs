@@ -262,7 +262,7 @@ async fn never_ready_fails_the_start() -> Result<(), Failed> {
     ensure(
         result
             == Err(SupervisorError::StartFailed {
-                child: "silent".into(),
+                child: "root/silent".into(),
                 exit: ExitKind::ReadyTimeout,
             }),
         format!("the start failed with ReadyTimeout: {result:?}"),
@@ -368,7 +368,7 @@ async fn ready_from_outside_the_group_is_ignored() -> Result<(), Failed> {
     ensure(
         result
             == Err(SupervisorError::StartFailed {
-                child: "p".into(),
+                child: "root/p".into(),
                 exit: ExitKind::ReadyTimeout,
             }),
         format!("the outsiders did not make it ready: {result:?}"),
@@ -529,7 +529,7 @@ async fn a_missing_program_fails_with_spawn_failed() -> Result<(), Failed> {
         matches!(
             &result,
             Err(SupervisorError::StartFailed { child, exit: ExitKind::SpawnFailed(_) })
-                if child == "missing"
+                if child == "root/missing"
         ),
         format!("StartFailed with SpawnFailed: {result:?}"),
     )?;
@@ -559,7 +559,7 @@ async fn a_missing_program_fails_with_spawn_failed() -> Result<(), Failed> {
         matches!(
             &result,
             Err(SupervisorError::StartFailed { child, exit: ExitKind::SpawnFailed(_) })
-                if child == "missing"
+                if child == "root/missing"
         ),
         format!("start_child fails with SpawnFailed: {result:?}"),
     )?;
