@@ -146,6 +146,7 @@ impl PoolBuilder {
             hungry: AtomicUsize::new(0),
             runtime_gone: std::sync::atomic::AtomicBool::new(false),
             gave_up: std::sync::Mutex::new(None),
+            slot_lost: tokio::sync::watch::Sender::new(None),
         });
         let mut slots = Vec::with_capacity(processes);
         let mut readies = Vec::with_capacity(processes);

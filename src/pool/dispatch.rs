@@ -115,6 +115,15 @@ pub(super) async fn supervise(shared: Arc<Shared>, ready: oneshot::Sender<Result
     };
     let failure = slot(&shared, ready).await;
     guard.finished = true;
+    if let Some(why) = &failure {
+        shared.slot_lost.send_if_modified(|lost| {
+            let first = lost.is_none();
+            if first {
+                *lost = Some(why.clone());
+            }
+            first
+        });
+    }
     let last = shared.live_slots.fetch_sub(1, Ordering::AcqRel) == 1;
     if let (true, Some(why)) = (last, failure) {
         shared

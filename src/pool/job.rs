@@ -205,6 +205,10 @@ pub(super) struct Shared {
     /// Why the pool ended by itself: its last worker could not be
     /// replaced, or its runtime shut down.
     pub(super) gave_up: Mutex<Option<String>>,
+    /// Why the first slot that gave up did (its worker could not be
+    /// replaced), while the others may run on: for a supervisor, the pool
+    /// could not keep its workers.
+    pub(super) slot_lost: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {

@@ -568,16 +568,23 @@ impl Pool {
         let _ = self.join().await;
     }
 
-    /// Waits until the pool has ended: `Some(why)` when it ended by itself
-    /// (its last worker could not be replaced, or its runtime shut down),
-    /// `None` when it was terminated or closed and joined.
+    /// Waits until the pool has ended, or can no longer keep its workers:
+    /// `Some(why)` when a worker could not be replaced (even if others run
+    /// on) or its runtime shut down, `None` when it was terminated or
+    /// closed and joined. What a supervisor watches.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only observes.
     pub(crate) async fn ended(&self) -> Option<String> {
         let mut state = self.shared().state.subscribe();
-        let _ = state.wait_for(|s| *s == State::Terminated).await;
+        let mut lost = self.shared().slot_lost.subscribe();
+        tokio::select! {
+            _ = state.wait_for(|s| *s == State::Terminated) => {}
+            // One worker that cannot be replaced is enough: the pool no
+            // longer has the workers it was built with.
+            Ok(why) = lost.wait_for(Option::is_some) => return why.clone(),
+        }
         // A closed pool ends when its slots do.
         self.shared()
             .gave_up

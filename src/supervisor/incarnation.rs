@@ -140,7 +140,13 @@ impl Incarnation {
                 let watched = pool.clone();
                 tokio::spawn(async move {
                     let exit = match watched.ended().await {
-                        Some(why) => ExitKind::Failed(why),
+                        Some(why) => {
+                            // Its other workers may run on: they go
+                            // before the exit is told (and a new pool
+                            // started).
+                            watched.terminate().await;
+                            ExitKind::Failed(why)
+                        }
                         None => ExitKind::Normal,
                     };
                     exited.send(exit);

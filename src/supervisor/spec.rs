@@ -284,7 +284,9 @@ impl ChildSpec {
     /// every start, as a task of this program (reach it with
     /// [`Supervisor::pool`](super::Supervisor::pool)). The pool replaces
     /// its own workers; when it cannot (the start of a replacement keeps
-    /// failing), it ends abnormally and the supervisor's strategy applies.
+    /// failing, past its retry limit), it ends abnormally, even if its
+    /// other workers run on: the supervisor terminates it and its strategy
+    /// applies, as to any child's exit.
     pub fn pool(name: impl Into<String>, builder: PoolBuilder) -> ChildSpec {
         ChildSpec::with_kind(name, Kind::Pool(builder))
     }
