@@ -39,6 +39,8 @@ pub struct PoolBuilder {
     max_tasks: Option<usize>,
     timeout: Option<Duration>,
     concurrency: Option<usize>,
+    no_forward_tracing: bool,
+    capture_output: bool,
 }
 
 impl PoolBuilder {
@@ -85,6 +87,22 @@ impl PoolBuilder {
     /// [`TaskError::WorkerDied`](crate::TaskError::WorkerDied). `c = 0` fails the build.
     pub fn concurrency(mut self, c: usize) -> Self {
         self.concurrency = Some(c);
+        self
+    }
+
+    /// Whether the workers' `tracing` events reach this process's
+    /// subscriber (default `true`), as
+    /// [`ProcessBuilder::forward_tracing`](crate::ProcessBuilder::forward_tracing).
+    pub fn forward_tracing(mut self, forward: bool) -> Self {
+        self.no_forward_tracing = !forward;
+        self
+    }
+
+    /// Whether the workers' standard output and error are captured as
+    /// lines (default `false`), as
+    /// [`ProcessBuilder::capture_output`](crate::ProcessBuilder::capture_output).
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = capture;
         self
     }
 
@@ -138,6 +156,8 @@ impl PoolBuilder {
                 timeout: self.timeout,
                 concurrency,
                 window: WINDOW + concurrency,
+                forward_tracing: !self.no_forward_tracing,
+                capture_output: self.capture_output,
             },
             next_id: AtomicU64::new(0),
             live_slots: AtomicUsize::new(processes),

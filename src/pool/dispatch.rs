@@ -59,15 +59,19 @@ impl Drop for Worker {
 async fn start(shared: &Shared) -> Result<Worker, BuildError> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(BuildError::Io)?;
     let page = Page::new().map_err(BuildError::Io)?;
-    let process = Process::builder().daemon(true).build(
-        serve,
-        (
-            w_conn,
-            shared.config.init.clone(),
-            shared.config.concurrency,
-            page.clone(),
-        ),
-    );
+    let process = Process::builder()
+        .daemon(true)
+        .forward_tracing(shared.config.forward_tracing)
+        .capture_output(shared.config.capture_output)
+        .build(
+            serve,
+            (
+                w_conn,
+                shared.config.init.clone(),
+                shared.config.concurrency,
+                page.clone(),
+            ),
+        );
     process.start().await.map_err(BuildError::Start)?;
     Ok(Worker {
         process,

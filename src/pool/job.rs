@@ -181,6 +181,10 @@ pub(super) struct Config {
     /// The most jobs a worker may have in flight: the ones it runs and
     /// some more.
     pub(super) window: usize,
+    /// Whether workers forward their `tracing` events.
+    pub(super) forward_tracing: bool,
+    /// Whether workers' stdout and stderr are captured.
+    pub(super) capture_output: bool,
 }
 
 /// What the pool's handles and its supervising tasks share.

@@ -33,6 +33,8 @@ pub struct ProcessBuilder {
     max_frame: Option<usize>,
     start_method: Option<StartMethod>,
     supervised: bool,
+    no_forward_tracing: bool,
+    capture_output: bool,
 }
 
 impl ProcessBuilder {
@@ -71,6 +73,24 @@ impl ProcessBuilder {
         self
     }
 
+    /// Whether the child's `tracing` events reach this process's subscriber
+    /// (default `true`): see [Logs from children](crate#logs-from-children).
+    /// Off, the child's events go nowhere, unless it sets up a subscriber of
+    /// its own.
+    pub fn forward_tracing(mut self, forward: bool) -> Self {
+        self.no_forward_tracing = !forward;
+        self
+    }
+
+    /// Whether the child's standard output and error are captured (default
+    /// `false`): each line it writes becomes a `tracing` event here, inside
+    /// the child's span, with a `stream` field (`"stdout"` or `"stderr"`).
+    /// Off, the child writes to this process's own stdout and stderr.
+    pub fn capture_output(mut self, capture: bool) -> Self {
+        self.capture_output = capture;
+        self
+    }
+
     /// A child of a `Supervisor`: it leads a process group of its own, and
     /// its readiness and heartbeats reach [`Process::notes`].
     pub(crate) fn supervised(mut self, supervised: bool) -> Self {
@@ -105,14 +125,18 @@ impl ProcessBuilder {
             detached: self.detached,
             parent_pid: std::process::id(),
             supervised: self.supervised,
+            // Set at `start`, from the subscriber this process has then.
+            log_level: 0,
+            capture_output: self.capture_output,
         };
         Process {
-            state: ChildState::new(self.daemon, self.detached),
+            state: ChildState::new(&identity.name, self.daemon, self.detached),
             spec: Mutex::new(Some(Spec { target, args, fds })),
             authkey: cur.authkey.clone(),
             identity,
             max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
             start_method: self.start_method,
+            forward_tracing: !self.no_forward_tracing,
             _result: PhantomData,
         }
     }

@@ -47,6 +47,7 @@ use serde::de::DeserializeOwned;
 
 use crate::runtime::forkserver::{StartMethod, get_start_method};
 use crate::runtime::identity::{current, init_called, nonce};
+use crate::runtime::logs;
 use crate::runtime::registry::StartPermit;
 use crate::runtime::spawn::{self, Started};
 use crate::runtime::watch::{self, ChildState, Note, Report};
@@ -81,6 +82,8 @@ pub struct Process<R> {
     pub(super) identity: Identity,
     pub(super) max_frame: usize,
     pub(super) start_method: Option<StartMethod>,
+    /// Whether the child forwards its `tracing` events here.
+    pub(super) forward_tracing: bool,
     pub(super) _result: PhantomData<fn() -> R>,
 }
 
@@ -161,9 +164,16 @@ impl<R: DeserializeOwned> Process<R> {
             max_frame: self.max_frame as u64,
         };
         encode_message(&hello, &mut first, self.max_frame).map_err(orders_error)?;
+        let mut identity = self.identity.clone();
+        // The child forwards what this process's subscribers want now.
+        identity.log_level = if self.forward_tracing {
+            logs::parent_level()
+        } else {
+            0
+        };
         let run = ParentMsg::Run {
             id: watch::RUN_ID,
-            identity: self.identity.clone(),
+            identity,
             target: spec.target,
             args: args.into(),
             fds: u32::try_from(spec.fds.len()).map_err(|_| {

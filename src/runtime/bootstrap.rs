@@ -204,6 +204,7 @@ fn run_target(
             Err(e) => Outcome::Panicked(crate::wire::PanicInfo {
                 message: format!("could not build a Tokio runtime in the child: {e}"),
                 location: None,
+                backtrace: None,
             }),
         },
     };

@@ -12,6 +12,7 @@ pub(crate) mod exec;
 pub(crate) mod forkserver;
 pub(crate) mod identity;
 pub(crate) mod latch;
+pub(crate) mod logs;
 pub(crate) mod registry;
 pub(crate) mod spawn;
 pub(crate) mod watch;

@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
 use super::latch::Latch;
+use super::logs;
 use super::registry::Registry;
 use crate::sys::{self, OwnedHandle, Signal};
 use crate::transport::fdstream::FdStream;
@@ -55,6 +56,8 @@ pub(crate) enum Report {
 #[derive(Debug)]
 pub(crate) struct ChildState {
     pub(crate) key: u64,
+    /// The child's name, which labels what it logs here.
+    pub(crate) name: String,
     pub(crate) daemon: bool,
     pub(crate) detached: bool,
     child: OnceLock<sys::Child>,
@@ -82,10 +85,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChildState {
-    pub(crate) fn new(daemon: bool, detached: bool) -> Arc<Self> {
+    pub(crate) fn new(name: &str, daemon: bool, detached: bool) -> Arc<Self> {
         static KEYS: AtomicU64 = AtomicU64::new(1);
         Arc::new(ChildState {
             key: KEYS.fetch_add(1, Ordering::Relaxed),
+            name: name.to_owned(),
             daemon,
             detached,
             child: OnceLock::new(),
@@ -202,6 +206,10 @@ impl ChildState {
             }
             return;
         }
+        if let Ok(ChildMsg::Log { records, dropped }) = msg {
+            logs::replay(&self.name, self.pid().unwrap_or(0), records, dropped);
+            return;
+        }
         let mut report = lock(&self.report);
         match msg {
             Ok(ChildMsg::Outcome {
@@ -230,7 +238,8 @@ impl ChildState {
                 | ChildMsg::Forked { .. }
                 | ChildMsg::ForkFailed { .. }
                 | ChildMsg::Ready
-                | ChildMsg::Heartbeat),
+                | ChildMsg::Heartbeat
+                | ChildMsg::Log { .. }),
             ) => {
                 let e =
                     ChannelError::Malformed(format!("unexpected message from a child: {other:?}"));

@@ -15,6 +15,7 @@ use super::spec::{ChildSpec, Kind, Shutdown};
 use super::{Events, Supervisor};
 use crate::pool::Pool;
 use crate::process::{Process, ProcessError};
+use crate::runtime::logs;
 use crate::runtime::watch::Note;
 use crate::sys::{self, Signal};
 
@@ -107,7 +108,11 @@ impl Incarnation {
                             .map_err(|e| ExitKind::SpawnFailed(e.to_string()))?,
                     );
                 }
-                let builder = Process::builder().name(cx.path).supervised(true);
+                let builder = Process::builder()
+                    .name(cx.path)
+                    .supervised(true)
+                    .forward_tracing(spec.forward_tracing)
+                    .capture_output(spec.capture_output);
                 let process: Process<IgnoredAny> =
                     Process::from_encoded(builder, *target, args.clone(), fds);
                 let note_rx = process.notes();
@@ -132,8 +137,14 @@ impl Incarnation {
                 (pid, What::Program)
             }
             Kind::Pool(builder) => {
+                let mut builder = builder.clone();
+                if !spec.forward_tracing {
+                    builder = builder.forward_tracing(false);
+                }
+                if spec.capture_output {
+                    builder = builder.capture_output(true);
+                }
                 let pool = builder
-                    .clone()
                     .build()
                     .await
                     .map_err(|e| ExitKind::SpawnFailed(e.to_string()))?;
@@ -540,7 +551,8 @@ async fn forward_lines(
             OutputStream::Stdout => "stdout",
             OutputStream::Stderr => "stderr",
         };
-        tracing::info!(target: "tokio_multiprocessing::child", child = %child, pid, stream, "{line}");
+        let _label = logs::child_span(tracing::Level::INFO, &child, pid).entered();
+        tracing::info!(target: logs::CHILD_TARGET, stream, "{line}");
         events.emit(Event::Log {
             child: child.clone(),
             pid,

@@ -222,6 +222,7 @@ pub struct ChildSpec {
     pub(super) watchdog: Option<Duration>,
     pub(super) significant: bool,
     pub(super) capture_output: bool,
+    pub(super) forward_tracing: bool,
     pub(super) stop_signal: i32,
     /// How many times the child was started, over every run of its
     /// supervisor (a nested one is restarted by its parent): a start's
@@ -244,6 +245,7 @@ impl ChildSpec {
             watchdog: None,
             significant: false,
             capture_output: false,
+            forward_tracing: true,
             stop_signal: Signal::Terminate.number(),
             generation: 0,
         }
@@ -343,11 +345,24 @@ impl ChildSpec {
         self
     }
 
-    /// Captures the program's standard output and error as lines, which
-    /// become [`Event::Log`](super::Event::Log)s and `tracing` events.
-    /// Programs only ([`ChildSpec::command`]).
+    /// Captures the child's standard output and error as lines, which
+    /// become [`Event::Log`](super::Event::Log)s and `tracing` events
+    /// (default `false`). For a pool, its workers' output, as
+    /// [`PoolBuilder::capture_output`](crate::PoolBuilder::capture_output).
+    /// Nested supervisors pass it on to nothing: their children have their
+    /// own specs.
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.capture_output = capture;
+        self
+    }
+
+    /// Whether a target child or a pool's workers forward their `tracing`
+    /// events to this process's subscriber (default `true`), as
+    /// [`ProcessBuilder::forward_tracing`](crate::ProcessBuilder::forward_tracing).
+    /// A program's output is not `tracing`; see
+    /// [`capture_output`](Self::capture_output).
+    pub fn forward_tracing(mut self, forward: bool) -> Self {
+        self.forward_tracing = forward;
         self
     }
 

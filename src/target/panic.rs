@@ -43,5 +43,6 @@ pub(crate) fn panic_info(payload: Box<dyn std::any::Any + Send>) -> PanicInfo {
     PanicInfo {
         message,
         location: take_panic_location(),
+        backtrace: None,
     }
 }

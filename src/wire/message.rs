@@ -9,8 +9,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use super::log::LogRecord;
+
 /// Bumped whenever a message's layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The `magic` field of every `Hello`: a child that reads anything else
 /// was not started by this library.
@@ -73,6 +75,12 @@ pub(crate) struct Identity {
     pub(crate) parent_pid: u32,
     /// Started by a `Supervisor`: readiness and heartbeats go to it.
     pub(crate) supervised: bool,
+    /// The most verbose level the child forwards its `tracing` events at:
+    /// 0 forwards nothing, 1 (ERROR) to 5 (TRACE).
+    pub(crate) log_level: u8,
+    /// The child's stdout and stderr go to pipes the parent reads: their
+    /// write ends are the first two descriptors that come with the `Run`.
+    pub(crate) capture_output: bool,
 }
 
 /// Parent-to-child messages after the `Hello`.
@@ -125,6 +133,12 @@ pub(crate) enum ChildMsg {
     Ready,
     /// A supervised child is alive (`heartbeat`).
     Heartbeat,
+    /// `tracing` events of the child, in the order they happened, and how
+    /// many it dropped (its buffer was full) since the last batch.
+    Log {
+        records: Vec<LogRecord>,
+        dropped: u64,
+    },
 }
 
 /// Where a panic happened, as reported by the child that panicked.
@@ -134,6 +148,10 @@ pub struct PanicInfo {
     pub message: String,
     /// `file:line:column` of the panic, when the child could record it.
     pub location: Option<String>,
+    /// The panicking thread's backtrace, when the child captured one
+    /// (`RUST_BACKTRACE=1`, as `std` decides).
+    #[serde(default)]
+    pub backtrace: Option<String>,
 }
 
 impl fmt::Display for PanicInfo {

@@ -4,6 +4,7 @@
 
 mod error;
 pub(crate) mod frame;
+pub(crate) mod log;
 pub(crate) mod message;
 #[cfg(test)]
 mod proptests;

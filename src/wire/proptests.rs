@@ -37,9 +37,10 @@ fn identity() -> impl Strategy<Value = Identity> {
         any::<bool>(),
         any::<u32>(),
         any::<bool>(),
+        (0u8..6, any::<bool>()),
     )
         .prop_map(
-            |(name, path, authkey, daemon, detached, parent_pid, supervised)| Identity {
+            |(
                 name,
                 path,
                 authkey,
@@ -47,6 +48,17 @@ fn identity() -> impl Strategy<Value = Identity> {
                 detached,
                 parent_pid,
                 supervised,
+                (log_level, capture_output),
+            )| Identity {
+                name,
+                path,
+                authkey,
+                daemon,
+                detached,
+                parent_pid,
+                supervised,
+                log_level,
+                capture_output,
             },
         )
 }
@@ -54,8 +66,18 @@ fn identity() -> impl Strategy<Value = Identity> {
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         bytes().prop_map(Outcome::Returned),
-        (".{0,40}", proptest::option::of(".{0,40}"))
-            .prop_map(|(message, location)| Outcome::Panicked(PanicInfo { message, location })),
+        (
+            ".{0,40}",
+            proptest::option::of(".{0,40}"),
+            proptest::option::of(".{0,80}")
+        )
+            .prop_map(
+                |(message, location, backtrace)| Outcome::Panicked(PanicInfo {
+                    message,
+                    location,
+                    backtrace
+                })
+            ),
         ".{0,40}".prop_map(Outcome::DecodeArgs),
         ".{0,40}".prop_map(Outcome::EncodeResult),
     ]

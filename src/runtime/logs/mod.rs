@@ -1,0 +1,71 @@
+//! Logs from children: a child's `tracing` events forwarded to its parent
+//! and re-emitted there, labelled with the child.
+//!
+//! See [Logs from children](crate#logs-from-children) for what users see.
+
+use tracing::Level;
+use tracing::level_filters::LevelFilter;
+
+/// The target of the events this crate emits on a child's behalf (its
+/// captured output, its panic).
+pub(crate) const CHILD_TARGET: &str = "tokio_multiprocessing::child";
+
+/// A level as it travels: 1 (ERROR) to 5 (TRACE).
+pub(crate) fn level_to_u8(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+/// The level a byte names, if any.
+#[allow(dead_code)] // used by the replay, next
+pub(crate) fn u8_to_level(v: u8) -> Option<Level> {
+    Some(match v {
+        1 => Level::ERROR,
+        2 => Level::WARN,
+        3 => Level::INFO,
+        4 => Level::DEBUG,
+        5 => Level::TRACE,
+        _ => return None,
+    })
+}
+
+/// The most verbose level this process's subscribers want, as the byte a
+/// child is told: 0 when no subscriber wants anything (none is set yet).
+pub(crate) fn parent_level() -> u8 {
+    LevelFilter::current().into_level().map_or(0, level_to_u8)
+}
+
+/// The span that labels what a child sent: `child{process, pid}`, at
+/// `level` (the level of the event inside it, so that a filter that lets
+/// the event through lets its label through too).
+pub(crate) fn child_span(level: Level, process: &str, pid: u32) -> tracing::Span {
+    macro_rules! span_at {
+        ($lvl:expr) => {
+            tracing::span!(target: CHILD_TARGET, $lvl, "child", process, pid)
+        };
+    }
+    match level {
+        Level::ERROR => span_at!(Level::ERROR),
+        Level::WARN => span_at!(Level::WARN),
+        Level::INFO => span_at!(Level::INFO),
+        Level::DEBUG => span_at!(Level::DEBUG),
+        Level::TRACE => span_at!(Level::TRACE),
+    }
+}
+
+/// Re-emits a batch of a child's events into this process's subscriber,
+/// each inside the child's label span; `dropped` events that the child
+/// could not queue become one warning.
+pub(crate) fn replay(
+    process: &str,
+    pid: u32,
+    records: Vec<crate::wire::log::LogRecord>,
+    dropped: u64,
+) {
+    let _ = (process, pid, records, dropped);
+}
