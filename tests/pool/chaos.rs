@@ -225,6 +225,7 @@ fn expected_map_error(items: &[(Kind, Tag, u32)], chunk: usize) -> Option<mp::Ta
                     mp::TaskError::Panicked(mp::PanicInfo {
                         message: format!("{QUIET} {id}"),
                         location: None,
+                        backtrace: None,
                     })
                 })
         }
