@@ -10,6 +10,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use super::exec::{CHILD_ENV, parse_marker};
 use super::forkserver::server;
 use super::identity::{Current, set_current};
+use super::logs;
 use super::watch::Note;
 use crate::sys::{self, OwnedHandle};
 use crate::target::{Resolved, fingerprint, resolve};
@@ -163,6 +164,7 @@ fn run_target(
     args: &[u8],
     fds: Vec<OwnedHandle>,
 ) -> i32 {
+    let log_level = identity.log_level;
     set_current(Current {
         name: identity.name,
         path: identity.path,
@@ -180,6 +182,18 @@ fn run_target(
     // target runs, and frames must never interleave.
     let ch = CHANNEL.get_or_init(|| Mutex::new(ch));
     SUPERVISED.store(identity.supervised, std::sync::atomic::Ordering::Relaxed);
+    // The child's `tracing` events go to the parent, up to its level.
+    let forwarding = logs::child::install(
+        log_level,
+        Box::new(|msg| {
+            CHANNEL.get().is_some_and(|ch| {
+                ch.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .send(msg)
+                    .is_ok()
+            })
+        }),
+    );
 
     // SAFETY: the handshake above proved that the parent runs this very
     // build (magic, protocol version and build fingerprint match, and the
@@ -198,6 +212,11 @@ fn run_target(
         Err(outcome) => outcome,
         Ok(future) => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_start(move || {
+                if let Some(forwarding) = &forwarding {
+                    forwarding.enter_thread();
+                }
+            })
             .build()
         {
             Ok(rt) => rt.block_on(future),
@@ -212,6 +231,8 @@ fn run_target(
         Outcome::Returned(_) => 0,
         _ => 1,
     };
+    // What the target logged reaches the parent before its outcome.
+    logs::child::flush(LOG_FLUSH);
     let msg = ChildMsg::Outcome { id, outcome };
     let ch = ch.lock().unwrap_or_else(PoisonError::into_inner);
     if let Err(ChannelError::Oversized { len, max }) = ch.send(&msg) {
@@ -227,8 +248,12 @@ fn run_target(
     if let Some(exit_rule) = EXIT_RULE.get() {
         exit_rule();
     }
+    logs::child::flush(LOG_FLUSH);
     code
 }
+
+/// How long a child waits, at its end, for its logs to reach the parent.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// The control channel of this child, once its target runs.
 static CHANNEL: OnceLock<Mutex<BlockingChannel>> = OnceLock::new();

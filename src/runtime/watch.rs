@@ -207,7 +207,7 @@ impl ChildState {
             return;
         }
         if let Ok(ChildMsg::Log { records, dropped }) = msg {
-            logs::replay(&self.name, self.pid().unwrap_or(0), records, dropped);
+            logs::replay(&self.name, self.pid().unwrap_or(0), &records, dropped);
             return;
         }
         let mut report = lock(&self.report);

@@ -3,6 +3,11 @@
 //!
 //! See [Logs from children](crate#logs-from-children) for what users see.
 
+pub(crate) mod child;
+mod replay;
+
+pub(crate) use replay::replay;
+
 use tracing::Level;
 use tracing::level_filters::LevelFilter;
 
@@ -22,7 +27,6 @@ pub(crate) fn level_to_u8(level: Level) -> u8 {
 }
 
 /// The level a byte names, if any.
-#[allow(dead_code)] // used by the replay, next
 pub(crate) fn u8_to_level(v: u8) -> Option<Level> {
     Some(match v {
         1 => Level::ERROR,
@@ -56,16 +60,4 @@ pub(crate) fn child_span(level: Level, process: &str, pid: u32) -> tracing::Span
         Level::DEBUG => span_at!(Level::DEBUG),
         Level::TRACE => span_at!(Level::TRACE),
     }
-}
-
-/// Re-emits a batch of a child's events into this process's subscriber,
-/// each inside the child's label span; `dropped` events that the child
-/// could not queue become one warning.
-pub(crate) fn replay(
-    process: &str,
-    pid: u32,
-    records: Vec<crate::wire::log::LogRecord>,
-    dropped: u64,
-) {
-    let _ = (process, pid, records, dropped);
 }
