@@ -35,6 +35,9 @@ enum Run {
     /// Runs once with n and returns the memory it found, one sample per
     /// process measured.
     Memory(fn(u64) -> futures::future::BoxFuture<'static, Result<MemorySample, String>>),
+    /// Runs n operations and returns what it measured, with `elapsed` the
+    /// time of `ops` operations (fewer than n when some were dropped).
+    Logs(fn(u64) -> futures::future::BoxFuture<'static, Result<LogSample, String>>),
 }
 
 const CASES: &[Case] = &[
@@ -145,6 +148,12 @@ const CASES: &[Case] = &[
         default_n: 100,
         about: "memory of an idle Pool(2) worker after a map of n trivial tasks (VmRSS, Pss; KiB)",
         run: Run::Memory(|n| Box::pin(pool_idle_rss(n))),
+    },
+    Case {
+        name: "log_forward",
+        default_n: 1_000_000,
+        about: "a child emits n info! events with two fields; the parent's fmt subscriber writes them to a sink; one op is one event received",
+        run: Run::Logs(|n| Box::pin(log_forward(n))),
     },
 ];
 
@@ -488,6 +497,7 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
     let run = match case.run {
         Run::Time(run) => run,
         Run::Memory(run) => return run_memory_case(case, run, n, reps).await,
+        Run::Logs(run) => return run_log_case(case, run, n, reps).await,
     };
     // Warm up: page in the binary, start lazily created state.
     run(n.min(10)).await?;
@@ -565,6 +575,185 @@ async fn run_memory_case(
         "worker_pss_kib": median_kib(pss),
         "fork_server_rss_kib": median_kib(fs_rss),
         "fork_server_pss_kib": median_kib(fs_pss),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// What one run of `log_forward` measured.
+struct LogSample {
+    /// From the child's start to its join, with every event it sent
+    /// re-emitted here.
+    elapsed: Duration,
+    /// Events the parent's subscriber received.
+    received: u64,
+    /// Events the child reported dropped.
+    dropped: u64,
+    /// Nanoseconds per event on the child's logging thread: forwarding,
+    /// with no subscriber at all, and formatting to /dev/null itself.
+    child_ns: (f64, f64, f64),
+    /// CPU time this process (the parent) spent, user and system.
+    parent_cpu: Duration,
+}
+
+/// The CPU time this process has used so far, user and system.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(
+                u64::try_from(t.tv_sec()).unwrap_or(0),
+                u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+            )
+        };
+        tv(u.user_time()) + tv(u.system_time())
+    })
+}
+
+/// Events of target `bench_log` the parent's subscriber saw.
+static RECEIVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Events the children reported dropped.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts what the parent's subscriber receives.
+struct Count;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if event.metadata().target() == "bench_log" {
+            RECEIVED.fetch_add(1, Relaxed);
+            return;
+        }
+        struct Dropped(u64);
+        impl tracing::field::Visit for Dropped {
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                if f.name() == "dropped" {
+                    self.0 = v;
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut d = Dropped(0);
+        event.record(&mut d);
+        DROPPED.fetch_add(d.0, Relaxed);
+    }
+}
+
+/// The parent's subscriber for `log_forward`: `fmt` into a sink, and a
+/// count; `INFO` and above. Installed once, for this case only.
+fn log_subscriber() {
+    use tracing_subscriber::prelude::*;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_ansi(false),
+            )
+            .with(Count)
+            .try_init();
+    });
+}
+
+/// How the child's events go: forwarded, nowhere, or formatted by the
+/// child itself to /dev/null.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Copy)]
+enum LogMode {
+    Forward,
+    Nowhere,
+    LocalFmt,
+}
+
+/// Emits n events, the way `log_forward` does, and returns the time per
+/// event in nanoseconds on this thread.
+fn emit_events((n, mode): (u64, LogMode)) -> f64 {
+    let _local = match mode {
+        LogMode::LocalFmt => {
+            let devnull = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .expect("/dev/null");
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(std::sync::Mutex::new(devnull))
+                .with_ansi(false)
+                .finish();
+            Some(tracing::subscriber::set_default(subscriber))
+        }
+        LogMode::Forward | LogMode::Nowhere => None,
+    };
+    let t0 = Instant::now();
+    for i in 0..n {
+        tracing::info!(target: "bench_log", i, kind = "bench", "event");
+    }
+    t0.elapsed().as_secs_f64() * 1e9 / n as f64
+}
+
+async fn log_forward(n: u64) -> Result<LogSample, String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    log_subscriber();
+    let child = |mode: LogMode| async move {
+        mp::Process::builder()
+            .forward_tracing(matches!(mode, LogMode::Forward))
+            .spawn(emit_events, (n, mode))
+            .await
+            .map_err(err)?
+            .join()
+            .await
+            .map_err(err)
+    };
+    let (received, dropped) = (RECEIVED.load(Relaxed), DROPPED.load(Relaxed));
+    let (t0, cpu0) = (Instant::now(), cpu_time());
+    let forward_ns = child(LogMode::Forward).await?;
+    let (elapsed, parent_cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    let (received, dropped) = (
+        RECEIVED.load(Relaxed) - received,
+        DROPPED.load(Relaxed) - dropped,
+    );
+    let none_ns = child(LogMode::Nowhere).await?;
+    let fmt_ns = child(LogMode::LocalFmt).await?;
+    Ok(LogSample {
+        elapsed,
+        received,
+        dropped,
+        child_ns: (forward_ns, none_ns, fmt_ns),
+        parent_cpu,
+    })
+}
+
+/// Runs `log_forward` `reps` times after a warm-up and prints the medians.
+async fn run_log_case(
+    case: &Case,
+    run: fn(u64) -> futures::future::BoxFuture<'static, Result<LogSample, String>>,
+    n: u64,
+    reps: u32,
+) -> Result<(), String> {
+    run(n.min(1000)).await?;
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        samples.push(run(n).await?);
+    }
+    let med = |f: &dyn Fn(&LogSample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (median(&v) * 1000.0).round() / 1000.0
+    };
+    let per_op_us = med(&|s| s.elapsed.as_secs_f64() * 1e6 / s.received.max(1) as f64);
+    let line = serde_json::json!({
+        "case": case.name,
+        "impl": "rust",
+        "n": n,
+        "reps": reps,
+        "per_op_us": per_op_us,
+        "ops_per_s": (1e6 / per_op_us).round(),
+        "received": med(&|s| s.received as f64),
+        "dropped": med(&|s| s.dropped as f64),
+        "parent_cpu_us_per_event": med(&|s| s.parent_cpu.as_secs_f64() * 1e6 / s.received.max(1) as f64),
+        "child_ns_forward": med(&|s| s.child_ns.0),
+        "child_ns_no_subscriber": med(&|s| s.child_ns.1),
+        "child_ns_local_fmt": med(&|s| s.child_ns.2),
     });
     println!("{line}");
     Ok(())

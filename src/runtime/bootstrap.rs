@@ -232,7 +232,7 @@ fn run_target(
         _ => 1,
     };
     // What the target logged reaches the parent before its outcome.
-    logs::child::flush(LOG_FLUSH);
+    let _ = logs::child::flush(LOG_FLUSH);
     let msg = ChildMsg::Outcome { id, outcome };
     let ch = ch.lock().unwrap_or_else(PoisonError::into_inner);
     if let Err(ChannelError::Oversized { len, max }) = ch.send(&msg) {
@@ -248,7 +248,14 @@ fn run_target(
     if let Some(exit_rule) = EXIT_RULE.get() {
         exit_rule();
     }
-    logs::child::flush(LOG_FLUSH);
+    let unsent = logs::child::flush(LOG_FLUSH);
+    if unsent > 0 {
+        // The parent is not reading: say so where it can still be seen.
+        eprintln!(
+            "tokio-multiprocessing: {unsent} log events of this child were not forwarded \
+             before it exited: the parent did not read them in time"
+        );
+    }
     code
 }
 

@@ -75,6 +75,8 @@ pub(crate) struct ChildState {
     report: Mutex<Report>,
     /// Where readiness and heartbeats of a supervised child go.
     notes: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Note>>>,
+    /// Re-emits the child's `tracing` events here, once it sent some.
+    logs: Mutex<Option<logs::Replayer>>,
     /// A second descriptor of our end of the control socket, for draining
     /// at program exit when no runtime is left to run the watcher.
     drain: Mutex<Option<OwnedHandle>>,
@@ -102,6 +104,7 @@ impl ChildState {
             report: Mutex::new(Report::Pending),
             drain: Mutex::new(None),
             notes: Mutex::new(None),
+            logs: Mutex::new(None),
         })
     }
 
@@ -206,8 +209,10 @@ impl ChildState {
             }
             return;
         }
-        if let Ok(ChildMsg::Log { records, dropped }) = msg {
-            logs::replay(&self.name, self.pid().unwrap_or(0), &records, dropped);
+        if let Ok(ChildMsg::Log(batch)) = msg {
+            lock(&self.logs)
+                .get_or_insert_with(|| logs::Replayer::new(&self.name, self.pid().unwrap_or(0)))
+                .replay(&batch);
             return;
         }
         let mut report = lock(&self.report);
@@ -239,7 +244,7 @@ impl ChildState {
                 | ChildMsg::ForkFailed { .. }
                 | ChildMsg::Ready
                 | ChildMsg::Heartbeat
-                | ChildMsg::Log { .. }),
+                | ChildMsg::Log(_)),
             ) => {
                 let e =
                     ChannelError::Malformed(format!("unexpected message from a child: {other:?}"));
@@ -434,6 +439,8 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
     }
     drop(frames);
     drop(lock(&state.drain).take());
+    // The child's label spans close with it.
+    drop(lock(&state.logs).take());
     state.done.set(());
 }
 

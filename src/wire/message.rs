@@ -9,8 +9,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::log::LogRecord;
-
 /// Bumped whenever a message's layout changes.
 pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
@@ -133,12 +131,10 @@ pub(crate) enum ChildMsg {
     Ready,
     /// A supervised child is alive (`heartbeat`).
     Heartbeat,
-    /// `tracing` events of the child, in the order they happened, and how
-    /// many it dropped (its buffer was full) since the last batch.
-    Log {
-        records: Vec<LogRecord>,
-        dropped: u64,
-    },
+    /// `tracing` events of the child, in the order they happened: an
+    /// encoded [`LogBatch`](super::log::LogBatch), decoded apart so that
+    /// its strings can borrow from it.
+    Log(ByteBuf),
 }
 
 /// Where a panic happened, as reported by the child that panicked.

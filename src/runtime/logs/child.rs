@@ -4,8 +4,9 @@
 //! control channel.
 
 use std::cell::Cell;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,16 +19,20 @@ use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::{level_to_u8, u8_to_level};
-use crate::wire::log::{LogRecord, LogSpan, LogValue};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::wire::log::{LogBatch, LogCallsite, LogEntry, LogRecord, LogValue};
 use crate::wire::message::ChildMsg;
 
-/// How many events wait for the writer before new ones are dropped.
-pub(crate) const QUEUE: usize = 4096;
+/// How many events wait for the writer before new ones are dropped. The
+/// queue grows with what waits, so a child that logs little keeps little.
+pub(crate) const QUEUE: usize = 16_384;
 
 /// The most records in one `Log` frame.
 const BATCH: usize = 512;
 
-type Fields = Vec<(&'static str, LogValue)>;
+type Fields = Vec<(&'static str, LogValue<'static>)>;
 
 /// Collects fields with the primitive types `tracing` gives.
 #[derive(Default)]
@@ -35,7 +40,8 @@ struct Collect(Fields);
 
 impl Visit for Collect {
     fn record_str(&mut self, f: &Field, v: &str) {
-        self.0.push((f.name(), LogValue::Str(v.to_owned())));
+        self.0
+            .push((f.name(), LogValue::Str(Cow::Owned(v.to_owned()))));
     }
     fn record_i64(&mut self, f: &Field, v: i64) {
         self.0.push((f.name(), LogValue::I64(v)));
@@ -50,11 +56,13 @@ impl Visit for Collect {
         self.0.push((f.name(), LogValue::Bool(v)));
     }
     fn record_error(&mut self, f: &Field, v: &(dyn std::error::Error + 'static)) {
-        self.0.push((f.name(), LogValue::Fmt(v.to_string())));
+        self.0
+            .push((f.name(), LogValue::Fmt(Cow::Owned(v.to_string()))));
     }
     fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
         // The message comes here as `fmt::Arguments`, whose Debug is its text.
-        self.0.push((f.name(), LogValue::Fmt(format!("{v:?}"))));
+        self.0
+            .push((f.name(), LogValue::Fmt(Cow::Owned(format!("{v:?}")))));
     }
 }
 
@@ -73,14 +81,44 @@ struct Pending {
 enum Msg {
     Event(Pending),
     /// Send everything before this, then say so.
-    Flush(std::sync::mpsc::Sender<()>),
+    Flush(Sender<()>),
 }
 
 /// Where the layer puts events, once this process is a child that
-/// forwards.
+/// forwards. The queue and its writer are made at the first event: a child
+/// that never logs pays for neither.
 struct Sink {
-    tx: SyncSender<Msg>,
+    send: Mutex<Option<SendFn>>,
+    queue: OnceLock<Sender<Msg>>,
+    /// Events in the queue, which the writer counts down.
+    waiting: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// The queue, made with its writer the first time.
+    fn queue(&self) -> &Sender<Msg> {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = channel();
+            let send = self
+                .send
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            let (dropped, waiting) = (self.dropped.clone(), self.waiting.clone());
+            let spawned = send.map(|send| {
+                std::thread::Builder::new()
+                    .name("tokio-multiprocessing-logs".to_owned())
+                    .stack_size(256 * 1024)
+                    .spawn(move || writer(&rx, &waiting, &dropped, &send))
+            });
+            if let Some(Err(e)) = spawned {
+                // The queue has no reader: every event is counted as dropped.
+                eprintln!("tokio-multiprocessing: could not start the log forwarder: {e}");
+            }
+            tx
+        })
+    }
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -152,43 +190,92 @@ where
             scope,
         });
         // Never block: a full queue is a counted drop.
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sink.tx.try_send(msg) {
+        if sink.waiting.fetch_add(1, Ordering::Relaxed) >= QUEUE || sink.queue().send(msg).is_err()
+        {
+            sink.waiting.fetch_sub(1, Ordering::Relaxed);
             sink.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn owned(fields: &Fields) -> Vec<(String, LogValue)> {
-    fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
+/// The writer's numbering of callsites: each is named to the parent once.
+#[derive(Default)]
+struct Numbering {
+    ids: HashMap<usize, u32>,
 }
 
-fn record(p: Pending) -> LogRecord {
-    let m = p.meta;
-    LogRecord {
-        level: level_to_u8(*m.level()),
-        name: m.name().to_owned(),
-        target: m.target().to_owned(),
-        module_path: m.module_path().map(str::to_owned),
-        file: m.file().map(str::to_owned),
-        line: m.line(),
-        fields: p
-            .fields
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
-        spans: p
-            .scope
-            .iter()
-            .map(|(sm, f)| LogSpan {
-                name: sm.name().to_owned(),
-                target: sm.target().to_owned(),
-                level: level_to_u8(*sm.level()),
-                fields: owned(f),
-            })
-            .collect(),
+impl Numbering {
+    /// The number of `meta`'s callsite, naming it in `named` the first time.
+    fn id(&mut self, meta: &'static Metadata<'static>, named: &mut Vec<LogCallsite>) -> u32 {
+        let key = std::ptr::from_ref(meta) as usize;
+        let next = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
+        *self.ids.entry(key).or_insert_with(|| {
+            named.push(LogCallsite {
+                id: next,
+                span: meta.is_span(),
+                level: level_to_u8(*meta.level()),
+                name: meta.name().to_owned(),
+                target: meta.target().to_owned(),
+                module_path: meta.module_path().map(str::to_owned),
+                file: meta.file().map(str::to_owned),
+                line: meta.line(),
+                fields: meta.fields().iter().map(|f| f.name().to_owned()).collect(),
+            });
+            next
+        })
+    }
+}
+
+/// A value, borrowed for encoding.
+fn borrowed<'a>(v: &'a LogValue<'static>) -> LogValue<'a> {
+    match v {
+        LogValue::Str(s) => LogValue::Str(Cow::Borrowed(s)),
+        LogValue::Fmt(s) => LogValue::Fmt(Cow::Borrowed(s)),
+        LogValue::I64(v) => LogValue::I64(*v),
+        LogValue::U64(v) => LogValue::U64(*v),
+        LogValue::F64(v) => LogValue::F64(*v),
+        LogValue::Bool(v) => LogValue::Bool(*v),
+    }
+}
+
+/// An event or span's values, with the positions of their fields.
+fn entry<'a>(
+    numbering: &mut Numbering,
+    named: &mut Vec<LogCallsite>,
+    meta: &'static Metadata<'static>,
+    fields: &'a Fields,
+) -> LogEntry<'a> {
+    let values = fields
+        .iter()
+        .filter_map(|(name, value)| {
+            let at = meta.fields().iter().position(|f| f.name() == *name)?;
+            Some((u16::try_from(at).ok()?, borrowed(value)))
+        })
+        .collect();
+    LogEntry {
+        callsite: numbering.id(meta, named),
+        values,
+    }
+}
+
+/// The batch of `pending`, borrowing its values.
+fn batch<'a>(numbering: &mut Numbering, pending: &'a [Pending], dropped: u64) -> LogBatch<'a> {
+    let mut callsites = Vec::new();
+    let records = pending
+        .iter()
+        .map(|p| LogRecord {
+            spans: p
+                .scope
+                .iter()
+                .map(|(meta, fields)| entry(numbering, &mut callsites, meta, fields))
+                .collect(),
+            event: entry(numbering, &mut callsites, p.meta, &p.fields),
+        })
+        .collect();
+    LogBatch {
+        callsites,
+        records,
+        dropped,
     }
 }
 
@@ -197,41 +284,41 @@ type SendFn = Box<dyn Fn(&ChildMsg) -> bool + Send>;
 
 /// The writer's loop: takes what is queued, up to a batch, and sends it
 /// with the count of events dropped since the last batch.
-fn writer(rx: &Receiver<Msg>, dropped: &AtomicU64, send: &SendFn) {
+fn writer(rx: &Receiver<Msg>, waiting: &AtomicUsize, dropped: &AtomicU64, send: &SendFn) {
     WRITER.with(|w| w.set(true));
     let mut alive = true;
-    let mut records = Vec::with_capacity(BATCH);
+    let mut numbering = Numbering::default();
+    let mut pending = Vec::with_capacity(BATCH);
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next {
             match msg {
-                Msg::Event(p) => records.push(record(p)),
+                Msg::Event(p) => {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    pending.push(p);
+                }
                 Msg::Flush(done) => flushes.push(done),
             }
-            next = if records.len() < BATCH && flushes.is_empty() {
+            next = if pending.len() < BATCH && flushes.is_empty() {
                 rx.try_recv().ok()
             } else {
                 None
             };
         }
         let lost = dropped.swap(0, Ordering::Relaxed);
-        if alive && (!records.is_empty() || lost > 0) {
-            let msg = ChildMsg::Log {
-                records: std::mem::take(&mut records),
-                dropped: lost,
-            };
-            alive = send(&msg);
+        if alive && (!pending.is_empty() || lost > 0) {
+            match rmp_serde::to_vec(&batch(&mut numbering, &pending, lost)) {
+                Ok(bytes) => alive = send(&ChildMsg::Log(bytes.into())),
+                Err(e) => eprintln!("tokio-multiprocessing: a log batch did not encode: {e}"),
+            }
         }
-        records.clear();
+        pending.clear();
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
     }
 }
-
-/// The forwarder of this process, once installed.
-static FORWARDER: Mutex<Option<SyncSender<Msg>>> = Mutex::new(None);
 
 thread_local! {
     /// The guard of the child's main thread's default, when the program
@@ -265,16 +352,13 @@ impl Installed {
 /// TRACE) and more severe, through `send`; `None` when `level` is 0.
 pub(crate) fn install(level: u8, send: SendFn) -> Option<Installed> {
     let max: LevelFilter = u8_to_level(level)?.into();
-    let (tx, rx) = sync_channel(QUEUE);
-    let dropped = Arc::new(AtomicU64::new(0));
-    let counted = dropped.clone();
-    std::thread::Builder::new()
-        .name("tokio-multiprocessing-logs".to_owned())
-        .stack_size(256 * 1024)
-        .spawn(move || writer(&rx, &counted, &send))
-        .ok()?;
-    *FORWARDER.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
-    if SINK.set(Sink { tx, dropped }).is_err() {
+    let sink = Sink {
+        send: Mutex::new(Some(send)),
+        queue: OnceLock::new(),
+        waiting: Arc::new(AtomicUsize::new(0)),
+        dropped: Arc::new(AtomicU64::new(0)),
+    };
+    if SINK.set(sink).is_err() {
         return None;
     }
     let subscriber = tracing_subscriber::registry().with(max).with(ForwardLayer);
@@ -290,34 +374,25 @@ pub(crate) fn install(level: u8, send: SendFn) -> Option<Installed> {
 }
 
 /// Waits, at most `timeout`, until every event queued so far has been
-/// sent to the parent.
-pub(crate) fn flush(timeout: Duration) {
-    let Some(tx) = FORWARDER
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone()
-    else {
-        return;
+/// sent to the parent. Returns how many were still waiting when it gave
+/// up (0 when all went).
+pub(crate) fn flush(timeout: Duration) -> usize {
+    let Some(tx) = SINK.get().and_then(|sink| sink.queue.get()).cloned() else {
+        // Nothing was ever logged: no writer, nothing to send.
+        return 0;
     };
     let deadline = Instant::now() + timeout;
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    // The queue may be full: wait for room, within the deadline.
-    let mut msg = Msg::Flush(done_tx);
-    loop {
-        match tx.try_send(msg) {
-            Ok(()) => break,
-            Err(TrySendError::Disconnected(_)) => return,
-            Err(TrySendError::Full(back)) => {
-                if Instant::now() >= deadline {
-                    return;
-                }
-                msg = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+    let (done_tx, done_rx) = channel();
+    let waiting = || {
+        SINK.get()
+            .map_or(0, |sink| sink.waiting.load(Ordering::Relaxed))
+    };
+    if tx.send(Msg::Flush(done_tx)).is_err() {
+        return waiting();
     }
     let left = deadline.saturating_duration_since(Instant::now());
     match done_rx.recv_timeout(left) {
-        Ok(()) | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+        Ok(()) => 0,
+        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => waiting(),
     }
 }

@@ -6,7 +6,7 @@
 pub(crate) mod child;
 mod replay;
 
-pub(crate) use replay::replay;
+pub(crate) use replay::Replayer;
 
 use tracing::Level;
 use tracing::level_filters::LevelFilter;

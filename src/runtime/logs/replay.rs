@@ -4,20 +4,19 @@
 //! real target, level and fields.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use tracing::Metadata;
 use tracing::callsite::{Callsite, Identifier};
-use tracing::field::{DisplayValue, FieldSet, Value, ValueSet, display};
+use tracing::field::{DisplayValue, FieldSet, Value, display};
 use tracing::level_filters::LevelFilter;
 use tracing::metadata::Kind;
 use tracing::subscriber::Interest;
 use tracing::{Dispatch, Level};
 
 use super::{CHILD_TARGET, u8_to_level};
-use crate::wire::log::{LogRecord, LogValue};
+use crate::wire::log::{LogBatch, LogCallsite, LogEntry, LogValue};
 
 /// The most callsites made for children's events; past it, events are
 /// re-emitted through one fixed callsite per level, their target and
@@ -77,80 +76,28 @@ impl DynCallsite {
     }
 }
 
-/// What identifies a callsite, borrowed from a record.
-#[derive(Clone, Copy)]
-struct Key<'a> {
-    span: bool,
-    level: Level,
-    name: &'a str,
-    target: &'a str,
-    module_path: Option<&'a str>,
-    file: Option<&'a str>,
-    line: Option<u32>,
-    fields: &'a [(String, LogValue)],
-}
-
-impl Key<'_> {
-    fn hash(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.span.hash(&mut h);
-        self.level.hash(&mut h);
-        self.name.hash(&mut h);
-        self.target.hash(&mut h);
-        self.module_path.hash(&mut h);
-        self.file.hash(&mut h);
-        self.line.hash(&mut h);
-        for (name, _) in self.fields {
-            name.hash(&mut h);
-        }
-        h.finish()
-    }
-
-    fn matches(&self, m: &Metadata<'static>) -> bool {
-        m.is_span() == self.span
-            && *m.level() == self.level
-            && m.name() == self.name
-            && m.target() == self.target
-            && m.module_path() == self.module_path
-            && m.file() == self.file
-            && m.line() == self.line
-            && m.fields().len() == self.fields.len()
-            && m.fields()
-                .iter()
-                .zip(self.fields)
-                .all(|(f, (name, _))| f.name() == name)
-    }
-}
-
-/// Every callsite made so far, by the hash of its key.
-struct Callsites {
-    by_hash: HashMap<u64, Vec<&'static DynCallsite>>,
-    count: usize,
-}
-
-static CALLSITES: Mutex<Option<Callsites>> = Mutex::new(None);
+/// Every callsite made so far, by what identifies it, so that every child
+/// (and every run of one) that logs from one place shares one callsite.
+static CALLSITES: Mutex<Option<HashMap<LogCallsite, &'static DynCallsite>>> = Mutex::new(None);
 
 fn leak(s: &str) -> &'static str {
     Box::leak(s.to_owned().into_boxed_str())
 }
 
-/// The callsite for `key`, made and registered the first time; `None`
-/// past the limit.
-fn callsite(key: &Key<'_>) -> Option<&'static DynCallsite> {
-    let hash = key.hash();
+/// The callsite `def` describes (its `id` aside), made and registered the
+/// first time; `None` past the limit, or for a level that is none.
+fn callsite(def: &LogCallsite) -> Option<&'static DynCallsite> {
+    let level = u8_to_level(def.level)?;
+    let key = LogCallsite {
+        id: 0,
+        ..def.clone()
+    };
     let mut guard = CALLSITES.lock().unwrap_or_else(PoisonError::into_inner);
-    let all = guard.get_or_insert_with(|| Callsites {
-        by_hash: HashMap::new(),
-        count: 0,
-    });
-    if let Some(found) = all
-        .by_hash
-        .get(&hash)
-        .and_then(|v| v.iter().find(|cs| key.matches(cs.meta())))
-    {
+    let all = guard.get_or_insert_with(HashMap::new);
+    if let Some(found) = all.get(&key) {
         return Some(found);
     }
-    if all.count >= MAX_CALLSITES {
+    if all.len() >= MAX_CALLSITES {
         return None;
     }
     let cs: &'static DynCallsite = Box::leak(Box::new(DynCallsite {
@@ -158,27 +105,26 @@ fn callsite(key: &Key<'_>) -> Option<&'static DynCallsite> {
         interest: AtomicU8::new(UNKNOWN),
     }));
     let names: &'static [&'static str] = Box::leak(
-        key.fields
+        def.fields
             .iter()
-            .map(|(n, _)| leak(n))
+            .map(|n| leak(n))
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     );
     let meta = Metadata::new(
-        leak(key.name),
-        leak(key.target),
-        key.level,
-        key.file.map(leak),
-        key.line,
-        key.module_path.map(leak),
+        leak(&def.name),
+        leak(&def.target),
+        level,
+        def.file.as_deref().map(leak),
+        def.line,
+        def.module_path.as_deref().map(leak),
         FieldSet::new(names, Identifier(cs)),
-        if key.span { Kind::SPAN } else { Kind::EVENT },
+        if def.span { Kind::SPAN } else { Kind::EVENT },
     );
     if cs.meta.set(meta).is_err() {
         unreachable!("a callsite made just now has no metadata");
     }
-    all.by_hash.entry(hash).or_default().push(cs);
-    all.count += 1;
+    all.insert(key, cs);
     // Registration asks every dispatcher about it; done under the lock so
     // that no one uses the callsite before its interest is known.
     tracing::callsite::register(cs);
@@ -196,10 +142,10 @@ enum Holder<'a> {
 }
 
 impl<'a> Holder<'a> {
-    fn of(v: &'a LogValue) -> Self {
+    fn of(v: &'a LogValue<'_>) -> Self {
         match v {
             LogValue::Str(s) => Holder::Str(s),
-            LogValue::Fmt(s) => Holder::Fmt(display(s.as_str())),
+            LogValue::Fmt(s) => Holder::Fmt(display(s.as_ref())),
             LogValue::I64(v) => Holder::I64(*v),
             LogValue::U64(v) => Holder::U64(*v),
             LogValue::F64(v) => Holder::F64(*v),
@@ -219,103 +165,197 @@ impl<'a> Holder<'a> {
     }
 }
 
-/// Calls `f` with the values of `fields` for `meta`, whose field names are
-/// those of `fields`, in order (the callsite's key makes sure).
+/// Calls `f` with `values` (each with the position of its field) as the
+/// values of `meta`; a position past its fields is left out.
 fn with_values<R>(
     meta: &'static Metadata<'static>,
-    fields: &[(String, LogValue)],
-    f: impl FnOnce(&ValueSet<'_>) -> R,
+    values: &[(u16, LogValue<'_>)],
+    f: impl FnOnce(&tracing::field::ValueSet<'_>) -> R,
 ) -> R {
-    let holders: Vec<Holder<'_>> = fields.iter().map(|(_, v)| Holder::of(v)).collect();
-    let values: Vec<Option<&dyn Value>> = holders.iter().map(|h| Some(h.as_value())).collect();
-    f(&meta.fields().value_set_all(&values))
-}
-
-/// Re-emits one record inside the child's label span and the spans it
-/// had in the child. Returns false if it had to take the fallback.
-fn replay_one(label: &[(String, LogValue)], rec: &LogRecord, dispatch: &Dispatch) -> bool {
-    let Some(level) = u8_to_level(rec.level) else {
-        return true;
-    };
-    let event_key = Key {
-        span: false,
-        level,
-        name: &rec.name,
-        target: &rec.target,
-        module_path: rec.module_path.as_deref(),
-        file: rec.file.as_deref(),
-        line: rec.line,
-        fields: &rec.fields,
-    };
-    let Some(event_cs) = callsite(&event_key) else {
-        return false;
-    };
-    if !event_cs.enabled(dispatch) {
-        return true;
-    }
-    // The label: at the event's level and target, so that a filter that
-    // lets the event through lets its label through too.
-    let mut entered = Vec::with_capacity(rec.spans.len() + 1);
-    let label_key = Key {
-        span: true,
-        level,
-        name: "child",
-        target: &rec.target,
-        module_path: None,
-        file: None,
-        line: None,
-        fields: label,
-    };
-    let mut spans = vec![(label_key, label)];
-    for s in &rec.spans {
-        let Some(span_level) = u8_to_level(s.level) else {
-            continue;
-        };
-        spans.push((
-            Key {
-                span: true,
-                level: span_level,
-                name: &s.name,
-                target: &s.target,
-                module_path: None,
-                file: None,
-                line: None,
-                fields: &s.fields,
-            },
-            &s.fields,
-        ));
-    }
-    for (key, fields) in spans {
-        let Some(cs) = callsite(&key) else {
-            return false;
-        };
-        if cs.enabled(dispatch) {
-            let span = with_values(cs.meta(), fields, |values| {
-                tracing::Span::new_with(cs.meta(), values, dispatch)
-            });
-            entered.push(span.entered());
+    let holders: Vec<(usize, Holder<'_>)> = values
+        .iter()
+        .map(|(at, v)| (usize::from(*at), Holder::of(v)))
+        .collect();
+    let mut slots: Vec<Option<&dyn Value>> = vec![None; meta.fields().len()];
+    for (at, h) in &holders {
+        if let Some(slot) = slots.get_mut(*at) {
+            *slot = Some(h.as_value());
         }
     }
-    with_values(event_cs.meta(), &rec.fields, |values| {
-        dispatch.event(&tracing::Event::new(event_cs.meta(), values));
-    });
-    while let Some(span) = entered.pop() {
-        drop(span);
-    }
-    true
+    f(&meta.fields().value_set_all(&slots))
 }
 
-/// Re-emits a record with too many distinct callsites through a fixed one:
-/// its target and fields become text.
-fn fallback(process: &str, pid: u32, rec: &LogRecord) {
-    let Some(level) = u8_to_level(rec.level) else {
+/// The most callsites one child may name.
+const MAX_PER_CHILD: usize = 65_536;
+
+/// What the parent knows of one callsite of a child.
+struct Known {
+    def: LogCallsite,
+    /// `None` past the limit of callsites: its events take the fallback.
+    cs: Option<&'static DynCallsite>,
+}
+
+/// The parent's side of one child's logs: its callsites by number, and
+/// its label spans (one per target and level its events have), open
+/// while the child is.
+pub(crate) struct Replayer {
+    process: String,
+    pid: u32,
+    known: HashMap<u32, Known>,
+    labels: HashMap<(String, u8), tracing::Span>,
+}
+
+impl std::fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replayer")
+            .field("process", &self.process)
+            .field("pid", &self.pid)
+            .field("callsites", &self.known.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replayer {
+    /// For the child `process`, pid `pid`.
+    pub(crate) fn new(process: &str, pid: u32) -> Replayer {
+        Replayer {
+            process: process.to_owned(),
+            pid,
+            known: HashMap::new(),
+            labels: HashMap::new(),
+        }
+    }
+
+    /// Re-emits an encoded [`LogBatch`] into this thread's dispatcher, in
+    /// order; its dropped events become one warning. A batch that does
+    /// not decode is a warning too, and nothing else.
+    pub(crate) fn replay(&mut self, encoded: &[u8]) {
+        let batch: LogBatch<'_> = match rmp_serde::from_slice(encoded) {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _label = super::child_span(Level::WARN, &self.process, self.pid).entered();
+                tracing::warn!(target: CHILD_TARGET, error = %e, "a batch of the child's log events did not decode");
+                return;
+            }
+        };
+        for def in batch.callsites {
+            if self.known.len() >= MAX_PER_CHILD && !self.known.contains_key(&def.id) {
+                continue;
+            }
+            let cs = callsite(&def);
+            self.known.insert(def.id, Known { def, cs });
+        }
+        // A clone, not `get_default`'s borrow: inside that, this thread's
+        // dispatcher is taken as busy and what it calls goes nowhere.
+        let dispatch = tracing::dispatcher::get_default(Dispatch::clone);
+        for record in &batch.records {
+            self.one(&dispatch, &record.event, &record.spans);
+        }
+        if batch.dropped > 0 {
+            let dropped = batch.dropped;
+            let _label = super::child_span(Level::WARN, &self.process, self.pid).entered();
+            tracing::warn!(
+                target: CHILD_TARGET,
+                dropped,
+                "the child dropped {dropped} log events: its buffer was full"
+            );
+        }
+    }
+
+    /// Re-emits one event inside the child's label span and the spans it
+    /// had in the child.
+    fn one(&mut self, dispatch: &Dispatch, event: &LogEntry<'_>, spans: &[LogEntry<'_>]) {
+        let Some(known) = self.known.get(&event.callsite) else {
+            return;
+        };
+        let Some(cs) = known.cs else {
+            fallback(&self.process, self.pid, &known.def, &event.values);
+            return;
+        };
+        if known.def.span || !cs.enabled(dispatch) {
+            return;
+        }
+        let meta = cs.meta();
+        // The label: at the event's level and target, so that a filter that
+        // lets the event through lets its label through too.
+        let key = (known.def.target.clone(), known.def.level);
+        let label = match self.labels.get(&key) {
+            Some(label) => label.clone(),
+            None => {
+                let label = self.label(&known.def, dispatch);
+                self.labels.insert(key, label.clone());
+                label
+            }
+        };
+        let _label = label.enter();
+        let mut entered = Vec::with_capacity(spans.len());
+        for s in spans {
+            let Some(span_cs) = self.known.get(&s.callsite).and_then(|k| k.cs) else {
+                continue;
+            };
+            if span_cs.meta().is_span() && span_cs.enabled(dispatch) {
+                let span = with_values(span_cs.meta(), &s.values, |values| {
+                    tracing::Span::new_with(span_cs.meta(), values, dispatch)
+                });
+                entered.push(span.entered());
+            }
+        }
+        with_values(meta, &event.values, |values| {
+            dispatch.event(&tracing::Event::new(meta, values));
+        });
+        while let Some(span) = entered.pop() {
+            drop(span);
+        }
+    }
+
+    /// A new label span for events of `def`'s target and level.
+    fn label(&self, def: &LogCallsite, dispatch: &Dispatch) -> tracing::Span {
+        let label_def = LogCallsite {
+            id: 0,
+            span: true,
+            level: def.level,
+            name: "child".to_owned(),
+            target: def.target.clone(),
+            module_path: None,
+            file: None,
+            line: None,
+            fields: vec!["process".to_owned(), "pid".to_owned()],
+        };
+        let Some(cs) = callsite(&label_def) else {
+            return super::child_span(
+                u8_to_level(def.level).unwrap_or(Level::INFO),
+                &self.process,
+                self.pid,
+            );
+        };
+        if !cs.enabled(dispatch) {
+            return tracing::Span::none();
+        }
+        let values = [
+            (0, LogValue::Str(self.process.as_str().into())),
+            (1, LogValue::U64(u64::from(self.pid))),
+        ];
+        with_values(cs.meta(), &values, |values| {
+            tracing::Span::new_with(cs.meta(), values, dispatch)
+        })
+    }
+}
+
+/// Re-emits an event past the limit of callsites through a fixed one: its
+/// target and fields become text.
+fn fallback(process: &str, pid: u32, def: &LogCallsite, values: &[(u16, LogValue<'_>)]) {
+    let Some(level) = u8_to_level(def.level) else {
         return;
     };
+    if def.span {
+        return;
+    }
     let mut message = String::new();
     let mut rest = Vec::new();
-    for (name, value) in &rec.fields {
+    for (at, value) in values {
+        let name = def.fields.get(usize::from(*at)).map_or("?", String::as_str);
         let text = match value {
-            LogValue::Str(s) | LogValue::Fmt(s) => s.clone(),
+            LogValue::Str(s) | LogValue::Fmt(s) => s.to_string(),
             LogValue::I64(v) => v.to_string(),
             LogValue::U64(v) => v.to_string(),
             LogValue::F64(v) => v.to_string(),
@@ -331,7 +371,7 @@ fn fallback(process: &str, pid: u32, rec: &LogRecord) {
     let _label = super::child_span(level, process, pid).entered();
     macro_rules! at {
         ($lvl:expr) => {
-            tracing::event!(target: CHILD_TARGET, $lvl, child_target = %rec.target, fields = %fields, "{message}")
+            tracing::event!(target: CHILD_TARGET, $lvl, child_target = %def.target, fields = %fields, "{message}")
         };
     }
     match level {
@@ -343,27 +383,72 @@ fn fallback(process: &str, pid: u32, rec: &LogRecord) {
     }
 }
 
-/// Re-emits a batch of a child's events, in order, into this thread's
-/// current dispatcher; `dropped` events become one warning.
-pub(crate) fn replay(process: &str, pid: u32, records: &[LogRecord], dropped: u64) {
-    let label = [
-        ("process".to_owned(), LogValue::Str(process.to_owned())),
-        ("pid".to_owned(), LogValue::U64(u64::from(pid))),
-    ];
-    // A clone, not `get_default`'s borrow: inside that, this thread's
-    // dispatcher is taken as busy and what it calls goes nowhere.
-    let dispatch = tracing::dispatcher::get_default(Dispatch::clone);
-    for rec in records {
-        if !replay_one(&label, rec, &dispatch) {
-            fallback(process, pid, rec);
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::wire::log::LogRecord;
+
+    fn def() -> LogCallsite {
+        LogCallsite {
+            id: 0,
+            span: false,
+            level: 3,
+            name: "event src/x.rs:10".into(),
+            target: "bench_log".into(),
+            module_path: Some("bench".into()),
+            file: Some("src/x.rs".into()),
+            line: Some(10),
+            fields: vec!["message".into(), "i".into(), "kind".into()],
         }
     }
-    if dropped > 0 {
-        let _label = super::child_span(Level::WARN, process, pid).entered();
-        tracing::warn!(
-            target: CHILD_TARGET,
-            dropped,
-            "the child dropped {dropped} log events: its buffer was full"
-        );
+
+    fn encoded(n: u64) -> Vec<u8> {
+        let records = (0..n)
+            .map(|i| LogRecord {
+                event: LogEntry {
+                    callsite: 0,
+                    values: vec![
+                        (0, LogValue::Fmt(Cow::Borrowed("event"))),
+                        (1, LogValue::U64(i)),
+                        (2, LogValue::Str(Cow::Borrowed("bench"))),
+                    ],
+                },
+                spans: vec![],
+            })
+            .collect();
+        rmp_serde::to_vec(&LogBatch {
+            callsites: vec![def()],
+            records,
+            dropped: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    #[ignore = "a measurement, run by hand with --release"]
+    fn replay_cost() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let bytes = encoded(512);
+        let t0 = std::time::Instant::now();
+        for _ in 0..200 {
+            let back: LogBatch<'_> = rmp_serde::from_slice(&bytes).unwrap();
+            std::hint::black_box(back);
+        }
+        eprintln!("decode: {:?}/event", t0.elapsed() / (200 * 512));
+        let sub =
+            tracing_subscriber::registry().with(tracing_subscriber::filter::LevelFilter::INFO);
+        tracing::subscriber::with_default(sub, || {
+            let mut r = Replayer::new("p", 1);
+            let t0 = std::time::Instant::now();
+            for _ in 0..200 {
+                r.replay(&bytes);
+            }
+            eprintln!(
+                "replay into a bare registry: {:?}/event",
+                t0.elapsed() / (200 * 512)
+            );
+        });
     }
 }
