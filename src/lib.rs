@@ -70,6 +70,37 @@
 //! supervisors, with restart strategies, an intensity limit, readiness,
 //! watchdogs and ordered shutdown. See the [`supervisor`] module.
 //!
+//! # Logs from children
+//!
+//! A child's `tracing` events come to its parent by default, and the
+//! parent's subscriber prints or ships them with its own, each inside a
+//! span `child{process="<name>", pid=<pid>}` whose target and level are the
+//! event's (so filters treat the label as the event), with the child's own
+//! spans re-created inside it, in the order the child emitted them:
+//!
+//! ```text
+//!  INFO child{process="worker-1" pid=4242}:job{n=1}: my_app: step one step=1
+//! ```
+//!
+//! Call [`init`] first, then install the subscriber: a child forwards up
+//! to the level the parent's subscribers want when it starts
+//! (`LevelFilter::current()`), through a bounded buffer of 4096 events
+//! that never blocks it (what it drops is counted and told as one WARN
+//! event with a `dropped` field). A subscriber installed before `init()`
+//! works too: the child then forwards from its main thread and its
+//! runtime's threads. `forward_tracing(false)` on [`ProcessBuilder`],
+//! [`PoolBuilder`] or [`ChildSpec`](supervisor::ChildSpec) turns it off;
+//! `capture_output(true)` turns the lines a child writes to stdout and
+//! stderr into INFO events (target `tokio_multiprocessing::child`, field
+//! `stream`); a child's panic is one ERROR event in the parent.
+//!
+//! The crate's own events name a child by the fields `process` and `pid`:
+//! a child's start and exit are DEBUG (with `exitcode`), a pool task lost
+//! in its worker is WARN, a replaced pool worker and a supervisor's
+//! restart are INFO, a supervisor's meltdown is ERROR, and the fork
+//! server declining to serve is WARN, once. `docs/logging.md` in the
+//! repository has the whole table, the subscriber orders and the costs.
+//!
 //! # Targets
 //!
 //! A target is a plain function or a closure that captures nothing,

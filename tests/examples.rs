@@ -350,3 +350,158 @@ fn pool_apply_async_runs_five_tasks_on_four_workers() {
         workers.len()
     );
 }
+
+/// Runs the `logs` example with `RUST_LOG` set to `filter` (unset: its
+/// default, `info,logs=debug`).
+fn run_logs(filter: Option<&str>) -> Output {
+    let mut cmd = Command::new(example("logs"));
+    match filter {
+        Some(f) => cmd.env("RUST_LOG", f),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let out = run_with_watchdog(cmd, LIMIT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "logs failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+/// The pids the parent says it started, by child name, from its
+/// `started a child process="worker-N" pid=P` lines.
+fn started_children(stdout: &str) -> HashMap<String, u32> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("started a child") && !l.contains("child{"))
+        .map(|l| {
+            let name = l
+                .split("process=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or_else(|| panic!("line {l:?}"));
+            let pid = l
+                .split(" pid=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("line {l:?}"));
+            (name.to_owned(), pid)
+        })
+        .collect()
+}
+
+/// The `step=K` of every line of child `name` (pid `pid`) that comes from
+/// its `job{n=N}` span, in the order they were printed; panics on a line
+/// of the child's span without its label in front.
+fn steps_of(stdout: &str, name: &str, pid: u32, n: u32) -> Vec<u32> {
+    let label = format!("child{{process=\"{name}\" pid={pid}}}:job{{n={n}}}: ");
+    stdout
+        .lines()
+        .filter(|l| l.contains(&format!("job{{n={n}}}")))
+        .map(|l| {
+            assert!(
+                l.contains(&label),
+                "a line of {name} without its label {label:?}: {l:?}\nstdout:\n{stdout}"
+            );
+            l.split(" step=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no step in {l:?}"))
+        })
+        .collect()
+}
+
+// Needs the forwarding of a child's `tracing` events to its parent
+// (issue 12): without it, no child line reaches the parent's output.
+#[test]
+fn logs_labels_each_childs_lines_in_order_and_filters_debug() {
+    let out = run_logs(None);
+    let parent = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("the parent starts three children"))
+        .count();
+    assert_eq!(parent, 1, "the parent's own line:\n{}", out.stdout);
+    let children = started_children(&out.stdout);
+    assert_eq!(children.len(), 3, "stdout:\n{}", out.stdout);
+    for n in 1..=3u32 {
+        let name = format!("worker-{n}");
+        let pid = children[&name];
+        // Its four steps, in the order it logged them; step 2 is DEBUG,
+        // let through by the default `logs=debug`.
+        assert_eq!(
+            steps_of(&out.stdout, &name, pid, n),
+            [1, 2, 3, 4],
+            "{name}'s steps:\n{}",
+            out.stdout
+        );
+        let late = format!("child{{process=\"{name}\" pid={pid}}}:job{{n={n}}}: logs: step three");
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.contains(" WARN ") && l.contains(&late)),
+            "{name}'s WARN line:\n{}",
+            out.stdout
+        );
+    }
+    // The `chatty` target's DEBUG events are not let through.
+    assert!(!out.stdout.contains("chatty"), "stdout:\n{}", out.stdout);
+    // Every pool task's events, labelled by the worker that ran it.
+    for what in ["squaring", "squared"] {
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.contains(&format!("logs: {what} ")))
+            .collect();
+        assert_eq!(lines.len(), 4, "{what} lines:\n{}", out.stdout);
+        for l in lines {
+            let label = l
+                .split("child{process=\"")
+                .nth(1)
+                .unwrap_or_else(|| panic!("an unlabelled pool line {l:?}"));
+            let pid: u32 = label
+                .split(" pid=")
+                .nth(1)
+                .and_then(|s| s.split('}').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {l:?}"));
+            assert!(
+                !children.values().any(|&p| p == pid),
+                "a pool line labelled as a process: {l:?}"
+            );
+        }
+    }
+    // DEBUG lines: only of the example's own target.
+    for l in out.stdout.lines().filter(|l| l.contains(" DEBUG ")) {
+        assert!(
+            l.contains(" logs: "),
+            "a DEBUG line the filter refuses: {l:?}"
+        );
+    }
+}
+
+// Needs the forwarding of issue 12, as the one above.
+#[test]
+fn logs_at_info_prints_no_debug_lines_from_anyone() {
+    let out = run_logs(Some("info"));
+    assert!(
+        !out.stdout.contains(" DEBUG "),
+        "DEBUG lines at RUST_LOG=info:\n{}",
+        out.stdout
+    );
+    let children = started_children(&out.stdout);
+    assert_eq!(children.len(), 3, "stdout:\n{}", out.stdout);
+    for n in 1..=3u32 {
+        let name = format!("worker-{n}");
+        assert_eq!(
+            steps_of(&out.stdout, &name, children[&name], n),
+            [1, 3, 4],
+            "{name}'s steps at INFO:\n{}",
+            out.stdout
+        );
+    }
+}

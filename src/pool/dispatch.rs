@@ -31,8 +31,78 @@ const RETRY_PAUSE: Duration = Duration::from_millis(20);
 enum End {
     /// The pool shut down; the slot ends.
     Shutdown,
-    /// The worker must be replaced.
-    Replace,
+    /// The worker must be replaced, for this reason.
+    Replace(Why),
+}
+
+/// Why a worker is replaced, as its slot's event says.
+#[derive(Debug, Clone, Copy)]
+enum Why {
+    /// It died, with this exit code (`-N`: signal N).
+    Died(i32),
+    /// Task `task` ran past the task timeout; the worker was killed.
+    TimedOut { task: u64 },
+    /// It ran its `max_tasks_per_child` and was retired.
+    Retired,
+    /// It broke its reply ring and was killed.
+    BrokenRing,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Died(code) => write!(f, "died ({})", super::error::describe_exit(*code)),
+            Why::TimedOut { task } => write!(f, "task {task} timed out"),
+            Why::Retired => f.write_str("retired after its tasks"),
+            Why::BrokenRing => f.write_str("broke its reply ring"),
+        }
+    }
+}
+
+/// Says that a worker was replaced: at `DEBUG` when it retired (which is
+/// the plan), at `INFO` otherwise.
+fn replaced(old: &Old, new: &Worker) {
+    let (process, pid, why) = (&old.process, old.pid, old.why);
+    let new_pid = new.process.pid();
+    match why {
+        Why::Retired => tracing::debug!(
+            process = %process,
+            pid,
+            new_pid,
+            reason = %why,
+            "pool worker replaced"
+        ),
+        Why::Died(exitcode) => tracing::info!(
+            process = %process,
+            pid,
+            new_pid,
+            exitcode,
+            reason = %why,
+            "pool worker replaced"
+        ),
+        Why::TimedOut { task } => tracing::info!(
+            process = %process,
+            pid,
+            new_pid,
+            task,
+            reason = %why,
+            "pool worker replaced"
+        ),
+        Why::BrokenRing => tracing::info!(
+            process = %process,
+            pid,
+            new_pid,
+            reason = %why,
+            "pool worker replaced"
+        ),
+    }
+}
+
+/// The worker a slot is replacing, for the event that says so.
+struct Old {
+    process: String,
+    pid: Option<u32>,
+    why: Why,
 }
 
 struct Worker {
@@ -180,6 +250,8 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
     let mut ready = Some(ready);
     let mut state = shared.state.subscribe();
     let mut failures = 0u32;
+    // The worker being replaced, said once its replacement runs.
+    let mut old: Option<Old> = None;
     loop {
         if *state.borrow() == State::Terminated {
             return None;
@@ -220,7 +292,12 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
                 // rather than restart forever. A replacement killed while
                 // it started (by a signal from outside, say) is retried.
                 if why.is_permanent() || failures >= MAX_START_FAILURES {
-                    tracing::error!(reason = %why, "pool worker could not be replaced");
+                    tracing::error!(
+                        process = old.as_ref().map(|o| o.process.as_str()),
+                        pid = old.as_ref().and_then(|o| o.pid),
+                        reason = %why,
+                        "pool worker could not be replaced"
+                    );
                     return Some(why.to_string());
                 }
                 tracing::warn!(reason = %why, failures, "pool worker failed to start; retrying");
@@ -229,6 +306,9 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
             }
         };
         failures = 0;
+        if let Some(old) = old.take() {
+            replaced(&old, &worker);
+        }
         // Counted before the pool is ready, so dispatch sees every worker
         // from the start.
         shared.stats.workers.fetch_add(1, Ordering::Relaxed);
@@ -239,9 +319,13 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
         shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
         match end {
             End::Shutdown => return None,
-            End::Replace => {
+            End::Replace(why) => {
                 shared.stats.restarted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("pool worker replaced");
+                old = Some(Old {
+                    process: worker.process.name().to_owned(),
+                    pid: worker.process.pid(),
+                    why,
+                });
             }
         }
     }
@@ -488,8 +572,14 @@ async fn run(
             break End::Shutdown;
         }
         if let Err(e) = drain_ring(shared, worker, &mut inflight, Some(&mut pace), &mut busy) {
-            tracing::error!(error = %e, "pool worker broke its reply ring; it is replaced");
-            break died(shared, worker, &mut inflight, None).await;
+            tracing::error!(
+                process = worker.process.name(),
+                pid = worker.process.pid(),
+                error = %e,
+                "pool worker broke its reply ring; it is replaced"
+            );
+            died(shared, worker, &mut inflight, None).await;
+            break End::Replace(Why::BrokenRing);
         }
         // Which jobs the worker has started is the gate's word, read once
         // per round.
@@ -576,7 +666,7 @@ async fn run(
         if inflight.is_empty() {
             if !may_take(inflight.sent) {
                 retire(&mut worker.conn, &worker.process).await;
-                break End::Replace;
+                break End::Replace(Why::Retired);
             }
             if current == State::Closed && shared.lock_queue().is_empty() {
                 retire(&mut worker.conn, &worker.process).await;
@@ -612,7 +702,8 @@ async fn run(
             msg = worker.conn.recv() => {
                 worker.page.wake();
                 let Ok(mut msg) = msg else {
-                    break died(shared, worker, &mut inflight, None).await;
+                    let exitcode = died(shared, worker, &mut inflight, None).await;
+                    break End::Replace(Why::Died(exitcode));
                 };
                 // Every reply that came in the same read is handled before
                 // the window is refilled, so the refill is one write.
@@ -630,7 +721,8 @@ async fn run(
                 while let Ok(Some(msg)) = worker.conn.try_recv() {
                     on_reply(shared, &mut inflight, None, &mut busy, msg);
                 }
-                break died(shared, worker, &mut inflight, None).await;
+                let exitcode = died(shared, worker, &mut inflight, None).await;
+                break End::Replace(Why::Died(exitcode));
             }
             _ = &mut notified, if room => {}
             _ = &mut cancelled, if waiting => {}
@@ -640,8 +732,9 @@ async fn run(
             _ = tokio::time::sleep_until(oldest.map_or_else(Instant::now, |(_, t)| t)),
                 if oldest.is_some() => {
                 let late = oldest.map(|(id, _)| id);
-                tracing::warn!("pool task timed out; its worker is replaced");
-                break died(shared, worker, &mut inflight, late).await;
+                // The task's failure is the warning; the replacement follows.
+                died(shared, worker, &mut inflight, late).await;
+                break End::Replace(Why::TimedOut { task: late.unwrap_or_default() });
             }
         }
     };
@@ -714,13 +807,14 @@ fn drain_ring(
 /// The worker died, or is killed because job `late` outlived the task
 /// timeout: `late` fails with [`TaskError::TimedOut`], the other jobs it
 /// had started with [`TaskError::WorkerDied`], and the ones it had not
-/// started (its shared page says which) go back to the queue.
+/// started (its shared page says which) go back to the queue. Returns the
+/// worker's exit code.
 async fn died(
     shared: &Shared,
     worker: &mut Worker,
     inflight: &mut Inflight,
     late: Option<u64>,
-) -> End {
+) -> i32 {
     if let Some(id) = late {
         // Failed before the worker is reaped, which may take the grace
         // period.
@@ -731,18 +825,20 @@ async fn died(
         }
     }
     let exitcode = reap(&worker.process, late.is_some()).await;
-    if late.is_none() {
-        tracing::warn!(exitcode, "pool worker died");
-    }
     // Read once the worker is gone, so its last word is in.
     // Replies it published before it died count.
     if let Err(e) = drain_ring(shared, worker, inflight, None, &mut false) {
-        tracing::warn!(error = %e, "a dead pool worker left a broken reply ring");
+        tracing::warn!(
+            process = worker.process.name(),
+            pid = worker.process.pid(),
+            error = %e,
+            "a dead pool worker left a broken reply ring"
+        );
     }
     let (ran, rest) = inflight.split(worker.page.started_count());
     for job in ran {
         deliver(shared, job, Err(TaskError::WorkerDied { exitcode }));
     }
     requeue(shared, rest);
-    End::Replace
+    exitcode
 }

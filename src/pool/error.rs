@@ -110,6 +110,20 @@ impl TaskError {
         matches!(self, TaskError::Panicked(_))
     }
 
+    /// Whether the task ran and was lost there (its worker died, or it
+    /// timed out), not ended by the pool's own end: such a failure is a
+    /// warning in the crate's `tracing` events.
+    pub(crate) fn is_lost(&self) -> bool {
+        matches!(
+            self,
+            TaskError::Panicked(_)
+                | TaskError::WorkerDied { .. }
+                | TaskError::TimedOut
+                | TaskError::EncodeResult(_)
+                | TaskError::Decode(_)
+        )
+    }
+
     /// The signal that killed the worker, if one did during the task.
     pub fn signal(&self) -> Option<i32> {
         match self {
@@ -119,7 +133,7 @@ impl TaskError {
     }
 }
 
-fn describe_exit(code: i32) -> String {
+pub(super) fn describe_exit(code: i32) -> String {
     if code < 0 {
         format!("killed by {}", signal_name(-code))
     } else {

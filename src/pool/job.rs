@@ -316,6 +316,14 @@ impl Drop for JobRx {
 pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskError>) {
     match &result {
         Ok(results) => {
+            for (index, outcome) in results.failures() {
+                tracing::warn!(
+                    task = job.id,
+                    index,
+                    error = %super::worker::describe(outcome),
+                    "pool task failed"
+                );
+            }
             let failed = results.failed();
             shared
                 .stats
@@ -324,7 +332,13 @@ pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskErr
             shared.stats.failed.fetch_add(failed, Ordering::Relaxed);
         }
         Err(e) => {
-            tracing::warn!(error = %e, "pool task failed");
+            if e.is_lost() {
+                tracing::warn!(task = job.id, error = %e, "pool task failed");
+            } else {
+                // The pool's own end (terminated, closed, its last worker
+                // gone), already told once by its own event.
+                tracing::debug!(task = job.id, error = %e, "pool task failed");
+            }
             shared.stats.failed.fetch_add(job.len, Ordering::Relaxed);
         }
     }

@@ -56,6 +56,11 @@ impl Results {
         self.failures.len()
     }
 
+    /// The failures, each with its index among the outcomes.
+    pub(crate) fn failures(&self) -> impl Iterator<Item = (u64, &Outcome)> {
+        self.failures.iter().map(|(i, o)| (*i, o))
+    }
+
     /// The outcomes in order, each an encoded value (borrowed from the
     /// buffer, no copy) or how the task failed, passed through `f`.
     pub(crate) fn map_items<T>(

@@ -192,7 +192,14 @@ impl<R: DeserializeOwned> Process<R> {
         } = spawn::start(method, nonce, self.group())
             .await
             .map_err(ProcessError::Spawn)?;
-        tracing::debug!(pid = child.pid(), name = %self.identity.name, forked, "started child");
+        // `start_method` says what happened: a fork server that declined
+        // leaves the child re-executed.
+        tracing::debug!(
+            process = %self.identity.name,
+            pid = child.pid(),
+            start_method = if forked { "forkserver" } else { "spawn" },
+            "child started"
+        );
         watch::start_watcher(
             self.state.clone(),
             child,

@@ -38,17 +38,21 @@ pub(crate) fn run_if_child(exit_rule: fn()) {
     };
     let _ = EXIT_RULE.set(exit_rule);
     let Some((fd, nonce)) = value.to_str().and_then(parse_marker) else {
-        tracing::warn!("ignoring a malformed {CHILD_ENV}; running as a parent");
+        super::logs::warn_when_heard(format!(
+            "ignoring a malformed {CHILD_ENV}; running as a parent"
+        ));
         return;
     };
     let control = match sys::claim_control_socket(fd) {
         Ok(control) => control,
         Err(why) => {
             // A stale or forged value: not our child. Never run anything.
-            tracing::warn!(
+            // Said when a subscriber can hear it: `init()` usually runs
+            // before one is installed.
+            super::logs::warn_when_heard(format!(
                 "{CHILD_ENV} is set but fd {fd} is not a control socket from our parent \
-                 ({why}); running as a parent"
-            );
+                 ({why}); running as a parent (a stale environment: unset {CHILD_ENV})"
+            ));
             return;
         }
     };

@@ -23,6 +23,8 @@ pub(crate) struct Started {
 /// socketpair spent: the child is re-executed on a new one, so that no
 /// other process shares its channel.
 pub(crate) async fn start(method: StartMethod, nonce: u64, group: Group) -> io::Result<Started> {
+    // What `init()` noticed before a subscriber was installed.
+    super::logs::say_unheard();
     let (ours, theirs) = sys::socketpair()?;
     let forked = match method {
         StartMethod::ForkServer => client::fork(&ours, theirs, nonce, group).await,

@@ -142,6 +142,7 @@ impl ChildState {
                 self.exit.set(status);
                 CHILDREN.remove(self.key);
                 tracing::debug!(
+                    process = %self.name,
                     pid = child.pid(),
                     exitcode = sys::python_exitcode(status),
                     "child exited"
@@ -150,7 +151,7 @@ impl ChildState {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(pid = child.pid(), error = %e, "waitid failed");
+                tracing::warn!(process = %self.name, pid = child.pid(), error = %e, "waitid failed");
                 None
             }
         }
@@ -229,7 +230,7 @@ impl ChildState {
                 let e = ChannelError::Malformed(format!(
                     "a reply to request {id}, which was never sent"
                 ));
-                tracing::warn!(pid = self.pid(), error = %e, "protocol violation");
+                tracing::warn!(process = %self.name, pid = self.pid(), error = %e, "protocol violation");
                 if matches!(*report, Report::Pending) {
                     *report = Report::Broken(e);
                 }
@@ -248,13 +249,13 @@ impl ChildState {
             ) => {
                 let e =
                     ChannelError::Malformed(format!("unexpected message from a child: {other:?}"));
-                tracing::warn!(pid = self.pid(), error = %e, "protocol violation");
+                tracing::warn!(process = %self.name, pid = self.pid(), error = %e, "protocol violation");
                 if matches!(*report, Report::Pending) {
                     *report = Report::Broken(e);
                 }
             }
             Err(e) => {
-                tracing::warn!(pid = self.pid(), error = %e, "malformed message from child");
+                tracing::warn!(process = %self.name, pid = self.pid(), error = %e, "malformed message from child");
                 if matches!(*report, Report::Pending) {
                     *report = Report::Broken(e);
                 }
@@ -270,7 +271,7 @@ impl ChildState {
             // exit status says why.
             return;
         }
-        tracing::warn!(pid = self.pid(), error = %e, "control channel from child broke");
+        tracing::warn!(process = %self.name, pid = self.pid(), error = %e, "control channel from child broke");
         let mut report = lock(&self.report);
         if matches!(*report, Report::Pending) {
             *report = Report::Broken(e);
@@ -319,6 +320,7 @@ impl ChildState {
             match stream {
                 Some(stream) => {
                     tracing::debug!(
+                        process = %self.name,
                         pid = self.pid(),
                         "watching a child again after its runtime shut down"
                     );
@@ -361,7 +363,7 @@ pub(crate) async fn start_watcher(
     if let Err(e) = stream.write_all(&first).await {
         // The child died (or closed its end) before reading its orders;
         // its exit status tells the story.
-        tracing::debug!(pid = state.pid(), error = %e, "could not write the orders");
+        tracing::debug!(process = %state.name, pid = state.pid(), error = %e, "could not write the orders");
     }
     drop(first);
     spawn_watch(state, stream, max_frame);
@@ -408,7 +410,7 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
             },
             r = &mut exited => {
                 if let Err(e) = r {
-                    tracing::warn!(pid = child.pid(), error = %e, "waiting for the child failed");
+                    tracing::warn!(process = %state.name, pid = child.pid(), error = %e, "waiting for the child failed");
                 }
                 has_exited = true;
             }
@@ -429,7 +431,7 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
         });
         let _ = rest.await;
     } else if !has_exited && let Err(e) = exited.await {
-        tracing::warn!(pid = child.pid(), error = %e, "waiting for the child failed");
+        tracing::warn!(process = %state.name, pid = child.pid(), error = %e, "waiting for the child failed");
     }
     // The channel is finished; reap (polling briefly if `exited` failed).
     let mut delay = Duration::from_millis(1);

@@ -276,13 +276,25 @@ impl Engine {
         let inc = match Incarnation::start(&mut entry.spec, cx).await {
             Ok(inc) => inc,
             Err(exit) => {
-                tracing::warn!(child = %path, reason = %exit, "a supervised child failed to start");
+                tracing::warn!(
+                    supervisor = %self.shared.path,
+                    child = %path,
+                    generation,
+                    reason = %exit,
+                    "a supervised child failed to start"
+                );
                 entry.state = State::Stopped;
                 return Started::Failed(exit);
             }
         };
         let pid = inc.pid;
-        tracing::info!(child = %path, pid, generation, "supervised child started");
+        tracing::info!(
+            supervisor = %self.shared.path,
+            child = %path,
+            pid,
+            generation,
+            "supervised child started"
+        );
         if let What::Pool(pool) = &inc.what {
             self.shared.set_pool(&name, Some(pool.clone()));
         }
@@ -333,7 +345,7 @@ impl Engine {
                     generation: g,
                     exit,
                 }) if n == name && g == generation => {
-                    self.finish(i, exit.clone());
+                    self.finish(i, exit.clone(), false);
                     return Started::Failed(exit);
                 }
                 Woke::Msg(other) => self.deferred.push_back(other),
@@ -345,7 +357,14 @@ impl Engine {
                 Woke::Cmd(Some(cmd)) => self.deferred_cmds.push_back(cmd),
                 Woke::Late => {
                     // Not ready in time: stop it; the start failed.
-                    tracing::warn!(child = %path, "a supervised child was not ready in time");
+                    tracing::warn!(
+                        supervisor = %self.shared.path,
+                        child = %path,
+                        pid,
+                        generation,
+                        timeout = ?limit,
+                        "a supervised child was not ready in time"
+                    );
                     self.stop_one(i, Some(ExitKind::ReadyTimeout)).await;
                     return Started::Failed(ExitKind::ReadyTimeout);
                 }
@@ -374,8 +393,10 @@ impl Engine {
     }
 
     /// Records that child `i`'s running incarnation ended with `exit`, and
-    /// says so (`Exited`). Returns the uptime.
-    fn finish(&mut self, i: usize, exit: ExitKind) -> Duration {
+    /// says so (`Exited`, and an event: `WARN` for a child that ended
+    /// abnormally by itself, `INFO` for the others, among them the ones
+    /// this supervisor `stopped`). Returns the uptime.
+    fn finish(&mut self, i: usize, exit: ExitKind, stopped: bool) -> Duration {
         let path = self.path_of(&self.entries[i].spec.name);
         let entry = &mut self.entries[i];
         let State::Running { inc, .. } = std::mem::replace(&mut entry.state, State::Stopped) else {
@@ -385,7 +406,27 @@ impl Engine {
         if matches!(inc.what, What::Pool(_)) {
             self.shared.set_pool(&entry.spec.name, None);
         }
-        tracing::info!(child = %path, pid = inc.pid, exit = %exit, "supervised child exited");
+        // A timeout was its own warning already.
+        let told = matches!(exit, ExitKind::ReadyTimeout | ExitKind::WatchdogTimeout);
+        if stopped || told || exit.is_normal() {
+            tracing::info!(
+                supervisor = %self.shared.path,
+                child = %path,
+                pid = inc.pid,
+                generation = inc.generation,
+                exit = %exit,
+                "supervised child exited"
+            );
+        } else {
+            tracing::warn!(
+                supervisor = %self.shared.path,
+                child = %path,
+                pid = inc.pid,
+                generation = inc.generation,
+                exit = %exit,
+                "supervised child exited"
+            );
+        }
         self.shared.events.emit(Event::Exited {
             child: path,
             pid: inc.pid,
@@ -417,10 +458,15 @@ impl Engine {
                 }
                 let (exit, killed) = inc.stop(entry.spec.shutdown, entry.spec.stop_signal).await;
                 if killed {
-                    tracing::warn!(child = %path, pid, "a supervised child outlived its shutdown timeout and was killed");
+                    tracing::warn!(
+                        supervisor = %self.shared.path,
+                        child = %path,
+                        pid,
+                        "a supervised child outlived its shutdown timeout and was killed"
+                    );
                     self.shared.events.emit(Event::Killed { child: path, pid });
                 }
-                self.finish(i, as_exit.unwrap_or(exit));
+                self.finish(i, as_exit.unwrap_or(exit), true);
             }
             State::Backoff { .. } => {
                 entry.state = State::Stopped;
@@ -526,7 +572,13 @@ impl Engine {
                 && *due <= now
             {
                 *watchdog_fired = true;
-                tracing::warn!(child = %path, pid = inc.pid, "a supervised child missed its heartbeat; it is killed");
+                tracing::warn!(
+                    supervisor = %self.shared.path,
+                    child = %path,
+                    pid = inc.pid,
+                    generation = inc.generation,
+                    "a supervised child missed its heartbeat; it is killed"
+                );
                 self.shared.events.emit(Event::WatchdogTimeout {
                     child: path,
                     pid: inc.pid,
@@ -697,7 +749,7 @@ impl Engine {
                     } => ExitKind::WatchdogTimeout,
                     _ => exit,
                 };
-                let uptime = self.finish(i, exit.clone());
+                let uptime = self.finish(i, exit.clone(), false);
                 self.after_exit(i, &name, exit, uptime).await
             }
         }
@@ -758,7 +810,14 @@ impl Engine {
         let count = u32::try_from(self.restarts.len()).unwrap_or(u32::MAX);
         if count > max {
             let child = self.path_of(name);
-            tracing::error!(supervisor = %self.shared.path, child = %child, restarts = count, "supervisor intensity exceeded; every child is stopped");
+            tracing::error!(
+                supervisor = %self.shared.path,
+                child = %child,
+                restarts = count,
+                period = ?period,
+                exit = %exit,
+                "supervisor intensity exceeded; every child is stopped"
+            );
             self.shared.events.emit(Event::IntensityExceeded {
                 supervisor: self.shared.path.clone(),
                 child,
@@ -802,8 +861,30 @@ impl Engine {
         entry.restarts += 1;
         let delay = self.backoff.delay(entry.streak);
         let due = Instant::now() + delay;
+        let ended = self.path_of(name);
         for n in &restarting {
             let Some(j) = self.index(n) else { continue };
+            let child = self.path_of(n);
+            let generation = self.entries[j].generation + 1;
+            if j == k {
+                tracing::info!(
+                    supervisor = %self.shared.path,
+                    child = %child,
+                    generation,
+                    reason = %exit,
+                    delay = ?delay,
+                    "restarting a supervised child"
+                );
+            } else {
+                tracing::info!(
+                    supervisor = %self.shared.path,
+                    child = %child,
+                    generation,
+                    reason = %format_args!("restarted with {ended}"),
+                    delay = ?delay,
+                    "restarting a supervised child"
+                );
+            }
             self.shared.events.emit(Event::RestartScheduled {
                 child: self.path_of(n),
                 delay,

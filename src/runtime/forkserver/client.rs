@@ -117,7 +117,8 @@ pub(crate) async fn fork(
                 State::Running(server)
             }
             Err(StartError::Refused(reason)) => {
-                tracing::debug!(%reason, "no fork server; children are re-executed");
+                // Said once: the state stays `Unavailable` for good.
+                declined(&reason);
                 State::Unavailable
             }
             Err(StartError::Failed(e)) => {
@@ -176,6 +177,28 @@ async fn claim_orphan(ours: &OwnedHandle, id: u64) -> Forked {
             stray(Stray::Unannounced(announce));
             Forked::Spent
         }
+    }
+}
+
+/// Says, once per process, that the fork server declined to serve, why,
+/// and (when it had threads) how to fix it.
+fn declined(reason: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    if reason.contains("threads") {
+        tracing::warn!(
+            %reason,
+            "the fork server declined to serve; children are re-executed, which is slower: \
+             call init() first thing in main, before the Tokio runtime is built or any thread starts"
+        );
+    } else {
+        tracing::warn!(
+            %reason,
+            "the fork server declined to serve; children are re-executed, which is slower \
+             (set_start_method(StartMethod::Spawn) says so from the start)"
+        );
     }
 }
 

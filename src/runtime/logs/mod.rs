@@ -44,6 +44,37 @@ pub(crate) fn parent_level() -> u8 {
     LevelFilter::current().into_level().map_or(0, level_to_u8)
 }
 
+/// Warnings emitted before this process had a subscriber, kept for the
+/// first child's start (see [`warn_when_heard`]).
+static UNHEARD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Emits `message` as a warning now if a subscriber hears warnings, or
+/// else keeps it until [`say_unheard`] (the first child's start), for
+/// what `init()` notices: the order the docs teach calls it before the
+/// subscriber is installed.
+pub(crate) fn warn_when_heard(message: String) {
+    if LevelFilter::current() >= LevelFilter::WARN {
+        tracing::warn!("{message}");
+    } else {
+        UNHEARD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(message);
+    }
+}
+
+/// Emits the warnings kept by [`warn_when_heard`], once.
+pub(crate) fn say_unheard() {
+    let kept = std::mem::take(
+        &mut *UNHEARD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for message in kept {
+        tracing::warn!("{message}");
+    }
+}
+
 /// The span that labels what a child sent: `child{process, pid}`, at
 /// `level` (the level of the event inside it, so that a filter that lets
 /// the event through lets its label through too).
