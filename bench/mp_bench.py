@@ -114,6 +114,65 @@ def _lock_loop(lock, n, barrier, report):
 # ---------------------------------------------------------------------------
 
 
+def _log_child(q, n):
+    """Logs n records through a QueueHandler, as Python's logging cookbook
+    has a child send its records to the parent."""
+    import logging
+    import logging.handlers
+
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(q)]
+    root.setLevel(logging.INFO)
+    log = logging.getLogger("bench_log")
+    for i in range(n):
+        log.info("event", extra={"i": i, "kind": "bench"})
+
+
+class _Count:
+    """A logging handler's stand-in that formats each record to a sink and
+    counts it."""
+
+    def __init__(self):
+        import io
+        import logging
+
+        self.n = 0
+        self.sink = io.StringIO()
+        self.formatter = logging.Formatter(
+            "%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s"
+        )
+
+    def handle(self, record):
+        self.sink.write(self.formatter.format(record))
+        self.sink.seek(0)
+        self.sink.truncate()
+        self.n += 1
+
+
+def case_log_forward(ctx, n, reps):
+    # The cookbook's way: a QueueHandler in the child, a QueueListener in
+    # the parent, formatting each record. Timed from the child's start until
+    # the listener has handled every record (the multiprocessing queue is
+    # unbounded: nothing is dropped, and the child never waits).
+    import logging.handlers
+
+    times = []
+    for _ in range(reps):
+        q = ctx.Queue()
+        counter = _Count()
+        listener = logging.handlers.QueueListener(q, counter)
+        listener.start()
+        t0 = time.perf_counter()
+        p = ctx.Process(target=_log_child, args=(q, n))
+        p.start()
+        while counter.n < n:
+            time.sleep(0.001)
+        times.append(time.perf_counter() - t0)
+        p.join()
+        listener.stop()
+    return times, n
+
+
 def case_spawn(ctx, n, reps):
     # Warm up: forkserver starts its server on first use; spawn and
     # forkserver import this module once in the server/first child.
@@ -384,6 +443,7 @@ CASES = {
     "pool_apply_seq": (_pool_case(_run_apply_seq), 2000),
     "pool_apply_async": (_pool_case(_run_apply_async), 10**4),
     "pool_idle_rss": (case_pool_idle_rss, 100),
+    "log_forward": (case_log_forward, 10**5),
 }
 
 

@@ -129,7 +129,12 @@ impl Drop for Worker {
 async fn start(shared: &Shared) -> Result<Worker, BuildError> {
     let (conn, w_conn) = Pipe::new::<Msg>().map_err(BuildError::Io)?;
     let page = Page::new().map_err(BuildError::Io)?;
+    // Named as Python names its pool workers (`ForkPoolWorker-N`), so that
+    // their logs say what they are.
+    static WORKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = WORKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let process = Process::builder()
+        .name(format!("PoolWorker-{n}"))
         .daemon(true)
         .forward_tracing(shared.config.forward_tracing)
         .capture_output(shared.config.capture_output)
