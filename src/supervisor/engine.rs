@@ -273,7 +273,7 @@ impl Engine {
             events: &self.shared.events,
             runtime_dir: &self.runtime_dir,
         };
-        let inc = match Incarnation::start(&mut entry.spec, cx).await {
+        let mut inc = match Incarnation::start(&mut entry.spec, cx).await {
             Ok(inc) => inc,
             Err(exit) => {
                 tracing::warn!(child = %path, reason = %exit, "a supervised child failed to start");
@@ -282,6 +282,8 @@ impl Engine {
             }
         };
         let pid = inc.pid;
+        // Its captured output waits for its `Started`.
+        let output_gate = inc.output_gate.take();
         tracing::info!(child = %path, pid, generation, "supervised child started");
         if let What::Pool(pool) = &inc.what {
             self.shared.set_pool(&name, Some(pool.clone()));
@@ -303,6 +305,7 @@ impl Engine {
             pid,
             generation,
         });
+        drop(output_gate);
         let Some(limit) = ready_timeout else {
             return Started::Ok;
         };
