@@ -220,6 +220,10 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Waits for the process to end and returns its target's value.
     ///
+    /// With [`capture_output`](ProcessBuilder::capture_output), it also
+    /// waits until both captured streams have ended (at most 2 s after the
+    /// child exited), so that every line has been emitted when it returns.
+    ///
     /// # Errors
     ///
     /// [`ProcessError::Panicked`] with the panic message if the target
