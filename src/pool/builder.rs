@@ -100,7 +100,9 @@ impl PoolBuilder {
 
     /// Whether the workers' standard output and error are captured as
     /// lines (default `false`), as
-    /// [`ProcessBuilder::capture_output`](crate::ProcessBuilder::capture_output).
+    /// [`ProcessBuilder::capture_output`](crate::ProcessBuilder::capture_output):
+    /// what a task prints becomes `tracing` events here, each inside the
+    /// span of the worker that ran it.
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.capture_output = capture;
         self

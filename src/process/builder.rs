@@ -83,9 +83,23 @@ impl ProcessBuilder {
     }
 
     /// Whether the child's standard output and error are captured (default
-    /// `false`): each line it writes becomes a `tracing` event here, inside
-    /// the child's span, with a `stream` field (`"stdout"` or `"stderr"`).
-    /// Off, the child writes to this process's own stdout and stderr.
+    /// `false`): each line it writes becomes a `tracing` event here, at
+    /// INFO with target `tokio_multiprocessing::child`, inside the child's
+    /// `child{process, pid}` span, with a `stream` field (`"stdout"` or
+    /// `"stderr"`) and the line as its message. Off, the child writes to
+    /// this process's own stdout and stderr.
+    ///
+    /// The two streams are pipes, in place before the target runs (under
+    /// either start method), inherited by what the child starts. Lines
+    /// keep their order within each stream; a line longer than 64 KiB
+    /// comes in pieces, bytes that are not UTF-8 are replaced, and a last
+    /// line without a newline counts. A child that writes faster than this
+    /// process reads waits on its pipe; nothing is lost. [`join`] returns
+    /// only once both streams have ended, so every line has been emitted
+    /// by then, unless some other process (a grandchild) keeps them open:
+    /// it waits for that at most 2 s after the child exited.
+    ///
+    /// [`join`]: crate::Process::join
     pub fn capture_output(mut self, capture: bool) -> Self {
         self.capture_output = capture;
         self

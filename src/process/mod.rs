@@ -45,6 +45,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::runtime::capture::OutputHook;
 use crate::runtime::forkserver::{StartMethod, get_start_method};
 use crate::runtime::identity::{current, init_called, nonce};
 use crate::runtime::logs;
@@ -171,12 +172,23 @@ impl<R: DeserializeOwned> Process<R> {
         } else {
             0
         };
+        // A captured child's stdout and stderr are pipes whose writing ends
+        // are the first two descriptors that come with its orders.
+        let mut fds = spec.fds;
+        let output = if identity.capture_output {
+            let (out_r, out_w) = sys::pipe().map_err(ProcessError::Spawn)?;
+            let (err_r, err_w) = sys::pipe().map_err(ProcessError::Spawn)?;
+            fds.splice(0..0, [out_w, err_w]);
+            Some((out_r, err_r))
+        } else {
+            None
+        };
         let run = ParentMsg::Run {
             id: watch::RUN_ID,
             identity,
             target: spec.target,
             args: args.into(),
-            fds: u32::try_from(spec.fds.len()).map_err(|_| {
+            fds: u32::try_from(fds.len()).map_err(|_| {
                 ProcessError::EncodeArgs(
                     "the arguments carry more handles than a frame can count".into(),
                 )
@@ -204,7 +216,8 @@ impl<R: DeserializeOwned> Process<R> {
             self.state.clone(),
             child,
             ours,
-            (first, spec.fds),
+            (first, fds),
+            output,
             self.max_frame,
         )
         .await
@@ -213,6 +226,10 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     /// Waits for the process to end and returns its target's value.
+    ///
+    /// With [`capture_output`](ProcessBuilder::capture_output), it also
+    /// waits until both captured streams have ended (at most 2 s after the
+    /// child exited), so that every line has been emitted when it returns.
     ///
     /// # Errors
     ///
@@ -339,6 +356,13 @@ impl<R> Process<R> {
     /// heartbeats).
     pub(crate) fn notes(&self) -> tokio::sync::mpsc::UnboundedReceiver<Note> {
         self.state.subscribe_notes()
+    }
+
+    /// What is done with the child's captured lines besides their
+    /// `tracing` events (a supervisor's `Event::Log`s); set before
+    /// [`start`](Process::start).
+    pub(crate) fn on_output(&self, hook: OutputHook) {
+        self.state.set_output_hook(hook);
     }
 
     /// A future that resolves when the process has ended.

@@ -143,11 +143,26 @@ pub(crate) fn child_main(sock: OwnedHandle, nonce: u64, parent_gone: Option<i32>
                 );
                 return REFUSED_EXIT;
             }
-            let fds = match reader.take_fds(fds as usize) {
+            let mut fds = match reader.take_fds(fds as usize) {
                 Ok(fds) => fds,
                 Err(e) => return refuse(&ch, e.to_string()),
             };
             drop(reader);
+            if identity.capture_output {
+                // The first two are the pipes of our stdout and stderr: in
+                // place before anything else is written.
+                if fds.len() < 2 {
+                    return refuse(&ch, "output capture without its two pipes".to_owned());
+                }
+                let mut pipes = fds.drain(..2);
+                let (out, err) = (pipes.next(), pipes.next());
+                drop(pipes);
+                if let (Some(out), Some(err)) = (out, err)
+                    && let Err(e) = sys::redirect_stdout_stderr(out, err)
+                {
+                    return refuse(&ch, format!("could not capture the output: {e}"));
+                }
+            }
             run_target(ch, id, identity, target, &args, fds)
         }
         ParentMsg::Serve => server::serve(ch, forked_child_main),
@@ -180,7 +195,9 @@ fn run_target(
         watch_parent(&ch);
     }
     CONTROL_FD.store(ch.number(), std::sync::atomic::Ordering::Relaxed);
-    crate::target::panic::install_hook();
+    // A child that forwards its logs leaves its panics to the parent to
+    // report (from the outcome); otherwise it prints them as usual.
+    crate::target::panic::install_hook(identity.log_level == 0);
     // From here on every frame to the parent goes through one lock: the
     // notes of a supervised child may come from any thread while the
     // target runs, and frames must never interleave.

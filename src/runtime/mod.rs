@@ -8,6 +8,7 @@
 //! handed down by [`init`].
 
 pub(crate) mod bootstrap;
+pub(crate) mod capture;
 pub(crate) mod exec;
 pub(crate) mod forkserver;
 pub(crate) mod identity;

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::codec::FramedRead;
 
+use super::capture::{self, OutputHook};
 use super::latch::Latch;
 use super::logs;
 use super::registry::Registry;
@@ -80,6 +81,13 @@ pub(crate) struct ChildState {
     /// A second descriptor of our end of the control socket, for draining
     /// at program exit when no runtime is left to run the watcher.
     drain: Mutex<Option<OwnedHandle>>,
+    /// What is done with the lines of a child whose output is captured,
+    /// besides their events; taken when it starts.
+    output_hook: Mutex<Option<OutputHook>>,
+    /// Whether its output is captured (then `done` waits for its end).
+    capturing: AtomicBool,
+    /// Set once both captured streams have ended.
+    output_done: Latch<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,7 +113,17 @@ impl ChildState {
             drain: Mutex::new(None),
             notes: Mutex::new(None),
             logs: Mutex::new(None),
+            output_hook: Mutex::new(None),
+            capturing: AtomicBool::new(false),
+            output_done: Latch::new(),
         })
+    }
+
+    /// Sets what is done with the child's captured lines besides their
+    /// events (before it starts; a child whose output is not captured
+    /// never uses it).
+    pub(crate) fn set_output_hook(&self, hook: OutputHook) {
+        *lock(&self.output_hook) = Some(hook);
     }
 
     /// From now on, what a supervised child notifies (readiness,
@@ -223,6 +241,9 @@ impl ChildState {
                 outcome,
             }) => {
                 if matches!(*report, Report::Pending) {
+                    if let Outcome::Panicked(info) = &outcome {
+                        self.report_panic(info);
+                    }
                     *report = Report::Outcome(outcome);
                 }
             }
@@ -260,6 +281,29 @@ impl ChildState {
                     *report = Report::Broken(e);
                 }
             }
+        }
+    }
+
+    /// Tells this process's subscriber that the child's target panicked:
+    /// one ERROR event inside the child's span.
+    fn report_panic(&self, info: &crate::wire::PanicInfo) {
+        let pid = self.pid().unwrap_or(0);
+        let _label = logs::child_span(tracing::Level::ERROR, &self.name, pid).entered();
+        let location = info.location.as_deref().unwrap_or("unknown");
+        match &info.backtrace {
+            Some(backtrace) => tracing::error!(
+                target: logs::CHILD_TARGET,
+                location,
+                backtrace = %backtrace,
+                "panicked: {}",
+                info.message
+            ),
+            None => tracing::error!(
+                target: logs::CHILD_TARGET,
+                location,
+                "panicked: {}",
+                info.message
+            ),
         }
     }
 
@@ -343,11 +387,22 @@ impl ChildState {
 /// The orders are written before this returns, so that a program that
 /// starts a child and then leaves (or drops its runtime) still gets the
 /// child running.
+///
+/// `output`, the reading ends of the pipes of a child whose output is
+/// captured, is read as lines from now on (see `capture`); the watcher
+/// marks the state done only once both have ended, or
+/// [`DRAIN_AFTER_EXIT`] after the child exited.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: dropped while the orders are written, the child finds
+/// them truncated (it is watched and reaped all the same).
 pub(crate) async fn start_watcher(
     state: Arc<ChildState>,
     child: sys::Child,
     sock: OwnedHandle,
     (first, fds): (BytesMut, Vec<OwnedHandle>),
+    output: Option<(OwnedHandle, OwnedHandle)>,
     max_frame: usize,
 ) -> std::io::Result<()> {
     let drain = sock.try_clone()?;
@@ -360,6 +415,20 @@ pub(crate) async fn start_watcher(
         .set(child)
         .expect("a child state is started once");
     CHILDREN.insert(state.key, &state);
+    if let Some(output) = output {
+        state.capturing.store(true, Ordering::Release);
+        let hook = lock(&state.output_hook).take().unwrap_or_default();
+        let finished = state.clone();
+        capture::spawn_capture(
+            state.name.clone(),
+            state.pid().unwrap_or(0),
+            output,
+            hook,
+            move || {
+                finished.output_done.set(());
+            },
+        );
+    }
     if let Err(e) = stream.write_all(&first).await {
         // The child died (or closed its end) before reading its orders;
         // its exit status tells the story.
@@ -441,6 +510,11 @@ async fn watch(state: Arc<ChildState>, stream: FdStream, max_frame: usize) {
     }
     drop(frames);
     drop(lock(&state.drain).take());
+    if state.capturing.load(Ordering::Acquire) {
+        // Every line the child wrote is told before `join` returns, unless
+        // some other process (a grandchild) keeps its pipes open.
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, state.output_done.wait()).await;
+    }
     // The child's label spans close with it.
     drop(lock(&state.logs).take());
     state.done.set(());

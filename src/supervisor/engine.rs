@@ -273,7 +273,7 @@ impl Engine {
             events: &self.shared.events,
             runtime_dir: &self.runtime_dir,
         };
-        let inc = match Incarnation::start(&mut entry.spec, cx).await {
+        let mut inc = match Incarnation::start(&mut entry.spec, cx).await {
             Ok(inc) => inc,
             Err(exit) => {
                 tracing::warn!(
@@ -288,6 +288,8 @@ impl Engine {
             }
         };
         let pid = inc.pid;
+        // Its captured output waits for its `Started`.
+        let output_gate = inc.output_gate.take();
         tracing::info!(
             supervisor = %self.shared.path,
             child = %path,
@@ -315,6 +317,7 @@ impl Engine {
             pid,
             generation,
         });
+        drop(output_gate);
         let Some(limit) = ready_timeout else {
             return Started::Ok;
         };

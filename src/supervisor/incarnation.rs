@@ -7,24 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::event::{Event, ExitKind, OutputStream};
 use super::spec::{ChildSpec, Kind, Shutdown};
 use super::{Events, Supervisor};
 use crate::pool::Pool;
 use crate::process::{Process, ProcessError};
-use crate::runtime::logs;
+use crate::runtime::capture::{self, OutputHook, Stream};
 use crate::runtime::watch::Note;
 use crate::sys::{self, Signal};
 
 /// How long, after a child's leader is gone, the rest of its process group
 /// has to die of its `SIGKILL` before the supervisor goes on without it.
 const GROUP_GRACE: Duration = Duration::from_secs(2);
-
-/// The longest line of captured output; a longer one comes in pieces.
-const MAX_LINE: usize = 64 * 1024;
 
 /// What the incarnations tell the engine.
 pub(super) enum Internal {
@@ -63,6 +59,10 @@ pub(super) struct Incarnation {
     pub(super) what: What,
     /// Set once the incarnation has ended and its process group is gone.
     ended: watch::Receiver<Option<ExitKind>>,
+    /// Holds back the child's captured output until dropped: the engine
+    /// drops it once it has emitted the child's `Started`, so that no
+    /// `Event::Log` of the child comes before it.
+    pub(super) output_gate: Option<oneshot::Sender<()>>,
 }
 
 /// Where an incarnation tells what happens to it.
@@ -84,6 +84,8 @@ impl Incarnation {
         cx: Context<'_>,
     ) -> Result<Incarnation, ExitKind> {
         let (ended_tx, ended) = watch::channel(None);
+        let (output_gate, gate) = oneshot::channel();
+        let mut gate = Some(gate);
         let notes = NoteSink {
             name: cx.index_name.to_owned(),
             generation: cx.generation,
@@ -116,6 +118,20 @@ impl Incarnation {
                 let process: Process<IgnoredAny> =
                     Process::from_encoded(builder, *target, args.clone(), fds);
                 let note_rx = process.notes();
+                if spec.capture_output {
+                    let (child, events) = (cx.path.to_owned(), cx.events.clone());
+                    process.on_output(OutputHook {
+                        gate: gate.take(),
+                        on_line: Some(Arc::new(move |pid, stream, line: &str| {
+                            events.emit(Event::Log {
+                                child: child.clone(),
+                                pid,
+                                stream: output_stream(stream),
+                                line: line.to_owned(),
+                            });
+                        })),
+                    });
+                }
                 process
                     .start()
                     .await
@@ -129,7 +145,7 @@ impl Incarnation {
                 let pid = start_program(
                     command,
                     spec.watchdog,
-                    spec.capture_output,
+                    spec.capture_output.then(|| gate.take()).flatten(),
                     &cx,
                     notes,
                     exited,
@@ -189,6 +205,7 @@ impl Incarnation {
             started_at: Instant::now(),
             what,
             ended,
+            output_gate: Some(output_gate),
         })
     }
 
@@ -417,7 +434,7 @@ async fn watch_process(
 fn start_program(
     command: &mut tokio::process::Command,
     watchdog: Option<Duration>,
-    capture: bool,
+    capture: Option<oneshot::Receiver<()>>,
     cx: &Context<'_>,
     notes: NoteSink,
     exited: ExitSink,
@@ -444,24 +461,30 @@ fn start_program(
         }
     }
     command.env_remove("WATCHDOG_PID");
-    if capture {
+    if capture.is_some() {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     let mut child = command.spawn().map_err(spawn_failed)?;
     let pid = child
         .id()
         .ok_or_else(|| ExitKind::SpawnFailed("the program ended at once".to_owned()))?;
-    if capture {
-        let streams = [
-            (child.stdout.take().map(boxed), OutputStream::Stdout),
-            (child.stderr.take().map(boxed), OutputStream::Stderr),
-        ];
-        for (stream, which) in streams {
-            if let Some(stream) = stream {
-                let (path, events) = (cx.path.to_owned(), cx.events.clone());
-                tokio::spawn(forward_lines(stream, which, path, pid, events));
-            }
-        }
+    if let Some(gate) = capture {
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let (path, events) = (cx.path.to_owned(), cx.events.clone());
+        tokio::spawn(capture::read_both(
+            stdout,
+            stderr,
+            Some(gate),
+            move |stream, line| {
+                capture::emit_line(&path, pid, stream, &line);
+                events.emit(Event::Log {
+                    child: path.clone(),
+                    pid,
+                    stream: output_stream(stream),
+                    line,
+                });
+            },
+        ));
     }
     tokio::spawn(async move {
         let status = loop {
@@ -516,48 +539,10 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// A captured stream, either one.
-fn boxed(stream: impl AsyncRead + Send + Unpin + 'static) -> Box<dyn AsyncRead + Send + Unpin> {
-    Box::new(stream)
-}
-
-/// Reads a captured stream as lines and turns each into an event and a
-/// `tracing` event.
-async fn forward_lines(
-    stream: impl AsyncRead + Unpin,
-    which: OutputStream,
-    child: String,
-    pid: u32,
-    events: Events,
-) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        // At most MAX_LINE bytes at a time: a longer line comes in pieces.
-        let read = (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await;
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
-        }
-        let line = String::from_utf8_lossy(&buf).into_owned();
-        let stream = match which {
-            OutputStream::Stdout => "stdout",
-            OutputStream::Stderr => "stderr",
-        };
-        let _label = logs::child_span(tracing::Level::INFO, &child, pid).entered();
-        tracing::info!(target: logs::CHILD_TARGET, stream, "{line}");
-        events.emit(Event::Log {
-            child: child.clone(),
-            pid,
-            stream: which,
-            line,
-        });
+/// The event's name for a captured stream.
+fn output_stream(stream: Stream) -> OutputStream {
+    match stream {
+        Stream::Stdout => OutputStream::Stdout,
+        Stream::Stderr => OutputStream::Stderr,
     }
 }

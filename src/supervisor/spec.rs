@@ -347,7 +347,12 @@ impl ChildSpec {
 
     /// Captures the child's standard output and error as lines, which
     /// become [`Event::Log`](super::Event::Log)s and `tracing` events
-    /// (default `false`). For a pool, its workers' output, as
+    /// (default `false`), for a program and for a target alike (as
+    /// [`ProcessBuilder::capture_output`](crate::ProcessBuilder::capture_output)
+    /// describes). A child's `Log`s never come before its
+    /// [`Started`](super::Event::Started), and keep their order within
+    /// each stream. For a pool, its workers' output becomes `tracing`
+    /// events only, as
     /// [`PoolBuilder::capture_output`](crate::PoolBuilder::capture_output).
     /// Nested supervisors pass it on to nothing: their children have their
     /// own specs.

@@ -18,6 +18,7 @@
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
 //! | readiness of programs | an `sd_notify` socket, and the group of a sender | [`notify`] |
+//! | captured output | a pipe, its reading end on a runtime, a child's stdout and stderr put on pipes | [`pipe`], [`pipe_reader`], [`redirect_stdout_stderr`] |
 //! | descriptors in messages | `SCM_RIGHTS` (for the transport floor) | [`scm`] |
 
 #[cfg(unix)]
@@ -65,6 +66,9 @@ pub(crate) use imp::create_private_dir;
 
 // Processes by id.
 pub(crate) use imp::proc;
+
+// Captured output.
+pub(crate) use imp::{pipe, pipe_reader, redirect_stdout_stderr};
 
 // Descriptors in messages.
 pub(crate) use imp::scm;

@@ -239,3 +239,28 @@ fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
     child.try_reap().unwrap();
     assert!(!group_exists(pid));
 }
+
+#[test]
+fn a_pipe_carries_bytes_to_its_async_reader_until_every_writer_is_gone() {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (read, write) = pipe().unwrap();
+        let mut reader = pipe_reader(read).unwrap();
+        let copy = write.try_clone().unwrap();
+        let file = std::fs::File::from(write);
+        std::io::Write::write_all(&mut &file, b"line\n").unwrap();
+        drop(file);
+        let mut buf = [0u8; 16];
+        let n = reader.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"line\n");
+        // A copy of the writing end still open: no end of stream yet.
+        let early = tokio::time::timeout(Duration::from_millis(50), reader.read(&mut buf)).await;
+        assert!(early.is_err(), "no end while a writer is open");
+        drop(copy);
+        assert_eq!(reader.read(&mut buf).await.unwrap(), 0);
+    });
+}

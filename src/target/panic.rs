@@ -1,32 +1,56 @@
-//! What a child says about a panic: its message and where it happened.
+//! What a child says about a panic: its message, where it happened and,
+//! when `RUST_BACKTRACE` asks for one, its backtrace.
 //!
-//! The hook records the location of each panic on the panicking thread;
-//! the trampoline that catches the unwind pairs it with the payload's
-//! message.
+//! The hook records the location (and the backtrace) of each panic on the
+//! panicking thread; the trampoline that catches the unwind pairs them
+//! with the payload's message.
 
+use std::backtrace::{Backtrace, BacktraceStatus};
 use std::cell::RefCell;
 
 use crate::wire::PanicInfo;
 
+/// Where the last panic on a thread happened, and its backtrace if one
+/// was captured.
+struct Recorded {
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
 thread_local! {
-    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    static LAST_PANIC: RefCell<Option<Recorded>> = const { RefCell::new(None) };
 }
 
-/// The location of the last panic on this thread, recorded by the hook.
-fn take_panic_location() -> Option<String> {
-    PANIC_LOCATION.with(|l| l.borrow_mut().take())
+/// What the hook recorded of the last panic on this thread.
+fn take_recorded() -> Option<Recorded> {
+    LAST_PANIC.with(|l| l.borrow_mut().take())
 }
 
-/// Installs the hook that records each panic's location (and then runs
-/// the hook that was there before, which prints the message).
-pub(crate) fn install_hook() {
+/// Installs the hook that records each panic's location and backtrace
+/// ([`Backtrace::capture`], which honours `RUST_BACKTRACE` and
+/// `RUST_LIB_BACKTRACE`). Then, if `print`, it runs the hook that was
+/// there before, which prints the message; a child whose parent reports
+/// its panics (it forwards its logs there) prints nothing.
+pub(crate) fn install_hook(print: bool) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let loc = info
+        let location = info
             .location()
             .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        PANIC_LOCATION.with(|l| *l.borrow_mut() = loc);
-        previous(info);
+        let captured = Backtrace::capture();
+        let backtrace = match captured.status() {
+            BacktraceStatus::Captured => Some(captured.to_string()),
+            _ => None,
+        };
+        LAST_PANIC.with(|l| {
+            *l.borrow_mut() = Some(Recorded {
+                location,
+                backtrace,
+            });
+        });
+        if print {
+            previous(info);
+        }
     }));
 }
 
@@ -40,9 +64,10 @@ pub(crate) fn panic_info(payload: Box<dyn std::any::Any + Send>) -> PanicInfo {
     } else {
         "Box<dyn Any>".to_owned()
     };
+    let recorded = take_recorded();
     PanicInfo {
         message,
-        location: take_panic_location(),
-        backtrace: None,
+        location: recorded.as_ref().and_then(|r| r.location.clone()),
+        backtrace: recorded.and_then(|r| r.backtrace),
     }
 }

@@ -16,6 +16,7 @@ mod exit_rule;
 mod faults;
 mod hijack;
 mod lifecycle;
+mod output;
 mod parent_death;
 mod rogue_child;
 mod sentinel;
@@ -27,6 +28,10 @@ use std::time::Duration;
 use tokio_multiprocessing as mp;
 
 fn main() {
+    // The runs of `output`: a subscriber and backtraces, before anything.
+    if output::asked() {
+        output::prepare();
+    }
     // In every process, re-executed children too.
     parent_death::wait_if_the_parent_asks();
     // Programs that call `init()` themselves.
@@ -63,6 +68,12 @@ fn main() {
                 spawn_method::ENV,
                 Duration::from_secs(120),
                 spawn_method::cases(),
+            ),
+            common::module_in_reruns(
+                "output",
+                output::ENV,
+                Duration::from_secs(180),
+                output::cases(),
             ),
             common::module("sentinel::pidfd", sentinel::pidfd_cases()),
             common::module_in_reruns(

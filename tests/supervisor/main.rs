@@ -15,6 +15,7 @@ mod containment;
 mod intensity;
 mod lifecycle;
 mod nested;
+mod output;
 mod pools;
 mod programs;
 mod service_tree;
@@ -36,6 +37,7 @@ fn main() {
             common::module("chaos", chaos::cases()),
             common::module("containment", containment::cases()),
             common::module("programs", programs::cases()),
+            common::module("output", output::cases()),
             common::module("basics", basics::cases()),
             common::module("strategies", strategies::cases()),
             common::module("intensity", intensity::cases()),

@@ -22,6 +22,7 @@ use crate::common::{Case, case, ensure, eventually, is_running};
 use crate::containment::{
     Scratch, collect_until, drain, exited, group_exists, publish, started, until,
 };
+use crate::output::started_before_any_log;
 
 /// A program speaking `sd_notify` by hand, in Python; its first argument
 /// picks what it does.
@@ -381,7 +382,8 @@ async fn ready_from_outside_the_group_is_ignored() -> Result<(), Failed> {
     Ok(())
 }
 
-/// `capture_output(true)` makes each stdout/stderr line an `Event::Log`, in order per stream.
+/// `capture_output(true)` makes each stdout/stderr line an `Event::Log`,
+/// after the program's `Started`, in order per stream.
 async fn captured_output_becomes_log_events_in_order() -> Result<(), Failed> {
     let cmd = sh(
         r#"i=0
@@ -399,7 +401,7 @@ async fn captured_output_becomes_log_events_in_order() -> Result<(), Failed> {
         .build();
     let mut events = sup.events();
     sup.start().await?;
-    let pid = started(&mut events, "root/talker", 1).await?;
+    let pid = started_before_any_log(&mut events, "root/talker", 1).await?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut exit = None;
     while out.len() < 101 || err.len() < 100 || exit.is_none() {

@@ -9,6 +9,7 @@ mod fork;
 pub(crate) mod futex;
 pub(crate) mod notify;
 mod pidfd;
+mod pipe;
 pub(crate) mod proc;
 pub(crate) mod scm;
 pub(crate) mod shm;
@@ -27,6 +28,7 @@ use nix::sys::wait::WaitStatus;
 
 pub(crate) use child::Child;
 pub(crate) use fork::{fork_sibling, libc_allows_raw_fork, thread_count};
+pub(crate) use pipe::{pipe, pipe_reader, redirect_stdout_stderr};
 
 /// An open descriptor this process owns: a socket, a shared-memory file.
 pub(crate) type OwnedHandle = OwnedFd;
