@@ -153,24 +153,37 @@ async fn supervised_children_forward_their_events() -> Result<(), Failed> {
     let sup = Supervisor::builder()
         .name("logs")
         .child(ChildSpec::new("talker", sup_child, ()).restart(Restart::Temporary))
+        .child(
+            ChildSpec::new("quiet", sup_child, ())
+                .restart(Restart::Temporary)
+                .forward_tracing(false),
+        )
         .build();
     let mut events = sup.events();
     sup.start().await?;
-    let pid = loop {
+    let (mut talker, mut quiet) = (None, None);
+    while talker.is_none() || quiet.is_none() {
         match events.next().await.ok_or("the event stream ended")? {
-            Event::Exited { pid, .. } => break pid,
+            Event::Exited { child, pid, .. } if child == "logs/talker" => talker = Some(pid),
+            Event::Exited { child, pid, .. } if child == "logs/quiet" => quiet = Some(pid),
             Event::Lagged(n) => return Err(format!("lagged by {n}").into()),
             _ => {}
         }
-    };
+    }
     sup.shutdown().await?;
-    let got: Vec<Seen> = from_child(pid)
+    let (talker, quiet) = (talker.ok_or("talker")?, quiet.ok_or("quiet")?);
+    let got: Vec<Seen> = from_child(talker)
         .into_iter()
         .filter(|s| s.target == "app::supervised")
         .collect();
     ensure(
         got.len() == 1 && got[0].child_process() == Some("logs/talker"),
         format!("one event, labelled with the child's path: {got:?}"),
+    )?;
+    let got = from_child(quiet);
+    ensure(
+        got.is_empty(),
+        format!("nothing from a child with forward_tracing(false): {got:?}"),
     )?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod common;
 
 mod forward;
+mod hostile;
 mod record;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ fn main() {
         guard,
         [
             common::module("forward", forward::cases()),
+            common::module("hostile", hostile::cases()),
             common::module_in_reruns(
                 "before_init",
                 BEFORE_INIT,
