@@ -75,9 +75,19 @@ pub fn messages(body: &[u8]) {
         }
     }
     one::<ChildMsg>(body);
+    if let Ok(ChildMsg::Log(batch)) = decode_message::<ChildMsg>(body) {
+        log_batch(&batch);
+    }
+    log_batch(body);
     one::<ParentMsg>(body);
     one::<Hello>(body);
     one::<Outcome>(body);
+}
+
+/// Decodes `bytes` as a child's log batch and re-emits it, as a parent
+/// does: a warning or events, never a panic.
+fn log_batch(bytes: &[u8]) {
+    crate::runtime::logs::Replayer::new("fuzz", 1).replay(bytes);
 }
 
 /// Valid frames of every message kind, to seed a corpus.
@@ -110,6 +120,9 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
                 daemon: false,
                 detached: false,
                 parent_pid: 1,
+                supervised: false,
+                log_level: 3,
+                capture_output: false,
             },
             target: TargetRef {
                 kind: TargetKind::Sync,
@@ -126,7 +139,7 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
             &ParentMsg::Fork {
                 id: 3,
                 nonce: 4,
-                detached: true,
+                group: crate::wire::message::Group::Own,
             },
             b,
             1 << 20,
@@ -144,6 +157,7 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         let info = PanicInfo {
             message: "boom".into(),
             location: Some("a.rs:1:1".into()),
+            backtrace: Some("0: main".into()),
         };
         encode_message(
             &ChildMsg::Outcome {
@@ -166,6 +180,33 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         .unwrap()
     });
     push(&|b| encode_message(&ChildMsg::Forked { id: 3, pid: 42 }, b, 1 << 20).unwrap());
+    push(&|b| encode_message(&ChildMsg::Ready, b, 1 << 20).unwrap());
+    push(&|b| {
+        use crate::wire::log::{LogBatch, LogCallsite, LogEntry, LogRecord, LogValue};
+        let batch = LogBatch {
+            callsites: vec![LogCallsite {
+                id: 0,
+                span: false,
+                level: 3,
+                name: "event".into(),
+                target: "fuzz".into(),
+                module_path: None,
+                file: Some("a.rs".into()),
+                line: Some(1),
+                fields: vec!["message".into(), "n".into()],
+            }],
+            records: vec![LogRecord {
+                event: LogEntry {
+                    callsite: 0,
+                    values: vec![(0, LogValue::Fmt("hi".into())), (1, LogValue::U64(7))],
+                },
+                spans: vec![],
+            }],
+            dropped: 2,
+        };
+        let bytes = rmp_serde::to_vec(&batch).unwrap();
+        encode_message(&ChildMsg::Log(bytes.into()), b, 1 << 20).unwrap();
+    });
     out
 }
 

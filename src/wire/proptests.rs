@@ -8,6 +8,7 @@ use serde_bytes::ByteBuf;
 use tokio_util::codec::Decoder;
 
 use crate::wire::frame::{FrameCodec, RESERVE_STEP, decode_message, encode_message};
+use crate::wire::log::{LogBatch, LogCallsite, LogEntry, LogRecord, LogValue};
 use crate::wire::message::{
     ChildMsg, Group, Hello, Identity, Outcome, ParentMsg, TargetKind, TargetRef,
 };
@@ -113,7 +114,65 @@ fn child_msg() -> impl Strategy<Value = ChildMsg> {
         Just(ChildMsg::Ready),
         Just(ChildMsg::Heartbeat),
         (any::<u64>(), ".{0,40}").prop_map(|(id, error)| ChildMsg::ForkFailed { id, error }),
+        bytes().prop_map(ChildMsg::Log),
     ]
+}
+
+fn log_value() -> impl Strategy<Value = LogValue<'static>> {
+    prop_oneof![
+        ".{0,20}".prop_map(|s| LogValue::Str(s.into())),
+        ".{0,20}".prop_map(|s| LogValue::Fmt(s.into())),
+        any::<i64>().prop_map(LogValue::I64),
+        any::<u64>().prop_map(LogValue::U64),
+        (-1e12f64..1e12).prop_map(LogValue::F64),
+        any::<bool>().prop_map(LogValue::Bool),
+    ]
+}
+
+fn log_entry() -> impl Strategy<Value = LogEntry<'static>> {
+    (
+        any::<u32>(),
+        proptest::collection::vec((any::<u16>(), log_value()), 0..4),
+    )
+        .prop_map(|(callsite, values)| LogEntry { callsite, values })
+}
+
+fn log_batch() -> impl Strategy<Value = LogBatch<'static>> {
+    let callsite = (
+        any::<u32>(),
+        any::<bool>(),
+        0u8..7,
+        ".{0,10}",
+        ".{0,10}",
+        proptest::option::of(".{0,10}"),
+        proptest::option::of(any::<u32>()),
+        proptest::collection::vec(".{0,8}", 0..4),
+    )
+        .prop_map(
+            |(id, span, level, name, target, file, line, fields)| LogCallsite {
+                id,
+                span,
+                level,
+                name,
+                target,
+                module_path: None,
+                file,
+                line,
+                fields,
+            },
+        );
+    let record = (log_entry(), proptest::collection::vec(log_entry(), 0..3))
+        .prop_map(|(event, spans)| LogRecord { event, spans });
+    (
+        proptest::collection::vec(callsite, 0..3),
+        proptest::collection::vec(record, 0..4),
+        any::<u64>(),
+    )
+        .prop_map(|(callsites, records, dropped)| LogBatch {
+            callsites,
+            records,
+            dropped,
+        })
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
@@ -161,6 +220,25 @@ proptest! {
     #[test]
     fn parent_messages_round_trip(msg in parent_msg()) {
         round_trip(&msg)?;
+    }
+
+    #[test]
+    fn log_batches_round_trip(batch in log_batch()) {
+        let bytes = rmp_serde::to_vec(&batch).unwrap();
+        let back: LogBatch<'_> = rmp_serde::from_slice(&bytes).unwrap();
+        // MessagePack keeps no sign for an integer that has none: a
+        // non-negative i64 comes back as a u64 of the same value.
+        let mut want = batch;
+        for record in &mut want.records {
+            for entry in std::iter::once(&mut record.event).chain(&mut record.spans) {
+                for (_, v) in &mut entry.values {
+                    if let LogValue::I64(i) = *v && i >= 0 {
+                        *v = LogValue::U64(i.unsigned_abs());
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(back, want);
     }
 
     #[test]

@@ -387,6 +387,8 @@ fn fallback(process: &str, pid: u32, def: &LogCallsite, values: &[(u16, LogValue
 mod tests {
     use std::borrow::Cow;
 
+    use tracing_subscriber::layer::SubscriberExt as _;
+
     use super::*;
     use crate::wire::log::LogRecord;
 
@@ -426,10 +428,26 @@ mod tests {
         .unwrap()
     }
 
+    proptest::proptest! {
+        /// Whatever a child sends as a batch, the parent re-emits it or
+        /// warns, and never panics.
+        #[test]
+        fn any_bytes_are_events_or_a_warning(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let sub = tracing_subscriber::registry()
+                .with(tracing_subscriber::filter::LevelFilter::TRACE);
+            tracing::subscriber::with_default(sub, || {
+                let mut r = Replayer::new("p", 1);
+                r.replay(&bytes);
+                // And after a sound batch, the same bytes again.
+                r.replay(&encoded(3));
+                r.replay(&bytes);
+            });
+        }
+    }
+
     #[test]
     #[ignore = "a measurement, run by hand with --release"]
     fn replay_cost() {
-        use tracing_subscriber::layer::SubscriberExt as _;
         let bytes = encoded(512);
         let t0 = std::time::Instant::now();
         for _ in 0..200 {
