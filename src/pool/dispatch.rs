@@ -478,6 +478,10 @@ impl Inflight {
 /// are handed to an idle worker.
 const STUCK_AFTER: Duration = Duration::from_millis(2);
 
+/// How long a worker that did not start its jobs in time waits, once it
+/// has none, before it is counted idle again.
+const STALL_RETRY: Duration = Duration::from_millis(100);
+
 /// Counts a slot among the idle ones while it lives. A stuck slot looks
 /// at the count every [`STUCK_AFTER`], so an idle one need wake nobody.
 struct Hungry<'a>(&'a Shared);
@@ -559,6 +563,11 @@ async fn run(
     // worker is.
     let mut stalled = false;
     let mut stalled_at = 0u64;
+    // When it stalled. A stalled worker left with no job is counted idle
+    // again after `STALL_RETRY`: it may have been only slow (descheduled on
+    // a loaded machine), and while it is not counted, a blocked worker
+    // keeps the jobs queued behind its long one.
+    let mut stalled_since = Instant::now();
     let end = loop {
         // Registered before the queue is looked at, so a job pushed after
         // the look still wakes this slot.
@@ -613,6 +622,7 @@ async fn run(
                 // the others go first.
                 stalled = true;
                 stalled_at = started;
+                stalled_since = Instant::now();
             }
             let mut wanted = VecDeque::new();
             for job in inflight.take_back(started) {
@@ -700,9 +710,13 @@ async fn run(
             continue;
         }
         // An idle worker with nothing queued says so, so that a blocked one
-        // hands over the jobs it holds; one that stalled does not.
-        let _hungry = (inflight.is_empty() && !stalled && current == State::Running)
+        // hands over the jobs it holds; one that stalled does not, until
+        // `STALL_RETRY` has passed.
+        let retry_at = stalled_since + STALL_RETRY;
+        let stall_over = !stalled || Instant::now() >= retry_at;
+        let _hungry = (inflight.is_empty() && stall_over && current == State::Running)
             .then(|| Hungry::new(shared));
+        let stall_wait = stalled && !stall_over && inflight.is_empty();
         tokio::select! {
             msg = worker.conn.recv() => {
                 worker.page.wake();
@@ -733,6 +747,7 @@ async fn run(
             _ = &mut cancelled, if waiting => {}
             _ = tokio::time::sleep_until(stuck_at.unwrap_or_else(Instant::now)),
                 if stuck_at.is_some() => {}
+            _ = tokio::time::sleep_until(retry_at), if stall_wait => {}
             _ = state.changed() => {}
             _ = tokio::time::sleep_until(oldest.map_or_else(Instant::now, |(_, t)| t)),
                 if oldest.is_some() => {

@@ -266,6 +266,57 @@ async fn a_stopped_idle_worker_strands_no_job() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A worker that was stopped while it held jobs (they went to the other
+/// worker, and it was marked as not starting its jobs) is counted idle
+/// again once it runs: a task queued behind a long one in the other worker
+/// moves to it. Before, it was never counted idle again, and 40 quick
+/// tasks waited 3 s for the long one (seen on loaded CI machines, where a
+/// worker descheduled for 2 ms looks stopped).
+async fn a_worker_once_stopped_is_idle_again() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    let pool = mp::Pool::builder().processes(2).build().await?;
+    let mut workers = std::collections::HashSet::new();
+    for _ in 0..50 {
+        workers.extend(pool.map_chunked(sleep_then_pid, [30, 30], 1).await?);
+        if workers.len() == 2 {
+            break;
+        }
+    }
+    ensure(workers.len() == 2, format!("found the workers {workers:?}"))?;
+    let victim = *workers.iter().next().expect("two workers");
+    let victim_pid = nix::unistd::Pid::from_raw(victim as i32);
+    kill(victim_pid, Signal::SIGSTOP)?;
+    // Its jobs are taken back; then trivial tasks, so that the other
+    // worker queues deeply.
+    let first = pool.map_chunked(sleep_then_pid, vec![20u64; 40], 1).await;
+    let second = pool.map_chunked(sleep_then_pid, vec![0u64; 300], 1).await;
+    kill(victim_pid, Signal::SIGCONT)?;
+    ensure(
+        first?.iter().chain(second?.iter()).all(|&p| p != victim),
+        "nothing ran in the stopped worker",
+    )?;
+    let slow = pool.apply_async(sleep_then_pid, 3000);
+    let quick: Vec<_> = (0..40)
+        .map(|_| pool.apply_async(sleep_then_pid, 5))
+        .collect();
+    let mut ran_in = Vec::new();
+    for q in quick {
+        ran_in.push(q.await?);
+    }
+    ensure(
+        !slow.ready(),
+        "the quick tasks waited for the slow one: the worker that was stopped was never idle again",
+    )?;
+    let slow_in = slow.await?;
+    ensure(
+        slow_in == victim || ran_in.contains(&victim),
+        "the worker that was stopped ran tasks again",
+    )?;
+    ensure(pool.stats().restarted == 0, "no worker was replaced")?;
+    pool.terminate().await;
+    Ok(())
+}
+
 /// A pool built on a runtime that then shuts down: its slots went with
 /// the runtime, so it cannot go on. Every call from another runtime fails
 /// at once with `RuntimeShutdown`, `stats` counts no worker, and the
@@ -347,6 +398,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "a_stopped_idle_worker_strands_no_job",
             T,
             a_stopped_idle_worker_strands_no_job,
+        ),
+        case(
+            "a_worker_once_stopped_is_idle_again",
+            T,
+            a_worker_once_stopped_is_idle_again,
         ),
         case(
             "a_pool_whose_runtime_shut_down_fails_at_once",
