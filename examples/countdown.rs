@@ -13,10 +13,8 @@ fn countdown(mut count: u32) {
     }
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let p1 = mp::Process::new(countdown, 10);
     p1.start().await?;
     let p2 = mp::Process::new(countdown, 20);

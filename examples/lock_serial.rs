@@ -15,10 +15,8 @@ fn f((lock, i): (mp::Lock, u32)) {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let lock = mp::Lock::new()?;
     for num in 0..3 {
         let p = mp::Process::new(f, (lock.clone(), num));

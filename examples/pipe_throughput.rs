@@ -29,10 +29,8 @@ async fn writer(count: u64, p_input: &mp::Sender<Option<u64>>) -> mp::Result<()>
     Ok(())
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     for count in [10u64.pow(4), 10u64.pow(5), 10u64.pow(6)] {
         // Pipes are unidirectional with two endpoints: p_input ------> p_output
         let (p_output, mut p_input) = mp::Pipe::oneway::<Option<u64>>()?;

@@ -42,9 +42,8 @@ fn long_time_task(name: u32) {
     );
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
     println!("Parent process {}.", std::process::id());
     let pool = mp::Pool::new(4).await?;
     // Python drops the AsyncResults too, but its tasks still run; here a

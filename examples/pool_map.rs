@@ -17,9 +17,8 @@ fn f(x: u64) -> u64 {
     x * x
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
     let pool = mp::Pool::new(5).await?;
     println!("{:?}", pool.map(f, [1, 2, 3]).await?);
     pool.terminate().await; // what Python's `with` block does on exit

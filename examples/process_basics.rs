@@ -15,10 +15,8 @@ fn run_proc(name: String) {
     println!("Run child process {name} ({})...", std::process::id());
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     // Process(target=f, args=('bob',)); p.start(); p.join()
     let p = mp::Process::new(f, "bob".to_owned());
     p.start().await?;

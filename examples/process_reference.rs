@@ -22,10 +22,8 @@ fn sleep(secs: u64) {
     std::thread::sleep(Duration::from_secs(secs));
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let p = mp::Process::new(sleep, 1000);
     println!("{} {}", p, p.is_alive());
     p.start().await?;

@@ -40,10 +40,8 @@ async fn f(q: mp::Queue<Vec<Value>>) {
     .expect("put");
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let q = mp::Queue::new()?;
     let p = mp::Process::new(f, q.clone());
     p.start().await?;

@@ -35,10 +35,8 @@ fn read(q: mp::Queue<String>) {
     }
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let q = mp::Queue::new()?;
     let pw = mp::Process::new(write, q.clone());
     let pr = mp::Process::new(read, q.clone());

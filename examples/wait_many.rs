@@ -14,10 +14,8 @@ fn nap(ms: u64) -> u64 {
     ms
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     // Sleeps in a shuffled order, so finishing order differs from start order.
     let sleeps = [350u64, 50, 650, 200, 500, 125, 425, 275];
     let mut procs = Vec::new();

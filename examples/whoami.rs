@@ -17,10 +17,8 @@ fn whoami((label, lock): (String, mp::Lock)) {
     println!("{label}: name:{}, pid:{}", me.name(), me.pid());
 }
 
-#[tokio::main]
+#[mp::main]
 async fn main() -> mp::Result<()> {
-    let _guard = mp::init();
-
     let lock = mp::Lock::new()?;
     whoami(("function call".to_owned(), lock.clone()));
 

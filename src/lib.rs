@@ -16,13 +16,8 @@
 //!     x * x
 //! }
 //!
-//! #[tokio::main]
+//! #[mp::main]
 //! async fn main() -> mp::Result<()> {
-//!     // First thing in main: in a child, this runs the child's work and
-//!     // exits; in the parent it returns a guard that joins the children
-//!     // when main ends.
-//!     let _guard = mp::init();
-//!
 //!     let p = mp::Process::new(square, 12);
 //!     p.start().await?;
 //!     assert_eq!(p.join().await?, 144);
@@ -31,14 +26,21 @@
 //! }
 //! ```
 //!
+//! [`#[mp::main]`](main) is `#[tokio::main]` with [`init`] first: in a
+//! child, `init()` runs the child's work and exits; in the parent it comes
+//! before any thread exists, so the fork server can serve the program, and
+//! when `main` ends the children still running are joined (daemons
+//! terminated), as Python does.
+//!
 //! **Everything `main` does before [`init`] runs again in every child**, since
-//! a child is the same program started afresh. Call it first.
+//! a child is the same program started afresh. Without the attribute, call
+//! it first thing in a plain `fn main`, before the runtime is built.
 //!
 //! # From Python
 //!
 //! | Python `multiprocessing` | `tokio_multiprocessing` |
 //! |---|---|
-//! | `if __name__ == '__main__':` | `let _guard = mp::init();` first in `main` |
+//! | `if __name__ == '__main__':` | [`#[mp::main]`](main) on `async fn main`, or `let _guard = mp::init();` first in a plain `fn main` |
 //! | `Process(target=f, args=(x,))` | [`Process::new(f, x)`](Process::new) |
 //! | `Process(target=f, name=n, daemon=True)` | [`Process::builder()`](Process::builder)`.name(n).daemon(true).build(f, x)` |
 //! | `p.start()` | [`p.start().await?`](Process::start) |
@@ -84,7 +86,7 @@
 //!
 //! Call [`init`] first, then install the subscriber: a child forwards up
 //! to the level the parent's subscribers want when it starts
-//! (`LevelFilter::current()`), through a bounded buffer of 4096 events
+//! (`LevelFilter::current()`), through a bounded queue of 16,384 events
 //! that never blocks it (what it drops is counted and told as one WARN
 //! event with a `dropped` field). A subscriber installed before `init()`
 //! works too: the child then forwards from its main thread and its
@@ -117,10 +119,12 @@
 //! program re-executes itself once as a single-threaded server that forks
 //! a child for every start, about twice as fast as re-executing the
 //! program per child. Forked children are still direct children of the
-//! program. The server only runs when it is single-threaded, so call
-//! [`init`] in a plain `fn main` before building a runtime to get it;
-//! otherwise, and on [`StartMethod::Spawn`], every child is a fresh
-//! re-execution. See [`set_start_method`].
+//! program. The server only runs when it is single-threaded, which
+//! [`#[mp::main]`](main) sees to (as does calling [`init`] in a plain
+//! `fn main` before building a runtime); otherwise (`init()` inside
+//! `#[tokio::main]`), and on [`StartMethod::Spawn`], every child is a fresh
+//! re-execution, and [`get_start_method`] says `Spawn`. See
+//! [`set_start_method`].
 //!
 //! # Platform support
 //!
@@ -206,6 +210,65 @@ pub use sync::{
 };
 pub use target::{StarTarget, Target, TargetRefHidden, marker};
 pub use wire::{ChannelError, PanicInfo};
+
+/// Marks `async fn main` of a program that starts child processes: the
+/// program's `main` calls [`init`] first, before any thread exists (so
+/// the fork server serves it), then builds the Tokio runtime and runs the
+/// body on it, then applies the exit rule to the children left.
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[mp::main]
+/// async fn main() -> mp::Result<()> {
+///     let p = mp::Process::new(square, 7);
+///     p.start().await?;
+///     assert_eq!(p.join().await?, 49);
+///     Ok(())
+/// }
+/// ```
+///
+/// It takes `#[tokio::main]`'s arguments: `flavor = "current_thread"` (the
+/// default is `"multi_thread"`) and `worker_threads = N`; and
+/// `crate = "path"` when this crate is renamed in `Cargo.toml`.
+///
+/// `#[tokio::main]` builds its runtime before `main`'s body runs, so an
+/// [`init`] called there comes after the runtime's threads: the fork
+/// server cannot serve such a program, and every child is re-executed
+/// ([`get_start_method`] then says [`StartMethod::Spawn`]).
+pub use tokio_multiprocessing_macros::main;
+
+/// What `#[main]` expands to uses; not for use elsewhere.
+#[doc(hidden)]
+pub mod __private {
+    /// The runtime `#[main]` runs the body on.
+    ///
+    /// # Panics
+    ///
+    /// If the runtime cannot be built, as `#[tokio::main]` does.
+    #[must_use]
+    pub fn build_runtime(
+        multi_thread: bool,
+        worker_threads: Option<usize>,
+    ) -> tokio::runtime::Runtime {
+        let mut builder = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+        };
+        if let Some(n) = worker_threads {
+            builder.worker_threads(n);
+        }
+        builder
+            .enable_all()
+            .build()
+            .expect("failed to build the Tokio runtime")
+    }
+}
 
 /// Marks the program as a multiprocessing program and, in a child, runs the
 /// child's work.

@@ -24,4 +24,15 @@ pub(crate) mod watch;
 pub(crate) fn init(exit_rule: fn()) {
     identity::mark_init_called();
     bootstrap::run_if_child(exit_rule);
+    // A parent. The fork server is a copy of this program that runs up to
+    // `init()` too: if this one has threads by now (a Tokio runtime built
+    // before `init()`, as `#[tokio::main]` does), so will the copy, and it
+    // cannot fork. Known now, it is not tried, and the start method says so.
+    let threads = crate::sys::thread_count();
+    if threads > 1 {
+        forkserver::mark_unavailable(format!(
+            "cannot serve forks: this program had {threads} threads when init() ran \
+             (init() must run before any thread starts, and before the Tokio runtime is built)"
+        ));
+    }
 }

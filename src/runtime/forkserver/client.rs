@@ -109,6 +109,10 @@ pub(crate) async fn fork(
     group: Group,
 ) -> Forked {
     reap_strays();
+    if let Some(reason) = super::unavailable() {
+        declined(reason);
+        return Forked::Declined(theirs);
+    }
     let mut client = CLIENT.lock().await;
     if matches!(client.state, State::Idle) && client.retry_at.is_none_or(|t| Instant::now() >= t) {
         client.state = match start_server().await {
@@ -119,6 +123,7 @@ pub(crate) async fn fork(
             Err(StartError::Refused(reason)) => {
                 // Said once: the state stays `Unavailable` for good.
                 declined(&reason);
+                super::mark_unavailable(reason);
                 State::Unavailable
             }
             Err(StartError::Failed(e)) => {

@@ -47,11 +47,36 @@ pub fn set_start_method(method: StartMethod) {
         .unwrap_or_else(PoisonError::into_inner) = method;
 }
 
-/// The start method used when a builder does not set one.
+/// The start method a process gets when its builder does not set one:
+/// what [`set_start_method`] set (`ForkServer` by default), except that
+/// once the fork server is known not to serve this program (it had
+/// threads when [`init`](crate::init) ran, as under `#[tokio::main]`), it
+/// says `Spawn`, which is what children then get.
 pub fn get_start_method() -> StartMethod {
-    *DEFAULT_METHOD
+    let method = *DEFAULT_METHOD
         .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .unwrap_or_else(PoisonError::into_inner);
+    if method == StartMethod::ForkServer && unavailable().is_some() {
+        // What children actually get.
+        StartMethod::Spawn
+    } else {
+        method
+    }
+}
+
+/// Why the fork server cannot serve this program, once that is known.
+static UNAVAILABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records that the fork server cannot serve this program, and why: from
+/// then on children are re-executed and [`get_start_method`] says
+/// `Spawn`.
+pub(crate) fn mark_unavailable(reason: String) {
+    let _ = UNAVAILABLE.set(reason);
+}
+
+/// Why the fork server cannot serve, if it cannot.
+pub(crate) fn unavailable() -> Option<&'static str> {
+    UNAVAILABLE.get().map(String::as_str)
 }
 
 /// Exit code of a fork server that refused to serve.
