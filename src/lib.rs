@@ -208,7 +208,7 @@ pub use sync::{
     Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
     SemaphorePermit,
 };
-pub use target::{StarTarget, Target, TargetRefHidden, marker};
+pub use target::{CapturesNothing, StarTarget, Target, TargetRefHidden, marker};
 pub use wire::{ChannelError, PanicInfo};
 
 /// Marks `async fn main` of a program that starts child processes: the

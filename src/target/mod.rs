@@ -89,11 +89,33 @@ pub mod marker {
     pub struct Async<Fut>(PhantomData<Fut>);
 }
 
+/// What a target's type must be besides a function: a plain `fn` item or
+/// a closure that captures nothing. Implemented for every `Copy` type (a
+/// closure is `Copy` when everything it captures is); a closure that
+/// captures a `String`, say, fails `cargo check` with "required for
+/// `{closure}` to implement `CapturesNothing`". A closure that captures
+/// only `Copy` values passes this bound, and fails when the program is
+/// built, on the check that a target is zero-sized: the note "the above
+/// error was encountered while instantiating" under that error names the
+/// closure, with its file and line.
+///
+/// A target runs in another process, where nothing the parent captured
+/// exists: pass what it needs as its argument.
+#[diagnostic::on_unimplemented(
+    message = "a target cannot capture anything: `{Self}` does",
+    label = "this captures",
+    note = "a target runs in another process: pass what it needs as its argument"
+)]
+pub trait CapturesNothing: Copy {}
+
+impl<F: Copy> CapturesNothing for F {}
+
 /// Fails the build when a target type is not zero-sized.
 const fn assert_zero_sized<F>() {
     assert!(
         size_of::<F>() == 0,
-        "a target must be a plain function or a closure that captures nothing"
+        "a target must be a plain function or a closure that captures nothing: this one \
+         captures (see the note below for which, and pass what it needs as its argument)"
     );
 }
 
@@ -209,7 +231,7 @@ where
 
 impl<F, A, R> Target<A, R, marker::Sync> for F
 where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    F: Fn(A) -> R + CapturesNothing + Send + Sync + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
@@ -225,7 +247,7 @@ where
 
 impl<F, A, R, Fut> Target<A, R, marker::Async<Fut>> for F
 where
-    F: Fn(A) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(A) -> Fut + CapturesNothing + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
@@ -263,7 +285,7 @@ macro_rules! star_targets {
     ($($arg:ident),+) => {
         impl<F, R, $($arg,)+> StarTarget<($($arg,)+), R, marker::Sync> for F
         where
-            F: Fn($($arg),+) -> R + Copy + Send + Sync + 'static,
+            F: Fn($($arg),+) -> R + CapturesNothing + Send + Sync + 'static,
             $($arg: Serialize + DeserializeOwned + Send + 'static,)+
             R: Serialize + DeserializeOwned + Send + 'static,
         {
@@ -294,7 +316,7 @@ macro_rules! star_targets {
 
         impl<F, R, Fut, $($arg,)+> StarTarget<($($arg,)+), R, marker::Async<Fut>> for F
         where
-            F: Fn($($arg),+) -> Fut + Copy + Send + Sync + 'static,
+            F: Fn($($arg),+) -> Fut + CapturesNothing + Send + Sync + 'static,
             Fut: Future<Output = R> + Send + 'static,
             $($arg: Serialize + DeserializeOwned + Send + 'static,)+
             R: Serialize + DeserializeOwned + Send + 'static,
