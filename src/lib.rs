@@ -135,8 +135,11 @@
 //!
 //! # Testing
 //!
-//! A test binary that starts children re-executes itself, so it must reach
-//! [`init`] before a test harness runs. Give such tests their own `main`:
+//! A test binary that starts children re-executes itself, so a child must
+//! be recognised before the test harness runs. [`enable_test_support!`]
+//! once in the test crate does that, and plain `#[test]` and
+//! `#[tokio::test]` functions can then start children. The explicit form
+//! gives such tests their own `main`:
 //! in `Cargo.toml`, `[[test]] name = "..." harness = false`, and in the
 //! file, call `mp::init()` first and then run the cases with
 //! [`libtest-mimic`](https://docs.rs/libtest-mimic), which keeps
@@ -242,9 +245,60 @@ pub use wire::{ChannelError, PanicInfo};
 /// ([`get_start_method`] then says [`StartMethod::Spawn`]).
 pub use tokio_multiprocessing_macros::main;
 
-/// What `#[main]` expands to uses; not for use elsewhere.
+/// Lets plain `#[test]` and `#[tokio::test]` functions of a test crate
+/// start children: put it once in the crate, at the top level.
+///
+/// A test binary that starts children re-executes itself for each one (or
+/// for its fork server); with this, such a copy is recognised before
+/// `main` runs, before the test harness, and runs the child's work (a
+/// function that runs before `main`, placed by the `ctor` crate). In the
+/// test binary itself it does what [`init`] does, also before `main`, so
+/// the fork server serves it; no test needs to call `init()`.
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// mp::enable_test_support!();
+///
+/// fn double(x: u32) -> u32 {
+///     x * 2
+/// }
+///
+/// #[tokio::test]
+/// async fn doubles_in_a_child() {
+///     let p = mp::Process::new(double, 21);
+///     p.start().await.unwrap();
+///     assert_eq!(p.join().await.unwrap(), 42);
+/// }
+/// ```
+///
+/// The exit rule does not run at the end of such a binary (the harness
+/// owns `main`): join what a test starts; a child left running exits when
+/// the test binary does.
+#[macro_export]
+macro_rules! enable_test_support {
+    () => {
+        $crate::__private::ctor::declarative::ctor! {
+            #[ctor(unsafe)]
+            fn __tokio_multiprocessing_test_support() {
+                $crate::__private::init_before_main();
+            }
+        }
+    };
+}
+
+/// What `#[main]` and `enable_test_support!` expand to use; not for use
+/// elsewhere.
 #[doc(hidden)]
 pub mod __private {
+    pub use ctor;
+
+    /// [`init`](crate::init) before `main`, without its guard: in a child,
+    /// runs the child's work and exits.
+    pub fn init_before_main() {
+        crate::runtime::init(crate::lifecycle::exit_rule);
+    }
+
     /// The runtime `#[main]` runs the body on.
     ///
     /// # Panics
