@@ -48,6 +48,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(spawn(n))),
     },
     Case {
+        name: "spawn_tokio_main",
+        default_n: 200,
+        about: "spawn from a #[tokio::main] program with mp::init_before_main!() (the spawn_tokio_main example, next to this binary)",
+        run: Run::Time(|n| Box::pin(spawn_tokio_main(n))),
+    },
+    Case {
         name: "spawn_exec",
         default_n: 200,
         about: "start + join an empty target with StartMethod::Spawn (re-exec per child)",
@@ -171,6 +177,35 @@ async fn start_join(n: u64, method: mp::StartMethod) -> Result<Duration, String>
 
 async fn spawn(n: u64) -> Result<Duration, String> {
     start_join(n, mp::StartMethod::ForkServer).await
+}
+
+/// Runs the `spawn_tokio_main` example (built next to this binary) for n
+/// starts and reads the time they took.
+async fn spawn_tokio_main(n: u64) -> Result<Duration, String> {
+    let me = std::env::current_exe().map_err(err)?;
+    let program = me.with_file_name("spawn_tokio_main");
+    let out = tokio::process::Command::new(&program)
+        .arg(n.to_string())
+        .output()
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: {e} (build it: cargo build --release --examples)",
+                program.display()
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let nanos: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(err)?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 async fn spawn_exec(n: u64) -> Result<Duration, String> {

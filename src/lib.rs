@@ -275,6 +275,10 @@ pub use tokio_multiprocessing_macros::main;
 /// The exit rule does not run at the end of such a binary (the harness
 /// owns `main`): join what a test starts; a child left running exits when
 /// the test binary does.
+///
+/// A program that keeps `#[tokio::main]` (and calls [`init`] inside it)
+/// gets the fast start the same way, under the name
+/// [`init_before_main!`], which is this macro.
 #[macro_export]
 macro_rules! enable_test_support {
     () => {
@@ -284,6 +288,38 @@ macro_rules! enable_test_support {
                 $crate::__private::init_before_main();
             }
         }
+    };
+}
+
+/// [`init`] before `main`, for a program that keeps `#[tokio::main]`: put it
+/// once at the top level of the program's `main.rs`. A child and the fork
+/// server are recognised before `main` (and before the runtime that
+/// `#[tokio::main]` builds), so the fork server serves the program; the
+/// [`init`] that `main` still calls (for its guard, the exit rule) finds
+/// the work done. The same as [`enable_test_support!`].
+///
+/// ```no_run
+/// use tokio_multiprocessing as mp;
+///
+/// mp::init_before_main!();
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> mp::Result<()> {
+///     let _guard = mp::init();
+///     let p = mp::Process::new(square, 3);
+///     p.start().await?;
+///     assert_eq!(p.join().await?, 9);
+///     Ok(())
+/// }
+/// ```
+#[macro_export]
+macro_rules! init_before_main {
+    () => {
+        $crate::enable_test_support!();
     };
 }
 

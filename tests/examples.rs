@@ -183,8 +183,14 @@ fn bench_lists_its_cases_and_runs_one() {
         assert_eq!(line["n"], 200);
     }
 
-    // The supervisor cases, small.
-    for case in ["sup_restart", "sup_start_100", "sup_shutdown_100"] {
+    // The supervisor cases, and the start from a #[tokio::main] program,
+    // small.
+    for case in [
+        "sup_restart",
+        "sup_start_100",
+        "sup_shutdown_100",
+        "spawn_tokio_main",
+    ] {
         let mut cmd = Command::new(example("bench"));
         cmd.args([case, "--n", "5", "--reps", "1"]);
         let out = run_with_watchdog(cmd, LIMIT).expect("bench case");

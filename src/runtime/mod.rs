@@ -22,8 +22,15 @@ pub(crate) mod watch;
 /// library, runs the child's work and exits: see [`crate::init`].
 /// `exit_rule` is what a child applies when its target has returned.
 pub(crate) fn init(exit_rule: fn()) {
+    // Called before (before `main`, by `enable_test_support!`), the program
+    // was judged then, with one thread; a runtime built since changes
+    // nothing for the fork server, which stopped at that earlier call.
+    let first = !identity::init_called();
     identity::mark_init_called();
     bootstrap::run_if_child(exit_rule);
+    if !first {
+        return;
+    }
     // A parent. The fork server is a copy of this program that runs up to
     // `init()` too: if this one has threads by now (a Tokio runtime built
     // before `init()`, as `#[tokio::main]` does), so will the copy, and it
