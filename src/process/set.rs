@@ -57,8 +57,33 @@ type Joining<R> = Pin<Box<dyn Future<Output = Joined<R>> + Send + Sync>>;
 /// polling: the set waits on every child's end at once, as the
 /// [`Sentinel`](crate::Sentinel)s do.
 ///
-/// Dropping the set kills (`SIGKILL`) the processes still in it; see the
-/// caveats of the [`process`](crate::Process) module on reaping.
+/// Dropping the set kills (`SIGKILL`) the processes still in it. The task
+/// that watches each child, on the runtime that started it, reaps it, so
+/// no zombie is left; if that runtime is gone, the
+/// [`InitGuard`](crate::InitGuard) reaps it when the program leaves `main`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tokio_multiprocessing as mp;
+///
+/// fn nap(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// # async fn demo() -> mp::Result<()> {
+/// let mut set = mp::ProcessSet::new();
+/// for ms in [300, 100, 200] {
+///     set.spawn(mp::Process::new(nap, ms)).await?;
+/// }
+/// while let Some((name, result)) = set.join_next().await {
+///     println!("{name} slept {} ms", result?); // 100, then 200, then 300
+/// }
+/// # Ok(()) }
+/// ```
+#[doc(alias = "JoinSet")]
 #[must_use = "dropping the set kills its processes"]
 pub struct ProcessSet<R> {
     /// The processes not yet returned by `join_next`, by key.
