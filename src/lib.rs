@@ -52,7 +52,10 @@
 //! | `p.terminate()`, `p.kill()` | [`p.terminate()`](Process::terminate), [`p.kill()`](Process::kill) |
 //! | `p.sentinel` | [`p.sentinel()`](Process::sentinel), a future |
 //! | `multiprocessing.connection.wait(objs, timeout)` | [`mp::wait(&objs, timeout).await`](wait) |
+//! | a list of processes, `wait([p.sentinel for p in procs])` in a loop | [`ProcessSet`]: [`set.spawn(p).await?`](ProcessSet::spawn), [`set.join_next().await`](ProcessSet::join_next), [`terminate_all()`](ProcessSet::terminate_all), [`kill_all()`](ProcessSet::kill_all) |
 //! | `current_process()`, `parent_process().pid` | [`current_process()`], [`parent_pid()`] |
+//! | `active_children()` | [`active_children()`] (a [`ProcessInfo`] per live child; reaps the ended ones) |
+//! | `cpu_count()` | [`cpu_count()`] (the CPUs this process may use, as `os.process_cpu_count()`) |
 //! | `repr(p)` | `format!("{p}")` |
 //! | `Pipe()`, `Pipe(duplex=False)` | [`Pipe::new()`](Pipe::new), [`Pipe::oneway()`](Pipe::oneway) (a [`Receiver`] and a [`Sender`]) |
 //! | `conn.send(x)`, `conn.recv()` | [`conn.send(&x).await`](Connection::send), [`conn.recv().await`](Connection::recv), or `blocking_send`/`blocking_recv` in sync code |
@@ -195,7 +198,8 @@ pub use pool::{
     TaskError,
 };
 pub use process::{
-    Process, ProcessBuilder, ProcessError, ProcessInfo, current_process, parent_pid,
+    Process, ProcessBuilder, ProcessError, ProcessInfo, ProcessSet, active_children, cpu_count,
+    current_process, parent_pid,
 };
 pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 #[cfg(feature = "test-support")]

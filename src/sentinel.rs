@@ -57,6 +57,11 @@ use crate::runtime::latch::Latch;
 /// `tokio::select!`. Taken before the process starts, it stays pending until
 /// the process has started and ended.
 ///
+/// Like Tokio's own futures it takes part in the task's cooperative budget
+/// ([`tokio::task::coop`]): a ready sentinel polled by a task that has
+/// spent its budget returns `Pending` once and wakes at once, so that a
+/// loop awaiting it again and again yields to the runtime.
+///
 /// # Cancel safety
 ///
 /// Cancel safe: a sentinel only observes. Once ready it stays ready, so it
@@ -108,7 +113,12 @@ impl Future for Sentinel {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExitStatus> {
         let this = self.get_mut();
-        this.exit.poll_get(&mut this.key, cx)
+        // A ready sentinel spends a unit of the task's budget, as Tokio's
+        // own futures do, so that a loop over it yields to the runtime.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let status = std::task::ready!(this.exit.poll_get(&mut this.key, cx));
+        coop.made_progress();
+        Poll::Ready(status)
     }
 }
 
@@ -167,10 +177,25 @@ impl<W: Waitable + ?Sized> Waitable for &W {
 ///
 /// To mix kinds: `let objs: [&dyn mp::Waitable; 2] = [&sentinel, &other];`.
 ///
+/// Each call spends a unit of the task's Tokio budget (see
+/// [`tokio::task::coop`]): a loop that calls `wait` again and again while
+/// some object is ready yields to the runtime now and then, so the other
+/// tasks run (among them those that see children exit).
+///
 /// # Cancel safety
 ///
 /// Cancel safe: waiting consumes nothing.
 pub async fn wait<W: Waitable>(objects: &[W], timeout: Option<Duration>) -> Vec<usize> {
+    let ready = wait_uncooperative(objects, timeout).await;
+    // The answer is final (a ready object stays ready): spend the budget
+    // after it, so that a task out of budget yields here and still gets
+    // it, rather than being told that nothing is ready.
+    tokio::task::coop::consume_budget().await;
+    ready
+}
+
+/// [`wait`], without spending the task's budget.
+async fn wait_uncooperative<W: Waitable>(objects: &[W], timeout: Option<Duration>) -> Vec<usize> {
     if objects.is_empty() {
         return Vec::new();
     }

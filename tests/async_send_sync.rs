@@ -121,6 +121,18 @@ fn process_futures(process: &mp::Process<u64>, builder: mp::ProcessBuilder) {
     assert_traits!(process.sentinel() => Send & Sync & Unpin);
 }
 
+fn process_set_futures(
+    mut set: mp::ProcessSet<u64>,
+    process: mp::Process<u64>,
+    builder: mp::ProcessBuilder,
+) {
+    assert_traits!(set.spawn(process) => Send & Sync & !Unpin);
+    assert_traits!(set.spawn_with(builder, square, 3) => Send & Sync & !Unpin);
+    assert_traits!(set.join_next() => Send & Sync & !Unpin);
+    assert_traits!(set.shutdown() => Send & Sync & !Unpin);
+    assert_traits!(set => Send & Sync & Unpin);
+}
+
 fn wait_futures(sentinels: &[mp::Sentinel], mixed: &[&dyn mp::Waitable]) {
     assert_traits!(mp::wait(sentinels, None) => Send & !Sync & !Unpin);
     assert_traits!(mp::wait(mixed, Some(Duration::ZERO)) => Send & !Sync & !Unpin);

@@ -87,6 +87,25 @@ fn countdown_counts_down_twice_in_parallel() {
 }
 
 #[test]
+fn process_set_prints_results_as_workers_finish() {
+    let out = run_example("process_set");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "started 4 workers",
+            "worker-1 finished: 1",
+            "worker-2 finished: 4",
+            "worker-3 finished: 9",
+            "worker-4 finished: 16",
+            "all done",
+        ],
+        "stdout:\n{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn wait_many_reports_children_in_finishing_order() {
     let out = run_example("wait_many");
     let slept: Vec<u64> = out

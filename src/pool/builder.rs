@@ -144,7 +144,7 @@ impl PoolBuilder {
             return Err(BuildError::Start(crate::ProcessError::NoRuntime));
         }
         let processes = match self.processes {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => crate::process::cpu_count(),
             n => n,
         };
         let shared = Arc::new(Shared {

@@ -30,11 +30,13 @@
 mod builder;
 mod error;
 mod info;
+mod set;
 
 pub use builder::ProcessBuilder;
 pub use error::ProcessError;
 pub(crate) use error::signal_name;
-pub use info::{ProcessInfo, current_process, parent_pid};
+pub use info::{ProcessInfo, active_children, cpu_count, current_process, parent_pid};
+pub use set::ProcessSet;
 
 use std::fmt;
 use std::marker::PhantomData;

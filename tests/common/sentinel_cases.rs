@@ -3,6 +3,8 @@
 //! `TOKIO_MULTIPROCESSING_NO_PIDFD` set, on the fallback path.
 
 use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
@@ -179,6 +181,94 @@ async fn many_sentinels_at_once() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Runs `body` on a current-thread runtime of its own, on a thread of its
+/// own, so that a body that never yields cannot stall the case's runtime:
+/// the case fails by its watchdog instead.
+async fn on_a_current_thread_runtime<F, Fut>(body: F) -> Result<(), Failed>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(body()));
+        let _ = tx.send(result);
+    });
+    Ok(rx.await.map_err(|_| "the runtime's thread panicked")??)
+}
+
+/// How long the busy loops below may spin before they give up: enough for
+/// a child that sleeps 200 ms to end many times over.
+const SPIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// A loop that calls `wait` again and again, while one object is always
+/// ready, yields to the runtime: on a current-thread runtime the task that
+/// sees the other child exit runs, and so does a task of the program's own.
+async fn wait_in_a_busy_loop_lets_other_tasks_run() -> Result<(), Failed> {
+    on_a_current_thread_runtime(|| async {
+        let quick = mp::Process::new(sleep_ms, 0);
+        quick.start().await.map_err(|e| e.to_string())?;
+        quick.join().await.map_err(|e| e.to_string())?;
+        let slow = mp::Process::new(sleep_ms, 200);
+        slow.start().await.map_err(|e| e.to_string())?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            set.store(true, Ordering::SeqCst);
+        });
+        let sentinels = [quick.sentinel(), slow.sentinel()];
+        let deadline = Instant::now() + SPIN_LIMIT;
+        let mut calls = 0u64;
+        loop {
+            let ready = mp::wait(&sentinels, None).await;
+            calls += 1;
+            if ready == [0, 1] && flag.load(Ordering::SeqCst) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "after {calls} calls in {SPIN_LIMIT:?}: ready {ready:?}, flag {}",
+                    flag.load(Ordering::SeqCst)
+                ));
+            }
+        }
+        slow.join().await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+}
+
+/// The same with a ready sentinel awaited again and again.
+async fn ready_sentinel_in_a_busy_loop_lets_other_tasks_run() -> Result<(), Failed> {
+    on_a_current_thread_runtime(|| async {
+        let quick = mp::Process::new(sleep_ms, 0);
+        quick.start().await.map_err(|e| e.to_string())?;
+        let mut sentinel = quick.sentinel();
+        let slow = mp::Process::new(sleep_ms, 200);
+        slow.start().await.map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + SPIN_LIMIT;
+        let mut polls = 0u64;
+        while !slow.sentinel().is_ready() {
+            (&mut sentinel).await;
+            polls += 1;
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "after {polls} awaits in {SPIN_LIMIT:?} the slow child is not seen to end"
+                ));
+            }
+        }
+        slow.join().await.map_err(|e| e.to_string())?;
+        quick.join().await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+    .await
+}
+
 /// The cases; `expect_pidfd` says which reaping path the process forces.
 pub(crate) fn all(expect_pidfd: bool) -> Vec<Case> {
     vec![
@@ -206,5 +296,15 @@ pub(crate) fn all(expect_pidfd: bool) -> Vec<Case> {
             wait_returns_ready_indexes_ascending,
         ),
         case("many_sentinels_at_once", T, many_sentinels_at_once),
+        case(
+            "wait_in_a_busy_loop_lets_other_tasks_run",
+            T,
+            wait_in_a_busy_loop_lets_other_tasks_run,
+        ),
+        case(
+            "ready_sentinel_in_a_busy_loop_lets_other_tasks_run",
+            T,
+            ready_sentinel_in_a_busy_loop_lets_other_tasks_run,
+        ),
     ]
 }

@@ -1,6 +1,7 @@
 //! `Process`: starting, joining and ending children, under both start
-//! methods, with `Sentinel` and `wait`, the exit rule, a parent's death,
-//! faults of the fork server and hostile children.
+//! methods, with `Sentinel`, `wait` and `ProcessSet`, `active_children`,
+//! the exit rule, a parent's death, faults of the fork server and hostile
+//! children.
 //!
 //! Some runs of this binary are programs under test, not the test: `main`
 //! picks them by their environment before it calls `init()` itself.
@@ -15,11 +16,13 @@ mod sentinel_cases;
 mod exit_rule;
 mod faults;
 mod hijack;
+mod info;
 mod lifecycle;
 mod output;
 mod parent_death;
 mod rogue_child;
 mod sentinel;
+mod set;
 mod soak;
 mod spawn_method;
 
@@ -84,6 +87,8 @@ fn main() {
             ),
             common::module("exit_rule", exit_rule::cases()),
             common::module("hijack", hijack::cases()),
+            common::module("set", set::cases()),
+            common::module("info", info::cases()),
         ],
     )
 }
