@@ -31,6 +31,7 @@ mod builder;
 mod error;
 mod info;
 
+pub(crate) use builder::Environment;
 pub use builder::ProcessBuilder;
 pub use error::ProcessError;
 pub(crate) use error::signal_name;
@@ -85,6 +86,8 @@ pub struct Process<R> {
     pub(super) start_method: Option<StartMethod>,
     /// Whether the child forwards its `tracing` events here.
     pub(super) forward_tracing: bool,
+    /// What the child's environment and directory differ by.
+    pub(super) env: Environment,
     pub(super) _result: PhantomData<fn() -> R>,
 }
 
@@ -154,6 +157,7 @@ impl<R: DeserializeOwned> Process<R> {
             Some(StartPermit::take().ok_or(ProcessError::Exiting)?)
         };
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
+        let (env, current_dir) = self.env.checked()?;
         let nonce = nonce().map_err(ProcessError::Spawn)?;
         // Encode the orders before spawning: a failure here spawns nothing.
         let mut first = BytesMut::new();
@@ -172,6 +176,11 @@ impl<R: DeserializeOwned> Process<R> {
         } else {
             0
         };
+        // A re-executed child starts with its environment changed already
+        // (see `runtime::bootstrap`).
+        let exec_env = env.clone();
+        identity.env = env;
+        identity.current_dir = current_dir;
         // A captured child's stdout and stderr are pipes whose writing ends
         // are the first two descriptors that come with its orders.
         let mut fds = spec.fds;
@@ -201,7 +210,7 @@ impl<R: DeserializeOwned> Process<R> {
             child,
             ours,
             forked,
-        } = spawn::start(method, nonce, self.group())
+        } = spawn::start(method, nonce, self.group(), &exec_env)
             .await
             .map_err(ProcessError::Spawn)?;
         // `start_method` says what happened: a fork server that declined

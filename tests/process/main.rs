@@ -20,6 +20,7 @@ mod output;
 mod parent_death;
 mod rogue_child;
 mod sentinel;
+mod setting;
 mod soak;
 mod spawn_method;
 
@@ -84,6 +85,7 @@ fn main() {
             ),
             common::module("exit_rule", exit_rule::cases()),
             common::module("hijack", hijack::cases()),
+            common::module("setting", setting::cases()),
         ],
     )
 }
