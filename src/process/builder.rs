@@ -13,9 +13,64 @@ use crate::runtime::forkserver::StartMethod;
 use crate::runtime::identity::{current, next_identity};
 use crate::runtime::watch::ChildState;
 use crate::sys::OwnedHandle;
-use crate::target::{Target, encode_value};
+use crate::target::{Target, encode_value, encode_value_within};
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 use crate::wire::message::{EnvChanges, Identity, TargetRef};
+
+/// Arguments whose encoding grows past this many bytes are encoded again
+/// off the runtime's worker thread (see [`encode_args`]).
+pub(crate) const LARGE_ARGS: usize = 256 << 10;
+
+/// Encodes a process's arguments, with the descriptors of the handles in
+/// them.
+///
+/// Small arguments are encoded on the calling thread. Past [`LARGE_ARGS`]
+/// bytes the encoding stops and starts over, on a worker thread of a
+/// multi-thread Tokio runtime under `block_in_place`, so that the worker's
+/// other tasks move to another thread for as long as it takes (100 MiB
+/// take half a second in release). The value is borrowed and need not be
+/// `Send`, so it cannot move to another thread; elsewhere (a
+/// `current_thread` runtime, no runtime, the blocking pool) it is encoded
+/// where it is.
+fn encode_args<A: Serialize>(args: &A) -> (Result<Vec<u8>, String>, Vec<OwnedHandle>) {
+    use crate::transport::handle::collect_handles;
+    let (first, fds) = collect_handles(|| encode_value_within(args, LARGE_ARGS));
+    match first {
+        Ok(Some(bytes)) => (Ok(bytes), fds),
+        Err(e) => (Err(e), fds),
+        Ok(None) => {
+            // The descriptors collected so far are duplicates: closed.
+            drop(fds);
+            off_the_workers(|| collect_handles(|| encode_value(args)))
+        }
+    }
+}
+
+/// Runs `f` so that the Tokio worker thread this may be on hands its other
+/// tasks to another thread meanwhile (`block_in_place`); elsewhere, runs it
+/// as it is.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if !multi {
+        return f();
+    }
+    // `block_in_place` refuses (with a panic, before it calls `f`) where
+    // the thread runs a `current_thread` runtime's `block_on` with a
+    // multi-thread runtime's handle entered; `f` then runs here.
+    let mut f = Some(f);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| f.take().map(|f| f()))
+    })) {
+        Ok(Some(value)) => value,
+        Ok(None) => unreachable!("block_in_place calls its closure once"),
+        Err(panic) => match f.take() {
+            Some(f) => f(),
+            None => std::panic::resume_unwind(panic),
+        },
+    }
+}
 
 /// Configures a [`Process`] before it is built or started.
 ///
@@ -239,7 +294,7 @@ impl ProcessBuilder {
         F: Target<A, R, M>,
         A: Serialize,
     {
-        let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
+        let (args, fds) = encode_args(&args);
         self.build_encoded(target.__target_ref().0, args, fds)
     }
 

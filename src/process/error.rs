@@ -84,10 +84,15 @@ pub enum ProcessError {
     #[error("the program is exiting (its exit rule has begun): no child may start now")]
     Exiting,
     /// The arguments, encoded, are larger than the control channel's
-    /// frame limit.
+    /// frame limit ([`ProcessBuilder::max_frame`](crate::ProcessBuilder::max_frame));
+    /// nothing was spawned. A `Vec<u8>` encodes as an array of integers,
+    /// up to two bytes each: wrapped in `serde_bytes::ByteBuf` it takes
+    /// one byte each.
     #[error(
-        "the arguments are oversized: {len} bytes encoded, over the frame limit of {max} \
-         (raise it with ProcessBuilder::max_frame, or pass large data through a Queue or a Pipe)"
+        "the arguments are oversized: they encode to {len} bytes, over the max_frame of {max}; \
+         raise it with ProcessBuilder::max_frame, or send large data through a Pipe or shared \
+         memory (a Vec<u8> encodes as an array of integers, up to 2 bytes each, unless wrapped \
+         in serde_bytes::ByteBuf)"
     )]
     Oversized {
         /// The encoded length of the orders, in bytes.

@@ -15,6 +15,7 @@ mod sentinel_cases;
 mod exit_rule;
 mod faults;
 mod hijack;
+mod large_args;
 mod lifecycle;
 mod output;
 mod parent_death;
@@ -86,6 +87,7 @@ fn main() {
             common::module("exit_rule", exit_rule::cases()),
             common::module("hijack", hijack::cases()),
             common::module("setting", setting::cases()),
+            common::module("large_args", large_args::cases()),
         ],
     )
 }
