@@ -123,6 +123,8 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
                 supervised: false,
                 log_level: 3,
                 capture_output: false,
+                env: vec![("A".into(), Some("b".into())), ("C".into(), None)],
+                current_dir: Some("/tmp".into()),
             },
             target: TargetRef {
                 kind: TargetKind::Sync,

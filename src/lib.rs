@@ -43,6 +43,7 @@
 //! | `if __name__ == '__main__':` | [`#[mp::main]`](main) on `async fn main`, or `let _guard = mp::init();` first in a plain `fn main` |
 //! | `Process(target=f, args=(x,))` | [`Process::new(f, x)`](Process::new) |
 //! | `Process(target=f, name=n, daemon=True)` | [`Process::builder()`](Process::builder)`.name(n).daemon(true).build(f, x)` |
+//! | `os.environ[k] = v`, `os.chdir(d)` before `start()` (they reach the child as `os.environ` does) | [`Process::builder()`](Process::builder)`.env(k, v).env_remove(k).current_dir(d)`, for that child only; also on [`PoolBuilder`] |
 //! | `p.start()` | [`p.start().await?`](Process::start) |
 //! | `p.join()` | [`p.join().await`](Process::join) (returns `f`'s value) |
 //! | `p.join(timeout)` | [`p.join_timeout(d).await`](Process::join_timeout) |

@@ -1,6 +1,8 @@
 //! [`PoolBuilder`]: a pool's settings, and starting it.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::path::Path;
 use std::result::Result;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::job::{Config, Counters, Shared, State};
 use super::{BuildError, Handle, Pool, WINDOW, dispatch};
+use crate::process::Environment;
 use crate::target::{Target, encode_value};
 use crate::wire::message::TargetRef;
 
@@ -41,6 +44,7 @@ pub struct PoolBuilder {
     concurrency: Option<usize>,
     no_forward_tracing: bool,
     capture_output: bool,
+    env: Environment,
 }
 
 impl PoolBuilder {
@@ -108,6 +112,32 @@ impl PoolBuilder {
         self
     }
 
+    /// Sets the environment variable `key` to `value` in every worker, as
+    /// [`ProcessBuilder::env`](crate::ProcessBuilder::env) does for one
+    /// process (in place before the initializer runs).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.change(key.as_ref(), Some(value.as_ref()));
+        self
+    }
+
+    /// Removes the environment variable `key` from every worker's
+    /// environment, as
+    /// [`ProcessBuilder::env_remove`](crate::ProcessBuilder::env_remove).
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.change(key.as_ref(), None);
+        self
+    }
+
+    /// The workers' working directory, as
+    /// [`ProcessBuilder::current_dir`](crate::ProcessBuilder::current_dir):
+    /// a directory this process cannot see fails [`build`](Self::build)
+    /// with [`BuildError::Start`] holding
+    /// [`ProcessError::CurrentDir`](crate::ProcessError::CurrentDir).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.env.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
     /// Starts the workers and waits until each has run the initializer.
     ///
     /// # Errors
@@ -160,6 +190,7 @@ impl PoolBuilder {
                 window: WINDOW + concurrency,
                 forward_tracing: !self.no_forward_tracing,
                 capture_output: self.capture_output,
+                env: self.env,
             },
             next_id: AtomicU64::new(0),
             live_slots: AtomicUsize::new(processes),

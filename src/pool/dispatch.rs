@@ -138,6 +138,7 @@ async fn start(shared: &Shared) -> Result<Worker, BuildError> {
         .daemon(true)
         .forward_tracing(shared.config.forward_tracing)
         .capture_output(shared.config.capture_output)
+        .environment(shared.config.env.clone())
         .build(
             serve,
             (

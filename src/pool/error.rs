@@ -46,7 +46,11 @@ impl BuildError {
                 | BuildError::EncodeInit(_)
                 | BuildError::Initializer(_)
                 | BuildError::Start(
-                    ProcessError::InitNotCalled | ProcessError::NoRuntime | ProcessError::Exiting
+                    ProcessError::InitNotCalled
+                        | ProcessError::NoRuntime
+                        | ProcessError::Exiting
+                        | ProcessError::CurrentDir { .. }
+                        | ProcessError::InvalidEnv(_)
                 )
         )
     }

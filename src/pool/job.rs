@@ -185,6 +185,8 @@ pub(super) struct Config {
     pub(super) forward_tracing: bool,
     /// Whether workers' stdout and stderr are captured.
     pub(super) capture_output: bool,
+    /// What the workers' environment and directory differ by.
+    pub(super) env: crate::process::Environment,
 }
 
 /// What the pool's handles and its supervising tasks share.

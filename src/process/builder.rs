@@ -1,6 +1,8 @@
 //! [`ProcessBuilder`]: a process's name, flags and start method.
 
+use std::ffi::{OsStr, OsString};
 use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -11,9 +13,64 @@ use crate::runtime::forkserver::StartMethod;
 use crate::runtime::identity::{current, next_identity};
 use crate::runtime::watch::ChildState;
 use crate::sys::OwnedHandle;
-use crate::target::{Target, encode_value};
+use crate::target::{Target, encode_value, encode_value_within};
 use crate::wire::frame::DEFAULT_MAX_FRAME;
-use crate::wire::message::{Identity, TargetRef};
+use crate::wire::message::{EnvChanges, Identity, TargetRef};
+
+/// Arguments whose encoding grows past this many bytes are encoded again
+/// off the runtime's worker thread (see [`encode_args`]).
+pub(crate) const LARGE_ARGS: usize = 256 << 10;
+
+/// Encodes a process's arguments, with the descriptors of the handles in
+/// them.
+///
+/// Small arguments are encoded on the calling thread. Past [`LARGE_ARGS`]
+/// bytes the encoding stops and starts over, on a worker thread of a
+/// multi-thread Tokio runtime under `block_in_place`, so that the worker's
+/// other tasks move to another thread for as long as it takes (100 MiB
+/// take half a second in release). The value is borrowed and need not be
+/// `Send`, so it cannot move to another thread; elsewhere (a
+/// `current_thread` runtime, no runtime, the blocking pool) it is encoded
+/// where it is.
+fn encode_args<A: Serialize>(args: &A) -> (Result<Vec<u8>, String>, Vec<OwnedHandle>) {
+    use crate::transport::handle::collect_handles;
+    let (first, fds) = collect_handles(|| encode_value_within(args, LARGE_ARGS));
+    match first {
+        Ok(Some(bytes)) => (Ok(bytes), fds),
+        Err(e) => (Err(e), fds),
+        Ok(None) => {
+            // The descriptors collected so far are duplicates: closed.
+            drop(fds);
+            off_the_workers(|| collect_handles(|| encode_value(args)))
+        }
+    }
+}
+
+/// Runs `f` so that the Tokio worker thread this may be on hands its other
+/// tasks to another thread meanwhile (`block_in_place`); elsewhere, runs it
+/// as it is.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let multi =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if !multi {
+        return f();
+    }
+    // `block_in_place` refuses (with a panic, before it calls `f`) where
+    // the thread runs a `current_thread` runtime's `block_on` with a
+    // multi-thread runtime's handle entered; `f` then runs here.
+    let mut f = Some(f);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| f.take().map(|f| f()))
+    })) {
+        Ok(Some(value)) => value,
+        Ok(None) => unreachable!("block_in_place calls its closure once"),
+        Err(panic) => match f.take() {
+            Some(f) => f(),
+            None => std::panic::resume_unwind(panic),
+        },
+    }
+}
 
 /// Configures a [`Process`] before it is built or started.
 ///
@@ -35,6 +92,78 @@ pub struct ProcessBuilder {
     supervised: bool,
     no_forward_tracing: bool,
     capture_output: bool,
+    env: Environment,
+}
+
+/// What a child's environment and working directory differ by from its
+/// parent's: set by [`ProcessBuilder`] and `PoolBuilder`, applied in the
+/// child before its target runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Environment {
+    /// One change per variable, the latest: a value, or `None` to remove it.
+    pub(crate) vars: EnvChanges,
+    pub(crate) dir: Option<PathBuf>,
+}
+
+impl Environment {
+    /// Sets `key` to `value` (`None`: removes it), replacing an earlier
+    /// change of the same variable.
+    pub(crate) fn change(&mut self, key: &OsStr, value: Option<&OsStr>) {
+        self.vars.retain(|(k, _)| k != key);
+        self.vars.push((key.to_owned(), value.map(OsStr::to_owned)));
+    }
+
+    /// The changes as they travel, checked: names and values the child can
+    /// set, and the directory made absolute (against this process's
+    /// working directory, whatever the fork server's is) and found to be a
+    /// directory.
+    pub(crate) fn checked(&self) -> Result<(EnvChanges, Option<OsString>), ProcessError> {
+        for (key, value) in &self.vars {
+            let bytes = key.as_encoded_bytes();
+            let why = if bytes.is_empty() {
+                Some("an empty name")
+            } else if bytes.contains(&b'=') {
+                Some("a name with '='")
+            } else if bytes.contains(&0) {
+                Some("a name with a NUL byte")
+            } else if value
+                .as_ref()
+                .is_some_and(|v| v.as_encoded_bytes().contains(&0))
+            {
+                Some("a value with a NUL byte")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(ProcessError::InvalidEnv(format!("{key:?}: {why}")));
+            }
+        }
+        let dir = match &self.dir {
+            None => None,
+            Some(dir) => {
+                let usable = std::path::absolute(dir).and_then(|abs| {
+                    if std::fs::metadata(&abs)?.is_dir() {
+                        Ok(abs)
+                    } else {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::NotADirectory,
+                            "not a directory",
+                        ))
+                    }
+                });
+                match usable {
+                    Ok(abs) => Some(abs.into_os_string()),
+                    Err(source) => {
+                        return Err(ProcessError::CurrentDir {
+                            dir: dir.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        Ok((self.vars.clone(), dir))
+    }
 }
 
 impl ProcessBuilder {
@@ -105,6 +234,53 @@ impl ProcessBuilder {
         self
     }
 
+    /// Sets the environment variable `key` to `value` in the child, as
+    /// `std::process::Command::env` does; the child's environment is
+    /// otherwise its parent's.
+    ///
+    /// It applies whatever the start method: a re-executed child starts
+    /// with it (so it holds from the start of its `main`), and a child of
+    /// the fork server sets it before its target runs, while it is still
+    /// single-threaded. A later call for the same variable (or
+    /// [`env_remove`](Self::env_remove)) replaces this one.
+    ///
+    /// A name that is empty or holds `=` or a NUL byte, or a value with a
+    /// NUL byte, fails [`start`](Process::start) with
+    /// [`ProcessError::InvalidEnv`].
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env.change(key.as_ref(), Some(value.as_ref()));
+        self
+    }
+
+    /// Removes the environment variable `key` from the child's
+    /// environment, as `std::process::Command::env_remove` does; see
+    /// [`env`](Self::env).
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.change(key.as_ref(), None);
+        self
+    }
+
+    /// The child's working directory, as `std::process::Command::current_dir`
+    /// sets it; the default is the parent's (for a child of the fork
+    /// server too: it is the parent's at [`start`](Process::start)).
+    ///
+    /// A relative path is taken from the parent's working directory at
+    /// `start`. The child enters it before its target runs, whatever the
+    /// start method. A path that is not a directory the parent can see
+    /// fails `start` with [`ProcessError::CurrentDir`], which names the
+    /// directory and why; one the child cannot enter (no permission, or
+    /// gone meanwhile) makes it refuse to run, and `join` says why.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.env.dir = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// The environment changes of a pool's workers.
+    pub(crate) fn environment(mut self, env: Environment) -> Self {
+        self.env = env;
+        self
+    }
+
     /// A child of a `Supervisor`: it leads a process group of its own, and
     /// its readiness and heartbeats reach [`Process::notes`].
     pub(crate) fn supervised(mut self, supervised: bool) -> Self {
@@ -118,7 +294,7 @@ impl ProcessBuilder {
         F: Target<A, R, M>,
         A: Serialize,
     {
-        let (args, fds) = crate::transport::handle::collect_handles(|| encode_value(&args));
+        let (args, fds) = encode_args(&args);
         self.build_encoded(target.__target_ref().0, args, fds)
     }
 
@@ -142,6 +318,9 @@ impl ProcessBuilder {
             // Set at `start`, from the subscriber this process has then.
             log_level: 0,
             capture_output: self.capture_output,
+            // Set at `start`, once checked.
+            env: Vec::new(),
+            current_dir: None,
         };
         Process {
             state: ChildState::new(&identity.name, self.daemon, self.detached),
@@ -151,6 +330,7 @@ impl ProcessBuilder {
             max_frame: self.max_frame.unwrap_or(DEFAULT_MAX_FRAME),
             start_method: self.start_method,
             forward_tracing: !self.no_forward_tracing,
+            env: self.env,
             _result: PhantomData,
         }
     }

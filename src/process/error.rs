@@ -1,6 +1,7 @@
 //! [`ProcessError`]: why a child process did not hand back its value.
 
 use std::io;
+use std::path::PathBuf;
 
 use crate::wire::{ChannelError, PanicInfo};
 
@@ -52,8 +53,11 @@ pub enum ProcessError {
     /// The parent could not decode the value the child returned.
     #[error("the return value failed to decode: {0}")]
     DecodeResult(String),
-    /// The child refused the handshake (protocol or build mismatch).
-    #[error("the child refused the handshake: {0}")]
+    /// The child refused to run: its handshake did not match (protocol or
+    /// build mismatch), or it could not enter its
+    /// [`current_dir`](crate::ProcessBuilder::current_dir) or set its
+    /// environment. The reason says which.
+    #[error("the child refused to run: {0}")]
     Handshake(String),
     /// The control channel to the child broke.
     #[error("the control channel broke: {0}")]
@@ -65,7 +69,8 @@ pub enum ProcessError {
     /// would run its whole `main` again instead of the target.
     #[error(
         "tokio_multiprocessing::init() was never called: call it first thing in main, \
-         before anything else runs (a child is a copy of the program that starts from main)"
+         before the Tokio runtime is built and before anything else runs (a child is a \
+         copy of the program that starts from main)"
     )]
     InitNotCalled,
     /// `start` was called outside a Tokio runtime.
@@ -79,10 +84,15 @@ pub enum ProcessError {
     #[error("the program is exiting (its exit rule has begun): no child may start now")]
     Exiting,
     /// The arguments, encoded, are larger than the control channel's
-    /// frame limit.
+    /// frame limit ([`ProcessBuilder::max_frame`](crate::ProcessBuilder::max_frame));
+    /// nothing was spawned. A `Vec<u8>` encodes as an array of integers,
+    /// up to two bytes each: wrapped in `serde_bytes::ByteBuf` it takes
+    /// one byte each.
     #[error(
-        "the arguments are oversized: {len} bytes encoded, over the frame limit of {max} \
-         (raise it with ProcessBuilder::max_frame, or pass large data through a Queue or a Pipe)"
+        "the arguments are oversized: they encode to {len} bytes, over the max_frame of {max}; \
+         raise it with ProcessBuilder::max_frame, or send large data through a Pipe or shared \
+         memory (a Vec<u8> encodes as an array of integers, up to 2 bytes each, unless wrapped \
+         in serde_bytes::ByteBuf)"
     )]
     Oversized {
         /// The encoded length of the orders, in bytes.
@@ -90,6 +100,21 @@ pub enum ProcessError {
         /// The frame limit.
         max: usize,
     },
+    /// The [`current_dir`](crate::ProcessBuilder::current_dir) set for the
+    /// child is not a directory this process can see; nothing was spawned.
+    #[error("the child's current_dir {} is not usable: {source}", dir.display())]
+    CurrentDir {
+        /// The directory, as it was given.
+        dir: PathBuf,
+        /// Why it is not usable.
+        #[source]
+        source: io::Error,
+    },
+    /// An environment variable set for the child (by
+    /// [`env`](crate::ProcessBuilder::env)) has a name or value no
+    /// environment can hold; nothing was spawned.
+    #[error("invalid environment variable for the child: {0}")]
+    InvalidEnv(String),
     /// A signal could not be sent to the child.
     #[error("could not signal the child process: {0}")]
     Signal(#[source] io::Error),

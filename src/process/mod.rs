@@ -32,6 +32,7 @@ mod error;
 mod info;
 mod set;
 
+pub(crate) use builder::Environment;
 pub use builder::ProcessBuilder;
 pub use error::ProcessError;
 pub(crate) use error::signal_name;
@@ -87,6 +88,8 @@ pub struct Process<R> {
     pub(super) start_method: Option<StartMethod>,
     /// Whether the child forwards its `tracing` events here.
     pub(super) forward_tracing: bool,
+    /// What the child's environment and directory differ by.
+    pub(super) env: Environment,
     pub(super) _result: PhantomData<fn() -> R>,
 }
 
@@ -100,8 +103,28 @@ impl Process<()> {
 impl<R: DeserializeOwned> Process<R> {
     /// A process that will run `target(args)`, not yet started.
     ///
-    /// Its name is `Process-N`. The arguments are encoded now; if they
-    /// fail to encode, [`start`](Self::start) reports it and spawns nothing.
+    /// Its name is `Process-N`. The arguments are encoded now (MessagePack);
+    /// if they fail to encode, [`start`](Self::start) reports it and
+    /// spawns nothing, and if they encode to more than the frame limit
+    /// (128 MiB, see [`ProcessBuilder::max_frame`]), `start` fails with
+    /// [`ProcessError::Oversized`].
+    ///
+    /// Bytes: a `Vec<u8>` (or `&[u8]`) encodes as an array of integers,
+    /// one or two bytes each (values from 128 take two), so its size
+    /// depends on its contents and it encodes slowly. Wrap it in
+    /// [`serde_bytes::ByteBuf`](https://docs.rs/serde_bytes) (or mark the
+    /// field `#[serde(with = "serde_bytes")]`) to send it as one block of
+    /// its own length, copied at memory speed.
+    ///
+    /// Large arguments: encoding takes time (100 MiB of integers, half a
+    /// second in release). Past 256 KiB of encoded output, on a worker thread
+    /// of a multi-thread Tokio runtime, the encoding moves out of the way
+    /// of the runtime: the worker hands its other tasks to another thread
+    /// (`tokio::task::block_in_place`) until it is done, and `start` copies
+    /// them into the frame on the blocking pool. On a `current_thread`
+    /// runtime nothing else runs meanwhile: build a process with large
+    /// arguments in `spawn_blocking` there, or send the data through a
+    /// [`Pipe`](crate::Pipe) or shared memory.
     pub fn new<A, M, F>(target: F, args: A) -> Process<R>
     where
         F: Target<A, R, M>,
@@ -156,9 +179,17 @@ impl<R: DeserializeOwned> Process<R> {
             Some(StartPermit::take().ok_or(ProcessError::Exiting)?)
         };
         let args = spec.args.map_err(ProcessError::EncodeArgs)?;
+        // Checked before anything is copied or spawned; the frame around
+        // them is checked below.
+        if args.len() > self.max_frame {
+            return Err(ProcessError::Oversized {
+                len: args.len(),
+                max: self.max_frame,
+            });
+        }
+        let large = args.len() > builder::LARGE_ARGS;
+        let (env, current_dir) = self.env.checked()?;
         let nonce = nonce().map_err(ProcessError::Spawn)?;
-        // Encode the orders before spawning: a failure here spawns nothing.
-        let mut first = BytesMut::new();
         let hello = Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -166,7 +197,6 @@ impl<R: DeserializeOwned> Process<R> {
             nonce,
             max_frame: self.max_frame as u64,
         };
-        encode_message(&hello, &mut first, self.max_frame).map_err(orders_error)?;
         let mut identity = self.identity.clone();
         // The child forwards what this process's subscribers want now.
         identity.log_level = if self.forward_tracing {
@@ -174,6 +204,11 @@ impl<R: DeserializeOwned> Process<R> {
         } else {
             0
         };
+        // A re-executed child starts with its environment changed already
+        // (see `runtime::bootstrap`).
+        let exec_env = env.clone();
+        identity.env = env;
+        identity.current_dir = current_dir;
         // A captured child's stdout and stderr are pipes whose writing ends
         // are the first two descriptors that come with its orders.
         let mut fds = spec.fds;
@@ -196,14 +231,29 @@ impl<R: DeserializeOwned> Process<R> {
                 )
             })?,
         };
-        encode_message(&run, &mut first, self.max_frame).map_err(orders_error)?;
+        // Encode the orders before spawning: a failure here spawns nothing.
+        // Large arguments are copied into the frame on the blocking pool.
+        let max_frame = self.max_frame;
+        let orders = move || {
+            let mut first = BytesMut::new();
+            encode_message(&hello, &mut first, max_frame).map_err(orders_error)?;
+            encode_message(&run, &mut first, max_frame).map_err(orders_error)?;
+            Ok::<_, ProcessError>(first)
+        };
+        let first = if large {
+            tokio::task::spawn_blocking(orders)
+                .await
+                .map_err(|e| ProcessError::Spawn(std::io::Error::other(e)))??
+        } else {
+            orders()?
+        };
 
         let method = self.start_method.unwrap_or_else(get_start_method);
         let Started {
             child,
             ours,
             forked,
-        } = spawn::start(method, nonce, self.group())
+        } = spawn::start(method, nonce, self.group(), &exec_env)
             .await
             .map_err(ProcessError::Spawn)?;
         // `start_method` says what happened: a fork server that declined

@@ -183,6 +183,11 @@ fn run_target(
     args: &[u8],
     fds: Vec<OwnedHandle>,
 ) -> i32 {
+    // The child's environment and directory, before any thread of ours
+    // starts (the parent watcher, the log writer) and before the target.
+    if let Err(reason) = enter_setting(&identity.env, identity.current_dir.as_deref()) {
+        return refuse(&ch, reason);
+    }
     let log_level = identity.log_level;
     set_current(Current {
         name: identity.name,
@@ -278,6 +283,24 @@ fn run_target(
         );
     }
     code
+}
+
+/// Applies the environment changes and enters the directory the parent
+/// set; says why not when it cannot.
+fn enter_setting(
+    env: &[(std::ffi::OsString, Option<std::ffi::OsString>)],
+    dir: Option<&std::ffi::OsStr>,
+) -> Result<(), String> {
+    sys::apply_env(env).map_err(|e| format!("could not set its environment: {e}"))?;
+    if let Some(dir) = dir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            format!(
+                "could not enter its current_dir {}: {e}",
+                std::path::Path::new(dir).display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// How long a child waits, at its end, for its logs to reach the parent.

@@ -1,7 +1,7 @@
 //! Re-executing the program as a child: the marker in the environment
 //! that makes a copy of the program a child, and the spawn itself.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io;
 
 use crate::sys::{self, OwnedHandle};
@@ -20,11 +20,12 @@ pub(crate) fn sys_group(group: Group) -> sys::Group {
 /// the inherited control socket and a random value the handshake repeats.
 pub(crate) const CHILD_ENV: &str = "TOKIO_MULTIPROCESSING_CHILD";
 
-/// The environment of a re-executed child: ours, with the marker for a
-/// child whose handshake carries `nonce`.
-pub(crate) fn child_env(nonce: u64) -> Vec<CString> {
+/// The environment of a re-executed child: ours, changed by `changes`
+/// (a value, or `None` to remove), with the marker for a child whose
+/// handshake carries `nonce`.
+pub(crate) fn child_env(nonce: u64, changes: &[(OsString, Option<OsString>)]) -> Vec<CString> {
     let marker = format!("{}:{nonce:016x}", sys::CHILD_FD);
-    sys::child_env(CHILD_ENV, (CHILD_ENV, &marker))
+    sys::child_env(CHILD_ENV, changes, (CHILD_ENV, &marker))
 }
 
 /// The descriptor number and nonce of a marker.
@@ -49,7 +50,7 @@ mod tests {
 
     #[test]
     fn a_marker_parses_back() {
-        let env = child_env(0xdead_beef);
+        let env = child_env(0xdead_beef, &[]);
         let marker = env
             .iter()
             .rev()

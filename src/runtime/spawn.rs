@@ -1,5 +1,6 @@
 //! Starting a child: forked by the fork server, or re-executed.
 
+use std::ffi::OsString;
 use std::io;
 
 use super::exec;
@@ -22,7 +23,15 @@ pub(crate) struct Started {
 /// by re-executing. A fork server lost with the request leaves its
 /// socketpair spent: the child is re-executed on a new one, so that no
 /// other process shares its channel.
-pub(crate) async fn start(method: StartMethod, nonce: u64, group: Group) -> io::Result<Started> {
+///
+/// A re-executed child starts with `env` applied to this process's
+/// environment; a forked one applies it itself (see `bootstrap`).
+pub(crate) async fn start(
+    method: StartMethod,
+    nonce: u64,
+    group: Group,
+    env: &[(OsString, Option<OsString>)],
+) -> io::Result<Started> {
     // What `init()` noticed before a subscriber was installed.
     super::logs::say_unheard();
     let (ours, theirs) = sys::socketpair()?;
@@ -30,7 +39,7 @@ pub(crate) async fn start(method: StartMethod, nonce: u64, group: Group) -> io::
         StartMethod::ForkServer => client::fork(&ours, theirs, nonce, group).await,
         StartMethod::Spawn => Forked::Declined(theirs),
     };
-    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce), group);
+    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce, env), group);
     match forked {
         Forked::Child(child) => {
             if group == Group::Own {

@@ -45,7 +45,7 @@ pub(crate) enum Report {
     Pending,
     /// The target's outcome.
     Outcome(Outcome),
-    /// The child refused the handshake.
+    /// The child refused to run (its handshake, its current_dir or environment).
     Refused(String),
     /// The channel broke before a report arrived.
     Broken(ChannelError),

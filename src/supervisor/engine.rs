@@ -22,7 +22,7 @@ use crate::runtime::watch::Note;
 
 /// A call from a handle.
 pub(super) enum Cmd {
-    StartChild(ChildSpec, oneshot::Sender<Result<(), SupervisorError>>),
+    StartChild(Box<ChildSpec>, oneshot::Sender<Result<(), SupervisorError>>),
     TerminateChild(String, oneshot::Sender<Result<(), SupervisorError>>),
     RestartChild(String, oneshot::Sender<Result<(), SupervisorError>>),
     DeleteChild(String, oneshot::Sender<Result<(), SupervisorError>>),
@@ -620,7 +620,7 @@ impl Engine {
                     return None;
                 }
                 self.entries.push(Entry {
-                    spec,
+                    spec: *spec,
                     state: State::Stopped,
                     generation: 0,
                     restarts: 0,

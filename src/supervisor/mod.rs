@@ -523,7 +523,7 @@ impl Supervisor {
     /// The call goes to the supervisor at once and is carried out whether
     /// or not the future is polled to its end.
     pub async fn start_child(&self, spec: ChildSpec) -> Result<(), SupervisorError> {
-        self.call(|tx| Cmd::StartChild(spec, tx)).await
+        self.call(|tx| Cmd::StartChild(Box::new(spec), tx)).await
     }
 
     /// Stops a child by its [`Shutdown`] rule; it is not restarted, and

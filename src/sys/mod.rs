@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | handles | an open descriptor this process owns | [`OwnedHandle`] |
 //! | the child | start a re-executed copy, watch it end, reap it, signal it | [`Child`], [`Signal`], [`signal_pid`], [`signal_name`], [`python_exitcode`], [`own_argv`], [`child_env`], [`exe_identity`] |
+//! | the child's setting | a forked child's environment changes, applied while it is alone | [`apply_env`] |
 //! | the control socket | a connected pair, the child's inherited end, the parent's death | [`socketpair`], [`CHILD_FD`], [`claim_control_socket`], [`wait_peer_closed`], [`stream`] |
 //! | shared mappings | an anonymous shared file, mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
@@ -34,7 +35,8 @@ pub(crate) use imp::OwnedHandle;
 
 // The child.
 pub(crate) use imp::{
-    Child, Signal, child_env, exe_identity, own_argv, python_exitcode, signal_name, signal_pid,
+    Child, Signal, apply_env, child_env, exe_identity, own_argv, python_exitcode, signal_name,
+    signal_pid,
 };
 
 // The control socket.

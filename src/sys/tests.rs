@@ -171,11 +171,22 @@ fn this_program_has_an_identity_and_a_command_line() {
     let a = exe_identity().unwrap();
     assert_eq!(a, exe_identity().unwrap());
     assert!(!own_argv().is_empty());
-    let env = child_env("TOKIO_MP_CONTRACT_SKIP", ("TOKIO_MP_CONTRACT", "1"));
-    assert!(
-        env.iter()
-            .any(|kv| kv.to_str() == Ok("TOKIO_MP_CONTRACT=1"))
-    );
+    let changes = [
+        ("TOKIO_MP_CONTRACT_SET".into(), Some("x".into())),
+        ("PATH".into(), None),
+        ("TOKIO_MP_CONTRACT".into(), Some("ignored".into())),
+    ];
+    let env = child_env("TOKIO_MP_CONTRACT", &changes, ("TOKIO_MP_CONTRACT", "1"));
+    let has = |entry: &str| env.iter().any(|kv| kv.to_str() == Ok(entry));
+    assert!(has("TOKIO_MP_CONTRACT=1") && has("TOKIO_MP_CONTRACT_SET=x"));
+    assert!(!has("TOKIO_MP_CONTRACT=ignored"));
+    assert!(!env.iter().any(|kv| kv.to_bytes().starts_with(b"PATH=")));
+    // What the process holds already changes nothing (no thread check).
+    apply_env(&[("PATH".into(), std::env::var_os("PATH"))]).unwrap();
+    // A change beside other threads (the test harness's) is refused.
+    let _other = std::thread::spawn(|| std::thread::sleep(Duration::from_millis(300)));
+    assert!(apply_env(&[("TOKIO_MP_CONTRACT_NEVER".into(), Some("x".into()))]).is_err());
+    assert!(std::env::var_os("TOKIO_MP_CONTRACT_NEVER").is_none());
     assert!(thread_count() >= 1);
 }
 

@@ -141,6 +141,43 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, 
     rmp_serde::to_vec(value).map_err(|e| e.to_string())
 }
 
+/// Encodes `value` as [`encode_value`] does, unless its encoding grows
+/// past `cap` bytes: then it stops there and returns `Ok(None)`.
+pub(crate) fn encode_value_within<T: Serialize + ?Sized>(
+    value: &T,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, String> {
+    /// A buffer that refuses to grow past its cap, and says it did.
+    struct Capped {
+        buf: Vec<u8>,
+        cap: usize,
+        over: bool,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.buf.len() + b.len() > self.cap {
+                self.over = true;
+                return Err(std::io::Error::other("over the cap"));
+            }
+            self.buf.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Capped {
+        buf: Vec::with_capacity(128),
+        cap,
+        over: false,
+    };
+    match rmp_serde::encode::write(&mut out, value) {
+        Ok(()) => Ok(Some(out.buf)),
+        Err(_) if out.over => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Decodes a payload encoded by [`encode_value`].
 pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())

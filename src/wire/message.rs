@@ -4,13 +4,14 @@
 //! frame, written together. The child answers with one [`ChildMsg`]
 //! carrying the request id of the `Run` it answers. See `docs/protocol.md`.
 
+use std::ffi::OsString;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever a message's layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The `magic` field of every `Hello`: a child that reads anything else
 /// was not started by this library.
@@ -79,7 +80,16 @@ pub(crate) struct Identity {
     /// The child's stdout and stderr go to pipes the parent reads: their
     /// write ends are the first two descriptors that come with the `Run`.
     pub(crate) capture_output: bool,
+    /// Changes to the child's environment, one per variable: set to the
+    /// value, or removed (`None`). Applied before the target runs.
+    pub(crate) env: EnvChanges,
+    /// The directory the child runs in (absolute), when not its parent's.
+    pub(crate) current_dir: Option<OsString>,
 }
+
+/// Changes to a child's environment, one per variable: set to the value,
+/// or removed (`None`).
+pub(crate) type EnvChanges = Vec<(OsString, Option<OsString>)>;
 
 /// Parent-to-child messages after the `Hello`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -39,6 +39,10 @@ fn identity() -> impl Strategy<Value = Identity> {
         any::<u32>(),
         any::<bool>(),
         (0u8..6, any::<bool>()),
+        (
+            proptest::collection::vec((".{0,8}", proptest::option::of(".{0,8}")), 0..3),
+            proptest::option::of(".{0,20}"),
+        ),
     )
         .prop_map(
             |(
@@ -50,6 +54,7 @@ fn identity() -> impl Strategy<Value = Identity> {
                 parent_pid,
                 supervised,
                 (log_level, capture_output),
+                (env, current_dir),
             )| Identity {
                 name,
                 path,
@@ -60,6 +65,11 @@ fn identity() -> impl Strategy<Value = Identity> {
                 supervised,
                 log_level,
                 capture_output,
+                env: env
+                    .into_iter()
+                    .map(|(k, v): (String, Option<String>)| (k.into(), v.map(Into::into)))
+                    .collect(),
+                current_dir: current_dir.map(Into::into),
             },
         )
 }

@@ -17,12 +17,14 @@ mod exit_rule;
 mod faults;
 mod hijack;
 mod info;
+mod large_args;
 mod lifecycle;
 mod output;
 mod parent_death;
 mod rogue_child;
 mod sentinel;
 mod set;
+mod setting;
 mod soak;
 mod spawn_method;
 
@@ -89,6 +91,8 @@ fn main() {
             common::module("hijack", hijack::cases()),
             common::module("set", set::cases()),
             common::module("info", info::cases()),
+            common::module("setting", setting::cases()),
+            common::module("large_args", large_args::cases()),
         ],
     )
 }

@@ -224,7 +224,7 @@ async fn start_server() -> Result<Server, StartError> {
     let (ours, theirs) = sys::socketpair().map_err(io)?;
     let nonce = identity::nonce().map_err(io)?;
     #[allow(unused_mut)] // with the test hooks, faults may be added
-    let mut env = exec::child_env(nonce);
+    let mut env = exec::child_env(nonce, &[]);
     #[cfg(feature = "test-support")]
     if let Some(spec) = FAULTS
         .lock()

@@ -15,7 +15,7 @@ pub(crate) mod scm;
 pub(crate) mod shm;
 pub(crate) mod stream;
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -248,19 +248,69 @@ pub(crate) fn python_exitcode(status: ExitStatus) -> i32 {
     }
 }
 
-/// The environment for a child: ours, without `skip`, plus `extra`.
-pub(crate) fn child_env(skip: &str, extra: (&str, &str)) -> Vec<CString> {
+/// The environment for a child: ours, without `skip`, changed by
+/// `changes` (a value, or `None` to remove; a change of `skip` is
+/// ignored), plus `extra`.
+pub(crate) fn child_env(
+    skip: &str,
+    changes: &[(OsString, Option<OsString>)],
+    extra: (&str, &str),
+) -> Vec<CString> {
+    let entry = |k: &OsStr, v: &OsStr| {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        CString::new(kv).ok()
+    };
+    let changed = |k: &OsStr| changes.iter().any(|(c, _)| c == k);
     let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k.as_bytes() != skip.as_bytes())
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
+        .filter(|(k, _)| k.as_bytes() != skip.as_bytes() && !changed(k))
+        .filter_map(|(k, v)| entry(&k, &v))
         .collect();
+    env.extend(changes.iter().filter_map(|(k, v)| {
+        let v = v.as_ref()?;
+        (k.as_bytes() != skip.as_bytes()).then(|| entry(k, v))?
+    }));
     env.push(CString::new(format!("{}={}", extra.0, extra.1)).expect("no NUL in env entry"));
     env
+}
+
+/// Applies `changes` to this process's environment (a value, or `None` to
+/// remove), those it does not hold already. A re-executed child holds
+/// them from its start (see [`child_env`]), so it changes nothing here; a
+/// child of the fork server changes them while it is single-threaded.
+///
+/// # Errors
+///
+/// When a change is needed while this process has other threads, which
+/// might read the environment meanwhile: nothing is changed then.
+pub(crate) fn apply_env(changes: &[(OsString, Option<OsString>)]) -> io::Result<()> {
+    let needed: Vec<_> = changes
+        .iter()
+        .filter(|(k, v)| std::env::var_os(k) != *v)
+        .collect();
+    if needed.is_empty() {
+        return Ok(());
+    }
+    let threads = fork::thread_count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the environment cannot be changed safely: this process has {threads} threads"
+        )));
+    }
+    for (k, v) in needed {
+        match v {
+            // SAFETY: this process has one thread, the caller's (counted
+            // just above; nothing here starts another), so no other
+            // thread reads or writes the environment while it changes.
+            // The names and values were checked by the parent (not empty,
+            // no '=' in a name, no NUL byte), so these calls do not panic.
+            Some(v) => unsafe { std::env::set_var(k, v) },
+            // SAFETY: as above.
+            None => unsafe { std::env::remove_var(k) },
+        }
+    }
+    Ok(())
 }
 
 /// Our own command line, to give the child the same `argv` (so `ps` shows
