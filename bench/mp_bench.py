@@ -312,6 +312,47 @@ def case_lock_contended(ctx, n, reps):
     return times, 2 * half
 
 
+def _value_incr_loop(value, n, barrier, report):
+    barrier.wait()
+    lock = value.get_lock()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with lock:
+            value.value += 1
+    t1 = time.perf_counter()
+    report.send((t0, t1))
+    report.close()
+
+
+def case_value_incr(ctx, n, reps):
+    # Two children, n/2 increments each of one Value('Q') under its lock
+    # (`with v.get_lock(): v.value += 1`, the documented idiom); timed
+    # from the first child's start to the last child's end, as
+    # lock_contended.
+    half = max(1, n // 2)
+    times = []
+    for _ in range(reps):
+        value = ctx.Value("Q", 0)
+        barrier = ctx.Barrier(2)
+        procs, ends = [], []
+        for _ in range(2):
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_value_incr_loop, args=(value, half, barrier, send_end))
+            p.start()
+            send_end.close()
+            procs.append(p)
+            ends.append(recv_end)
+        marks = [r.recv() for r in ends]
+        for p in procs:
+            p.join()
+        for r in ends:
+            r.close()
+        if value.value != 2 * half:
+            raise RuntimeError(f"the value is {value.value}, not {2 * half}")
+        times.append(max(t1 for _, t1 in marks) - min(t0 for t0, _ in marks))
+    return times, 2 * half
+
+
 def _warm_pool(pool):
     # Make sure both workers are up and have run a task before timing.
     pool.map(_identity, range(1000), chunksize=1)
@@ -438,6 +479,7 @@ CASES = {
     "queue_rtt": (case_queue_rtt, 10**4),
     "lock_uncontended": (case_lock_uncontended, 10**6),
     "lock_contended": (case_lock_contended, 10**6),
+    "value_incr": (case_value_incr, 10**6),
     "pool_map_c1": (_pool_case(_run_map_c1), 10**5),
     "pool_map": (_pool_case(_run_map), 10**5),
     "pool_apply_seq": (_pool_case(_run_apply_seq), 2000),

@@ -90,6 +90,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(lock_contended(n))),
     },
     Case {
+        name: "value_incr",
+        default_n: 1_000_000,
+        about: "2 children, n/2 increments each of one Value<u64> under its lock, from the first start to the last end",
+        run: Run::Time(|n| Box::pin(value_incr(n))),
+    },
+    Case {
         name: "pipe_oneway",
         default_n: 1_000_000,
         about: "n small ints parent -> child over a Pipe, until the reader confirms the count (seed 001)",
@@ -349,6 +355,41 @@ async fn lock_uncontended(n: u64) -> Result<Duration, String> {
 
 async fn lock_contended(n: u64) -> Result<Duration, String> {
     lock_children(2, n).await
+}
+
+/// One side of `value_incr`: waits at the barrier, then adds 1 to the
+/// value n times, each under its lock. Returns when it started and ended.
+fn value_incr_loop((value, n, barrier): (mp::Value<u64>, u64, mp::Barrier)) -> (u64, u64) {
+    barrier.blocking_wait().expect("the start barrier");
+    let t0 = wall_ns();
+    for _ in 0..n {
+        *value.blocking_lock().expect("not poisoned") += 1;
+    }
+    (t0, wall_ns())
+}
+
+async fn value_incr(n: u64) -> Result<Duration, String> {
+    let value = mp::Value::new(0u64).map_err(err)?;
+    let barrier = mp::Barrier::new(2).map_err(err)?;
+    let per_child = (n / 2).max(1);
+    let mut ps = Vec::new();
+    for _ in 0..2 {
+        let p = mp::Process::new(value_incr_loop, (value.clone(), per_child, barrier.clone()));
+        p.start().await.map_err(err)?;
+        ps.push(p);
+    }
+    let (mut first, mut last) = (u64::MAX, 0);
+    for p in ps {
+        let (t0, t1) = p.join().await.map_err(err)?;
+        first = first.min(t0);
+        last = last.max(t1);
+    }
+    let total = value.get().await;
+    if total != 2 * per_child {
+        return Err(format!("the value is {total}, not {}", 2 * per_child));
+    }
+    let took = last.saturating_sub(first) as f64 * n as f64 / (2 * per_child) as f64;
+    Ok(Duration::from_secs_f64(took / 1e9))
 }
 
 /// The producer of `queue_oneway`: waits at the event, then puts n items

@@ -67,6 +67,10 @@
 //! | `pool.starmap(f, pairs)` | [`pool.starmap(f, pairs).await`](Pool::starmap) (`f` takes 1 to 6 arguments: [`StarTarget`]) |
 //! | `pool.imap(f, xs)`, `pool.imap_unordered(f, xs)` | [`pool.imap(f, xs)`](Pool::imap), [`pool.imap_unordered(f, xs)`](Pool::imap_unordered): a [`Stream`](futures::Stream) ([`Imap`], [`ImapUnordered`]); also from a `Stream` ([`Pool::imap_stream`]) |
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | [`close()`](Pool::close), [`join().await`](Pool::join), [`terminate().await`](Pool::terminate) |
+//! | `Value('Q', 0)`, `v.value`, `v.get_lock()` | [`Value::<u64>::new(0)?`](Value::new), [`v.get().await`](Value::get) / [`v.set(x).await`](Value::set), [`v.lock().await`](Value::lock) (a guard that derefs to the value) |
+//! | `Array('d', n)`, `Array('i', [1, 2])`, `arr.get_lock()`, `arr[:]` | [`Array::<f64>::new(n)?`](Array::new), [`Array::from_slice(&[1, 2])?`](Array::from_slice), [`arr.lock().await`](Array::lock) (derefs to `[T]`), [`arr.to_vec().await`](Array::to_vec) |
+//! | `shared_memory.SharedMemory(name, create=True, size=n)`, `SharedMemory(name)` | [`SharedMemory::create(name, n)?`](SharedMemory::create), [`SharedMemory::open(name)?`](SharedMemory::open): the same POSIX blocks, shareable with Python by name |
+//! | `SharedMemory(create=True, size=n)`, `shm.name`, `shm.size`, `shm.buf`, `shm.unlink()` | [`SharedMemory::create_unique(n)?`](SharedMemory::create_unique), [`name()`](SharedMemory::name), [`size()`](SharedMemory::size), [`read_at`](SharedMemory::read_at)/[`write_at`](SharedMemory::write_at) (or `unsafe` [`buf()`](SharedMemory::buf)), [`unlink()`](SharedMemory::unlink); [`SharedMemory::anonymous(n)?`](SharedMemory::anonymous) for a block with no name |
 //! | supervisord's `[program:x]`, `autorestart`, `startsecs`, `stopsignal`, `stopwaitsecs` | [`Supervisor::builder()`](Supervisor::builder)`.child(`[`ChildSpec::command`](supervisor::ChildSpec::command)`("x", cmd).restart(..).ready_timeout(..).stop_signal(..).shutdown(..))`; see [`supervisor`] |
 //!
 //! # Supervision
@@ -182,6 +186,7 @@ mod process;
 pub mod queue;
 mod runtime;
 mod sentinel;
+mod shared_memory;
 mod shm;
 pub mod supervisor;
 pub mod sync;
@@ -209,12 +214,13 @@ pub use runtime::bootstrap::__control_fd;
 pub use runtime::forkserver::client::{__fork_server_pid, __set_fork_server_faults};
 pub use runtime::forkserver::{StartMethod, get_start_method, set_start_method};
 pub use sentinel::{Sentinel, Waitable, wait};
+pub use shared_memory::SharedMemory;
 pub use supervisor::{
     Supervisor, SupervisorBuilder, SupervisorError, heartbeat, notify_ready, shutdown_requested,
 };
 pub use sync::{
-    Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock, RLockGuard, Semaphore,
-    SemaphorePermit,
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, Event, Lock, LockGuard, RLock,
+    RLockGuard, Semaphore, SemaphorePermit, Value, ValueGuard,
 };
 pub use target::{CapturesNothing, StarTarget, Target, TargetRefHidden, marker};
 pub use wire::{ChannelError, PanicInfo};

@@ -196,6 +196,19 @@ fn locks(lock: &mp::Lock, rlock: &mp::RLock, cond: &mp::Condition) {
     assert_traits!(cond.lock() => Send & Sync & !Unpin);
 }
 
+fn shared_values(v: &mp::Value<u64>, a: &mp::Array<f64>, shm: &mp::SharedMemory) {
+    assert_traits!(v.clone() => Send & Sync & Unpin);
+    assert_traits!(a.clone() => Send & Sync & Unpin);
+    assert_traits!(shm.clone() => Send & Sync & Unpin);
+    assert_traits!(v.lock() => Send & Sync & !Unpin);
+    assert_traits!(v.get() => Send & Sync & !Unpin);
+    assert_traits!(v.set(1) => Send & Sync & !Unpin);
+    assert_traits!(v.blocking_lock() => Send & Sync & Unpin);
+    assert_traits!(a.lock() => Send & Sync & !Unpin);
+    assert_traits!(a.to_vec() => Send & Sync & !Unpin);
+    assert_traits!(a.blocking_lock() => Send & Sync & Unpin);
+}
+
 async fn condition_wait(cond: &mp::Condition) {
     let guard = cond.blocking_lock().unwrap();
     assert_traits!(cond.wait(guard) => Send & !Unpin);

@@ -530,3 +530,32 @@ fn logs_at_info_prints_no_debug_lines_from_anyone() {
         );
     }
 }
+
+#[test]
+fn shared_counter_prints_40000() {
+    let out = run_example("shared_counter");
+    assert_eq!(out.stdout, "40000\n", "stdout:\n{}", out.stdout);
+}
+
+#[test]
+fn shared_memory_python_shares_a_block_with_python_by_name() {
+    let out = run_example("shared_memory_python");
+    if out.stdout.starts_with("skipped: python3") {
+        eprintln!("{}", out.stdout.trim());
+        return;
+    }
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "stdout:\n{}", out.stdout);
+    assert!(
+        lines[0].starts_with("python read 100 numbers from psm_")
+            && lines[0].ends_with("(408 bytes)"),
+        "stdout:\n{}",
+        out.stdout
+    );
+    assert_eq!(lines[1], "rust read the sum python wrote: 5050");
+    assert!(
+        !out.stderr.contains("leaked"),
+        "python's resource tracker: {}",
+        out.stderr
+    );
+}

@@ -57,6 +57,8 @@ pub(crate) enum Kind {
     Queue = 8,
     JoinableQueue = 9,
     PoolWorker = 10,
+    Value = 11,
+    Array = 12,
 }
 
 impl Kind {
@@ -72,6 +74,8 @@ impl Kind {
             Kind::Queue => c"tokio-mp-queue",
             Kind::JoinableQueue => c"tokio-mp-joinable-queue",
             Kind::PoolWorker => c"tokio-mp-pool-worker",
+            Kind::Value => c"tokio-mp-value",
+            Kind::Array => c"tokio-mp-array",
         }
     }
 }
@@ -123,7 +127,19 @@ impl Segment {
     /// Maps a segment received from another process, checking that it is
     /// at least `len` bytes long and was laid out for `kind`.
     pub(crate) fn open(fd: OwnedHandle, kind: Kind, len: usize) -> io::Result<Segment> {
+        Self::open_with(fd, kind, len, false)
+    }
+
+    /// Maps the whole of a segment received from another process (its
+    /// length is the file's), checking that it is at least `min` bytes
+    /// long and was laid out for `kind`.
+    pub(crate) fn open_whole(fd: OwnedHandle, kind: Kind, min: usize) -> io::Result<Segment> {
+        Self::open_with(fd, kind, min, true)
+    }
+
+    fn open_with(fd: OwnedHandle, kind: Kind, len: usize, whole: bool) -> io::Result<Segment> {
         let size = shm::size(&fd)?;
+        let len = if whole { size.max(len) } else { len };
         if size < len {
             return Err(invalid(format!(
                 "shared-memory segment of {size} bytes, expected {len}"
@@ -191,6 +207,24 @@ impl Segment {
         self.inner.map.len()
     }
 
+    /// A pointer to the `len` bytes at `offset`, for a region that holds
+    /// no atomic word and that the caller guards (a `Value`'s data, under
+    /// its lock). The pointer is valid while `self` lives.
+    ///
+    /// # Panics
+    ///
+    /// If the range is not inside the segment, or overlaps the header.
+    pub(crate) fn region(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(
+            offset >= HEADER
+                && offset
+                    .checked_add(len)
+                    .is_some_and(|end| end <= self.inner.map.len()),
+            "bad region {offset}+{len}"
+        );
+        self.inner.map.as_ptr().wrapping_add(offset)
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.u64(8).load(Ordering::Relaxed)
     }
@@ -209,6 +243,17 @@ impl Segment {
     ) -> Result<Segment, D::Error> {
         let fd = crate::transport::handle::deserialize_handle(deserializer)?;
         Segment::open(fd, kind, len).map_err(D::Error::custom)
+    }
+
+    /// Deserializes a segment of any length from `min`, and maps all of it
+    /// (see [`open_whole`](Self::open_whole)).
+    pub(crate) fn deserialize_whole<'de, D: Deserializer<'de>>(
+        deserializer: D,
+        kind: Kind,
+        min: usize,
+    ) -> Result<Segment, D::Error> {
+        let fd = crate::transport::handle::deserialize_handle(deserializer)?;
+        Segment::open_whole(fd, kind, min).map_err(D::Error::custom)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Locks, semaphores, events, conditions and barriers shared between
-//! processes.
+//! Locks, semaphores, events, conditions, barriers, and values guarded by
+//! a lock, shared between processes.
 //!
 //! Python's `multiprocessing` synchronization primitives, with the
 //! vocabulary of `std::sync` and the shapes of `tokio::sync`:
@@ -16,6 +16,8 @@
 //! | `Condition()`, `wait`, `notify(n)`, `notify_all` | [`Condition`]: [`wait(guard)`](Condition::wait), [`notify(n)`](Condition::notify), [`notify_all`](Condition::notify_all) |
 //! | `Barrier(n, action)`, `wait`, `abort`, `reset` | [`Barrier::with_action(n, f)`](Barrier::with_action), [`wait`](Barrier::wait), [`abort`](Barrier::abort), [`reset`](Barrier::reset) |
 //! | `BrokenBarrierError` | [`BrokenBarrier`] |
+//! | `Value('Q', 0)`, `v.value`, `with v.get_lock():` | [`Value::<u64>::new(0)`](Value::new), [`v.get().await`](Value::get) / [`v.set(x).await`](Value::set), `*v.lock().await? += 1` |
+//! | `Array('d', 10)`, `Array('i', [1, 2])`, `arr[:]` | [`Array::<f64>::new(10)`](Array::new), [`Array::from_slice(&[1, 2])`](Array::from_slice), [`arr.to_vec().await`](Array::to_vec) or `arr.lock().await?[i]` |
 //!
 //! Each primitive lives in a small shared-memory segment (a `memfd`, mapped
 //! in every process that has a handle). Cloning a handle shares the
@@ -60,7 +62,8 @@
 //!
 //! # Caveats
 //!
-//! A process that dies holding a [`Lock`] or [`RLock`] is noticed within
+//! A process that dies holding a [`Lock`], an [`RLock`] or the lock of a
+//! [`Value`] or an [`Array`] is noticed within
 //! about 50 ms by the next waiter, which takes the lock over and gets it
 //! poisoned. Nothing of the kind exists for the other primitives, as in
 //! Python: permits held by a dead process are lost, and a dead party never
@@ -68,6 +71,7 @@
 //! tells how each primitive is built and what happens when a process
 //! dies in it.
 
+mod array;
 mod barrier;
 mod condition;
 pub mod error;
@@ -75,6 +79,7 @@ mod event;
 mod lock;
 mod rlock;
 mod semaphore;
+mod value;
 
 /// Lays a fuzz input over one primitive's words and works it
 /// (`crate::fuzz::shm`); `which` picks the primitive.
@@ -89,6 +94,7 @@ pub(crate) fn fuzz(which: u8, input: crate::shm::fuzz_input::Input<'_>) {
     }
 }
 
+pub use array::{Array, ArrayGuard};
 pub use barrier::Barrier;
 pub use condition::{Condition, WaitTimeoutResult};
 pub use error::{
@@ -98,3 +104,4 @@ pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+pub use value::{Value, ValueGuard};

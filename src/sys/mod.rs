@@ -12,7 +12,7 @@
 //! | the child | start a re-executed copy, watch it end, reap it, signal it | [`Child`], [`Signal`], [`signal_pid`], [`signal_name`], [`python_exitcode`], [`own_argv`], [`child_env`], [`exe_identity`] |
 //! | the child's setting | a forked child's environment changes, applied while it is alone | [`apply_env`] |
 //! | the control socket | a connected pair, the child's inherited end, the parent's death | [`socketpair`], [`CHILD_FD`], [`claim_control_socket`], [`wait_peer_closed`], [`stream`] |
-//! | shared mappings | an anonymous shared file, mapped | [`shm`] |
+//! | shared mappings | an anonymous shared file, or a named POSIX one (Python's `shared_memory`), mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
 //! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
 //! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`signal_group`], [`group_exists`], [`reap_group`] |

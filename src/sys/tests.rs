@@ -112,6 +112,28 @@ fn a_shared_mapping_is_shared_and_keeps_its_size() {
 }
 
 #[test]
+fn a_named_block_is_found_by_name_until_unlinked() {
+    let name =
+        std::ffi::CString::new(format!("/tokio-mp-contract-{}", std::process::id())).unwrap();
+    let h = shm::create_named(&name, 100).unwrap();
+    assert_eq!(shm::size(&h).unwrap(), 100, "the size asked, not a page");
+    let err = shm::create_named(&name, 100).unwrap_err();
+    assert!(shm::is_exists(&err), "{err}");
+    let other = shm::open_named(&name).unwrap();
+    let a = shm::Mapping::new(&h, 100).unwrap();
+    let b = shm::Mapping::new(&other, 100).unwrap();
+    a.u64_at(8).store(9, Ordering::Relaxed);
+    assert_eq!(b.u64_at(8).load(Ordering::Relaxed), 9);
+    shm::unlink_named(&name).unwrap();
+    assert!(shm::open_named(&name).is_err());
+    assert_eq!(
+        b.u64_at(8).load(Ordering::Relaxed),
+        9,
+        "mapped after unlink"
+    );
+}
+
+#[test]
 fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
     let word = Arc::new(AtomicU32::new(0));
     let t0 = Instant::now();

@@ -1,5 +1,6 @@
-//! Locks, re-entrant locks, semaphores, events, conditions and barriers
-//! shared between processes.
+//! Locks, re-entrant locks, semaphores, events, conditions, barriers,
+//! values and arrays behind a lock, and raw shared-memory blocks, shared
+//! between processes.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -10,6 +11,8 @@ mod event;
 mod lock;
 mod rlock;
 mod semaphore;
+mod shared_memory;
+mod value;
 
 use tokio_multiprocessing as mp;
 
@@ -24,6 +27,8 @@ fn main() {
             common::module("event", event::cases()),
             common::module("condition", condition::cases()),
             common::module("barrier", barrier::cases()),
+            common::module("value", value::cases()),
+            common::module("shared_memory", shared_memory::cases()),
         ],
     )
 }

@@ -7,6 +7,11 @@
 //! The file is sealed at its size as soon as it is made: no process that
 //! holds the descriptor can shrink it (which would make every other
 //! process's next access to the lost pages die of `SIGBUS`) or grow it.
+//!
+//! Named blocks (`SharedMemory::create`, Python's `shared_memory`) are POSIX
+//! shared-memory objects instead: `shm_open` of `/NAME` (a file in
+//! `/dev/shm` on Linux), mode `0o600`, sized by `ftruncate`. They cannot be
+//! sealed.
 
 use std::ffi::CStr;
 use std::io;
@@ -15,9 +20,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::sys::stat::Mode;
 
 /// The seals every segment carries: its size is fixed for good.
 const SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
@@ -34,6 +41,52 @@ pub(crate) fn create(name: &CStr, len: usize) -> io::Result<OwnedFd> {
     nix::unistd::ftruncate(&fd, len)?;
     fcntl(&fd, FcntlArg::F_ADD_SEALS(SEALS))?;
     Ok(fd)
+}
+
+/// Creates the POSIX shared-memory object `name` (which starts with `/`),
+/// failing if it exists, with mode `0o600` (less the umask) and `len` zero
+/// bytes: what Python's `SharedMemory(name, create=True, size=len)` does.
+/// The object is removed again if it cannot be sized.
+pub(crate) fn create_named(name: &CStr, len: usize) -> io::Result<OwnedFd> {
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fd = shm_open(
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )?;
+    if let Err(e) = nix::unistd::ftruncate(&fd, len) {
+        let _ = shm_unlink(name);
+        return Err(e.into());
+    }
+    Ok(fd)
+}
+
+/// Opens the existing POSIX shared-memory object `name` read-write, as
+/// Python's `SharedMemory(name)` does.
+pub(crate) fn open_named(name: &CStr) -> io::Result<OwnedFd> {
+    Ok(shm_open(
+        name,
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )?)
+}
+
+/// Removes the name of a POSIX shared-memory object; the memory lives on
+/// while some process maps it or holds a descriptor.
+pub(crate) fn unlink_named(name: &CStr) -> io::Result<()> {
+    shm_unlink(name).map_err(io::Error::from)
+}
+
+/// Whether an error is "the name exists already" (`EEXIST`).
+pub(crate) fn is_exists(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::EEXIST as i32)
+}
+
+/// Creates an anonymous shared-memory file of `len` zero bytes,
+/// close-on-exec, sealed at that size, for a block handed to children.
+pub(crate) fn create_anonymous(len: usize) -> io::Result<OwnedFd> {
+    create(c"tokio-mp-shared-memory", len)
 }
 
 /// Whether the file behind `fd` is sealed against resizing, as [`create`]
@@ -60,8 +113,10 @@ pub(crate) struct Mapping {
 }
 
 // SAFETY: the mapping is plain memory owned by this value; every access
-// through it is atomic (`u32_at`/`u64_at`), so sharing or sending it
-// between threads is as safe as sharing atomics.
+// through it is atomic (`u32_at`/`u64_at`), or goes through the raw
+// pointer (`as_ptr`), whose users hold a lock over their range or access
+// it as atomics (`Value`, `Array`, `SharedMemory`), so sharing or sending
+// it between threads is as safe as sharing atomics.
 unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
@@ -93,6 +148,14 @@ impl Mapping {
     /// The mapping's length in bytes.
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The first byte of the mapping, page aligned; valid for
+    /// [`len`](Self::len) bytes while `self` lives. Other processes may
+    /// write the memory at any time: whoever dereferences it says why no
+    /// other access races with its own.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
     }
 
     /// The 32-bit atomic word at byte `offset`.
