@@ -44,7 +44,7 @@ use tokio_util::codec::Decoder;
 use crate::sys;
 use crate::sys::OwnedHandle;
 use crate::sys::stream::{Registration, Wait};
-use crate::transport::handle::{collect_handles, provide_handles};
+use crate::transport::handle::{self, provide_handles};
 use crate::wire::ChannelError;
 use crate::wire::frame::{
     FrameCodec, HEADER_LEN, decode_message, encode_message, insert_fds_prefix, split_fds_prefix,
@@ -238,7 +238,8 @@ impl Shared {
             return Err(b.error());
         }
         let start = w.queued.len();
-        let (encoded, fds) = collect_handles(|| encode_message(msg, &mut w.queued, self.max));
+        let queued = &mut w.queued;
+        let (encoded, fds) = handle::encode(|| encode_message(msg, queued, self.max));
         let encoded = encoded.and_then(|()| {
             if fds.is_empty() {
                 return Ok(());

@@ -75,7 +75,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::target::{StarTarget, Target, encode_value};
-use crate::transport::handle::{FdList, collect_handles};
+use crate::transport::handle::{self, FdList};
 use crate::wire::message::TargetRef;
 use worker::{Batch, BatchBuilder};
 
@@ -646,6 +646,6 @@ where
 
 /// Encodes one argument, with the descriptors of the handles in it.
 fn encode_arg<A: Serialize>(a: &A) -> Result<(Vec<u8>, FdList), String> {
-    let (bytes, fds) = collect_handles(|| encode_value(a));
+    let (bytes, fds) = handle::encode(|| encode_value(a));
     Ok((bytes?, FdList::new(fds)))
 }

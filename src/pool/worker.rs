@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 use super::page::{MAX_REPLY, Page};
 use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
-use crate::transport::handle::{FdList, collect_handles, provide_handles_from};
+use crate::transport::handle::{self, FdList, provide_handles_from};
 use crate::wire::message::{Outcome, TargetRef};
 
 /// The messages between a worker and its slot in the parent, both ways
@@ -149,9 +149,10 @@ impl BatchBuilder {
     pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         let before = self.buf.len();
         let buf = &mut self.buf;
-        let (written, fds) = collect_handles(|| rmp_serde::encode::write(buf, value));
+        let (written, fds) = handle::encode(|| {
+            rmp_serde::encode::write(buf, value).inspect_err(|_| buf.truncate(before))
+        });
         if let Err(e) = written {
-            self.buf.truncate(before);
             return Err(e.to_string());
         }
         self.add_handles(FdList::new(fds));

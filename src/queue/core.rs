@@ -16,7 +16,7 @@ use crate::shm::{Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sys::futex;
 use crate::sys::proc;
 use crate::target::{decode_value, encode_value};
-use crate::transport::handle::collect_handles;
+use crate::transport::handle;
 
 // The queue's words, after the lock's.
 pub(super) const HEAD: usize = raw::END;
@@ -294,7 +294,7 @@ impl Core {
         }
         // A handle's descriptor cannot live in shared memory: the handles
         // are caught while the item encodes, and their duplicates closed.
-        let (encoded, fds) = collect_handles(|| encode_value(&item));
+        let (encoded, fds) = handle::encode(|| encode_value(&item));
         if !fds.is_empty() {
             return Err(PutError::Handle(item));
         }

@@ -14,7 +14,7 @@
 //! that can carry it: a descriptor number means nothing outside the
 //! process that owns it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 
 use crate::sys::OwnedHandle;
@@ -24,7 +24,14 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 thread_local! {
-    static SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// The list being collected into, while [`collect_handles_into`] runs
+    /// on this thread; null otherwise. A plain pointer in a `Cell` (no
+    /// destructor, no borrow flag), since every message sent through a
+    /// pipe sets and restores it: it must cost next to nothing.
+    static SINK: Cell<*mut Vec<OwnedFd>> = const { Cell::new(std::ptr::null_mut()) };
+    /// A handle was encoded while no list was being collected into: the
+    /// sign that an encoding failed for want of one (see [`encode`]).
+    static MISSED: Cell<bool> = const { Cell::new(false) };
     static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
@@ -36,16 +43,31 @@ pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     (result, fds)
 }
 
+/// Runs `f` (which encodes something) as it is, and only if it failed
+/// because a handle was in it, again under [`collect_handles`]: a value
+/// without handles (nearly every message) costs nothing more than its
+/// encoding. Returns the result with the descriptors collected (none when
+/// the first run succeeded). `f` must leave nothing behind when it fails.
+pub(crate) fn encode<R, E>(mut f: impl FnMut() -> Result<R, E>) -> (Result<R, E>, Vec<OwnedFd>) {
+    match f() {
+        Err(_) if MISSED.with(|m| m.replace(false)) => collect_handles(f),
+        plain => (plain, Vec::new()),
+    }
+}
+
 /// [`collect_handles`] that appends to `fds`: the handles encoded by `f`
 /// take the indexes after those already in `fds`, so several values
 /// encoded one after another (the arguments of a batch) share one list.
 pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let outer = SINK.with(|s| s.borrow_mut().replace(std::mem::take(fds)));
-    let result = f();
-    *fds = SINK
-        .with(|s| std::mem::replace(&mut *s.borrow_mut(), outer))
-        .unwrap_or_default();
-    result
+    /// Puts the outer list back, even if `f` panics.
+    struct Restore(*mut Vec<OwnedFd>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SINK.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SINK.with(|s| s.replace(std::ptr::from_mut(fds))));
+    f()
 }
 
 /// Runs `f` (which decodes something) with `fds` available to the handles
@@ -77,15 +99,24 @@ pub(crate) fn serialize_handle<S: Serializer>(
     fd: &OwnedHandle,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = SINK.with(|s| {
-        let mut sink = s.borrow_mut();
-        let Some(sink) = sink.as_mut() else {
-            return Err(S::Error::custom(NOT_HERE));
-        };
-        let dup = fd.try_clone().map_err(S::Error::custom)?;
+    let sink = SINK.with(Cell::get);
+    if sink.is_null() {
+        MISSED.with(|m| m.set(true));
+        return Err(S::Error::custom(NOT_HERE));
+    }
+    let dup = fd.try_clone().map_err(S::Error::custom)?;
+    // SAFETY: `sink` is non-null only while `collect_handles_into` runs on
+    // this thread, which holds the list's `&mut` for that whole time and
+    // does not touch it meanwhile (its caller cannot either: the borrow is
+    // lent to it). A nested call installs its own list and restores this
+    // one when it returns, so the pointer names a live list; the `&mut`
+    // made here lives only for this push, and nothing in `push` calls back
+    // into serialization.
+    let index = unsafe {
+        let sink = &mut *sink;
         sink.push(dup);
-        Ok(sink.len() - 1)
-    })?;
+        sink.len() - 1
+    };
     u32::try_from(index)
         .map_err(S::Error::custom)?
         .serialize(serializer)
