@@ -26,6 +26,7 @@
 //! descriptor closes when the last owner lets go, so the peer sees the end
 //! of the stream only after the last byte.
 
+use std::collections::VecDeque;
 use std::io;
 #[cfg(test)]
 use std::sync::atomic::AtomicUsize;
@@ -43,8 +44,11 @@ use tokio_util::codec::Decoder;
 use crate::sys;
 use crate::sys::OwnedHandle;
 use crate::sys::stream::{Registration, Wait};
+use crate::transport::handle::{self, provide_handles};
 use crate::wire::ChannelError;
-use crate::wire::frame::{FrameCodec, HEADER_LEN, decode_message, encode_message};
+use crate::wire::frame::{
+    FrameCodec, HEADER_LEN, decode_message, encode_message, insert_fds_prefix, split_fds_prefix,
+};
 
 /// A backlog of this many bytes makes `send` write before it returns.
 pub(crate) const HIGH_WATER: usize = 256 * 1024;
@@ -126,6 +130,10 @@ struct WriteState {
     head: BytesMut,
     /// Whole frames waiting to be written.
     queued: BytesMut,
+    /// Descriptors of the frames in `head` and `queued` (handles inside
+    /// messages), oldest first: they go out with the next bytes written,
+    /// so each arrives no later than its frame's last byte.
+    fds: VecDeque<OwnedHandle>,
     /// An empty buffer kept for reuse as the next `queued`.
     spare: BytesMut,
     /// The flush token is taken.
@@ -145,8 +153,13 @@ impl WriteState {
         self.head.len() + self.queued.len()
     }
 
-    /// The next bytes to write, in order, or `None` when all is written.
-    fn take_chunk(&mut self) -> Option<BytesMut> {
+    /// The next bytes to write, in order, or `None` when all is written;
+    /// the descriptors queued so far move to `fds`, after those already
+    /// there.
+    fn take_chunk(&mut self, fds: &mut VecDeque<OwnedHandle>) -> Option<BytesMut> {
+        if !self.fds.is_empty() {
+            fds.append(&mut self.fds);
+        }
         if !self.head.is_empty() {
             return Some(std::mem::take(&mut self.head));
         }
@@ -170,7 +183,17 @@ impl WriteState {
         self.broken = Some(broken.clone());
         self.head = BytesMut::new();
         self.queued = BytesMut::new();
+        self.fds.clear();
         broken
+    }
+}
+
+/// Puts descriptors a flusher took, and could not send, back in front of
+/// those queued since.
+fn put_back(w: &mut WriteState, mut fds: VecDeque<OwnedHandle>) {
+    if !fds.is_empty() {
+        fds.append(&mut w.fds);
+        w.fds = fds;
     }
 }
 
@@ -214,7 +237,27 @@ impl Shared {
         if let Some(b) = &w.broken {
             return Err(b.error());
         }
-        if let Err(e) = encode_message(msg, &mut w.queued, self.max) {
+        let start = w.queued.len();
+        let queued = &mut w.queued;
+        let (encoded, fds) = handle::encode(|| encode_message(msg, queued, self.max));
+        let encoded = encoded.and_then(|()| {
+            if fds.is_empty() {
+                return Ok(());
+            }
+            // At most one `SCM_RIGHTS` message's worth per frame: then the
+            // frame's own bytes always suffice to carry its descriptors.
+            if fds.len() > sys::scm::MAX_FDS_PER_MSG {
+                w.queued.truncate(start);
+                return Err(ChannelError::Encode(format!(
+                    "a pipe message carries at most {} handles, not {}",
+                    sys::scm::MAX_FDS_PER_MSG,
+                    fds.len()
+                )));
+            }
+            let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+            insert_fds_prefix(&mut w.queued, start, count, self.max)
+        });
+        if let Err(e) = encoded {
             // A refused message may have grown the queue's buffer up to the
             // limit before it was measured; do not keep that memory.
             if w.queued.capacity() > KEEP_BUF && w.queued.len() <= KEEP_BUF {
@@ -222,6 +265,7 @@ impl Shared {
             }
             return Err(e);
         }
+        w.fds.extend(fds);
         let spawn = want_task && !w.task;
         if spawn {
             w.task = true;
@@ -242,6 +286,7 @@ impl Shared {
 
     /// Writes as much as the socket takes without blocking.
     fn try_flush(&self) -> Result<Step, ChannelError> {
+        let mut fds = VecDeque::new();
         let mut chunk = {
             let mut w = lock(&self.write);
             if let Some(b) = &w.broken {
@@ -250,7 +295,7 @@ impl Shared {
             if w.flushing {
                 return Ok(Step::Busy);
             }
-            match w.take_chunk() {
+            match w.take_chunk(&mut fds) {
                 None => return Ok(Step::Done),
                 Some(chunk) => {
                     w.flushing = true;
@@ -263,7 +308,7 @@ impl Shared {
             if chunk.is_empty() {
                 let mut w = lock(&self.write);
                 w.recycle(chunk, len);
-                match w.take_chunk() {
+                match w.take_chunk(&mut fds) {
                     Some(next) => {
                         drop(w);
                         chunk = next;
@@ -276,7 +321,7 @@ impl Shared {
                     }
                 }
             }
-            let err = match sys::stream::send(&self.fd, &chunk, false) {
+            let err = match sys::stream::send_with_fds(&self.fd, &chunk, &mut fds, false) {
                 Ok(n) => {
                     self.count_write();
                     let whole = n == chunk.len();
@@ -296,6 +341,7 @@ impl Shared {
             if err.kind() == io::ErrorKind::WouldBlock {
                 // `head` is empty: this chunk was it, or came after it.
                 w.head = chunk;
+                put_back(&mut w, fds);
                 self.release(w);
                 return Ok(Step::WouldBlock);
             }
@@ -377,6 +423,7 @@ impl Shared {
         stall: Option<Duration>,
         give_up: bool,
     ) -> Result<(), ChannelError> {
+        let mut fds = VecDeque::new();
         loop {
             let mut chunk = {
                 let mut w = lock(&self.write);
@@ -393,7 +440,7 @@ impl Shared {
                         .wait(w)
                         .unwrap_or_else(PoisonError::into_inner);
                 }
-                match w.take_chunk() {
+                match w.take_chunk(&mut fds) {
                     None => return Ok(()),
                     Some(chunk) => {
                         w.flushing = true;
@@ -402,7 +449,7 @@ impl Shared {
                 }
             };
             let len = chunk.len();
-            let result = self.write_all_blocking(&mut chunk, stall);
+            let result = self.write_all_blocking(&mut chunk, &mut fds, stall);
             let mut w = lock(&self.write);
             match result {
                 Ok(()) => {
@@ -413,6 +460,7 @@ impl Shared {
                     // `head` is empty while the token is held: the rest of
                     // this chunk goes out first, next time.
                     w.head = chunk;
+                    put_back(&mut w, std::mem::take(&mut fds));
                     self.release(w);
                     return Err(ChannelError::Io(e));
                 }
@@ -428,9 +476,14 @@ impl Shared {
     /// Writes all of `chunk`; with `stall` set, fails with
     /// [`io::ErrorKind::TimedOut`] once the peer has taken nothing for
     /// that long.
-    fn write_all_blocking(&self, chunk: &mut BytesMut, stall: Option<Duration>) -> io::Result<()> {
+    fn write_all_blocking(
+        &self,
+        chunk: &mut BytesMut,
+        fds: &mut VecDeque<OwnedHandle>,
+        stall: Option<Duration>,
+    ) -> io::Result<()> {
         while !chunk.is_empty() {
-            match sys::stream::send(&self.fd, chunk, stall.is_none()) {
+            match sys::stream::send_with_fds(&self.fd, chunk, fds, stall.is_none()) {
                 Ok(n) => {
                     self.count_write();
                     chunk.advance(n);
@@ -581,6 +634,8 @@ enum Fill {
 #[derive(Default)]
 struct ReadState {
     buf: BytesMut,
+    /// Descriptors received and not yet claimed by a frame, oldest first.
+    fds: VecDeque<OwnedHandle>,
     eof: bool,
     broken: Option<Broken>,
 }
@@ -603,7 +658,24 @@ impl ReadState {
         // The body is decoded where it lies, not split off the buffer (which
         // would make the buffer shared, at a cost on every message).
         if let Some(total) = codec.frame_len(&self.buf)? {
-            let msg = decode_message(&self.buf[HEADER_LEN..total]);
+            let msg = match split_fds_prefix(&self.buf[HEADER_LEN..total]) {
+                Ok((0, body)) => decode_message(body),
+                Ok((count, body)) if count <= self.fds.len() => {
+                    // The handles in the message take their descriptors as
+                    // they decode; a message that fails to decode, or that
+                    // leaves some unclaimed, closes them.
+                    let fds: Vec<OwnedHandle> = self.fds.drain(..count).collect();
+                    provide_handles(fds, || decode_message(body))
+                }
+                Ok((count, _)) => {
+                    let e = format!(
+                        "a message says {count} descriptors travel with it, but {} arrived",
+                        self.fds.len()
+                    );
+                    return Err(self.desync(e));
+                }
+                Err(e) => Err(e),
+            };
             self.buf.advance(total);
             if total > KEEP_BUF && self.buf.len() <= KEEP_BUF {
                 // Let the big frame's memory go; keep what follows it.
@@ -622,6 +694,18 @@ impl ReadState {
         Ok(None)
     }
 
+    /// The peer broke the rule that matches descriptors to frames: nothing
+    /// it sends can be trusted any more. Closes what was received and
+    /// breaks the end.
+    fn desync(&mut self, why: String) -> ChannelError {
+        self.fds.clear();
+        self.buf = BytesMut::new();
+        let broken = Broken::Io(io::ErrorKind::InvalidData, why);
+        let e = broken.error();
+        self.broken = Some(broken);
+        e
+    }
+
     /// Reads once from `fd` into the buffer.
     fn fill(&mut self, fd: &OwnedHandle, wait: bool) -> Fill {
         // Ask for more than a chunk only for a frame whose bytes keep
@@ -633,12 +717,17 @@ impl ReadState {
             }
             _ => READ_CHUNK,
         };
-        match sys::stream::recv_into(fd, &mut self.buf, want, wait) {
+        let fds_before = self.fds.len();
+        match sys::stream::recv_into_with_fds(fd, &mut self.buf, want, wait, &mut self.fds) {
             Ok(0) => {
                 self.eof = true;
                 Fill::End
             }
-            Ok(n) => Fill::Data { short: n < want },
+            // A read ends where descriptors came in, so a short one with
+            // descriptors says nothing about what is left.
+            Ok(n) => Fill::Data {
+                short: n < want && self.fds.len() == fds_before,
+            },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Fill::WouldBlock,
             Err(e) => {
                 match Broken::from_io(&e) {

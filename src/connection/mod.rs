@@ -411,11 +411,16 @@ impl<T: Serialize + DeserializeOwned> Connection<T> {
     /// is queued (see the module docs). Only when 256 KiB wait does
     /// `send` wait for the socket to take some.
     ///
+    /// The message may hold handles (a Pipe end, a `Queue`, a `Lock`, ...):
+    /// their descriptors travel with its bytes by `SCM_RIGHTS`, and the
+    /// receiver's handles work at once, as in Python (see
+    /// `docs/channels.md`, "Handles inside messages").
+    ///
     /// # Errors
     ///
     /// [`ChannelError::Oversized`] or [`ChannelError::Encode`] if the
-    /// message is too big or fails to encode: nothing is queued and the
-    /// end stays usable. [`ChannelError::Closed`] once a write found the
+    /// message is too big or fails to encode (or holds more than 253
+    /// handles): nothing is queued and the end stays usable. [`ChannelError::Closed`] once a write found the
     /// other end closed (this message, or an earlier one that was queued,
     /// may be the one that met it), and on every send after that.
     ///

@@ -18,10 +18,12 @@ use super::TaskError;
 use super::job::{JobResult, JobRx};
 use super::result::decode_item;
 use super::worker::{Batch, BatchBuilder};
+use crate::transport::handle::FdList;
 use crate::wire::message::TargetRef;
 
 /// Encoded arguments, one per input item (or why one failed to encode).
-pub(super) type Source = Pin<Box<dyn Stream<Item = Result<Vec<u8>, String>> + Send>>;
+/// The handles in an item travel as descriptors beside its bytes.
+pub(super) type Source = Pin<Box<dyn Stream<Item = Result<(Vec<u8>, FdList), String>> + Send>>;
 
 /// What the feeder produced for a run of input items, in input order.
 enum Entry {
@@ -88,8 +90,8 @@ impl Feeder {
                 return;
             };
             match source.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => {
-                    self.chunk.push_raw(&bytes);
+                Poll::Ready(Some(Ok((bytes, fds)))) => {
+                    self.chunk.push_encoded(&bytes, fds);
                     if self.chunk.len() >= chunksize {
                         self.submit_chunk(&mut out);
                         held += 1;

@@ -27,6 +27,17 @@
 //! replaces the worker when it dies, outlives a task's timeout, or has run
 //! [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child) jobs.
 //!
+//! # Handles
+//!
+//! A task's arguments may hold handles (`pool.apply(f, (queue.clone(), 3))`
+//! where `f` puts into the queue): their descriptors go with the job over
+//! the worker's socket, and again if the job moves to another worker. A
+//! task's *value* cannot hold one: values come back through shared memory,
+//! which cannot carry a descriptor, and such a task fails with
+//! [`TaskError::EncodeResult`], whose text names the paths that can (send
+//! the handle back through a [`Pipe`](crate::Pipe) passed in the
+//! arguments).
+//!
 //! # Caveats
 //!
 //! Dropping the last [`Pool`] handle terminates the pool: the workers are
@@ -64,6 +75,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::target::{StarTarget, Target, encode_value};
+use crate::transport::handle::{self, FdList};
 use crate::wire::message::TargetRef;
 use worker::{Batch, BatchBuilder};
 
@@ -619,7 +631,7 @@ where
     I::IntoIter: Send + 'static,
 {
     Box::pin(futures::stream::iter(
-        iterable.into_iter().map(|a| encode_value(&a)),
+        iterable.into_iter().map(|a| encode_arg(&a)),
     ))
 }
 
@@ -629,5 +641,11 @@ where
     S: futures::Stream<Item = A> + Send + 'static,
 {
     use futures::StreamExt;
-    Box::pin(stream.map(|a| encode_value(&a)))
+    Box::pin(stream.map(|a| encode_arg(&a)))
+}
+
+/// Encodes one argument, with the descriptors of the handles in it.
+fn encode_arg<A: Serialize>(a: &A) -> Result<(Vec<u8>, FdList), String> {
+    let (bytes, fds) = handle::encode(|| encode_value(a));
+    Ok((bytes?, FdList::new(fds)))
 }

@@ -12,6 +12,7 @@ use serde_bytes::ByteBuf;
 use super::page::{MAX_REPLY, Page};
 use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
+use crate::transport::handle::{self, FdList, provide_handles_from};
 use crate::wire::message::{Outcome, TargetRef};
 
 /// The messages between a worker and its slot in the parent, both ways
@@ -85,10 +86,18 @@ impl Results {
 /// `i` is `bytes[ends[i - 1]..ends[i]]`. One buffer rather than one per
 /// argument, so a chunk of a `map` costs one allocation, and a job kept
 /// for re-dispatch is shared, not copied.
+///
+/// The handles in an argument travel as descriptors beside the bytes:
+/// `handles` lists, for each argument that has any, its index and its
+/// descriptors (the argument's bytes name them by their place in that
+/// list). The worker's socket carries them; the reply ring cannot, so a
+/// value with a handle in it fails to encode (see the module docs of the
+/// pool).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Batch {
     bytes: Bytes,
     ends: Vec<u64>,
+    handles: Vec<(u64, FdList)>,
 }
 
 impl Batch {
@@ -131,18 +140,38 @@ impl Batch {
 pub(crate) struct BatchBuilder {
     buf: Vec<u8>,
     ends: Vec<u64>,
+    handles: Vec<(u64, FdList)>,
 }
 
 impl BatchBuilder {
     /// Appends one encoded argument.
+    /// The handles in it travel as descriptors beside the bytes.
     pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         let before = self.buf.len();
-        if let Err(e) = rmp_serde::encode::write(&mut self.buf, value) {
-            self.buf.truncate(before);
+        let buf = &mut self.buf;
+        let (written, fds) = handle::encode(|| {
+            rmp_serde::encode::write(buf, value).inspect_err(|_| buf.truncate(before))
+        });
+        if let Err(e) = written {
             return Err(e.to_string());
         }
+        self.add_handles(FdList::new(fds));
         self.ends.push(self.buf.len() as u64);
         Ok(())
+    }
+
+    /// Appends one argument already encoded, with the descriptors of the
+    /// handles in it.
+    pub(crate) fn push_encoded(&mut self, bytes: &[u8], fds: FdList) {
+        self.add_handles(fds);
+        self.push_raw(bytes);
+    }
+
+    /// Notes the descriptors of the argument about to be pushed.
+    fn add_handles(&mut self, fds: FdList) {
+        if !fds.is_empty() {
+            self.handles.push((self.ends.len() as u64, fds));
+        }
     }
 
     /// Appends one argument (or value) that `write` encodes at the end of
@@ -182,6 +211,7 @@ impl BatchBuilder {
         Batch {
             bytes: Bytes::from(std::mem::take(&mut self.buf)),
             ends: std::mem::take(&mut self.ends),
+            handles: std::mem::take(&mut self.handles),
         }
     }
 }
@@ -266,14 +296,24 @@ pub(crate) fn describe(outcome: &Outcome) -> String {
 
 /// Runs every argument of a job, in order. A synchronous target encodes
 /// its values straight into the reply's buffer.
-async fn run_job(job: Pending) -> (u64, Results) {
+async fn run_job(mut job: Pending) -> (u64, Results) {
     let mut values = BatchBuilder::default();
     let mut failures = Vec::new();
     let entry = resolve_target(job.target);
+    let mut handles = std::mem::take(&mut job.args.handles).into_iter().peekable();
     for (i, a) in job.args.iter().enumerate() {
+        // The handles in an argument take their descriptors as it decodes,
+        // which the trampolines do first thing (an async one before it
+        // returns its future); those no handle took close after the call.
+        let mut fds = match handles.next_if(|(at, _)| *at == i as u64) {
+            Some((_, fds)) => fds.into_slots(),
+            None => Vec::new(),
+        };
         let ran = match entry {
-            Resolved::Sync(entry) => values.push_with(|buf| entry(a, buf)),
-            Resolved::Async(entry) => match entry(a).await {
+            Resolved::Sync(entry) => {
+                provide_handles_from(&mut fds, || values.push_with(|buf| entry(a, buf)))
+            }
+            Resolved::Async(entry) => match provide_handles_from(&mut fds, || entry(a)).await {
                 Outcome::Returned(bytes) => {
                     values.push_raw(&bytes);
                     Ok(())
@@ -286,6 +326,7 @@ async fn run_job(job: Pending) -> (u64, Results) {
             failures.push((i as u64, failure));
         }
     }
+    drop(handles);
     let results = Results {
         values: values.take(),
         failures,

@@ -16,6 +16,7 @@ use crate::shm::{Kind, ReceivedFd, Segment, SegmentFd};
 use crate::sys::futex;
 use crate::sys::proc;
 use crate::target::{decode_value, encode_value};
+use crate::transport::handle;
 
 // The queue's words, after the lock's.
 pub(super) const HEAD: usize = raw::END;
@@ -291,7 +292,13 @@ impl Core {
         if self.local.closed.load(Ordering::Acquire) {
             return Err(PutError::Closed(item));
         }
-        match encode_value(&item) {
+        // A handle's descriptor cannot live in shared memory: the handles
+        // are caught while the item encodes, and their duplicates closed.
+        let (encoded, fds) = handle::encode(|| encode_value(&item));
+        if !fds.is_empty() {
+            return Err(PutError::Handle(item));
+        }
+        match encoded {
             Ok(bytes) if bytes.len() > self.local.ring().max_payload() => {
                 let msg = format!(
                     "an item of {} bytes does not fit a queue buffer of {} bytes",
@@ -579,7 +586,12 @@ pub(crate) fn fuzz_segment(mut input: crate::shm::fuzz_input::Input<'_>) {
                     serde_bytes::ByteBuf::from(vec![i.to_le_bytes()[0]; usize::from(ops) % 300]);
                 match q.try_put(item) {
                     Ok(()) => {}
-                    Err(PutError::Full(_) | PutError::Encode(..) | PutError::Corrupt(..)) => {}
+                    Err(
+                        PutError::Full(_)
+                        | PutError::Encode(..)
+                        | PutError::Handle(_)
+                        | PutError::Corrupt(..),
+                    ) => {}
                     Err(e) => panic!("untyped put error {e:?}"),
                 }
             }

@@ -12,6 +12,11 @@ pub enum PutError<T> {
     Closed(T),
     /// The item could not be encoded, or is larger than the whole buffer.
     Encode(T, String),
+    /// The item holds a handle (a Pipe end, a `Queue`, a `Lock` or another
+    /// primitive): a queue's items live in shared memory, which cannot
+    /// carry the handle's descriptor. Send the handle through a `Pipe`, or
+    /// as a `Process`'s or a `Pool` task's argument.
+    Handle(T),
     /// The queue's shared memory holds values no put or get leaves:
     /// another process wrote over it. The queue cannot be used any more;
     /// other queues are not affected.
@@ -25,6 +30,7 @@ impl<T> PutError<T> {
             PutError::Full(t)
             | PutError::Closed(t)
             | PutError::Encode(t, _)
+            | PutError::Handle(t)
             | PutError::Corrupt(t, _) => t,
         }
     }
@@ -36,6 +42,7 @@ impl<T> fmt::Debug for PutError<T> {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
             PutError::Encode(_, e) => f.debug_tuple("Encode").field(&"..").field(e).finish(),
+            PutError::Handle(_) => f.write_str("Handle(..)"),
             PutError::Corrupt(_, e) => f.debug_tuple("Corrupt").field(&"..").field(e).finish(),
         }
     }
@@ -47,6 +54,11 @@ impl<T> fmt::Display for PutError<T> {
             PutError::Full(_) => f.write_str("the queue is full"),
             PutError::Closed(_) => f.write_str("the queue is closed"),
             PutError::Encode(_, e) => write!(f, "the item failed to encode: {e}"),
+            PutError::Handle(_) => f.write_str(
+                "a Queue item cannot carry a handle (a Pipe end, a Queue, a Lock or another \
+                 primitive): its items live in shared memory; send the handle through a Pipe, \
+                 or as a Process's or a Pool task's argument",
+            ),
             PutError::Corrupt(_, e) => write!(f, "the queue's shared memory is corrupt: {e}"),
         }
     }

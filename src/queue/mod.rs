@@ -88,6 +88,9 @@ macro_rules! queue_methods {
         /// # Errors
         ///
         /// [`PutError::Closed`] after [`close`](Self::close),
+        /// [`PutError::Handle`] if the item holds a handle (its descriptor
+        /// cannot live in the queue's shared memory; send it through a
+        /// [`Pipe`](crate::Pipe) instead).
         /// [`PutError::Encode`] if the item does not encode (the queue stays
         /// healthy), [`PutError::Corrupt`] if another process wrote over
         /// the queue's shared memory. The item comes back in the error.

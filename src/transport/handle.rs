@@ -1,17 +1,20 @@
-//! Carrying file descriptors inside serialized arguments.
+//! Carrying file descriptors inside serialized values.
 //!
 //! A handle that owns an OS resource (a socket, a shared memory segment)
-//! serializes its descriptor out of band: while a target's arguments are
-//! encoded for a child, [`collect_handles`] gathers a duplicate of every
+//! serializes its descriptor out of band: while a value that may hold
+//! handles is encoded (a target's arguments for a child, a Pipe message, a
+//! Pool task's argument), [`collect_handles`] gathers a duplicate of every
 //! descriptor a handle serializes, and the handle writes only the
 //! descriptor's index among them. The descriptors then travel with the
-//! frame that carries the arguments, by `SCM_RIGHTS`, and in the child
+//! frame that carries the value, by `SCM_RIGHTS`, and on the other side
 //! [`provide_handles`] hands them back to the handles as they deserialize.
 //!
-//! Encoding a handle anywhere else (to JSON, say) fails with a clear error:
-//! a descriptor number means nothing outside the process that owns it.
+//! Encoding a handle anywhere else (to JSON, into a Queue's shared memory,
+//! as a Pool task's value) fails with a clear error that names the paths
+//! that can carry it: a descriptor number means nothing outside the
+//! process that owns it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 
 use crate::sys::OwnedHandle;
@@ -21,48 +24,99 @@ use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 thread_local! {
-    static SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    /// The list being collected into, while [`collect_handles_into`] runs
+    /// on this thread; null otherwise. A plain pointer in a `Cell` (no
+    /// destructor, no borrow flag), since every message sent through a
+    /// pipe sets and restores it: it must cost next to nothing.
+    static SINK: Cell<*mut Vec<OwnedFd>> = const { Cell::new(std::ptr::null_mut()) };
+    /// A handle was encoded while no list was being collected into: the
+    /// sign that an encoding failed for want of one (see [`encode`]).
+    static MISSED: Cell<bool> = const { Cell::new(false) };
     static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` (which encodes something) and returns its result with the
 /// descriptors the handles in it serialized, in index order.
 pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let outer = SINK.with(|s| s.borrow_mut().replace(Vec::new()));
-    let result = f();
-    let fds = SINK
-        .with(|s| std::mem::replace(&mut *s.borrow_mut(), outer))
-        .unwrap_or_default();
+    let mut fds = Vec::new();
+    let result = collect_handles_into(&mut fds, f);
     (result, fds)
+}
+
+/// Runs `f` (which encodes something) as it is, and only if it failed
+/// because a handle was in it, again under [`collect_handles`]: a value
+/// without handles (nearly every message) costs nothing more than its
+/// encoding. Returns the result with the descriptors collected (none when
+/// the first run succeeded). `f` must leave nothing behind when it fails.
+pub(crate) fn encode<R, E>(mut f: impl FnMut() -> Result<R, E>) -> (Result<R, E>, Vec<OwnedFd>) {
+    match f() {
+        Err(_) if MISSED.with(|m| m.replace(false)) => collect_handles(f),
+        plain => (plain, Vec::new()),
+    }
+}
+
+/// [`collect_handles`] that appends to `fds`: the handles encoded by `f`
+/// take the indexes after those already in `fds`, so several values
+/// encoded one after another (the arguments of a batch) share one list.
+pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    /// Puts the outer list back, even if `f` panics.
+    struct Restore(*mut Vec<OwnedFd>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SINK.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SINK.with(|s| s.replace(std::ptr::from_mut(fds))));
+    f()
 }
 
 /// Runs `f` (which decodes something) with `fds` available to the handles
 /// in it. Descriptors no handle claimed are closed afterwards.
 pub(crate) fn provide_handles<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let fds = fds.into_iter().map(Some).collect();
-    let outer = SOURCE.with(|s| s.borrow_mut().replace(fds));
+    let mut fds = fds.into_iter().map(Some).collect();
+    provide_handles_from(&mut fds, f)
+}
+
+/// [`provide_handles`] from a list the caller keeps: each descriptor a
+/// handle takes is left `None`, the others stay for later calls (the
+/// other arguments of a batch) or for the caller to drop.
+pub(crate) fn provide_handles_from<R>(fds: &mut Vec<Option<OwnedFd>>, f: impl FnOnce() -> R) -> R {
+    let outer = SOURCE.with(|s| s.borrow_mut().replace(std::mem::take(fds)));
     let result = f();
-    SOURCE.with(|s| *s.borrow_mut() = outer);
+    *fds = SOURCE
+        .with(|s| std::mem::replace(&mut *s.borrow_mut(), outer))
+        .unwrap_or_default();
     result
 }
+
+/// What a handle says when it is encoded where no descriptor can go.
+pub(crate) const NOT_HERE: &str = "this handle owns an OS resource (a descriptor), which can only \
+     travel as a Process's or a Pool task's argument, or inside a Pipe message; \
+     send it one of those ways";
 
 /// Serializes `fd` as its index among the descriptors being collected.
 pub(crate) fn serialize_handle<S: Serializer>(
     fd: &OwnedHandle,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = SINK.with(|s| {
-        let mut sink = s.borrow_mut();
-        let Some(sink) = sink.as_mut() else {
-            return Err(S::Error::custom(
-                "this handle owns an OS resource and can only be sent to a child process, \
-                 inside a target's arguments",
-            ));
-        };
-        let dup = fd.try_clone().map_err(S::Error::custom)?;
+    let sink = SINK.with(Cell::get);
+    if sink.is_null() {
+        MISSED.with(|m| m.set(true));
+        return Err(S::Error::custom(NOT_HERE));
+    }
+    let dup = fd.try_clone().map_err(S::Error::custom)?;
+    // SAFETY: `sink` is non-null only while `collect_handles_into` runs on
+    // this thread, which holds the list's `&mut` for that whole time and
+    // does not touch it meanwhile (its caller cannot either: the borrow is
+    // lent to it). A nested call installs its own list and restores this
+    // one when it returns, so the pointer names a live list; the `&mut`
+    // made here lives only for this push, and nothing in `push` calls back
+    // into serialization.
+    let index = unsafe {
+        let sink = &mut *sink;
         sink.push(dup);
-        Ok(sink.len() - 1)
-    })?;
+        sink.len() - 1
+    };
     u32::try_from(index)
         .map_err(S::Error::custom)?
         .serialize(serializer)
@@ -77,13 +131,81 @@ pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
         let mut source = s.borrow_mut();
         let Some(source) = source.as_mut() else {
             return Err(D::Error::custom(
-                "this handle can only be received by a child process",
+                "this handle can only be decoded where it was sent with its descriptor: \
+                 as a Process's or a Pool task's argument, or inside a Pipe message",
             ));
         };
         source.get_mut(index).and_then(Option::take).ok_or_else(|| {
             D::Error::custom(format!("descriptor {index} is missing or already taken"))
         })
     })
+}
+
+/// The descriptors of one encoded value (the handles in a pool task's
+/// argument), kept beside its bytes and shared, so that the value can be
+/// sent again (a job handed to another worker) without encoding it again.
+///
+/// Serializes as the list of its descriptors, each out of band like a
+/// handle's: it travels wherever a handle does.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FdList(std::sync::Arc<Vec<OwnedFd>>);
+
+impl FdList {
+    /// Keeps `fds`.
+    pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
+        Self(std::sync::Arc::new(fds))
+    }
+
+    /// Whether there is no descriptor.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The descriptors, for [`provide_handles_from`]: taken if this is the
+    /// only copy, else duplicated (a duplicate that fails is missing, and
+    /// the handle that wants it fails to decode).
+    pub(crate) fn into_slots(self) -> Vec<Option<OwnedFd>> {
+        match std::sync::Arc::try_unwrap(self.0) {
+            Ok(fds) => fds.into_iter().map(Some).collect(),
+            Err(shared) => shared.iter().map(|fd| fd.try_clone().ok()).collect(),
+        }
+    }
+}
+
+impl Serialize for FdList {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for fd in self.0.iter() {
+            seq.serialize_element(&Out(fd))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for FdList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fds: Vec<In> = Vec::deserialize(deserializer)?;
+        Ok(Self::new(fds.into_iter().map(|In(fd)| fd).collect()))
+    }
+}
+
+/// One descriptor of an [`FdList`] on its way out.
+struct Out<'a>(&'a OwnedFd);
+
+impl Serialize for Out<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_handle(self.0, serializer)
+    }
+}
+
+/// One descriptor of an [`FdList`] on its way in.
+struct In(OwnedFd);
+
+impl<'de> Deserialize<'de> for In {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_handle(deserializer).map(In)
+    }
 }
 
 /// `#[serde(with = "crate::transport::handle::fd")]` for an `OwnedFd` field.
@@ -142,14 +264,14 @@ mod tests {
             sock: OwnedFd::from(b),
         };
         let err = rmp_serde::to_vec(&carrier).unwrap_err().to_string();
-        assert!(err.contains("can only be sent to a child process"), "{err}");
+        assert!(err.contains("inside a Pipe message"), "{err}");
         let (bytes, _fds) = collect_handles(|| rmp_serde::to_vec(&carrier));
         let err = rmp_serde::from_slice::<Carrier>(&bytes.unwrap())
             .err()
             .unwrap()
             .to_string();
         assert!(
-            err.contains("can only be received by a child process"),
+            err.contains("where it was sent with its descriptor"),
             "{err}"
         );
     }

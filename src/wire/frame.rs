@@ -31,6 +31,65 @@ use crate::wire::ChannelError;
 /// Length of a frame header: the body length as a big-endian `u32`.
 pub(crate) const HEADER_LEN: usize = 4;
 
+/// The first byte of a pipe message's body when descriptors travel with
+/// it: `0xc1`, which MessagePack never uses, so no plain message starts
+/// with it. A big-endian `u32`, how many descriptors, follows, then the
+/// MessagePack message.
+pub(crate) const FDS_MARK: u8 = 0xc1;
+
+/// The length of the prefix [`FDS_MARK`] starts: the mark and the count.
+pub(crate) const FDS_PREFIX_LEN: usize = 5;
+
+/// Splits a pipe message's body into how many descriptors travel with it
+/// and the MessagePack message.
+///
+/// # Errors
+///
+/// [`ChannelError::Malformed`] if the body starts with [`FDS_MARK`] and
+/// is too short for the count.
+pub(crate) fn split_fds_prefix(body: &[u8]) -> Result<(usize, &[u8]), ChannelError> {
+    if body.first() != Some(&FDS_MARK) {
+        return Ok((0, body));
+    }
+    let count: [u8; 4] = body
+        .get(1..FDS_PREFIX_LEN)
+        .and_then(|c| c.try_into().ok())
+        .ok_or_else(|| ChannelError::Malformed("a descriptor count cut short".to_owned()))?;
+    let count = usize::try_from(u32::from_be_bytes(count)).unwrap_or(usize::MAX);
+    Ok((count, &body[FDS_PREFIX_LEN..]))
+}
+
+/// Puts the prefix [`FDS_MARK`] starts into the frame at `dst[start..]`,
+/// which [`encode_message`] has just written: the body moves up by
+/// [`FDS_PREFIX_LEN`] bytes and the header grows to match.
+///
+/// # Errors
+///
+/// [`ChannelError::Oversized`] if the body no longer fits `max_frame`;
+/// `dst` is then truncated back to `start`.
+pub(crate) fn insert_fds_prefix(
+    dst: &mut BytesMut,
+    start: usize,
+    count: u32,
+    max_frame: usize,
+) -> Result<(), ChannelError> {
+    let body = dst[start + HEADER_LEN..].to_vec();
+    let len = match checked_len(body.len() + FDS_PREFIX_LEN, max_frame) {
+        Ok(len) => len,
+        Err(e) => {
+            dst.truncate(start);
+            return Err(e);
+        }
+    };
+    dst.truncate(start);
+    dst.reserve(HEADER_LEN + FDS_PREFIX_LEN + body.len());
+    dst.put_u32(len);
+    dst.put_u8(FDS_MARK);
+    dst.put_u32(count);
+    dst.extend_from_slice(&body);
+    Ok(())
+}
+
 /// The default maximum body length, 128 MiB.
 pub(crate) const DEFAULT_MAX_FRAME: usize = 128 * 1024 * 1024;
 

@@ -11,6 +11,7 @@ mod common;
 mod children;
 mod close;
 mod exit;
+mod handles_in_messages;
 mod handles_nested;
 mod messages;
 mod soak;
@@ -32,6 +33,7 @@ fn main() {
             common::module("close", close::cases()),
             common::module("children", children::cases()),
             common::module("handles_nested", handles_nested::cases()),
+            common::module("handles_in_messages", handles_in_messages::cases()),
             common::module("exit", exit::cases()),
         ],
     )

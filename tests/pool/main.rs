@@ -13,6 +13,7 @@ mod chaos;
 mod ctrl_c;
 mod deaths;
 mod features;
+mod handles;
 mod imap;
 mod parent_death;
 mod server;
@@ -34,6 +35,7 @@ fn main() {
         guard,
         [
             common::module("chaos", chaos::cases()),
+            common::module("handles", handles::cases()),
             common::module("soak", soak::cases()),
             common::module("parent_death", parent_death::cases()),
             common::module("ctrl_c", ctrl_c::cases()),

@@ -6,6 +6,7 @@ mod common;
 
 mod basics;
 mod chaos;
+mod handles;
 mod hostile;
 mod processes;
 
@@ -18,6 +19,7 @@ fn main() {
         guard,
         [
             common::module("chaos", chaos::cases()),
+            common::module("handles", handles::cases()),
             common::module("processes", processes::cases()),
             common::module("basics", basics::cases()),
             common::module("hostile", hostile::cases()),

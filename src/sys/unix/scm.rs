@@ -61,6 +61,22 @@ pub(crate) fn send_with_fds(
     bufs: &[IoSlice<'_>],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
+    send_with_fds_wait(sock, bufs, fds, true)
+}
+
+/// [`send_with_fds`], which with `wait` false never blocks, whatever the
+/// socket's mode (`MSG_DONTWAIT`): a full socket gives
+/// [`io::ErrorKind::WouldBlock`] and sends nothing.
+///
+/// # Errors
+///
+/// As for [`send_with_fds`].
+pub(crate) fn send_with_fds_wait(
+    sock: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+    wait: bool,
+) -> io::Result<usize> {
     if fds.len() > MAX_FDS_PER_MSG {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -82,8 +98,12 @@ pub(crate) fn send_with_fds(
     }
     let rights = [ControlMessage::ScmRights(&raw[..fds.len()])];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let mut flags = send_flags();
+    if !wait {
+        flags |= MsgFlags::MSG_DONTWAIT;
+    }
     loop {
-        match sendmsg::<()>(sock.as_raw_fd(), bufs, cmsgs, send_flags(), None) {
+        match sendmsg::<()>(sock.as_raw_fd(), bufs, cmsgs, flags, None) {
             Ok(n) => return Ok(n),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -138,6 +158,102 @@ pub(crate) fn recv_with_fds(
             }
         }
         return Ok(bytes);
+    }
+}
+
+/// Receives at most `want` bytes from the stream socket `sock`, appending
+/// them to `buf` (which grows as needed, without initialising the space
+/// first), and any descriptors that came with them to `fds`. Returns how
+/// many bytes arrived; zero means end of stream.
+///
+/// With `wait` false the call never blocks (`MSG_DONTWAIT`): nothing to
+/// read gives [`io::ErrorKind::WouldBlock`]. Received descriptors are
+/// close-on-exec. Retries `EINTR`. Costs the same system call as a plain
+/// `recv` when no descriptor comes.
+///
+/// # Errors
+///
+/// [`io::ErrorKind::InvalidData`] if the kernel had to discard control data
+/// (`MSG_CTRUNC`): the descriptors that did arrive are closed and the
+/// stream should be considered broken. Otherwise whatever `recvmsg`
+/// reports.
+pub(crate) fn recv_into_with_fds(
+    sock: &OwnedFd,
+    buf: &mut bytes::BytesMut,
+    want: usize,
+    wait: bool,
+    fds: &mut std::collections::VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if !wait {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    let len = want.min(spare.len());
+    let mut space = std::mem::MaybeUninit::<CmsgBuf>::uninit();
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast::<libc::c_void>(),
+            iov_len: len,
+        };
+        // SAFETY: `msghdr` is plain old data; all-zero is a valid value
+        // (no name, no vectors, no control space) that is filled in below.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast::<libc::c_void>();
+        // CMSG_BUF_LEN is about a kilobyte: it fits every platform's type.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            msg.msg_controllen = CMSG_BUF_LEN as _;
+        }
+        // SAFETY: `iov` points at `len` writable bytes of `buf`'s spare
+        // capacity and `msg_control` at `CMSG_BUF_LEN` writable bytes of
+        // `space`, both alive and not otherwise borrowed for the call; the
+        // kernel writes at most that much into each and updates `msg`.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &raw mut msg, flags) };
+        if n < 0 {
+            let err = Errno::last();
+            if err == Errno::EINTR {
+                continue;
+            }
+            return Err(err.into());
+        }
+        let n = n.unsigned_abs();
+        let before = fds.len();
+        // SAFETY: the kernel wrote `msg_controllen` bytes of well-formed
+        // control messages at the start of `space`, which the `CMSG_*`
+        // macros walk within that length; each `SCM_RIGHTS` payload is an
+        // array of descriptors the kernel has just installed for us, which
+        // nothing else knows, so each gets exactly one owner here.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !cmsg.is_null() {
+                let header = std::ptr::read_unaligned(cmsg);
+                if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg);
+                    let payload = header.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    for i in 0..payload / size_of::<RawFd>() {
+                        let raw: RawFd =
+                            std::ptr::read_unaligned(data.add(i * size_of::<RawFd>()).cast());
+                        fds.push_back(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            fds.truncate(before);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "control data was truncated: file descriptors were lost",
+            ));
+        }
+        // SAFETY: `recvmsg` initialised the first `n <= len` bytes of the
+        // spare capacity, which directly follow the buffer's contents.
+        unsafe { buf.set_len(buf.len() + n) };
+        return Ok(n);
     }
 }
 

@@ -7,8 +7,9 @@
 //! Every send also passes `MSG_NOSIGNAL` where the platform has it, so a
 //! closed peer gives `EPIPE`, never `SIGPIPE`.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,8 @@ use nix::sys::socket::{self, MsgFlags};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::scm::send_flags;
+pub(crate) use super::scm::recv_into_with_fds;
+use super::scm::{MAX_FDS_PER_MSG, send_flags, send_with_fds_wait};
 
 /// Sends some of `buf` on `sock`; returns how many bytes went out.
 ///
@@ -37,6 +39,39 @@ pub(crate) fn send(sock: &OwnedFd, buf: &[u8], wait: bool) -> io::Result<usize> 
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// [`send`] with descriptors: the oldest of `fds` (at most
+/// [`MAX_FDS_PER_MSG`] of them) travel with these bytes by `SCM_RIGHTS`,
+/// and those sent are removed from `fds`. When more wait than one message
+/// carries, only one byte goes, so that the rest of `buf` can carry the
+/// others. Without descriptors this is [`send`].
+///
+/// # Errors
+///
+/// As for [`send`]; [`io::ErrorKind::InvalidInput`] if descriptors wait
+/// and `buf` is empty. On an error no descriptor was sent.
+pub(crate) fn send_with_fds(
+    sock: &OwnedFd,
+    buf: &[u8],
+    fds: &mut VecDeque<OwnedFd>,
+    wait: bool,
+) -> io::Result<usize> {
+    if fds.is_empty() {
+        return send(sock, buf, wait);
+    }
+    let batch = fds.len().min(MAX_FDS_PER_MSG);
+    let bytes = if fds.len() > MAX_FDS_PER_MSG {
+        &buf[..buf.len().min(1)]
+    } else {
+        buf
+    };
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().take(batch).map(AsFd::as_fd).collect();
+    let sent = send_with_fds_wait(sock.as_fd(), &[IoSlice::new(bytes)], &borrowed, wait)?;
+    drop(borrowed);
+    // The kernel holds its own references now; close ours.
+    fds.drain(..batch);
+    Ok(sent)
 }
 
 /// Receives at most `want` bytes from `sock`, appending them to `buf`
