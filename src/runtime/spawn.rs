@@ -34,6 +34,11 @@ pub(crate) async fn start(
 ) -> io::Result<Started> {
     // What `init()` noticed before a subscriber was installed.
     super::logs::say_unheard();
+    if method == StartMethod::Spawn {
+        // The program asked for the fork server, which cannot serve it:
+        // said once, at the first start, where a subscriber hears it.
+        client::say_if_declined();
+    }
     let (ours, theirs) = sys::socketpair()?;
     let forked = match method {
         StartMethod::ForkServer => client::fork(&ours, theirs, nonce, group).await,

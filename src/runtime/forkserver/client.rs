@@ -185,6 +185,17 @@ async fn claim_orphan(ours: &OwnedHandle, id: u64) -> Forked {
     }
 }
 
+/// Says (once, as [`declined`]) that the fork server cannot serve this
+/// program, when the program's method is the fork server and `init()`
+/// found it could not: its starts then come here as `Spawn`.
+pub(crate) fn say_if_declined() {
+    if let Some(reason) = super::unavailable()
+        && super::chosen_method() == super::StartMethod::ForkServer
+    {
+        declined(reason);
+    }
+}
+
 /// Says, once per process, that the fork server declined to serve, why,
 /// and (when it had threads) how to fix it.
 fn declined(reason: &str) {

@@ -53,15 +53,21 @@ pub fn set_start_method(method: StartMethod) {
 /// threads when [`init`](crate::init) ran, as under `#[tokio::main]`), it
 /// says `Spawn`, which is what children then get.
 pub fn get_start_method() -> StartMethod {
-    let method = *DEFAULT_METHOD
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let method = chosen_method();
     if method == StartMethod::ForkServer && unavailable().is_some() {
         // What children actually get.
         StartMethod::Spawn
     } else {
         method
     }
+}
+
+/// The method [`set_start_method`] set (or the default), whether or not the
+/// fork server can serve.
+pub(crate) fn chosen_method() -> StartMethod {
+    *DEFAULT_METHOD
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Why the fork server cannot serve this program, once that is known.
