@@ -193,6 +193,9 @@ struct Known {
     def: LogCallsite,
     /// `None` past the limit of callsites: its events take the fallback.
     cs: Option<&'static DynCallsite>,
+    /// The label its events go in, once one of them was re-emitted: the
+    /// child's label span for its target and level.
+    label: Option<tracing::Span>,
 }
 
 /// The parent's side of one child's logs: its callsites by number, and
@@ -243,7 +246,14 @@ impl Replayer {
                 continue;
             }
             let cs = callsite(&def);
-            self.known.insert(def.id, Known { def, cs });
+            self.known.insert(
+                def.id,
+                Known {
+                    def,
+                    cs,
+                    label: None,
+                },
+            );
         }
         // A clone, not `get_default`'s borrow: inside that, this thread's
         // dispatcher is taken as busy and what it calls goes nowhere.
@@ -277,17 +287,24 @@ impl Replayer {
         }
         let meta = cs.meta();
         // The label: at the event's level and target, so that a filter that
-        // lets the event through lets its label through too.
-        let key = (known.def.target.clone(), known.def.level);
-        let label = match self.labels.get(&key) {
-            Some(label) => label.clone(),
-            None => {
-                let label = self.label(&known.def, dispatch);
-                self.labels.insert(key, label.clone());
-                label
+        // lets the event through lets its label through too. Found once per
+        // callsite, then kept with it.
+        if known.label.is_none() {
+            let key = (known.def.target.clone(), known.def.level);
+            let label = match self.labels.get(&key) {
+                Some(label) => label.clone(),
+                None => self.label(&known.def, dispatch),
+            };
+            self.labels.entry(key).or_insert_with(|| label.clone());
+            if let Some(known) = self.known.get_mut(&event.callsite) {
+                known.label = Some(label);
             }
-        };
-        let _label = label.enter();
+        }
+        let _label = self
+            .known
+            .get(&event.callsite)
+            .and_then(|k| k.label.as_ref())
+            .map(tracing::Span::enter);
         let mut entered = Vec::with_capacity(spans.len());
         for s in spans {
             let Some(span_cs) = self.known.get(&s.callsite).and_then(|k| k.cs) else {
