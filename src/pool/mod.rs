@@ -31,12 +31,10 @@
 //!
 //! A task's arguments may hold handles (`pool.apply(f, (queue.clone(), 3))`
 //! where `f` puts into the queue): their descriptors go with the job over
-//! the worker's socket, and again if the job moves to another worker. A
-//! task's *value* cannot hold one: values come back through shared memory,
-//! which cannot carry a descriptor, and such a task fails with
-//! [`TaskError::EncodeResult`], whose text names the paths that can (send
-//! the handle back through a [`Pipe`](crate::Pipe) passed in the
-//! arguments).
+//! the worker's socket, and again if the job moves to another worker. So
+//! may its value (a [`Lock`](crate::Lock) or a [`Pipe`](crate::Pipe) end
+//! made in the worker): a reply holding one comes back over the socket
+//! rather than through the shared page, which cannot carry a descriptor.
 //!
 //! # Caveats
 //!

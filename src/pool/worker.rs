@@ -2,6 +2,7 @@
 //! slot in the parent.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -12,7 +13,7 @@ use serde_bytes::ByteBuf;
 use super::page::{MAX_REPLY, Page};
 use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
-use crate::transport::handle::{self, FdList, provide_handles_from};
+use crate::transport::handle::{self, FdList, accept_value_handles, provide_handles_from};
 use crate::wire::message::{Outcome, TargetRef};
 
 /// The messages between a worker and its slot in the parent, both ways
@@ -63,20 +64,32 @@ impl Results {
     }
 
     /// The outcomes in order, each an encoded value (borrowed from the
-    /// buffer, no copy) or how the task failed, passed through `f`.
+    /// buffer, no copy) or how the task failed, passed through `f`. The
+    /// handles in a value take their descriptors as `f` decodes it; those
+    /// no handle took are closed.
     pub(crate) fn map_items<T>(
         self,
         mut f: impl FnMut(Result<&[u8], Outcome>) -> T,
     ) -> impl Iterator<Item = T> {
         let mut failures = self.failures.into_iter().peekable();
-        let values = self.values;
+        let Batch {
+            bytes,
+            ends,
+            handles,
+        } = self.values;
+        let mut handles = handles.into_iter().peekable();
         let mut start = 0usize;
-        (0..values.ends.len()).map(move |i| {
-            let (from, to, next) = values.range(start, i);
+        (0..ends.len()).map(move |i| {
+            let (from, to, next) = range(&bytes, &ends, start, i);
             start = next;
             match failures.next_if(|(at, _)| *at == i as u64) {
                 Some((_, outcome)) => f(Err(outcome)),
-                None => f(Ok(&values.bytes[from..to])),
+                None => match handles.next_if(|(at, _)| *at == i as u64) {
+                    Some((_, fds)) => {
+                        provide_handles_from(&mut fds.into_slots(), || f(Ok(&bytes[from..to])))
+                    }
+                    None => f(Ok(&bytes[from..to])),
+                },
             }
         })
     }
@@ -90,9 +103,8 @@ impl Results {
 /// The handles in an argument travel as descriptors beside the bytes:
 /// `handles` lists, for each argument that has any, its index and its
 /// descriptors (the argument's bytes name them by their place in that
-/// list). The worker's socket carries them; the reply ring cannot, so a
-/// value with a handle in it fails to encode (see the module docs of the
-/// pool).
+/// list). The worker's socket carries them, so a reply whose values hold
+/// handles goes over it rather than through the ring.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Batch {
     bytes: Bytes,
@@ -126,12 +138,18 @@ impl Batch {
     /// Argument `i`, which starts where the one before it ended
     /// (`start`): its range, and where the next one starts.
     fn range(&self, start: usize, i: usize) -> (usize, usize, usize) {
-        let end = usize::try_from(self.ends[i]).unwrap_or(usize::MAX);
-        if start <= end && end <= self.bytes.len() {
-            (start, end, end)
-        } else {
-            (0, 0, end)
-        }
+        range(&self.bytes, &self.ends, start, i)
+    }
+}
+
+/// Item `i` of a batch's `bytes` cut at `ends`, which starts where the one
+/// before it ended (`start`): its range, and where the next one starts.
+fn range(bytes: &[u8], ends: &[u64], start: usize, i: usize) -> (usize, usize, usize) {
+    let end = usize::try_from(ends[i]).unwrap_or(usize::MAX);
+    if start <= end && end <= bytes.len() {
+        (start, end, end)
+    } else {
+        (0, 0, end)
     }
 }
 
@@ -171,6 +189,13 @@ impl BatchBuilder {
     fn add_handles(&mut self, fds: FdList) {
         if !fds.is_empty() {
             self.handles.push((self.ends.len() as u64, fds));
+        }
+    }
+
+    /// Notes the descriptors of the value just pushed.
+    fn add_value_handles(&mut self, fds: FdList) {
+        if !fds.is_empty() {
+            self.handles.push((self.ends.len() as u64 - 1, fds));
         }
     }
 
@@ -309,21 +334,32 @@ async fn run_job(mut job: Pending) -> (u64, Results) {
             Some((_, fds)) => fds.into_slots(),
             None => Vec::new(),
         };
+        // The handles in its value put their descriptors here as it is
+        // encoded, at the end of the call (or of the future's last poll).
+        let mut out = Vec::new();
         let ran = match entry {
-            Resolved::Sync(entry) => {
+            Resolved::Sync(entry) => accept_value_handles(&mut out, || {
                 provide_handles_from(&mut fds, || values.push_with(|buf| entry(a, buf)))
-            }
-            Resolved::Async(entry) => match provide_handles_from(&mut fds, || entry(a)).await {
-                Outcome::Returned(bytes) => {
-                    values.push_raw(&bytes);
-                    Ok(())
+            }),
+            Resolved::Async(entry) => {
+                let mut fut = provide_handles_from(&mut fds, || entry(a));
+                let outcome =
+                    poll_fn(|cx| accept_value_handles(&mut out, || fut.as_mut().poll(cx))).await;
+                match outcome {
+                    Outcome::Returned(bytes) => {
+                        values.push_raw(&bytes);
+                        Ok(())
+                    }
+                    failure => Err(failure),
                 }
-                failure => Err(failure),
-            },
+            }
         };
-        if let Err(failure) = ran {
-            values.push_raw(&[]);
-            failures.push((i as u64, failure));
+        match ran {
+            Ok(()) => values.add_value_handles(FdList::new(out)),
+            Err(failure) => {
+                values.push_raw(&[]);
+                failures.push((i as u64, failure));
+            }
         }
     }
     drop(handles);
@@ -352,8 +388,13 @@ fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
 async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
     // A reply whose values alone are too big for the ring is encoded once,
     // for the socket.
+    // So does one with handles in its values: their descriptors go with
+    // it, which the ring cannot carry.
     let too_big = match &msg {
-        Msg::Done { results, .. } => results.values.bytes.len() + 9 * results.len() > MAX_REPLY,
+        Msg::Done { results, .. } => {
+            results.values.bytes.len() + 9 * results.len() > MAX_REPLY
+                || !results.values.handles.is_empty()
+        }
         _ => false,
     };
     let pushed = match too_big {

@@ -184,7 +184,7 @@ pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Strin
 }
 
 fn finish<R: Serialize>(value: R) -> Outcome {
-    match encode_value(&value) {
+    match crate::transport::handle::encode_value_handles(|| encode_value(&value)) {
         Ok(bytes) => Outcome::Returned(bytes.into()),
         Err(e) => Outcome::EncodeResult(e),
     }
@@ -201,10 +201,10 @@ where
     match std::panic::catch_unwind(AssertUnwindSafe(move || call(args))) {
         Ok(value) => {
             let before = out.len();
-            rmp_serde::encode::write(out, &value).map_err(|e| {
-                out.truncate(before);
-                Outcome::EncodeResult(e.to_string())
+            crate::transport::handle::encode_value_handles(|| {
+                rmp_serde::encode::write(&mut *out, &value).inspect_err(|_| out.truncate(before))
             })
+            .map_err(|e| Outcome::EncodeResult(e.to_string()))
         }
         Err(payload) => Err(Outcome::Panicked(panic_info(payload))),
     }

@@ -9,8 +9,11 @@
 //! frame that carries the value, by `SCM_RIGHTS`, and on the other side
 //! [`provide_handles`] hands them back to the handles as they deserialize.
 //!
+//! A pool worker encodes a task's value the same way (see
+//! [`accept_value_handles`]), and the reply goes over its socket.
+//!
 //! Encoding a handle anywhere else (to JSON, into a Queue's shared memory,
-//! as a Pool task's value) fails with a clear error that names the paths
+//! as a Process's return value) fails with a clear error that names the paths
 //! that can carry it: a descriptor number means nothing outside the
 //! process that owns it.
 
@@ -33,6 +36,11 @@ thread_local! {
     /// sign that an encoding failed for want of one (see [`encode`]).
     static MISSED: Cell<bool> = const { Cell::new(false) };
     static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    /// Where a target's value may put the descriptors of its handles,
+    /// while [`accept_value_handles`] runs on this thread (a pool worker
+    /// running a task); null otherwise. Only [`encode_value_handles`]
+    /// reads it, never the target's own code.
+    static VALUE_SINK: Cell<*mut Vec<OwnedFd>> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Runs `f` (which encodes something) and returns its result with the
@@ -70,6 +78,46 @@ pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -
     f()
 }
 
+/// Runs `f` (which runs a target) so that the handles in the target's
+/// value put their descriptors into `fds` as the value is encoded (see
+/// [`encode_value_handles`]). The target's own code does not collect into
+/// it: a handle it sends elsewhere (into a Queue) is refused as ever.
+pub(crate) fn accept_value_handles<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    let _restore = RestoreValueSink(VALUE_SINK.with(|s| s.replace(std::ptr::from_mut(fds))));
+    f()
+}
+
+/// Puts a value sink back when dropped, even if what ran meanwhile
+/// panicked.
+struct RestoreValueSink(*mut Vec<OwnedFd>);
+
+impl Drop for RestoreValueSink {
+    fn drop(&mut self) {
+        VALUE_SINK.with(|s| s.set(self.0));
+    }
+}
+
+/// Encodes a target's value with `f`: under [`accept_value_handles`] the
+/// handles in it go into that list, as [`encode`] collects them;
+/// elsewhere (a Process's value) `f` runs as it is, and a handle in the
+/// value fails to encode. `f` must leave nothing behind when it fails.
+pub(crate) fn encode_value_handles<R, E>(mut f: impl FnMut() -> Result<R, E>) -> Result<R, E> {
+    // Taken, not just read: whatever `f` runs must not find it.
+    let sink = VALUE_SINK.with(|s| s.replace(std::ptr::null_mut()));
+    if sink.is_null() {
+        return f();
+    }
+    let _restore = RestoreValueSink(sink);
+    let (result, fds) = encode(f);
+    // SAFETY: `sink` is non-null only while `accept_value_handles` runs on
+    // this thread, holding the list's `&mut` for that whole time without
+    // touching it; it was taken out of the thread-local above, so no other
+    // code reaches it until `_restore` puts it back, and the `&mut` made
+    // here lives only for this `extend`.
+    unsafe { (*sink).extend(fds) };
+    result
+}
+
 /// Runs `f` (which decodes something) with `fds` available to the handles
 /// in it. Descriptors no handle claimed are closed afterwards.
 pub(crate) fn provide_handles<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
@@ -91,8 +139,8 @@ pub(crate) fn provide_handles_from<R>(fds: &mut Vec<Option<OwnedFd>>, f: impl Fn
 
 /// What a handle says when it is encoded where no descriptor can go.
 pub(crate) const NOT_HERE: &str = "this handle owns an OS resource (a descriptor), which can only \
-     travel as a Process's or a Pool task's argument, or inside a Pipe message; \
-     send it one of those ways";
+     travel as a Process's or a Pool task's argument, as a Pool task's value, or inside a Pipe \
+     message; send it one of those ways";
 
 /// Serializes `fd` as its index among the descriptors being collected.
 pub(crate) fn serialize_handle<S: Serializer>(
@@ -132,7 +180,8 @@ pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
         let Some(source) = source.as_mut() else {
             return Err(D::Error::custom(
                 "this handle can only be decoded where it was sent with its descriptor: \
-                 as a Process's or a Pool task's argument, or inside a Pipe message",
+                 as a Process's or a Pool task's argument, as a Pool task's value, or \
+                 inside a Pipe message",
             ));
         };
         source.get_mut(index).and_then(Option::take).ok_or_else(|| {
