@@ -58,7 +58,7 @@ impl PoolBuilder {
     /// the first workers, [`build`](Self::build) fails.
     pub fn initializer<A, M, F>(mut self, f: F, args: A) -> Self
     where
-        F: Target<A, (), M>,
+        F: Target<A, (), M> + crate::CapturesNothing,
         A: Serialize,
     {
         let args = encode_value(&args).map(ByteBuf::from);

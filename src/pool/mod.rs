@@ -208,7 +208,7 @@ impl Pool {
     /// dropped.
     pub async fn apply<A, R, M, F>(&self, f: F, args: A) -> std::result::Result<R, TaskError>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         R: DeserializeOwned,
     {
@@ -222,7 +222,7 @@ impl Pool {
     /// it: it never runs.
     pub fn apply_async<A, R, M, F>(&self, f: F, args: A) -> AsyncResult<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         R: DeserializeOwned,
     {
@@ -259,7 +259,7 @@ impl Pool {
         iterable: I,
     ) -> std::result::Result<Vec<R>, TaskError>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         R: DeserializeOwned,
         I: IntoIterator<Item = A>,
@@ -292,7 +292,7 @@ impl Pool {
         chunksize: usize,
     ) -> std::result::Result<Vec<R>, TaskError>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         R: DeserializeOwned,
         I: IntoIterator<Item = A>,
@@ -326,7 +326,7 @@ impl Pool {
         iterable: I,
     ) -> std::result::Result<Vec<R>, TaskError>
     where
-        F: StarTarget<Args, R, M>,
+        F: StarTarget<Args, R, M> + crate::CapturesNothing,
         Args: Serialize,
         R: DeserializeOwned,
         I: IntoIterator<Item = Args>,
@@ -352,7 +352,7 @@ impl Pool {
         chunksize: usize,
     ) -> std::result::Result<Vec<R>, TaskError>
     where
-        F: StarTarget<Args, R, M>,
+        F: StarTarget<Args, R, M> + crate::CapturesNothing,
         Args: Serialize,
         R: DeserializeOwned,
         I: IntoIterator<Item = Args>,
@@ -482,7 +482,7 @@ impl Pool {
     /// ```
     pub fn imap<A, R, M, F, I>(&self, f: F, iterable: I) -> Imap<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
@@ -494,7 +494,7 @@ impl Pool {
     /// rather than in input order. Python's `imap_unordered`.
     pub fn imap_unordered<A, R, M, F, I>(&self, f: F, iterable: I) -> ImapUnordered<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
@@ -506,7 +506,7 @@ impl Pool {
     /// items are submitted as they arrive, within the same bounded window.
     pub fn imap_stream<A, R, M, F, S>(&self, f: F, stream: S) -> Imap<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         S: futures::Stream<Item = A> + Send + 'static,
     {
@@ -517,7 +517,7 @@ impl Pool {
     /// [`Stream`](futures::Stream) of inputs.
     pub fn imap_unordered_stream<A, R, M, F, S>(&self, f: F, stream: S) -> ImapUnordered<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         S: futures::Stream<Item = A> + Send + 'static,
     {

@@ -291,7 +291,7 @@ impl ProcessBuilder {
     /// Builds the process without starting it.
     pub fn build<A, R, M, F>(self, target: F, args: A) -> Process<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
     {
         let (args, fds) = encode_args(&args);
@@ -352,7 +352,7 @@ impl ProcessBuilder {
         args: A,
     ) -> std::result::Result<Process<R>, ProcessError>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
         R: DeserializeOwned,
     {

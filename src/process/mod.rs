@@ -127,7 +127,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`Pipe`](crate::Pipe) or shared memory.
     pub fn new<A, M, F>(target: F, args: A) -> Process<R>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
     {
         ProcessBuilder::default().build(target, args)

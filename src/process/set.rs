@@ -190,7 +190,7 @@ impl<R: DeserializeOwned + Send + 'static> ProcessSet<R> {
         args: A,
     ) -> Result<u32, ProcessError>
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
     {
         self.spawn(builder.build(target, args)).await

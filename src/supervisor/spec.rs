@@ -257,7 +257,7 @@ impl ChildSpec {
     /// bytes. A target whose arguments fail to encode fails to start.
     pub fn new<A, R, M, F>(name: impl Into<String>, target: F, args: A) -> ChildSpec
     where
-        F: Target<A, R, M>,
+        F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
     {
         let (args, handles) = crate::transport::handle::collect_handles(|| encode_value(&args));

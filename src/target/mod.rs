@@ -92,8 +92,8 @@ pub mod marker {
 /// What a target's type must be besides a function: a plain `fn` item or
 /// a closure that captures nothing. Implemented for every `Copy` type (a
 /// closure is `Copy` when everything it captures is); a closure that
-/// captures a `String`, say, fails `cargo check` with "required for
-/// `{closure}` to implement `CapturesNothing`". A closure that captures
+/// captures a `String`, say, fails `cargo check` at its own line with "a
+/// target cannot capture anything: `{closure@..}` does". A closure that captures
 /// only `Copy` values passes this bound, and fails when the program is
 /// built, on the check that a target is zero-sized: the note "the above
 /// error was encountered while instantiating" under that error names the
@@ -108,6 +108,9 @@ pub mod marker {
 )]
 pub trait CapturesNothing: Copy {}
 
+// Without this, rustc reports the leaf of the failed bound ("`String:
+// Copy` is not satisfied") instead of this trait's own message.
+#[diagnostic::do_not_recommend]
 impl<F: Copy> CapturesNothing for F {}
 
 /// Fails the build when a target type is not zero-sized.
