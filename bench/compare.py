@@ -74,8 +74,13 @@ SUPERVISORD_RESTARTS = 10
 
 # Rust cases a case's figure is judged against (its goal is a ratio to
 # them), shown in its notes as "rust REF X us, case/REF R".
-REFERENCES = {"sup_restart": "spawn", "sup_start_100": "spawn"}
+REFERENCES = {"sup_restart": "spawn", "sup_start_100": "spawn", "spawn_tokio_main": "spawn"}
 
+
+# Rust cases with no Python case of their own: the Python case run as
+# their other side. `spawn_tokio_main` is `spawn` from a `#[tokio::main]`
+# program; Python has no such thing, so its side is the plain start.
+PYTHON_PEERS = {"spawn_tokio_main": "spawn"}
 
 # Rust-only floor cases shown in the notes of the case they bound.
 FLOORS = {"spawn": "floor_spawn", "pipe_rtt": "pipe_rtt_floor"}
@@ -213,6 +218,7 @@ class Runner:
         if case in SUPERVISOR_CASES:
             cmd = [sys.executable, SD_BENCH, case, "--reps", str(self.args.reps)]
         else:
+            case = PYTHON_PEERS.get(case, case)
             cmd = [sys.executable, MP_BENCH, case, "--reps", str(self.args.reps)]
             cmd += ["--start-method", method]
         if n is not None:
@@ -472,7 +478,7 @@ def plot(rows, methods, path):
 
 
 def main(argv=None):
-    all_cases = list(mp_bench.CASES) + SUPERVISOR_CASES
+    all_cases = list(mp_bench.CASES) + list(PYTHON_PEERS) + SUPERVISOR_CASES
     parser = argparse.ArgumentParser(
         description="Run the Rust driver and Python multiprocessing side by side."
     )
