@@ -66,6 +66,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(floor_spawn(n))),
     },
     Case {
+        name: "floor_fork",
+        default_n: 200,
+        about: "fork this process, _exit(0) in the copy, wait for it: the floor a start that forks cannot go below",
+        run: Run::Time(|n| Box::pin(floor_fork(n))),
+    },
+    Case {
         name: "queue_oneway",
         default_n: 100_000,
         about: "n small ints through a Queue, producer child to consumer child",
@@ -106,6 +112,12 @@ const CASES: &[Case] = &[
         default_n: 10_000,
         about: "Pipe round trip: the parent sends an int, a child echoes it",
         run: Run::Time(|n| Box::pin(pipe_rtt(n))),
+    },
+    Case {
+        name: "pipe_rtt_spin",
+        default_n: 10_000,
+        about: "pipe_rtt with PipeBuilder::spin(50 us): each end watches its socket after a send before it parks",
+        run: Run::Time(|n| Box::pin(pipe_rtt_spin(n))),
     },
     Case {
         name: "pipe_rtt_floor",
@@ -216,6 +228,34 @@ async fn spawn_tokio_main(n: u64) -> Result<Duration, String> {
 
 async fn spawn_exec(n: u64) -> Result<Duration, String> {
     start_join(n, mp::StartMethod::Spawn).await
+}
+
+async fn floor_fork(n: u64) -> Result<Duration, String> {
+    // On a blocking thread, as a start's fork would be; the copy calls
+    // nothing but `_exit`, which is sound in a multi-threaded program.
+    tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
+        for _ in 0..n {
+            // SAFETY: the child calls only `_exit`, async-signal-safe, so
+            // the locks other threads held at the fork do not matter.
+            match unsafe { nix::unistd::fork() }.map_err(err)? {
+                nix::unistd::ForkResult::Child => {
+                    // SAFETY: `_exit` is async-signal-safe and runs no
+                    // destructor nor handler of the copied process.
+                    unsafe { libc::_exit(0) }
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    let status = nix::sys::wait::waitpid(child, None).map_err(err)?;
+                    if status != nix::sys::wait::WaitStatus::Exited(child, 0) {
+                        return Err(format!("floor child ended with {status:?}"));
+                    }
+                }
+            }
+        }
+        Ok(t0.elapsed())
+    })
+    .await
+    .map_err(err)?
 }
 
 async fn floor_spawn(n: u64) -> Result<Duration, String> {
@@ -502,7 +542,20 @@ fn pipe_echo(mut conn: mp::Connection<u64>) {
 }
 
 async fn pipe_rtt(n: u64) -> Result<Duration, String> {
-    let (mut conn, theirs) = mp::Pipe::new::<u64>().map_err(err)?;
+    rtt_over(n, mp::PipeBuilder::default()).await
+}
+
+async fn pipe_rtt_spin(n: u64) -> Result<Duration, String> {
+    rtt_over(
+        n,
+        mp::PipeBuilder::default().spin(Duration::from_micros(50)),
+    )
+    .await
+}
+
+/// n round trips through a pipe made by `builder`, a child echoing.
+async fn rtt_over(n: u64, builder: mp::PipeBuilder) -> Result<Duration, String> {
+    let (mut conn, theirs) = builder.duplex::<u64>().map_err(err)?;
     let echo = mp::Process::new(pipe_echo, theirs);
     echo.start().await.map_err(err)?;
     // Warm up: the child is running before the clock starts.

@@ -211,6 +211,8 @@ pub use queue::{GetError, JoinableQueue, PutError, Queue, TaskDoneError};
 #[cfg(feature = "test-support")]
 pub use runtime::bootstrap::__control_fd;
 #[cfg(feature = "test-support")]
+pub use runtime::forkserver::__FORK_SERVER_NAME;
+#[cfg(feature = "test-support")]
 pub use runtime::forkserver::client::{__fork_server_pid, __set_fork_server_faults};
 pub use runtime::forkserver::{StartMethod, get_start_method, set_start_method};
 pub use sentinel::{Sentinel, Waitable, wait};

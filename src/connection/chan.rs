@@ -119,6 +119,11 @@ struct Shared {
     /// The last call on this end was a receive (or there was none yet):
     /// the next async send writes at once instead of waiting to coalesce.
     eager: AtomicBool,
+    /// How long a receive right after a send watches the socket before it
+    /// parks (zero: it parks at once). See `PipeBuilder::spin`.
+    spin: Duration,
+    /// A send (of any kind) came since the last receive.
+    sent: AtomicBool,
     /// How many `send` system calls carried bytes, for the coalescing tests.
     #[cfg(test)]
     writes: AtomicUsize,
@@ -740,6 +745,24 @@ impl ReadState {
     }
 }
 
+/// Reads the socket without waiting, again and again, for up to the end's
+/// spin time: a reply that comes within it is taken without parking (and
+/// without the wake-up that parking costs). True once something came (or
+/// the stream ended); false if nothing did, or the end does not spin.
+fn watch(read: &mut ReadState, shared: &Shared) -> bool {
+    if shared.spin.is_zero() {
+        return false;
+    }
+    let until = Instant::now() + shared.spin;
+    loop {
+        match read.fill(&shared.fd, false) {
+            Fill::Data { .. } | Fill::End => return true,
+            Fill::WouldBlock if Instant::now() >= until => return false,
+            Fill::WouldBlock => std::hint::spin_loop(),
+        }
+    }
+}
+
 /// One open end of a pipe, as its user holds it.
 pub(crate) struct Chan {
     shared: Arc<Shared>,
@@ -750,13 +773,30 @@ pub(crate) struct Chan {
 
 impl Chan {
     /// A connected pair of ends, each refusing frames over `max` bytes.
+    #[cfg(test)]
     pub(crate) fn pair(max: usize) -> io::Result<(Chan, Chan)> {
+        Chan::pair_spinning(max, Duration::ZERO)
+    }
+
+    /// A connected pair of ends, each refusing frames over `max` bytes and
+    /// watching its socket for `spin` after a send before a receive parks.
+    pub(crate) fn pair_spinning(max: usize, spin: Duration) -> io::Result<(Chan, Chan)> {
         let (a, b) = sys::socketpair()?;
-        Ok((Chan::from_fd(a, max), Chan::from_fd(b, max)))
+        Ok((
+            Chan::from_fd_spinning(a, max, spin),
+            Chan::from_fd_spinning(b, max, spin),
+        ))
     }
 
     /// An end around `fd`, which must be a connected stream socket.
+    #[cfg(test)]
     pub(crate) fn from_fd(fd: OwnedHandle, max: usize) -> Chan {
+        Chan::from_fd_spinning(fd, max, Duration::ZERO)
+    }
+
+    /// An end around `fd`, which must be a connected stream socket,
+    /// watching it for `spin` after a send before a receive parks.
+    pub(crate) fn from_fd_spinning(fd: OwnedHandle, max: usize, spin: Duration) -> Chan {
         Chan {
             shared: Arc::new(Shared {
                 regs: Mutex::new(Vec::new()),
@@ -766,6 +806,8 @@ impl Chan {
                 released: Notify::new(),
                 released_cv: Condvar::new(),
                 eager: AtomicBool::new(true),
+                spin,
+                sent: AtomicBool::new(false),
                 #[cfg(test)]
                 writes: AtomicUsize::new(0),
             }),
@@ -781,12 +823,17 @@ impl Chan {
         self.shared.max
     }
 
+    pub(crate) fn spin(&self) -> Duration {
+        self.shared.spin
+    }
+
     /// Whether bytes were received that no `recv` has taken yet.
     pub(crate) fn holds_unread(&self) -> bool {
         !lock(&self.read).buf.is_empty()
     }
 
     pub(crate) async fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        self.shared.sent.store(true, Ordering::Relaxed);
         // A send right after a receive (a reply, or the next request) goes
         // out at once; a send after a send waits to be coalesced.
         if self.shared.eager.swap(false, Ordering::Relaxed) {
@@ -827,6 +874,7 @@ impl Chan {
     }
 
     pub(crate) fn blocking_send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        self.shared.sent.store(true, Ordering::Relaxed);
         self.shared.enqueue(msg, false)?;
         self.shared.blocking_flush()
     }
@@ -841,12 +889,16 @@ impl Chan {
 
     pub(crate) async fn recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
         self.shared.eager.store(true, Ordering::Relaxed);
+        let mut spin = self.shared.sent.swap(false, Ordering::Relaxed);
         let read = self.read.get_mut().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(msg) = read.take(self.shared.max)? {
                 return Ok(msg);
             }
             self.shared.flush_soon();
+            if std::mem::take(&mut spin) && watch(read, &self.shared) {
+                continue;
+            }
             let reg = self.shared.registration()?;
             loop {
                 let mut guard = reg.readable().await?;
@@ -885,6 +937,7 @@ impl Chan {
 
     pub(crate) fn blocking_recv<T: DeserializeOwned>(&mut self) -> Result<T, ChannelError> {
         self.shared.eager.store(true, Ordering::Relaxed);
+        let mut spin = self.shared.sent.swap(false, Ordering::Relaxed);
         let read = self.read.get_mut().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(msg) = read.take(self.shared.max)? {
@@ -892,6 +945,9 @@ impl Chan {
             }
             // A failed write is kept for the next send; reading goes on.
             let _ = self.shared.blocking_flush();
+            if std::mem::take(&mut spin) && watch(read, &self.shared) {
+                continue;
+            }
             if let Fill::WouldBlock = read.fill(&self.shared.fd, true) {
                 sys::stream::wait(&self.shared.fd, Wait::Readable, None)?;
             }

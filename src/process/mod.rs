@@ -50,7 +50,7 @@ use serde::de::DeserializeOwned;
 
 use crate::runtime::capture::OutputHook;
 use crate::runtime::forkserver::{StartMethod, get_start_method};
-use crate::runtime::identity::{current, init_called, nonce};
+use crate::runtime::identity::{current, init_called};
 use crate::runtime::logs;
 use crate::runtime::registry::StartPermit;
 use crate::runtime::spawn::{self, Started};
@@ -189,14 +189,6 @@ impl<R: DeserializeOwned> Process<R> {
         }
         let large = args.len() > builder::LARGE_ARGS;
         let (env, current_dir) = self.env.checked()?;
-        let nonce = nonce().map_err(ProcessError::Spawn)?;
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            fingerprint: fingerprint(),
-            nonce,
-            max_frame: self.max_frame as u64,
-        };
         let mut identity = self.identity.clone();
         // The child forwards what this process's subscribers want now.
         identity.log_level = if self.forward_tracing {
@@ -233,14 +225,16 @@ impl<R: DeserializeOwned> Process<R> {
         };
         // Encode the orders before spawning: a failure here spawns nothing.
         // Large arguments are copied into the frame on the blocking pool.
+        // The `Hello` goes in front once the child is known (a spare
+        // forked ahead has its own nonce): room is left for it.
         let max_frame = self.max_frame;
         let orders = move || {
             let mut first = BytesMut::new();
-            encode_message(&hello, &mut first, max_frame).map_err(orders_error)?;
+            first.resize(HELLO_ROOM, 0);
             encode_message(&run, &mut first, max_frame).map_err(orders_error)?;
             Ok::<_, ProcessError>(first)
         };
-        let first = if large {
+        let mut first = if large {
             tokio::task::spawn_blocking(orders)
                 .await
                 .map_err(|e| ProcessError::Spawn(std::io::Error::other(e)))??
@@ -252,10 +246,21 @@ impl<R: DeserializeOwned> Process<R> {
         let Started {
             child,
             ours,
+            nonce,
             forked,
-        } = spawn::start(method, nonce, self.group(), &exec_env)
+        } = spawn::start(method, self.group(), &exec_env)
             .await
             .map_err(ProcessError::Spawn)?;
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            fingerprint: fingerprint(),
+            nonce,
+            max_frame: self.max_frame as u64,
+        };
+        let mut greeting = BytesMut::with_capacity(HELLO_ROOM);
+        encode_message(&hello, &mut greeting, self.max_frame).map_err(orders_error)?;
+        put_in_front(&mut first, &greeting);
         // `start_method` says what happened: a fork server that declined
         // leaves the child re-executed.
         tracing::debug!(
@@ -504,5 +509,58 @@ impl<R> fmt::Display for Process<R> {
         };
         let daemon = if self.identity.daemon { " daemon" } else { "" };
         write!(f, "<Process({}, {status}{daemon})>", self.identity.name)
+    }
+}
+
+/// The room left in front of a child's orders for its `Hello` frame: at
+/// most 4 bytes of length and 42 of body (an array of two `u32` and three
+/// `u64`, each at its longest).
+const HELLO_ROOM: usize = 64;
+
+/// Puts `greeting` (the `Hello` frame) in the room left in front of the
+/// orders in `first`, and drops the room it did not use.
+fn put_in_front(first: &mut BytesMut, greeting: &[u8]) {
+    match HELLO_ROOM.checked_sub(greeting.len()) {
+        Some(at) => {
+            first[at..HELLO_ROOM].copy_from_slice(greeting);
+            bytes::Buf::advance(first, at);
+        }
+        // Cannot happen (see `HELLO_ROOM`); copied rather than lost.
+        None => {
+            let mut both = BytesMut::with_capacity(greeting.len() + first.len() - HELLO_ROOM);
+            both.extend_from_slice(greeting);
+            both.extend_from_slice(&first[HELLO_ROOM..]);
+            *first = both;
+        }
+    }
+}
+
+#[cfg(test)]
+mod hello_room_tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_hello_fits_its_room() {
+        let hello = Hello {
+            magic: u32::MAX,
+            version: u32::MAX,
+            fingerprint: u64::MAX,
+            nonce: u64::MAX,
+            max_frame: u64::MAX,
+        };
+        let mut greeting = BytesMut::new();
+        encode_message(&hello, &mut greeting, usize::MAX).unwrap();
+        assert!(greeting.len() <= HELLO_ROOM, "{}", greeting.len());
+        let mut first = BytesMut::from(&[0u8; HELLO_ROOM][..]);
+        first.extend_from_slice(b"orders");
+        put_in_front(&mut first, &greeting);
+        assert_eq!(&first[..greeting.len()], &greeting[..]);
+        assert_eq!(&first[greeting.len()..], b"orders");
+        // A room too small is not silently corrupted.
+        let mut first = BytesMut::from(&[0u8; HELLO_ROOM][..]);
+        first.extend_from_slice(b"x");
+        put_in_front(&mut first, &[7u8; HELLO_ROOM + 3]);
+        assert_eq!(first.len(), HELLO_ROOM + 4);
+        assert_eq!(first[HELLO_ROOM + 3], b'x');
     }
 }

@@ -17,7 +17,7 @@ use crate::target::{Resolved, fingerprint, resolve};
 use crate::transport::blocking::{BlockingChannel, FrameReader};
 use crate::wire::ChannelError;
 use crate::wire::message::{
-    ChildMsg, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
+    ChildMsg, Group, Hello, Identity, MAGIC, Outcome, PROTOCOL_VERSION, ParentMsg, TargetRef,
 };
 
 /// What a child applies when its target has returned: the exit rule,
@@ -63,11 +63,11 @@ pub(crate) fn run_if_child(exit_rule: fn()) {
         // child on a thread of its own, outside that runtime's context.
         std::thread::Builder::new()
             .name("tokio-multiprocessing-child".to_owned())
-            .spawn(move || child_main(sock, nonce, parent_gone))
+            .spawn(move || child_main(sock, nonce, parent_gone, None))
             .map(|t| t.join().unwrap_or(1))
             .unwrap_or(1)
     } else {
-        child_main(sock, nonce, parent_gone)
+        child_main(sock, nonce, parent_gone, None)
     };
     std::process::exit(code);
 }
@@ -88,18 +88,40 @@ const HELLO_MAX: usize = 4096;
 /// `parent_gone` is the pid of a parent that made the socket and exited
 /// before this child started: the orders it left are still read, and only
 /// a detached child, which is meant to outlive its parent, runs them.
-pub(crate) fn child_main(sock: OwnedHandle, nonce: u64, parent_gone: Option<i32>) -> i32 {
+///
+/// A child the fork server forked (`forked`, with the group it was forked
+/// into) may be a spare, forked ahead of its start: it waits for its
+/// `Hello` as long as the parent keeps its end open, and leaves without a
+/// word when the parent closes it (the parent's exit rule, or its death).
+/// It gets ready for its target while it waits (see [`get_ready`]).
+pub(crate) fn child_main(
+    sock: OwnedHandle,
+    nonce: u64,
+    parent_gone: Option<i32>,
+    forked: Option<Group>,
+) -> i32 {
     // The frame limit is not known before the `Hello`; it is set below.
     let mut ch = BlockingChannel::new(sock, HELLO_MAX);
-    let _ = ch.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    if let Some(group) = forked {
+        get_ready(group);
+    }
+    let forked = forked.is_some();
+    let _ = ch.set_read_timeout((!forked).then_some(HANDSHAKE_TIMEOUT));
     let mut reader = FrameReader::new(HELLO_MAX);
     let hello: Hello = match reader.recv(&ch) {
         Ok(h) => h,
+        // A spare let go, unused (its announcement unread, hence a reset).
+        Err(e) if forked && e.peer_left() => return REFUSED_EXIT,
         Err(e) => {
             eprintln!("tokio-multiprocessing: child could not read its handshake: {e}");
             return REFUSED_EXIT;
         }
     };
+    if forked {
+        // The start has come: the program's name again, in `ps`.
+        super::forkserver::restore_program_name();
+        let _ = ch.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    }
     let max_frame = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
     ch.max_frame = max_frame;
     let refusal = if hello.magic != MAGIC {
@@ -171,8 +193,41 @@ pub(crate) fn child_main(sock: OwnedHandle, nonce: u64, parent_gone: Option<i32>
 }
 
 /// The entry of a child forked by the fork server.
-fn forked_child_main(sock: OwnedHandle, nonce: u64) -> i32 {
-    child_main(sock, nonce, None)
+fn forked_child_main(sock: OwnedHandle, nonce: u64, group: Group) -> i32 {
+    child_main(sock, nonce, None, Some(group))
+}
+
+/// What a forked child does before its orders come, so that a spare does
+/// it before its start rather than on the start's path: the first touch of
+/// the stack and heap it is about to use (each first write to a page
+/// shared with the fork server costs a copy).
+///
+/// A forked child outside a session of its own needs no parent watcher:
+/// the fork server tied it to the program with the kernel's parent-death
+/// signal (see `server`), which costs no thread to start nor to stop at
+/// exit. Only a child in a session of its own can be detached.
+fn get_ready(group: Group) {
+    if group != Group::Session {
+        TIED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    touch_stack();
+    drop(std::hint::black_box(vec![1u8; WARM_HEAP]));
+}
+
+/// How much heap a spare touches ahead of its start: about what a start
+/// allocates (frame buffers, identity, the outcome), and below the C
+/// library's trim threshold, so that it stays mapped once freed.
+const WARM_HEAP: usize = 64 * 1024;
+
+/// Writes to the stack pages below this frame that a start goes on to
+/// use.
+#[inline(never)]
+fn touch_stack() {
+    let mut pages = [0u8; 64 * 1024];
+    for page in pages.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&mut pages);
 }
 
 fn run_target(
@@ -196,6 +251,12 @@ fn run_target(
         daemon: identity.daemon,
         parent_pid: Some(identity.parent_pid),
     });
+    if identity.detached && TIED.load(std::sync::atomic::Ordering::Relaxed) {
+        // Cannot happen (a detached child is forked into a session of its
+        // own, and such a child is not tied); refused rather than tied to
+        // a parent it must outlive.
+        return refuse(&ch, "a detached child is tied to its parent".to_owned());
+    }
     if !identity.detached {
         watch_parent(&ch);
     }
@@ -335,6 +396,9 @@ pub(crate) fn notify(note: Note) -> bool {
 /// Exits this process as soon as the parent's end of the control channel
 /// closes, which happens when the parent dies, however it dies.
 fn watch_parent(ch: &BlockingChannel) {
+    if TIED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let Ok(watch) = ch.try_clone_handle() else {
         return;
     };
@@ -350,6 +414,10 @@ fn watch_parent(ch: &BlockingChannel) {
         tracing::warn!(error = %e, "could not start the parent watcher thread");
     }
 }
+
+/// Whether this child dies with its parent already: by the parent
+/// watcher's thread, or by the kernel's parent-death signal.
+static TIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The control socket's descriptor in this child, for tests that play a
 /// misbehaving child.

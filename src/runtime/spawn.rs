@@ -5,7 +5,8 @@ use std::io;
 
 use super::exec;
 use super::forkserver::StartMethod;
-use super::forkserver::client::{self, Forked};
+use super::forkserver::client::{self, Forked, WarmStart};
+use super::identity;
 use crate::sys::{self, OwnedHandle};
 use crate::wire::message::Group;
 
@@ -14,13 +15,19 @@ pub(crate) struct Started {
     pub(crate) child: sys::Child,
     /// The parent's end of the child's control socket.
     pub(crate) ours: OwnedHandle,
+    /// What the child's handshake must carry.
+    pub(crate) nonce: u64,
     /// Whether the fork server forked it (rather than a re-exec).
     pub(crate) forked: bool,
 }
 
-/// Starts a child whose handshake will carry `nonce`, by `method`: through
-/// the fork server, which may decline (then the program re-executes), or
-/// by re-executing. A fork server lost with the request leaves its
+/// Starts a child by `method`: through the fork server, which may decline
+/// (then the program re-executes), or by re-executing.
+///
+/// Through the fork server the child is usually a spare, forked ahead of
+/// this start and waiting for its orders (a warm start, see
+/// [`client::fork_warm`]); a child that must start a session of its own
+/// is forked for the start. A fork server lost with the request leaves its
 /// socketpair spent: the child is re-executed on a new one, so that no
 /// other process shares its channel.
 ///
@@ -28,7 +35,6 @@ pub(crate) struct Started {
 /// environment; a forked one applies it itself (see `bootstrap`).
 pub(crate) async fn start(
     method: StartMethod,
-    nonce: u64,
     group: Group,
     env: &[(OsString, Option<OsString>)],
 ) -> io::Result<Started> {
@@ -39,28 +45,42 @@ pub(crate) async fn start(
         // said once, at the first start, where a subscriber hears it.
         client::say_if_declined();
     }
+    if method == StartMethod::ForkServer
+        && group != Group::Session
+        && let WarmStart::Child(warm) = client::fork_warm().await
+    {
+        if group == Group::Own {
+            // A spare was forked into our group: it leads its own before
+            // its orders are sent, so before its target runs.
+            sys::lead_own_group(warm.child.pid());
+        }
+        return Ok(Started {
+            child: warm.child,
+            ours: warm.ours,
+            nonce: warm.nonce,
+            forked: true,
+        });
+    }
+    let nonce = identity::nonce()?;
     let (ours, theirs) = sys::socketpair()?;
     let forked = match method {
-        StartMethod::ForkServer => client::fork(&ours, theirs, nonce, group).await,
-        StartMethod::Spawn => Forked::Declined(theirs),
+        StartMethod::ForkServer if group == Group::Session => {
+            client::fork(&ours, theirs, nonce, group).await
+        }
+        StartMethod::ForkServer | StartMethod::Spawn => Forked::Declined(theirs),
     };
     let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce, env), group);
     match forked {
-        Forked::Child(child) => {
-            if group == Group::Own {
-                // The child makes itself the leader too; whichever runs
-                // first, the group exists when `start` returns.
-                sys::lead_own_group(child.pid());
-            }
-            Ok(Started {
-                child,
-                ours,
-                forked: true,
-            })
-        }
+        Forked::Child(child) => Ok(Started {
+            child,
+            ours,
+            nonce,
+            forked: true,
+        }),
         Forked::Declined(theirs) => Ok(Started {
             child: reexec(&theirs)?,
             ours,
+            nonce,
             forked: false,
         }),
         Forked::Spent => {
@@ -68,6 +88,7 @@ pub(crate) async fn start(
             Ok(Started {
                 child: reexec(&fresh_theirs)?,
                 ours: fresh_ours,
+                nonce,
                 forked: false,
             })
         }

@@ -429,7 +429,10 @@ pub(crate) async fn start_watcher(
             },
         );
     }
-    if let Err(e) = stream.write_all(&first).await {
+    // At once as far as the socket takes them (nearly always all of
+    // them), the rest as the child reads.
+    let written = write_orders(&mut stream, &first).await;
+    if let Err(e) = written {
         // The child died (or closed its end) before reading its orders;
         // its exit status tells the story.
         tracing::debug!(process = %state.name, pid = state.pid(), error = %e, "could not write the orders");
@@ -437,6 +440,19 @@ pub(crate) async fn start_watcher(
     drop(first);
     spawn_watch(state, stream, max_frame);
     Ok(())
+}
+
+/// Writes a child's orders: what the socket takes at once without a turn
+/// of the reactor, then the rest as the child reads.
+async fn write_orders(stream: &mut FdStream, orders: &[u8]) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < orders.len() {
+        match stream.write_now(&orders[at..])? {
+            0 => break,
+            n => at += n,
+        }
+    }
+    stream.write_all(&orders[at..]).await
 }
 
 /// Marks the watcher lost if it is dropped before it finished; created

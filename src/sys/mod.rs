@@ -53,8 +53,9 @@ pub(crate) use imp::futex;
 
 // Fork.
 pub(crate) use imp::{
-    Group, enter_group, fork_sibling, group_exists, lead_own_group, libc_allows_raw_fork,
-    own_group_tied_to_us, reap_group, signal_group, thread_count,
+    Group, die_with_parent, enter_group, fork_sibling, group_exists, lead_own_group,
+    libc_allows_raw_fork, own_group_tied_to_us, parent_pid, process_name, reap_group,
+    set_process_name, signal_group, thread_count,
 };
 
 // The service manager's end of sd_notify, for supervised programs.

@@ -161,6 +161,41 @@ impl FdStream {
     }
 }
 
+impl FdStream {
+    /// Writes as much of `buf` as the socket takes at once, with the queued
+    /// descriptors, without asking the reactor first: a socket just
+    /// registered is not known to be writable until the reactor has had a
+    /// turn, and the first write through `AsyncWrite` would wait for that
+    /// turn (a wake-up of this task, or of another worker, on the path of
+    /// every start). `Ok(0)` when the socket takes nothing now; the rest
+    /// then goes through `AsyncWrite` as usual.
+    pub(crate) fn write_now(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let batch = self.outgoing.len().min(MAX_FDS_PER_MSG);
+        let bytes = if self.outgoing.len() > MAX_FDS_PER_MSG {
+            &buf[..1]
+        } else {
+            buf
+        };
+        let fds: Vec<BorrowedFd<'_>> = self.outgoing.iter().take(batch).map(AsFd::as_fd).collect();
+        // Not through `try_io`: it refuses while the reactor has not yet
+        // reported the socket writable. A `WouldBlock` here leaves the
+        // reactor's view as it was, which is right: it was not ready.
+        let sent = send_with_fds(self.inner.as_fd(), &[IoSlice::new(bytes)], &fds);
+        drop(fds);
+        match sent {
+            Ok(n) => {
+                self.outgoing.drain(..batch);
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl AsFd for FdStream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inner.as_fd()

@@ -99,6 +99,26 @@ impl AsyncSocket {
         }
     }
 
+    /// Writes all of `bytes`, with `handle` (if any) attached to the first
+    /// of them, at once, without waiting. Needs no runtime.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` if the socket cannot take all of them now; what the
+    /// socket reports otherwise. After an error, part of `bytes` may have
+    /// been written: the stream is no longer usable.
+    pub(crate) fn try_send(&self, bytes: &[u8], handle: Option<&OwnedHandle>) -> io::Result<()> {
+        let fds: Vec<_> = handle.map(AsFd::as_fd).into_iter().collect();
+        let n = sys::scm::send_with_fds(self.handle.as_fd(), &[IoSlice::new(bytes)], &fds)?;
+        if n < bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the socket took only part of the frame",
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads what has arrived into `buf` (at most `max` bytes), without
     /// waiting: `WouldBlock` when nothing has; 0 at the end of the stream.
     /// Needs no runtime.

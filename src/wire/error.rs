@@ -45,6 +45,18 @@ pub enum ChannelError {
     Io(#[from] io::Error),
 }
 
+impl ChannelError {
+    /// Whether the peer went away: a clean close, or a close that reset
+    /// the connection because this side had not read all it sent.
+    pub(crate) fn peer_left(&self) -> bool {
+        match self {
+            ChannelError::Closed => true,
+            ChannelError::Io(e) => e.kind() == io::ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
+}
+
 impl From<ChannelError> for io::Error {
     fn from(err: ChannelError) -> io::Error {
         match err {

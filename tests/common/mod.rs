@@ -323,6 +323,21 @@ pub fn children() -> Vec<u32> {
     children_in_state(|_| true)
 }
 
+/// Whether `pid` is a spare of the fork server `server` (a process of the
+/// server's name that is not the server).
+pub fn is_spare_of(pid: u32, server: Option<u32>) -> bool {
+    Some(pid) != server && is_fork_server_or_spare(pid)
+}
+
+/// Pids of this process's children other than the fork server and its
+/// spare (see [`is_fork_server_or_spare`]), in any state.
+pub fn started_children() -> Vec<u32> {
+    children_in_state(|_| true)
+        .into_iter()
+        .filter(|p| !is_fork_server_or_spare(*p))
+        .collect()
+}
+
 /// Pids of the children of process `parent`, in any state.
 pub fn children_of(parent: u32) -> Vec<u32> {
     processes_where(|_, ppid| ppid == parent)
@@ -365,6 +380,15 @@ pub fn stat_of(pid: u32) -> Option<(char, u32)> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((state, ppid))
+}
+
+/// Whether `pid` is the fork server or a spare it forked ahead of a start:
+/// both carry the server's name (`/proc/PID/comm`) until a spare's orders
+/// come. Neither is a child a case started.
+pub fn is_fork_server_or_spare(pid: u32) -> bool {
+    Some(pid) == mp::__fork_server_pid()
+        || std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == mp::__FORK_SERVER_NAME)
 }
 
 /// Whether `pid` names a process that is running (not gone, not a zombie).

@@ -15,6 +15,7 @@ mod handles_in_messages;
 mod handles_nested;
 mod messages;
 mod soak;
+mod spin;
 
 use tokio_multiprocessing as mp;
 
@@ -35,6 +36,7 @@ fn main() {
             common::module("handles_nested", handles_nested::cases()),
             common::module("handles_in_messages", handles_in_messages::cases()),
             common::module("exit", exit::cases()),
+            common::module("spin", spin::cases()),
         ],
     )
 }

@@ -71,7 +71,7 @@ async fn settled(pool: &mp::Pool, children: usize) {
     let mut calm = 0;
     while calm < 2 && Instant::now() < deadline {
         let whole = pool.stats().workers == WORKERS
-            && common::children().len() == children
+            && common::started_children().len() == children
             && common::zombie_children().is_empty();
         calm = if whole { calm + 1 } else { 0 };
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -90,7 +90,7 @@ async fn a_million_tasks() -> Result<(), Failed> {
     // The fork server is a child of this process; start it before the
     // baseline.
     common::start_join_cycles(1, 1).await?;
-    let (fds_idle, children_idle) = (common::open_fds(), common::children());
+    let (fds_idle, children_idle) = (common::open_fds(), common::started_children());
     let pool = mp::Pool::builder()
         .processes(WORKERS)
         .max_tasks_per_child(JOBS_PER_CHILD)
@@ -150,8 +150,8 @@ async fn a_million_tasks() -> Result<(), Failed> {
         format!("RSS grew from {rss0} KiB to {rss1} KiB"),
     )?;
     ensure(
-        common::children().len() == children_idle.len() + WORKERS,
-        format!("children: {:?}", common::children()),
+        common::started_children().len() == children_idle.len() + WORKERS,
+        format!("children: {:?}", common::started_children()),
     )?;
 
     pool.terminate().await;
@@ -166,10 +166,10 @@ async fn a_million_tasks() -> Result<(), Failed> {
         "zombies after terminate",
     )?;
     ensure(
-        common::children() == children_idle,
+        common::started_children() == children_idle,
         format!(
             "children {children_idle:?} -> {:?} after terminate",
-            common::children()
+            common::started_children()
         ),
     )?;
     Ok(())

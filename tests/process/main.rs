@@ -27,6 +27,7 @@ mod set;
 mod setting;
 mod soak;
 mod spawn_method;
+mod warm;
 
 use std::time::Duration;
 
@@ -68,6 +69,7 @@ fn main() {
             common::module("parent_death", parent_death::cases()),
             common::module("faults", faults::cases()),
             common::module("lifecycle", lifecycle::cases()),
+            common::module("warm", warm::cases()),
             common::module_in_reruns(
                 "spawn_method",
                 spawn_method::ENV,

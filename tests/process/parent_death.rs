@@ -157,7 +157,7 @@ async fn orphaned_before_init(detached: bool) -> Result<(), Failed> {
         let new: Vec<u32> = common::children()
             .into_iter()
             .filter(|p| *p != mpid && !before.contains(p))
-            .filter(|p| Some(*p) != mp::__fork_server_pid())
+            .filter(|p| !common::is_fork_server_or_spare(*p))
             .collect();
         let [gpid] = new[..] else {
             return Err(format!("round {round}: new children {new:?}, expected one").into());

@@ -18,7 +18,7 @@ async fn thousand_cycles_leak_nothing() -> Result<(), Failed> {
     cycles_of_8(16).await?;
     let fds_before = common::open_fds();
     // The fork server, started by the warm-up, stays.
-    let children_before = common::children();
+    let children_before = common::started_children();
     cycles_of_8(1000).await?;
     // The watcher tasks close their sockets just after the values arrive.
     let fds_after = common::open_fds_settled(fds_before).await;
@@ -29,7 +29,7 @@ async fn thousand_cycles_leak_nothing() -> Result<(), Failed> {
         format!("descriptors grew from {fds_before} to {fds_after}"),
     )?;
     ensure(zombies.is_empty(), format!("zombies left: {zombies:?}"))?;
-    let children_after = common::children();
+    let children_after = common::started_children();
     ensure(
         children_after == children_before,
         format!("children: {children_before:?} before, {children_after:?} after"),
@@ -55,12 +55,16 @@ async fn cycles_of_16(n: u32) -> Result<(), Failed> {
 
 async fn ten_thousand_cycles() -> Result<(), Failed> {
     cycles_of_16(200).await?;
-    let (fds0, rss0, children0) = (common::open_fds(), rss_kib(), common::children());
+    let (fds0, rss0, children0) = (common::open_fds(), rss_kib(), common::started_children());
     let t0 = Instant::now();
     cycles_of_16(10_000).await?;
     let took = t0.elapsed();
     let fds1 = common::open_fds_settled(fds0).await;
-    let (rss1, zombies, children1) = (rss_kib(), common::zombie_children(), common::children());
+    let (rss1, zombies, children1) = (
+        rss_kib(),
+        common::zombie_children(),
+        common::started_children(),
+    );
     println!(
         "10,000 cycles in {took:?}: fds {fds0} -> {fds1}, RSS {rss0} KiB -> {rss1} KiB, zombies {zombies:?}"
     );

@@ -36,6 +36,15 @@ async fn no_fork_server_runs() -> Result<(), Failed> {
         mp::__fork_server_pid().is_none(),
         "no fork server was started",
     )?;
+    // Nor a spare forked ahead of the next start.
+    let named: Vec<u32> = crate::common::children()
+        .into_iter()
+        .filter(|c| crate::common::is_fork_server_or_spare(*c))
+        .collect();
+    ensure(
+        named.is_empty(),
+        format!("fork server processes: {named:?}"),
+    )?;
     Ok(())
 }
 

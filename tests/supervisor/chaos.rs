@@ -25,7 +25,7 @@ use mp::supervisor::{
 use tokio::process::Command;
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case_as_subreaper, ensure, eventually, is_running};
+use crate::common::{self, Case, case_as_subreaper, ensure, eventually, is_running};
 use crate::containment::{descendants, leftovers, pgid_of, sigkill};
 
 /// How long the first phase kills.
@@ -235,9 +235,8 @@ fn whole(seen: &Shared, baseline: &[u32]) -> Result<(), String> {
         }
         groups.insert(l.pid, (path, size, 0));
     }
-    let server = mp::__fork_server_pid();
     for pid in descendants() {
-        if baseline.contains(&pid) || Some(pid) == server {
+        if baseline.contains(&pid) || common::is_fork_server_or_spare(pid) {
             continue;
         }
         let pgid = pgid_of(pid).unwrap_or(0);

@@ -18,7 +18,7 @@ use libtest_mimic::Failed;
 use mp::supervisor::{ChildSpec, Event, EventStream, ExitKind, Shutdown, Supervisor};
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, case_as_subreaper, ensure, eventually, is_running};
+use crate::common::{self, Case, case, case_as_subreaper, ensure, eventually, is_running};
 
 // ------------------------------------------------ helpers shared in this binary
 
@@ -90,13 +90,12 @@ pub(crate) fn descendants() -> Vec<u32> {
 }
 
 /// The descendants of this process that are neither in `baseline` (there
-/// before the case) nor the fork server, each with its `/proc` stat line,
-/// for the failure message.
+/// before the case) nor the fork server or its spare, each with its
+/// `/proc` stat line, for the failure message.
 pub(crate) fn leftovers(baseline: &[u32]) -> Vec<String> {
-    let server = mp::__fork_server_pid();
     descendants()
         .into_iter()
-        .filter(|p| !baseline.contains(p) && Some(*p) != server)
+        .filter(|p| !baseline.contains(p) && !common::is_fork_server_or_spare(*p))
         .map(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .unwrap_or_else(|_| format!("{p} (gone)"))

@@ -57,6 +57,22 @@ struct Server {
     codec: FrameCodec,
     buf: BytesMut,
     next_id: u64,
+    /// The child forked ahead of the next start, if one was asked for.
+    spare: Option<Spare>,
+}
+
+/// A child asked of the server ahead of its start (a warm start): once
+/// forked, it waits on its control socket for the orders of whichever
+/// start takes it, so that the start is one message to a running process.
+struct Spare {
+    /// The request that forks it.
+    id: u64,
+    /// The parent's end of its control socket.
+    ours: OwnedHandle,
+    /// What its handshake must carry.
+    nonce: u64,
+    /// Its pid, once the server's answer has been read.
+    pid: Option<u32>,
 }
 
 struct Client {
@@ -78,6 +94,22 @@ static CLIENT: tokio::sync::Mutex<Client> = tokio::sync::Mutex::const_new(Client
 
 /// The running server's pid (0: none), readable without the lock.
 static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
+/// A child for a start, forked ahead of it or just now: it waits for its
+/// handshake, which must carry `nonce`, on `ours`.
+pub(crate) struct Warm {
+    pub(crate) child: sys::Child,
+    pub(crate) ours: OwnedHandle,
+    pub(crate) nonce: u64,
+}
+
+/// What became of a warm start.
+pub(crate) enum WarmStart {
+    /// A child from the fork server.
+    Child(Warm),
+    /// No fork server serves now: the caller re-executes the program.
+    Declined,
+}
 
 /// What became of a fork request.
 pub(crate) enum Forked {
@@ -114,25 +146,7 @@ pub(crate) async fn fork(
         return Forked::Declined(theirs);
     }
     let mut client = CLIENT.lock().await;
-    if matches!(client.state, State::Idle) && client.retry_at.is_none_or(|t| Instant::now() >= t) {
-        client.state = match start_server().await {
-            Ok(server) => {
-                SERVER_PID.store(server.child.pid(), Ordering::Relaxed);
-                State::Running(server)
-            }
-            Err(StartError::Refused(reason)) => {
-                // Said once: the state stays `Unavailable` for good.
-                declined(&reason);
-                super::mark_unavailable(reason);
-                State::Unavailable
-            }
-            Err(StartError::Failed(e)) => {
-                tracing::warn!(error = %e, "the fork server failed to start; re-executing for now");
-                client.lost(false);
-                State::Idle
-            }
-        };
-    }
+    client.ensure_server().await;
     let State::Running(server) = &mut client.state else {
         return Forked::Declined(theirs);
     };
@@ -146,17 +160,74 @@ pub(crate) async fn fork(
         }
         Err(e) => tracing::warn!(error = %e, "the fork server failed; it is replaced"),
     }
-    let State::Running(server) = std::mem::replace(&mut client.state, State::Idle) else {
-        unreachable!("the server ran a moment ago");
-    };
-    client.lost(server.next_id > 2);
-    drop(client);
-    server.kill().await;
+    client.lose_server().await;
     // The server is gone, and its copy of `theirs` with it. If it forked
     // before it died, the child holds the only other copy and says who it
     // is; if not, nobody does once ours is closed.
     drop(theirs);
     claim_orphan(ours, id).await
+}
+
+/// Takes the spare child for a start (asking for one first if there is
+/// none, and waiting for it if it is not forked yet), and asks the server
+/// for the next spare without waiting for it: the server forks it while
+/// the caller goes on, and its answer is read by the next start. A start
+/// that finds its spare forked costs no round trip to the server at all.
+///
+/// The spare is forked as a member of this process's group; the caller
+/// makes it lead a group of its own when the start wants that (a child
+/// that must start a session of its own uses [`fork`]).
+///
+/// A server lost with the spare's request is handled as in [`fork`]: the
+/// spare is adopted if it announces itself; if not, the start goes on with
+/// a child forked from a new server, or re-executes.
+pub(crate) async fn fork_warm() -> WarmStart {
+    reap_strays();
+    if let Some(reason) = super::unavailable() {
+        declined(reason);
+        return WarmStart::Declined;
+    }
+    let mut client = CLIENT.lock().await;
+    // A spare lost with a server (or dead before its start) is not waited
+    // for again and again: after three, the program re-executes.
+    for _ in 0..3 {
+        client.ensure_server().await;
+        let State::Running(server) = &mut client.state else {
+            return WarmStart::Declined;
+        };
+        match server.take_spare().await {
+            // Killed while it waited (by someone sweeping our children,
+            // say): reaped, and the start takes the next one.
+            Ok(warm) if matches!(warm.child.try_reap(), Ok(Some(_))) => {
+                tracing::debug!(pid = warm.child.pid(), "a spare died before its start");
+            }
+            Ok(warm) => {
+                client.barren = 0;
+                client.retry_at = None;
+                if let State::Running(server) = &mut client.state
+                    && let Err(e) = server.ask_spare()
+                {
+                    tracing::warn!(error = %e, "the fork server failed; it is replaced");
+                    client.lose_server().await;
+                }
+                return WarmStart::Child(warm);
+            }
+            Err((e, spare)) => {
+                tracing::warn!(error = %e, "the fork server failed; it is replaced");
+                client.lose_server().await;
+                if let Some(spare) = spare
+                    && let Forked::Child(child) = claim_orphan(&spare.ours, spare.id).await
+                {
+                    return WarmStart::Child(Warm {
+                        child,
+                        ours: spare.ours,
+                        nonce: spare.nonce,
+                    });
+                }
+            }
+        }
+    }
+    WarmStart::Declined
 }
 
 /// Waits for the announcement of a child forked for request `id` by a
@@ -218,6 +289,45 @@ fn declined(reason: &str) {
     }
 }
 
+/// Runs `f` on the keeper thread: one thread per program, started with
+/// the first fork server, that starts every fork server and does nothing
+/// else, so it lives as long as the program. A server is its child, and
+/// so (forked with `CLONE_PARENT`) is every child the server forks: the
+/// kernel's parent-death signal, which follows the parent *thread*, then
+/// kills them when the program ends, and never earlier (a runtime's worker
+/// or a blocking thread may end while the program runs on).
+fn on_keeper<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<R>> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static KEEPER: Mutex<Option<std::sync::mpsc::Sender<Job>>> = Mutex::new(None);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let mut keeper = KEEPER.lock().unwrap_or_else(PoisonError::into_inner);
+    let job = match keeper.as_ref() {
+        Some(k) => match k.send(job) {
+            Ok(()) => return Ok(rx),
+            Err(std::sync::mpsc::SendError(job)) => job,
+        },
+        None => job,
+    };
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("tokio-multiprocessing-keeper".to_owned())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            for job in queue {
+                job();
+            }
+        })?;
+    jobs.send(job)
+        .map_err(|_| std::io::Error::other("the keeper thread is gone"))?;
+    *keeper = Some(jobs);
+    Ok(rx)
+}
+
 enum StartError {
     /// The server cannot serve in this program; do not try again.
     Refused(String),
@@ -247,8 +357,11 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = exec::reexec(&theirs, &env, Group::Inherit).map_err(io)?;
-    drop(theirs);
+    let child = on_keeper(move || exec::reexec(&theirs, &env, Group::Inherit))
+        .map_err(io)?
+        .await
+        .map_err(|_| io(std::io::Error::other("the keeper thread is gone")))?
+        .map_err(io)?;
     let sock = AsyncSocket::new(ours).map_err(io)?;
     let mut server = Server {
         child,
@@ -256,6 +369,7 @@ async fn start_server() -> Result<Server, StartError> {
         buf: BytesMut::new(),
         next_id: 1,
         sock,
+        spare: None,
     };
     let answer = server.handshake(nonce).await;
     match answer {
@@ -281,6 +395,46 @@ async fn start_server() -> Result<Server, StartError> {
 }
 
 impl Client {
+    /// Starts a server if none runs and none failed too recently; notes
+    /// for good that none can serve if the server refuses.
+    async fn ensure_server(&mut self) {
+        if !matches!(self.state, State::Idle) || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.state = match start_server().await {
+            Ok(server) => {
+                SERVER_PID.store(server.child.pid(), Ordering::Relaxed);
+                State::Running(server)
+            }
+            Err(StartError::Refused(reason)) => {
+                // Said once: the state stays `Unavailable` for good.
+                declined(&reason);
+                super::mark_unavailable(reason);
+                State::Unavailable
+            }
+            Err(StartError::Failed(e)) => {
+                tracing::warn!(error = %e, "the fork server failed to start; re-executing for now");
+                self.lost(false);
+                State::Idle
+            }
+        };
+    }
+
+    /// Kills and reaps the running server, which failed, and leaves the
+    /// state `Idle` (the next start replaces it). A spare it was asked for
+    /// and had not answered for is left to the strays: killed and reaped
+    /// if it announces itself.
+    async fn lose_server(&mut self) {
+        let State::Running(mut server) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        self.lost(server.next_id > 2);
+        if let Some(spare) = server.spare.take() {
+            spare.discard();
+        }
+        server.kill().await;
+    }
+
     /// Records that a server was lost (`forked`: after it had forked a
     /// child). The next start replaces it, unless servers keep failing
     /// before they fork anything.
@@ -318,6 +472,74 @@ impl Server {
         self.recv(deadline).await
     }
 
+    /// Asks for a spare, without waiting for the answer. Fails only when
+    /// the request cannot be written at once (the server is gone, or so
+    /// far behind that its socket is full).
+    fn ask_spare(&mut self) -> Result<(), ChannelError> {
+        if self.spare.is_some() {
+            return Ok(());
+        }
+        let (ours, theirs) = sys::socketpair()?;
+        let nonce = identity::nonce()?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut frame = BytesMut::new();
+        let group = Group::Inherit;
+        encode_message(
+            &ParentMsg::Fork { id, nonce, group },
+            &mut frame,
+            DEFAULT_MAX_FRAME,
+        )?;
+        self.sock.try_send(&frame, Some(&theirs))?;
+        self.spare = Some(Spare {
+            id,
+            ours,
+            nonce,
+            pid: None,
+        });
+        Ok(())
+    }
+
+    /// The spare for a start: asked for now if there is none, its answer
+    /// awaited if not read yet. On failure, the spare whose answer never
+    /// came, if any, for [`claim_orphan`].
+    async fn take_spare(&mut self) -> Result<Warm, (ChannelError, Option<Spare>)> {
+        if let Err(e) = self.ask_spare() {
+            return Err((e, None));
+        }
+        let spare = self.spare.as_ref().expect("asked for just above");
+        let id = spare.id;
+        if spare.pid.is_none() {
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            match self.answer(id, deadline).await {
+                Ok(pid) => {
+                    if let Some(spare) = &mut self.spare {
+                        spare.pid = Some(pid);
+                    }
+                }
+                Err(e) => return Err((e, self.spare.take())),
+            }
+        }
+        match self.spare.take() {
+            Some(Spare {
+                ours,
+                nonce,
+                pid: Some(pid),
+                ..
+            }) => Ok(Warm {
+                child: sys::Child::adopt(pid),
+                ours,
+                nonce,
+            }),
+            // The server said it could not fork it: ask again at the
+            // next start, and fail this one over to a new server.
+            _ => Err((
+                ChannelError::Io(std::io::Error::other("the fork server could not fork")),
+                None,
+            )),
+        }
+    }
+
     /// Asks for a fork of a child whose control socket is `control`, and
     /// returns its pid.
     async fn fork(
@@ -335,21 +557,37 @@ impl Server {
         )?;
         let deadline = Instant::now() + REPLY_TIMEOUT;
         self.send(&frame, Some(control), deadline).await?;
+        self.answer(id, deadline).await
+    }
+
+    /// Reads answers until the one to request `id`, and returns the pid it
+    /// gives. The answer for the spare, if it comes first, is kept with
+    /// it; answers to requests whose starts were cancelled are children
+    /// nobody wants: killed and reaped.
+    async fn answer(&mut self, id: u64, deadline: Instant) -> Result<u32, ChannelError> {
         loop {
-            match self.recv(deadline).await? {
-                ChildMsg::Forked { id: got, pid } if got == id => return Ok(pid),
-                ChildMsg::ForkFailed { id: got, error } if got == id => {
+            let msg = self.recv(deadline).await?;
+            let spare = self.spare.as_mut().filter(|s| s.pid.is_none());
+            match (msg, spare) {
+                (ChildMsg::Forked { id: got, pid }, _) if got == id => return Ok(pid),
+                (ChildMsg::ForkFailed { id: got, error }, _) if got == id => {
                     return Err(ChannelError::Io(std::io::Error::other(error)));
+                }
+                (ChildMsg::Forked { id: got, pid }, Some(spare)) if got == spare.id => {
+                    spare.pid = Some(pid);
+                }
+                (ChildMsg::ForkFailed { id: got, .. }, Some(spare)) if got == spare.id => {
+                    self.spare = None;
                 }
                 // The answer to a request whose start was cancelled while
                 // it waited: its child saw its channel close and exits.
-                ChildMsg::Forked { pid, .. } => {
+                (ChildMsg::Forked { pid, .. }, _) => {
                     let child = sys::Child::adopt(pid);
                     let _ = child.signal(Signal::Kill);
                     stray(Stray::Child(child));
                 }
-                ChildMsg::ForkFailed { .. } => {}
-                other => {
+                (ChildMsg::ForkFailed { .. }, _) => {}
+                (other, _) => {
                     return Err(ChannelError::Malformed(format!(
                         "unexpected answer from the fork server: {other:?}"
                     )));
@@ -383,7 +621,12 @@ impl Server {
     /// Kills the server and reaps it, giving up the wait after a moment
     /// (then the exit rule reaps it).
     async fn kill(self) {
-        let Server { child, sock, .. } = self;
+        let Server {
+            child, sock, spare, ..
+        } = self;
+        if let Some(spare) = spare {
+            spare.discard();
+        }
         drop(sock);
         let _ = child.signal(Signal::Kill);
         let _ = tokio::time::timeout(STOP_TIMEOUT, child.exited()).await;
@@ -396,13 +639,97 @@ impl Server {
     /// the server, killing it if it has not left within [`STOP_TIMEOUT`].
     /// Blocks the thread: for the exit rule.
     fn stop_blocking(self) {
-        let Server { child, sock, .. } = self;
+        let Server {
+            child, sock, spare, ..
+        } = self;
+        // Among the strays, which the exit rule settles before it returns
+        // (a task on a runtime that is shutting down might never run).
+        if let Some(s) = spare.and_then(Spare::into_stray) {
+            stray(s);
+        }
         drop(sock);
         if !child.wait_exited_timeout_blocking(STOP_TIMEOUT) {
             let _ = child.signal(Signal::Kill);
             child.wait_exited_blocking(None);
         }
         let _ = child.try_reap();
+    }
+}
+
+impl Spare {
+    /// Lets the spare go, unused. Killed now if its pid is known, else as
+    /// soon as it announces itself (it may never have been forked: then
+    /// its socket just closes), and reaped: by a task on the current
+    /// runtime, so that no zombie lingers until the next start. Whatever
+    /// that task has not finished when its runtime goes (or when there is
+    /// no runtime, in the exit rule) is left to the strays.
+    fn discard(self) {
+        let Some(watch) = self.into_stray() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(settle(Unsettled(Some(watch))));
+            }
+            Err(_) => stray(watch),
+        }
+    }
+}
+
+impl Spare {
+    /// The spare as a stray to settle: killed now if its pid is known,
+    /// else watched for its announcement.
+    fn into_stray(self) -> Option<Stray> {
+        match self.pid {
+            Some(pid) => {
+                let child = sys::Child::adopt(pid);
+                let _ = child.signal(Signal::Kill);
+                Some(Stray::Child(child))
+            }
+            None => match Announcement::new(self.ours) {
+                Ok(a) => Some(Stray::Unannounced(a)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot watch for a spare the fork server may have forked");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// A stray being settled by a task; left to the strays if the task is
+/// dropped before it finished.
+struct Unsettled(Option<Stray>);
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            stray(s);
+        }
+    }
+}
+
+/// Kills and reaps a stray: waits for its announcement if it has not
+/// made one, then for its exit.
+async fn settle(mut s: Unsettled) {
+    if let Some(Stray::Unannounced(a)) = &mut s.0 {
+        match a.read(Instant::now() + ANNOUNCE_TIMEOUT).await {
+            Ok(Some(pid)) => {
+                let child = sys::Child::adopt(pid);
+                let _ = child.signal(Signal::Kill);
+                s.0 = Some(Stray::Child(child));
+            }
+            // Never forked.
+            Ok(None) => s.0 = None,
+            // Left to the strays.
+            Err(_) => return,
+        }
+    }
+    if let Some(Stray::Child(child)) = &s.0 {
+        let _ = tokio::time::timeout(STOP_TIMEOUT, child.exited()).await;
+        if matches!(child.try_reap(), Ok(Some(_))) {
+            s.0 = None;
+        }
     }
 }
 

@@ -85,6 +85,35 @@ pub(crate) fn unavailable() -> Option<&'static str> {
     UNAVAILABLE.get().map(String::as_str)
 }
 
+/// The name (`/proc/PID/comm`, what `ps -o comm` and `top` show) of the
+/// fork server and of the spares it forks while they wait for their
+/// orders; a child takes back the program's name when its orders come.
+pub(crate) const SERVER_NAME: &std::ffi::CStr = c"mp-forkserver";
+
+/// The program's own name, kept by the fork server before it takes
+/// [`SERVER_NAME`], so that its children can take it back.
+static PROGRAM_NAME: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// Names the fork server, keeping the program's name for its children.
+pub(crate) fn name_server() {
+    if let Some(name) = crate::sys::process_name() {
+        let _ = PROGRAM_NAME.set(name);
+        crate::sys::set_process_name(SERVER_NAME);
+    }
+}
+
+/// In a child the fork server forked: takes back the program's name.
+pub(crate) fn restore_program_name() {
+    if let Some(name) = PROGRAM_NAME.get() {
+        crate::sys::set_process_name(name);
+    }
+}
+
+/// Test hook: the name of the fork server and of its spares.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub const __FORK_SERVER_NAME: &str = "mp-forkserver";
+
 /// Exit code of a fork server that refused to serve.
 const REFUSED_EXIT: i32 = 2;
 

@@ -4,13 +4,13 @@
 use super::REFUSED_EXIT;
 use crate::sys::{self, OwnedHandle};
 use crate::transport::blocking::{BlockingChannel, FrameReader, send_on};
-use crate::wire::ChannelError;
 use crate::wire::frame::{DEFAULT_MAX_FRAME, decode_message};
-use crate::wire::message::{ChildMsg, ParentMsg};
+use crate::wire::message::{ChildMsg, Group, ParentMsg};
 
 /// What a forked child runs: the child's side of a start, on its control
-/// socket, with the request's nonce (the bootstrap's `child_main`).
-pub(crate) type ChildMain = fn(OwnedHandle, u64) -> i32;
+/// socket, with the request's nonce and group (the bootstrap's
+/// `child_main`).
+pub(crate) type ChildMain = fn(OwnedHandle, u64, Group) -> i32;
 
 /// Serves fork requests until the parent closes the channel. Runs in the
 /// re-executed server process; returns its exit code.
@@ -26,12 +26,18 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
     if ch.send(&ChildMsg::Serving).is_err() {
         return 1;
     }
+    // Told apart from the program in `ps`; so are its spares, which start
+    // with this name and take the program's back with their orders.
+    super::name_server();
     // Ctrl-C reaches the whole process group; the server is the parent's
     // machinery, stopped by the parent (or its death), not by the key.
     // A forked child gets back the disposition the server inherited, as a
     // re-executed one inherits its parent's: `SIGINT` stays ignored in the
     // children of a program started with it ignored.
     let inherited_ignored = sys::set_interrupt_ignored(true);
+    // The program; its keeper thread started this server (see the client),
+    // so it is the parent thread of every child forked here.
+    let program = sys::parent_pid();
     if ch.set_read_timeout(None).is_err() {
         return 1;
     }
@@ -41,7 +47,9 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
     loop {
         let body = match reader.next(&ch) {
             Ok(body) => body,
-            Err(ChannelError::Closed) => return 0,
+            // The parent closed the channel (or died), maybe with answers
+            // unread (for a spare it no longer wanted): a reset.
+            Err(e) if e.peer_left() => return 0,
             Err(e) => {
                 eprintln!("tokio-multiprocessing: fork server: {e}");
                 return 1;
@@ -70,6 +78,13 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                 drop(reader);
                 drop(ch);
                 sys::set_interrupt_ignored(inherited_ignored);
+                // Dies with the program: the kernel kills it when its
+                // parent thread, the program's keeper thread, ends, which
+                // is when the program ends. A child in a session of its own
+                // may be detached, meant to outlive the program: not tied.
+                if group != Group::Session && !sys::die_with_parent(program) {
+                    std::process::exit(REFUSED_EXIT);
+                }
                 // Say who we are first, so that a parent that lost the
                 // server before its reply still finds this child.
                 let me = ChildMsg::Forked {
@@ -81,7 +96,8 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                     std::process::exit(REFUSED_EXIT);
                 }
                 sys::enter_group(crate::runtime::exec::sys_group(group));
-                std::process::exit(child_main(control, nonce));
+                let code = child_main(control, nonce, group);
+                std::process::exit(code);
             }
             Ok(Some(pid)) => {
                 drop(control);

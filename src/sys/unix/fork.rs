@@ -93,3 +93,32 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
             .map_err(|_| io::Error::other(format!("clone3 returned {pid}"))),
     }
 }
+
+/// This process's name as `ps` and `/proc/PID/comm` show it (the calling
+/// thread's: the fork server has only one), at most 15 bytes.
+pub(crate) fn process_name() -> Option<std::ffi::CString> {
+    nix::sys::prctl::get_name().ok()
+}
+
+/// Names this process (the calling thread) `name`, cut to 15 bytes. A
+/// process forked afterwards starts with this name.
+pub(crate) fn set_process_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
+/// Has the kernel kill this process (`SIGKILL`) when its parent thread
+/// exits; returns false if the parent, `parent`, is gone already (this
+/// process was reparented before the request took effect). The parent
+/// *thread* matters: the caller must know that its parent thread lives as
+/// long as the parent process (see the fork server's keeper thread).
+pub(crate) fn die_with_parent(parent: u32) -> bool {
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+        return false;
+    }
+    u32::try_from(nix::unistd::getppid().as_raw()) == Ok(parent)
+}
+
+/// The pid of this process's parent.
+pub(crate) fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}

@@ -27,7 +27,10 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, sockopt};
 use nix::sys::wait::WaitStatus;
 
 pub(crate) use child::Child;
-pub(crate) use fork::{fork_sibling, libc_allows_raw_fork, thread_count};
+pub(crate) use fork::{
+    die_with_parent, fork_sibling, libc_allows_raw_fork, parent_pid, process_name,
+    set_process_name, thread_count,
+};
 pub(crate) use pipe::{pipe, pipe_reader, redirect_stdout_stderr};
 
 /// An open descriptor this process owns: a socket, a shared-memory file.
