@@ -20,7 +20,10 @@ run short). A case the Rust driver does not know, or any failure, shows as
 
 The ratio columns are python/rust: above 1 means Rust is faster. For
 ``spawn`` the notes column also gives the Rust ``floor_spawn`` case (a bare
-re-exec of the same binary) and the ratio spawn/floor_spawn.
+re-exec of the same binary) and ``floor_fork`` (fork, ``_exit``, wait), with
+the ratios spawn/floor_spawn and spawn/floor_fork; for ``pipe_rtt`` and
+``pipe_rtt_spin``, the raw socketpair floor. ``spawn_tokio_main`` and
+``pipe_rtt_spin`` run against Python's ``spawn`` and ``pipe_rtt``.
 
 With ``--procspawn-bin PATH`` the cases that the procspawn driver
 (``bench/procspawn``, a separate Cargo project) knows run a third time,
@@ -74,16 +77,25 @@ SUPERVISORD_RESTARTS = 10
 
 # Rust cases a case's figure is judged against (its goal is a ratio to
 # them), shown in its notes as "rust REF X us, case/REF R".
-REFERENCES = {"sup_restart": "spawn", "sup_start_100": "spawn", "spawn_tokio_main": "spawn"}
+REFERENCES = {
+    "sup_restart": "spawn",
+    "sup_start_100": "spawn",
+    "spawn_tokio_main": "spawn",
+    "pipe_rtt_spin": "pipe_rtt",
+}
 
 
 # Rust cases with no Python case of their own: the Python case run as
 # their other side. `spawn_tokio_main` is `spawn` from a `#[tokio::main]`
 # program; Python has no such thing, so its side is the plain start.
-PYTHON_PEERS = {"spawn_tokio_main": "spawn"}
+PYTHON_PEERS = {"spawn_tokio_main": "spawn", "pipe_rtt_spin": "pipe_rtt"}
 
 # Rust-only floor cases shown in the notes of the case they bound.
-FLOORS = {"spawn": "floor_spawn", "pipe_rtt": "pipe_rtt_floor"}
+FLOORS = {
+    "spawn": ["floor_spawn", "floor_fork"],
+    "pipe_rtt": ["pipe_rtt_floor"],
+    "pipe_rtt_spin": ["pipe_rtt_floor"],
+}
 
 # Cases whose lines carry memory figures (KiB) instead of per_op_us.
 MEMORY_CASES = mp_bench.MEMORY_CASES
@@ -287,6 +299,9 @@ def memory_rows(row, methods):
     for side, res in sides:
         notes = []
         if isinstance(res, dict):
+            if isinstance(res.get("spare_rss_kib"), int):
+                notes.append(f"spare {fmt_kib(res['spare_rss_kib'])} RSS, "
+                             f"{fmt_kib(res.get('spare_pss_kib'))} PSS KiB")
             if isinstance(res.get("fork_server_rss_kib"), int):
                 notes.append(f"fork server {fmt_kib(res['fork_server_rss_kib'])} RSS, "
                              f"{fmt_kib(res.get('fork_server_pss_kib'))} PSS KiB")
@@ -549,13 +564,12 @@ def main(argv=None):
             continue
         if not isinstance(row["rust"], dict) and row["rust"] != "skipped":
             row["notes"].append(f"rust n/a ({row['rust']})")
-        floor_case = FLOORS.get(case)
-        if floor_case and not args.python_only:
+        for floor_case in [] if args.python_only else FLOORS.get(case, []):
             floor = runner.rust(floor_case)
             if isinstance(floor, dict):
                 row["notes"].append(
                     f"rust {floor_case} {fmt_us(floor['per_op_us'])} us, "
-                    f"{case}/floor {ratio(row['rust'], floor)}"
+                    f"{case}/{floor_case} {ratio(row['rust'], floor)}"
                 )
             else:
                 row["notes"].append(f"{floor_case} n/a ({floor})")

@@ -656,6 +656,8 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
 struct MemorySample {
     workers: Vec<(u64, u64)>,
     fork_server: Option<(u64, u64)>,
+    /// The child forked ahead of the next start.
+    spare: Option<(u64, u64)>,
 }
 
 /// The median of some KiB figures, rounded to a whole KiB.
@@ -681,6 +683,7 @@ async fn run_memory_case(
 ) -> Result<(), String> {
     let (mut rss, mut pss, mut fs_rss, mut fs_pss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sp_rss, mut sp_pss) = (Vec::new(), Vec::new());
     let mut workers = 0;
     for _ in 0..reps {
         let sample = run(n).await?;
@@ -693,6 +696,10 @@ async fn run_memory_case(
             fs_rss.push(r);
             fs_pss.push(p);
         }
+        if let Some((r, p)) = sample.spare {
+            sp_rss.push(r);
+            sp_pss.push(p);
+        }
     }
     let line = serde_json::json!({
         "case": case.name,
@@ -704,6 +711,8 @@ async fn run_memory_case(
         "worker_pss_kib": median_kib(pss),
         "fork_server_rss_kib": median_kib(fs_rss),
         "fork_server_pss_kib": median_kib(fs_pss),
+        "spare_rss_kib": median_kib(sp_rss),
+        "spare_pss_kib": median_kib(sp_pss),
     });
     println!("{line}");
     Ok(())
@@ -948,10 +957,17 @@ async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
     pool.map(identity, 0..n).await.map_err(err)?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let server = mp::__fork_server_pid();
+    // The spare (forked ahead of the next start) has the server's name
+    // until a start takes it.
+    let is_spare = |pid: u32| {
+        Some(pid) != server
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == mp::__FORK_SERVER_NAME)
+    };
     let live_workers = || -> Vec<(u64, u64)> {
         children()
             .into_iter()
-            .filter(|&pid| Some(pid) != server)
+            .filter(|&pid| Some(pid) != server && !is_spare(pid))
             .filter_map(rss_pss)
             .collect()
     };
@@ -965,16 +981,21 @@ async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
         workers = live_workers();
     }
     let fork_server = server.and_then(rss_pss);
+    let spare = children()
+        .into_iter()
+        .find(|&pid| is_spare(pid))
+        .and_then(rss_pss);
     pool.terminate().await;
     if workers.len() != 2 {
         return Err(format!(
-            "found {} live children besides the fork server, expected the pool's 2 workers",
+            "found {} live children besides the fork server and its spare, expected the pool's 2 workers",
             workers.len()
         ));
     }
     Ok(MemorySample {
         workers,
         fork_server,
+        spare,
     })
 }
 
