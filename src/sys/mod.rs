@@ -54,7 +54,7 @@ pub(crate) use imp::futex;
 // Fork.
 pub(crate) use imp::{
     Group, die_with_parent, enter_group, fork_sibling, group_exists, lead_own_group,
-    libc_allows_raw_fork, own_group_tied_to_us, parent_pid, process_name, reap_group,
+    libc_allows_raw_fork, name_of, own_group_tied_to_us, parent_pid, process_name, reap_group,
     set_process_name, signal_group, thread_count,
 };
 

@@ -90,16 +90,18 @@ pub(crate) fn unavailable() -> Option<&'static str> {
 /// orders; a child takes back the program's name when its orders come.
 pub(crate) const SERVER_NAME: &std::ffi::CStr = c"mp-forkserver";
 
-/// The program's own name, kept by the fork server before it takes
-/// [`SERVER_NAME`], so that its children can take it back.
+/// The program's name, kept by the fork server before it takes
+/// [`SERVER_NAME`], so that its children can take it: its parent's (the
+/// server itself, re-executed through `/proc/self/exe`, is named `exe`).
 static PROGRAM_NAME: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
 
 /// Names the fork server, keeping the program's name for its children.
 pub(crate) fn name_server() {
-    if let Some(name) = crate::sys::process_name() {
+    let program = crate::sys::name_of(crate::sys::parent_pid()).or_else(crate::sys::process_name);
+    if let Some(name) = program {
         let _ = PROGRAM_NAME.set(name);
-        crate::sys::set_process_name(SERVER_NAME);
     }
+    crate::sys::set_process_name(SERVER_NAME);
 }
 
 /// In a child the fork server forked: takes back the program's name.

@@ -100,6 +100,13 @@ pub(crate) fn process_name() -> Option<std::ffi::CString> {
     nix::sys::prctl::get_name().ok()
 }
 
+/// The name of process `pid` as `/proc/PID/comm` shows it.
+pub(crate) fn name_of(pid: u32) -> Option<std::ffi::CString> {
+    let name = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let name = name.strip_suffix(b"\n").unwrap_or(&name);
+    std::ffi::CString::new(name).ok()
+}
+
 /// Names this process (the calling thread) `name`, cut to 15 bytes. A
 /// process forked afterwards starts with this name.
 pub(crate) fn set_process_name(name: &std::ffi::CStr) {

@@ -28,7 +28,7 @@ use nix::sys::wait::WaitStatus;
 
 pub(crate) use child::Child;
 pub(crate) use fork::{
-    die_with_parent, fork_sibling, libc_allows_raw_fork, parent_pid, process_name,
+    die_with_parent, fork_sibling, libc_allows_raw_fork, name_of, parent_pid, process_name,
     set_process_name, thread_count,
 };
 pub(crate) use pipe::{pipe, pipe_reader, redirect_stdout_stderr};
