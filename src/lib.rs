@@ -125,9 +125,11 @@
 //!
 //! By default children are forked by a *fork server*: on first use the
 //! program re-executes itself once as a single-threaded server that forks
-//! a child for every start, about twice as fast as re-executing the
-//! program per child. Forked children are still direct children of the
-//! program. The server only runs when it is single-threaded, which
+//! a child for every start, several times faster than re-executing the
+//! program per child. The server keeps one child forked ahead of the next
+//! start (a *spare*, named `mp-forkserver` in `ps` until a start takes
+//! it), so a start is one message to a running process. Forked children
+//! are still direct children of the program, and die with it. The server only runs when it is single-threaded, which
 //! [`#[mp::main]`](main) sees to (as does calling [`init`] in a plain
 //! `fn main` before building a runtime); otherwise (`init()` inside
 //! `#[tokio::main]`), and on [`StartMethod::Spawn`], every child is a fresh
