@@ -79,8 +79,14 @@ impl Reply {
 /// input order) comes, so that it decodes results while later jobs run.
 pub(super) struct Group {
     pub(super) slots: Mutex<Vec<Option<JobResult>>>,
-    /// The index of the result the `map` waits for.
+    /// The index of the result the `map` waits for: the results before it
+    /// were taken.
     pub(super) awaited: AtomicUsize,
+    /// How many results came (changed under the `slots` lock).
+    filled: AtomicUsize,
+    /// How many results must be waiting, the awaited one among them,
+    /// before the `map` is woken to take them (or all of them came).
+    batch: usize,
     pub(super) waker: futures::task::AtomicWaker,
     /// The `map` was dropped: its jobs are unwanted.
     pub(super) dropped: std::sync::atomic::AtomicBool,
@@ -91,6 +97,13 @@ impl Group {
         Group {
             slots: Mutex::new((0..jobs).map(|_| None).collect()),
             awaited: AtomicUsize::new(0),
+            filled: AtomicUsize::new(0),
+            // The `map` returns only once every result is in: waking it
+            // for each one (a thread's wake-up, when it waits on another
+            // thread) would cost more than the decoding it gets ahead
+            // with. It is woken about 16 times, to decode in batches
+            // while the workers go on.
+            batch: (jobs / GROUP_WAKES).max(1),
             waker: futures::task::AtomicWaker::new(),
             dropped: std::sync::atomic::AtomicBool::new(false),
         }
@@ -104,8 +117,15 @@ impl Group {
         let mut slots = self.lock();
         if let Some(slot @ None) = slots.get_mut(index) {
             *slot = Some(result);
+            let filled = self.filled.fetch_add(1, Ordering::Relaxed) + 1;
+            let awaited = self.awaited.load(Ordering::Acquire);
+            // Every result comes exactly once, so the last one always
+            // wakes the `map`: waking it less often loses nothing.
+            let wake = filled == slots.len()
+                || (slots.get(awaited).is_some_and(Option::is_some)
+                    && filled.saturating_sub(awaited) >= self.batch);
             drop(slots);
-            if index == self.awaited.load(Ordering::Acquire) {
+            if wake {
                 self.waker.wake();
             }
         }
@@ -134,6 +154,9 @@ impl Group {
         taken < self.lock().len()
     }
 }
+
+/// About how many times a `map` is woken for its results.
+const GROUP_WAKES: usize = 16;
 
 /// Marks a `map`'s group dropped if the `map` future goes before its
 /// results came, so that its jobs do not run.
@@ -345,4 +368,73 @@ pub(super) fn deliver(shared: &Shared, job: Job, result: Result<Results, TaskErr
         }
     }
     job.reply.send(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use futures::FutureExt;
+    use futures::task::{ArcWake, waker};
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl ArcWake for Count {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes what `next_from(from)` gives now, registering `w`.
+    fn poll_from(group: &Group, from: usize, w: &std::task::Waker) -> Option<usize> {
+        let mut out = Vec::new();
+        let mut fut = Box::pin(group.next_from(from, &mut out));
+        match fut.poll_unpin(&mut Context::from_waker(w)) {
+            Poll::Ready(()) => {
+                drop(fut);
+                Some(out.len())
+            }
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_map_is_woken_in_batches_and_always_by_its_last_result() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let w = waker(count.clone());
+        // In order: about GROUP_WAKES wakes for 160 results, not 160.
+        let group = Group::new(160);
+        assert_eq!(poll_from(&group, 0, &w), None);
+        let mut taken = 0;
+        for i in 0..160 {
+            group.put(i, Err(TaskError::Cancelled));
+            if count.0.load(Ordering::SeqCst) > 0 {
+                count.0.store(0, Ordering::SeqCst);
+                let got = poll_from(&group, taken, &w).expect("woken with results");
+                taken += got;
+                assert!(got >= group.batch || taken == 160, "woken for {got}");
+            }
+        }
+        assert_eq!(taken, 160, "the last result woke the map");
+        // Backwards: nothing is in order until the first comes, which is
+        // also the last: it wakes the map.
+        let group = Group::new(40);
+        assert_eq!(poll_from(&group, 0, &w), None);
+        for i in (1..40).rev() {
+            group.put(i, Err(TaskError::Cancelled));
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        group.put(0, Err(TaskError::Cancelled));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll_from(&group, 0, &w), Some(40));
+        // A map of one job is woken by it.
+        let group = Group::new(1);
+        assert_eq!(poll_from(&group, 0, &w), None);
+        group.put(0, Err(TaskError::Cancelled));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
 }
