@@ -706,6 +706,12 @@ async fn run(
         } else {
             inflight.blocked_since(started).map(|t| t + STUCK_AFTER)
         };
+        // Jobs just went out: their replies often come sooner than a
+        // wake-up would (see `PoolBuilder::spin`). Only then: a slot with
+        // nothing sent does not watch, so an idle pool burns no CPU.
+        if fed && !inflight.is_empty() && worker.page.watch(shared.config.spin) {
+            continue;
+        }
         if !inflight.is_empty() && worker.page.sleep() {
             // Replies came while the window was filled.
             continue;

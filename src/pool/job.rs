@@ -204,6 +204,9 @@ pub(super) struct Config {
     /// The most jobs a worker may have in flight: the ones it runs and
     /// some more.
     pub(super) window: usize,
+    /// How long a slot watches for replies after sending jobs before it
+    /// sleeps.
+    pub(super) spin: Duration,
     /// Whether workers forward their `tracing` events.
     pub(super) forward_tracing: bool,
     /// Whether workers' stdout and stderr are captured.

@@ -257,6 +257,25 @@ impl Page {
         unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
     }
 
+    /// Watches the ring for up to `d`: true as soon as a reply is in it,
+    /// false if none came (or `d` is zero).
+    pub(crate) fn watch(&self, d: std::time::Duration) -> bool {
+        if d.is_zero() {
+            return false;
+        }
+        let until = std::time::Instant::now() + d;
+        loop {
+            if self.0.u64(TAIL).load(Ordering::Acquire) != self.0.u64(HEAD).load(Ordering::Relaxed)
+            {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     /// Takes back a request to be woken (the slot is awake).
     pub(crate) fn wake(&self) {
         self.0.u32(SLEEPING).store(0, Ordering::Relaxed);

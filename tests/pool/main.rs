@@ -18,6 +18,7 @@ mod imap;
 mod parent_death;
 mod server;
 mod soak;
+mod spin;
 
 use tokio_multiprocessing as mp;
 
@@ -43,6 +44,7 @@ fn main() {
             common::module("basics", basics::cases()),
             common::module("deaths", deaths::cases()),
             common::module("imap", imap::cases()),
+            common::module("spin", spin::cases()),
             common::module("server", server::cases()),
         ],
     )
