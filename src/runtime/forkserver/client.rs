@@ -674,9 +674,7 @@ impl Spare {
             Err(_) => stray(watch),
         }
     }
-}
 
-impl Spare {
     /// The spare as a stray to settle: killed now if its pid is known,
     /// else watched for its announcement.
     fn into_stray(self) -> Option<Stray> {
