@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::job::{Job, Shared, State, deliver};
-use super::page::Page;
+use super::page::{MAX_JOB, Page};
 use super::worker::{Msg, serve};
 use super::{BuildError, TaskError};
 use crate::connection::{Connection, Pipe};
@@ -146,6 +146,7 @@ async fn start(shared: &Shared) -> Result<Worker, BuildError> {
                 shared.config.init.clone(),
                 shared.config.concurrency,
                 page.clone(),
+                shared.config.spin,
             ),
         );
     process.start().await.map_err(BuildError::Start)?;
@@ -557,6 +558,8 @@ async fn run(
         sent: 0,
     };
     let mut busy = false;
+    // Where a job is encoded for the ring.
+    let mut scratch = Vec::new();
     let mut cancels_seen = shared.cancels.load(Ordering::Acquire);
     // The worker did not start its first job in time, and its jobs were
     // handed to others; until it starts one numbered `stalled_at` or
@@ -646,6 +649,9 @@ async fn run(
         // Jobs sent to this worker so far, against `max_tasks_per_child`.
         let may_take = |sent: u64| shared.config.max_tasks.is_none_or(|k| sent < k as u64);
         let mut fed = false;
+        let mut doorbell = false;
+        let mut over_socket = false;
+        let mut ring_broken = false;
         let now = Instant::now();
         // A worker that stalled before its first job gets work only when
         // no other worker is idle.
@@ -664,14 +670,36 @@ async fn run(
                 // before the worker can see it.
                 worker.page.reopen(inflight.sent);
             }
+            match hand_over(worker, &msg, &mut scratch) {
+                Some(Via::Ring { bell }) => doorbell |= bell,
+                Some(Via::Socket) => over_socket = true,
+                None => {
+                    // The ring is full: the worker has not taken the jobs
+                    // it holds. This one waits in the queue for room. A
+                    // worker holding none cannot have filled the ring.
+                    ring_broken = inflight.is_empty();
+                    requeue(shared, VecDeque::from([job]));
+                    break;
+                }
+            }
             inflight.push(job, now);
             set_busy(shared, &mut busy, true);
             fed = true;
-            if worker.conn.feed(&msg).is_err() {
-                break;
-            }
         }
-        if fed {
+        if ring_broken {
+            tracing::error!(
+                process = worker.process.name(),
+                pid = worker.process.pid(),
+                "pool worker's job ring is full with no job in flight; it is replaced"
+            );
+            died(shared, worker, &mut inflight, None).await;
+            break End::Replace(Why::BrokenRing);
+        }
+        if doorbell {
+            // A failed write shows as the worker's death below.
+            let _ = worker.conn.feed(&Msg::Ring);
+        }
+        if doorbell || over_socket {
             // Not awaited: while large jobs wait for room in the socket,
             // this task must go on reading the worker's replies, or both
             // sides would wait on each other. A failed write shows as the
@@ -767,6 +795,38 @@ async fn run(
     };
     set_busy(shared, &mut busy, false);
     end
+}
+
+/// How a job went to its worker.
+enum Via {
+    /// Through the shared page's job ring; `bell` if the worker sleeps
+    /// and must hear the doorbell.
+    Ring { bell: bool },
+    /// Over the socket, a marker standing for it in the ring.
+    Socket,
+}
+
+/// Sends a job to its worker: through the job ring when it fits and holds
+/// no handles, otherwise over the socket with a marker in the ring that
+/// keeps its place in line. `None` if the ring has no room (nothing was
+/// sent).
+fn hand_over(worker: &Worker, msg: &Msg, scratch: &mut Vec<u8>) -> Option<Via> {
+    let Msg::Job { args, .. } = msg else {
+        return None;
+    };
+    if !args.has_handles() && args.encoded_len() <= MAX_JOB {
+        scratch.clear();
+        if rmp_serde::encode::write(scratch, msg).is_ok() && scratch.len() <= MAX_JOB {
+            return worker.page.push_job(scratch).map(|bell| Via::Ring { bell });
+        }
+    }
+    scratch.clear();
+    rmp_serde::encode::write(scratch, &Msg::OverSocket).ok()?;
+    worker.page.push_job(scratch)?;
+    // The frame wakes a sleeping worker by itself. A failed write shows as
+    // the worker's death.
+    let _ = worker.conn.feed(msg);
+    Some(Via::Socket)
 }
 
 /// Records whether this slot's worker has jobs in flight, in the pool's

@@ -1,11 +1,12 @@
 //! The page of memory a worker shares with its slot in the parent: which jobs it
-//! has started, and a ring of replies.
+//! has started, a ring of jobs and a ring of replies.
 //!
 //! ```text
-//!  HEADER   +8      +16     +24       +32
-//! +--------+-------+-------+---------+--------------------------+
-//! | started| head  | tail  | sleeping| ring: RING bytes          |
-//! +--------+-------+-------+---------+--------------------------+
+//!  HEADER   +8      +16     +24         +48     +56     +64         +112
+//! +--------+-------+-------+---------+--+-------+-------+---------+--+------------------+------------------+
+//! | started| head  | tail  | sleeping|  | head  | tail  | sleeping|  | replies: 64 KiB  | jobs: 32 KiB     |
+//! +--------+-------+-------+---------+--+-------+-------+---------+--+------------------+------------------+
+//!           `---- the reply ring ----'   `----- the job ring -----'
 //! ```
 //!
 //! `started` is the gate through which the worker starts jobs: it holds the
@@ -22,41 +23,77 @@
 //! jobs ran, without a message and even while a synchronous task holds
 //! the worker's thread.
 //!
-//! The ring carries the worker's replies, one producer (the worker) and
-//! one consumer (the slot). A reply in the ring is safe the moment
-//! `tail` is published, even if the worker dies right after, so the worker
-//! need not make a system call per reply. `head` and `tail` are byte
-//! positions that only grow; a record is an 8-byte length word and the
-//! encoded reply, padded to 8 bytes, and a length of `u32::MAX` says the
-//! rest of the ring up to its end is skipped. The worker writes only
-//! between `tail` and `head + RING`, and publishes with a release store of
-//! `tail`; the slot reads only between `head` and `tail`, and frees
-//! with a release store of `head`.
+//! Each ring has one producer and one consumer: the worker puts replies in
+//! the reply ring for the slot, and the slot puts jobs in the job ring for
+//! the worker. A record in a ring is safe the moment `tail` is published,
+//! even if its producer dies right after, so neither side makes a system
+//! call per message. `head` and `tail` are byte positions that only grow;
+//! a record is an 8-byte length word and the encoded message, padded to 8
+//! bytes, and a length of `u32::MAX` says the rest of the ring up to its
+//! end is skipped. The producer writes only between `tail` and
+//! `head + size`, and publishes with a release store of `tail`; the
+//! consumer reads only between `head` and `tail`, and frees with a release
+//! store of `head`.
 //!
 //! Either side may find anything in the page: a worker can write over
-//! every word of it. So the slot checks every position and length
-//! it reads before it uses them (a bad one makes `pop_into` fail, and the
-//! worker is replaced), and the worker does the same with the words the
-//! slot writes (a bad one sends the reply over the socket).
+//! every word of it. So each side checks every position and length it
+//! reads before it uses them: a bad one makes the slot's `pop_into` fail
+//! (the worker is replaced), and makes the worker's `push` refuse (the
+//! reply goes over the socket, where the slot notices) and its `pop_job`
+//! fail (the worker exits).
 //!
-//! `sleeping` is how the slot asks to be woken: it sets the word,
-//! looks at the ring once more, and only then waits on the socket. A
-//! worker that publishes a reply and finds the word set clears it and
-//! sends a one-frame doorbell over the socket. A reply that does not fit
-//! goes over the socket instead.
+//! A ring's `sleeping` word is how its consumer asks to be woken: it sets
+//! the word, looks at the ring once more, and only then waits on the
+//! socket. A producer that publishes a record and finds the word set
+//! clears it and sends a one-frame doorbell over the socket. A message
+//! that does not fit its ring goes over the socket instead.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crate::shm::{HEADER, Kind, Segment};
 
-/// Bytes of the reply ring.
-const RING: u64 = 64 * 1024;
+/// One ring in the page: where its words and its bytes are.
+#[derive(Debug, Clone, Copy)]
+struct Ring {
+    head: usize,
+    tail: usize,
+    sleeping: usize,
+    data: usize,
+    size: u64,
+}
+
+impl Ring {
+    /// Where byte position `pos` of the ring lies in the page.
+    // Below the ring's size, which fits any `usize`.
+    #[allow(clippy::cast_possible_truncation)]
+    fn at(self, pos: u64) -> usize {
+        self.data + (pos % self.size) as usize
+    }
+}
 
 const STARTED: usize = HEADER;
-const HEAD: usize = HEADER + 8;
-const TAIL: usize = HEADER + 16;
-const SLEEPING: usize = HEADER + 24;
-const DATA: usize = HEADER + 32;
+
+/// The worker's replies to the slot. Its words share a cache line with the
+/// gate; the job ring's words have a line of their own.
+const REPLIES: Ring = Ring {
+    head: HEADER + 8,
+    tail: HEADER + 16,
+    sleeping: HEADER + 24,
+    data: HEADER + 112,
+    size: 64 * 1024,
+};
+
+/// The slot's jobs for the worker.
+// The reply ring's size fits any `usize`.
+#[allow(clippy::cast_possible_truncation)]
+const JOBS: Ring = Ring {
+    head: HEADER + 48,
+    tail: HEADER + 56,
+    sleeping: HEADER + 64,
+    data: REPLIES.data + REPLIES.size as usize,
+    size: 32 * 1024,
+};
 
 /// The top bit of `started`: the slot has taken back every job not
 /// started.
@@ -65,12 +102,15 @@ const FENCE: u64 = 1 << 63;
 /// The length word that skips to the end of the ring.
 const WRAP: u32 = u32::MAX;
 
-// 64 KiB fits any `usize`.
+// The rings' sizes fit any `usize`.
 #[allow(clippy::cast_possible_truncation)]
-pub(crate) const PAGE_LEN: usize = DATA + RING as usize;
+pub(crate) const PAGE_LEN: usize = JOBS.data + JOBS.size as usize;
 
 /// The largest reply the ring takes; a larger one goes over the socket.
-pub(crate) const MAX_REPLY: usize = (RING / 2) as usize - 8;
+pub(crate) const MAX_REPLY: usize = (REPLIES.size / 2) as usize - 8;
+
+/// The largest job the ring takes; a larger one goes over the socket.
+pub(crate) const MAX_JOB: usize = (JOBS.size / 2) as usize - 8;
 
 /// A worker's shared page. Cloning shares it.
 #[derive(Debug, Clone)]
@@ -106,52 +146,48 @@ impl Page {
     /// the socket instead); otherwise whether the slot asked to be
     /// woken (then the caller rings the doorbell).
     pub(crate) fn push(&self, reply: &[u8]) -> Option<bool> {
-        if reply.len() > MAX_REPLY {
-            return None;
-        }
-        let need = padded(reply.len());
-        let tail = self.0.u64(TAIL).load(Ordering::Relaxed);
-        let head = self.0.u64(HEAD).load(Ordering::Acquire);
-        // Positions the slot could not have left (out of order, too
-        // far apart, off a record boundary, at the end of their range):
-        // the reply goes over the socket, where the slot notices.
-        let used = tail.checked_sub(head).filter(|&u| u <= RING)?;
-        if tail % 8 != 0 {
-            return None;
-        }
-        let to_end = RING - tail % RING;
-        let skip = if need > to_end { to_end } else { 0 };
-        // Each term is at most `RING`.
-        if used + skip + need > RING {
-            return None;
-        }
-        tail.checked_add(skip + need)?;
-        if skip > 0 {
-            self.write_at(tail, &(WRAP as u64).to_ne_bytes());
-        }
-        let at = tail + skip;
-        self.write_at(at, &(reply.len() as u64).to_ne_bytes());
-        self.write_at(at + 8, reply);
-        self.0.u64(TAIL).store(at + need, Ordering::SeqCst);
-        // Ordered after the publication (both SeqCst): either the
-        // slot sees the reply before it sleeps, or this sees its
-        // request to be woken.
-        Some(self.0.u32(SLEEPING).swap(0, Ordering::SeqCst) == 1)
+        self.push_to(REPLIES, reply)
     }
 
-    fn write_at(&self, pos: u64, bytes: &[u8]) {
-        // SAFETY: the worker is the ring's only writer, and it writes only
-        // at positions from `tail` up to `head + RING` (checked by `push`),
-        // which the slot does not read until `tail` is published
-        // past them; the bytes are ordinary data, never accessed as
-        // atomics. The range is inside the mapping: `pos % RING` plus a
-        // record never crosses the ring's end (`push` skips to the start
-        // first), and a wrap marker is written only at a `tail` that is a
-        // multiple of 8 (checked by `push`), so before the end too.
-        unsafe { self.0.write_bytes(DATA + (pos % RING) as usize, bytes) }
+    /// Takes the next job from the job ring into `job`, as
+    /// [`pop_into`](Page::pop_into) does replies.
+    ///
+    /// # Errors
+    ///
+    /// A description of what is wrong if the ring is in a state the slot
+    /// cannot have left it in.
+    pub(crate) fn pop_job(&self, job: &mut Vec<u8>) -> Result<bool, String> {
+        self.pop_from(JOBS, job)
+    }
+
+    /// Watches the job ring for up to `d`, as [`watch`](Page::watch) does
+    /// the reply ring.
+    pub(crate) fn watch_jobs(&self, d: Duration) -> bool {
+        self.watch_ring(JOBS, d)
+    }
+
+    /// Asks the slot to ring the doorbell for its next job; true if jobs
+    /// already wait.
+    pub(crate) fn sleep_jobs(&self) -> bool {
+        self.sleep_on(JOBS)
+    }
+
+    /// Takes back a request for the job doorbell (the worker is awake).
+    pub(crate) fn wake_jobs(&self) {
+        self.wake_on(JOBS);
     }
 
     // ---- the slot's side ----
+
+    /// Puts a job in the job ring. `None` if it does not fit; otherwise
+    /// whether the worker asked to be woken (then the caller rings the
+    /// doorbell).
+    pub(crate) fn push_job(&self, job: &[u8]) -> Option<bool> {
+        if job.len() > MAX_JOB {
+            return None;
+        }
+        self.push_to(JOBS, job)
+    }
 
     /// How many jobs, in the order sent, have started (or were taken
     /// back before the gate was last opened): job `k` has started if `k`
@@ -195,108 +231,173 @@ impl Page {
     /// state it cannot be in; the slot then treats the worker as
     /// broken.
     pub(crate) fn pop_into(&self, reply: &mut Vec<u8>) -> Result<bool, String> {
-        let head_word = self.0.u64(HEAD);
+        self.pop_from(REPLIES, reply)
+    }
+
+    /// Watches the reply ring for up to `d`: true as soon as a reply is in
+    /// it, false if none came (or `d` is zero).
+    pub(crate) fn watch(&self, d: Duration) -> bool {
+        self.watch_ring(REPLIES, d)
+    }
+
+    /// Takes back a request to be woken (the slot is awake).
+    pub(crate) fn wake(&self) {
+        self.wake_on(REPLIES);
+    }
+
+    /// Asks the worker to ring the doorbell for its next reply. Returns
+    /// true if replies are already waiting (then there is no need to sleep).
+    pub(crate) fn sleep(&self) -> bool {
+        self.sleep_on(REPLIES)
+    }
+
+    // ---- either ring, from its producer's or its consumer's side ----
+
+    /// The producer's push: see [`push`](Page::push).
+    fn push_to(&self, r: Ring, record: &[u8]) -> Option<bool> {
+        if record.len() as u64 > r.size / 2 - 8 {
+            return None;
+        }
+        let need = padded(record.len());
+        let tail = self.0.u64(r.tail).load(Ordering::Relaxed);
+        let head = self.0.u64(r.head).load(Ordering::Acquire);
+        // Positions the consumer could not have left (out of order, too
+        // far apart, off a record boundary, at the end of their range):
+        // the message goes over the socket, where the other side notices.
+        let used = tail.checked_sub(head).filter(|&u| u <= r.size)?;
+        if tail % 8 != 0 {
+            return None;
+        }
+        let to_end = r.size - tail % r.size;
+        let skip = if need > to_end { to_end } else { 0 };
+        // Each term is at most the ring's size.
+        if used + skip + need > r.size {
+            return None;
+        }
+        tail.checked_add(skip + need)?;
+        if skip > 0 {
+            self.write_at(r, tail, &u64::from(WRAP).to_ne_bytes());
+        }
+        let at = tail + skip;
+        self.write_at(r, at, &(record.len() as u64).to_ne_bytes());
+        self.write_at(r, at + 8, record);
+        self.0.u64(r.tail).store(at + need, Ordering::SeqCst);
+        // Ordered after the publication (both SeqCst): either the
+        // consumer sees the record before it sleeps, or this sees its
+        // request to be woken.
+        Some(self.0.u32(r.sleeping).swap(0, Ordering::SeqCst) == 1)
+    }
+
+    fn write_at(&self, r: Ring, pos: u64, bytes: &[u8]) {
+        // SAFETY: each ring has one producer (the worker for replies, the
+        // slot for jobs), the only one that writes its bytes, and it
+        // writes only at positions from `tail` up to `head + size`
+        // (checked by `push_to`), which the consumer does not read until
+        // `tail` is published past them; the bytes are ordinary data,
+        // never accessed as atomics. The range is inside the ring:
+        // `pos % size` plus a record never crosses the ring's end
+        // (`push_to` skips to the start first), and a wrap marker is
+        // written only at a `tail` that is a multiple of 8 (checked by
+        // `push_to`), so before the end too.
+        unsafe { self.0.write_bytes(r.at(pos), bytes) }
+    }
+
+    /// The consumer's pop: see [`pop_into`](Page::pop_into).
+    fn pop_from(&self, r: Ring, out: &mut Vec<u8>) -> Result<bool, String> {
+        let head_word = self.0.u64(r.head);
         let mut head = head_word.load(Ordering::Relaxed);
-        let tail = self.0.u64(TAIL).load(Ordering::Acquire);
+        let tail = self.0.u64(r.tail).load(Ordering::Acquire);
         // At most two rounds: a wrap marker, then a record at offset 0.
         for _ in 0..2 {
             if head == tail {
                 return Ok(false);
             }
-            if tail < head || tail - head > RING {
-                return Err(format!("reply ring positions out of order: {head}..{tail}"));
+            if tail < head || tail - head > r.size {
+                return Err(format!("ring positions out of order: {head}..{tail}"));
             }
             if head % 8 != 0 || tail % 8 != 0 {
                 return Err(format!(
-                    "reply ring positions off a record boundary: {head}..{tail}"
+                    "ring positions off a record boundary: {head}..{tail}"
                 ));
             }
             let mut word = [0u8; 8];
-            self.read_at(head, &mut word);
+            self.read_at(r, head, &mut word);
             let len = u64::from_ne_bytes(word);
-            let to_end = RING - head % RING;
+            let to_end = r.size - head % r.size;
             if len == u64::from(WRAP) {
                 // Only a record that did not fit before the end is moved
                 // to the start, so something follows the marker.
                 if to_end >= tail - head {
-                    return Err(format!(
-                        "reply ring wrap marker at {head} with nothing after it"
-                    ));
+                    return Err(format!("ring wrap marker at {head} with nothing after it"));
                 }
                 head += to_end;
                 continue;
             }
-            if len > RING {
-                return Err(format!("reply ring record of {len} bytes"));
+            if len > r.size {
+                return Err(format!("ring record of {len} bytes"));
             }
-            // At most `RING` (checked above), so it fits.
+            // At most the ring's size (checked above), so it fits.
             let len = usize::try_from(len).map_err(|e| e.to_string())?;
             let need = padded(len);
             if need > to_end || need > tail - head {
-                return Err(format!("reply ring record of {len} bytes is out of bounds"));
+                return Err(format!("ring record of {len} bytes is out of bounds"));
             }
-            reply.clear();
-            reply.resize(len, 0);
-            self.read_at(head + 8, reply);
+            out.clear();
+            out.resize(len, 0);
+            self.read_at(r, head + 8, out);
             head_word.store(head + need, Ordering::Release);
             return Ok(true);
         }
-        Err(format!(
-            "reply ring holds two wrap markers in a row at {head}"
-        ))
+        Err(format!("ring holds two wrap markers in a row at {head}"))
     }
 
-    fn read_at(&self, pos: u64, out: &mut [u8]) {
-        // SAFETY: the slot is the ring's only reader, and it reads
-        // only between `head` and the published `tail` (checked by
-        // `pop_into`), which the worker does not write again until `head`
-        // moves past them; the bytes are ordinary data. The range is
-        // inside the mapping: `pop_into` reads a length word only at a
-        // multiple of 8 (so all 8 bytes are before the ring's end) and
-        // checks the record against the ring's end.
-        unsafe { self.0.read_bytes(DATA + (pos % RING) as usize, out) }
+    fn read_at(&self, r: Ring, pos: u64, out: &mut [u8]) {
+        // SAFETY: each ring has one consumer (the slot for replies, the
+        // worker for jobs), and it reads only between `head` and the
+        // published `tail` (checked by `pop_from`), which the producer
+        // does not write again until `head` moves past them; the bytes are
+        // ordinary data. The range is inside the ring: `pop_from` reads a
+        // length word only at a multiple of 8 (so all 8 bytes are before
+        // the ring's end) and checks the record against the ring's end.
+        unsafe { self.0.read_bytes(r.at(pos), out) }
     }
 
-    /// Watches the ring for up to `d`: true as soon as a reply is in it,
-    /// false if none came (or `d` is zero).
-    pub(crate) fn watch(&self, d: std::time::Duration) -> bool {
+    fn watch_ring(&self, r: Ring, d: Duration) -> bool {
         if d.is_zero() {
             return false;
         }
-        let until = std::time::Instant::now() + d;
+        let until = Instant::now() + d;
         loop {
-            if self.0.u64(TAIL).load(Ordering::Acquire) != self.0.u64(HEAD).load(Ordering::Relaxed)
+            if self.0.u64(r.tail).load(Ordering::Acquire)
+                != self.0.u64(r.head).load(Ordering::Relaxed)
             {
                 return true;
             }
-            if std::time::Instant::now() >= until {
+            if Instant::now() >= until {
                 return false;
             }
             std::hint::spin_loop();
         }
     }
 
-    /// Takes back a request to be woken (the slot is awake).
-    pub(crate) fn wake(&self) {
-        self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
+    fn wake_on(&self, r: Ring) {
+        self.0.u32(r.sleeping).store(0, Ordering::Relaxed);
     }
 
-    /// Asks the worker to ring the doorbell for its next reply. Returns
-    /// true if replies are already waiting (then there is no need to sleep).
-    pub(crate) fn sleep(&self) -> bool {
-        self.0.u32(SLEEPING).store(1, Ordering::SeqCst);
+    fn sleep_on(&self, r: Ring) -> bool {
+        self.0.u32(r.sleeping).store(1, Ordering::SeqCst);
         let waiting =
-            self.0.u64(TAIL).load(Ordering::SeqCst) != self.0.u64(HEAD).load(Ordering::Relaxed);
+            self.0.u64(r.tail).load(Ordering::SeqCst) != self.0.u64(r.head).load(Ordering::Relaxed);
         if waiting {
-            self.0.u32(SLEEPING).store(0, Ordering::Relaxed);
+            self.0.u32(r.sleeping).store(0, Ordering::Relaxed);
         }
         waiting
     }
 }
 
-/// Lays a fuzz input over a real page's words and reply ring, as a worker
-/// (or, for the worker's side, a slot) might have written them, then
-/// pops, pushes and works the gate (see `crate::fuzz::shm`).
+/// Lays a fuzz input over a real page's words and one of its rings, as the
+/// other side might have written them, then pops, pushes and works the
+/// gate (see `crate::fuzz::shm`).
 #[cfg(fuzzing)]
 pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     use std::sync::OnceLock;
@@ -304,35 +405,37 @@ pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
     let page = PAGE.get_or_init(|| Page::new().expect("a page"));
     let seg = &page.0;
     seg.u64(STARTED).store(input.u64(), Ordering::SeqCst);
-    let head = input.u64();
-    seg.u64(HEAD).store(head, Ordering::SeqCst);
-    seg.u64(TAIL)
-        .store(input.near(head, 2 * RING), Ordering::SeqCst);
-    seg.u32(SLEEPING).store(input.u32(), Ordering::SeqCst);
     let ops = input.u8();
+    let r = if ops & 1 == 0 { REPLIES } else { JOBS };
+    let head = input.u64();
+    seg.u64(r.head).store(head, Ordering::SeqCst);
+    seg.u64(r.tail)
+        .store(input.near(head, 2 * r.size), Ordering::SeqCst);
+    seg.u32(r.sleeping).store(input.u32(), Ordering::SeqCst);
     // The rest of the input lies in the ring from `head` on, wrapping.
-    let mut ring = vec![0u8; PAGE_LEN - DATA];
-    let start = (head % RING) as usize;
-    for (i, b) in input.rest().iter().take(ring.len()).enumerate() {
-        ring[(start + i) % (PAGE_LEN - DATA)] = *b;
+    let size = r.size as usize;
+    let mut ring = vec![0u8; size];
+    let start = (head % r.size) as usize;
+    for (i, b) in input.rest().iter().take(size).enumerate() {
+        ring[(start + i) % size] = *b;
     }
     // SAFETY: the fuzzer runs one input at a time on one thread, and no
     // other process maps this page, so nothing else touches the ring.
-    unsafe { seg.write_bytes(DATA, &ring) };
-    let mut reply = Vec::new();
+    unsafe { seg.write_bytes(r.data, &ring) };
+    let mut out = Vec::new();
     for i in 0..4u8 {
         match ops >> (2 * i) & 3 {
             0 => {
                 for _ in 0..4 {
-                    match page.pop_into(&mut reply) {
-                        Ok(true) => assert!(reply.len() as u64 <= RING),
+                    match page.pop_from(r, &mut out) {
+                        Ok(true) => assert!(out.len() as u64 <= r.size),
                         Ok(false) | Err(_) => break,
                     }
                 }
             }
             1 => {
-                let len = (usize::from(ops) * 31 + usize::from(i)) % (MAX_REPLY + 2);
-                let _ = page.push(&vec![i; len]);
+                let len = (usize::from(ops) * 31 + usize::from(i)) % (size / 2 + 2);
+                let _ = page.push_to(r, &vec![i; len]);
             }
             2 => {
                 let started = page.started_count();
@@ -345,8 +448,8 @@ pub(crate) fn fuzz(mut input: crate::shm::fuzz_input::Input<'_>) {
                 assert_eq!(started & FENCE, 0);
                 assert!(page.fenced());
                 page.reopen(started.wrapping_add(u64::from(i)));
-                if !page.sleep() {
-                    page.wake();
+                if !page.sleep_on(r) {
+                    page.wake_on(r);
                 }
             }
         }
@@ -396,6 +499,80 @@ mod tests {
     }
 
     #[test]
+    fn jobs_and_replies_keep_to_their_own_rings() {
+        let page = Page::new().unwrap();
+        let mut job = Vec::new();
+        for round in 0..5_000u32 {
+            let j = vec![(round % 251) as u8; (round as usize * 31) % MAX_JOB];
+            let r = vec![(round % 241) as u8 ^ 0x5a; (round as usize * 17) % 3000];
+            assert!(page.push_job(&j).is_some(), "round {round}");
+            assert!(page.push(&r).is_some(), "round {round}");
+            assert!(page.pop_job(&mut job).unwrap());
+            assert_eq!(job, j, "round {round}: the job");
+            assert_eq!(page.pop().unwrap().unwrap(), r, "round {round}: the reply");
+        }
+        assert!(!page.pop_job(&mut job).unwrap());
+        assert!(page.pop().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_too_big_for_its_ring_is_refused() {
+        let page = Page::new().unwrap();
+        assert!(page.push_job(&vec![1u8; MAX_JOB + 1]).is_none());
+        assert!(page.push_job(&vec![1u8; MAX_JOB]).is_some());
+        // The ring holds half its size more at most: the next big one
+        // waits for room.
+        assert!(page.push_job(&vec![2u8; MAX_JOB]).is_some());
+        assert!(page.push_job(&vec![3u8; MAX_JOB]).is_none(), "full");
+        let mut job = Vec::new();
+        assert!(page.pop_job(&mut job).unwrap());
+        assert!(page.push_job(&vec![3u8; MAX_JOB]).is_some(), "room again");
+    }
+
+    #[test]
+    fn the_job_doorbell_is_asked_for_once() {
+        let page = Page::new().unwrap();
+        assert!(!page.sleep_jobs(), "nothing waits yet");
+        assert!(!page.sleep(), "the reply ring's word is its own");
+        page.wake();
+        assert_eq!(page.push_job(b"a"), Some(true), "the worker sleeps");
+        assert_eq!(page.push_job(b"b"), Some(false), "already rung");
+        assert!(page.sleep_jobs(), "jobs wait: no need to sleep");
+        assert!(page.watch_jobs(std::time::Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn jobs_cross_between_threads_intact_and_in_order() {
+        let page = Page::new().unwrap();
+        let worker = page.clone();
+        const N: u32 = 50_000;
+        let t = std::thread::spawn(move || {
+            let mut job = Vec::new();
+            let mut next = 0u32;
+            while next < N {
+                if !worker.pop_job(&mut job).unwrap() {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let len = (next as usize * 7919) % 2000 + 4;
+                assert_eq!(job.len(), len, "job {next}");
+                assert_eq!(job[..4], next.to_le_bytes(), "job {next}");
+                assert!(job[4..].iter().all(|&b| b == next.to_le_bytes()[0]));
+                next += 1;
+            }
+        });
+        for k in 0..N {
+            let len = (k as usize * 7919) % 2000 + 4;
+            let mut j = vec![k.to_le_bytes()[0]; len];
+            j[..4].copy_from_slice(&k.to_le_bytes());
+            while page.push_job(&j).is_none() {
+                std::hint::spin_loop();
+            }
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
     fn the_gate_starts_jobs_in_order_and_shuts_out_the_ones_taken_back() {
         let page = Page::new().unwrap();
         assert!(page.try_start(0));
@@ -436,7 +613,7 @@ mod tests {
     #[test]
     fn a_reply_too_big_for_the_ring_is_refused() {
         let page = Page::new().unwrap();
-        assert!(page.push(&vec![0u8; PAGE_LEN - DATA]).is_none());
+        assert!(page.push(&vec![0u8; MAX_REPLY + 1]).is_none());
         assert!(page.push(&[1, 2, 3]).is_some());
     }
 
@@ -457,8 +634,12 @@ mod tests {
     fn a_head_off_a_record_boundary_is_an_error_not_a_panic() {
         let page = Page::new().unwrap();
         // 8 bytes read at 65532 would cross the end of the page.
-        page.0.u64(HEAD).store(RING - 4, Ordering::Release);
-        page.0.u64(TAIL).store(RING + 16, Ordering::Release);
+        page.0
+            .u64(REPLIES.head)
+            .store(REPLIES.size - 4, Ordering::Release);
+        page.0
+            .u64(REPLIES.tail)
+            .store(REPLIES.size + 16, Ordering::Release);
         let r = survives(|| page.pop()).expect("pop panicked");
         assert!(r.is_err(), "{r:?}");
     }
@@ -468,9 +649,9 @@ mod tests {
         let page = Page::new().unwrap();
         // A wrap marker whose skip would carry `head` past 2^64.
         for (head, tail) in [(u64::MAX - 7, u64::MAX), (u64::MAX - 15, u64::MAX - 7)] {
-            page.0.u64(HEAD).store(head, Ordering::Release);
-            page.0.u64(TAIL).store(tail, Ordering::Release);
-            page.write_at(head, &u64::from(WRAP).to_ne_bytes());
+            page.0.u64(REPLIES.head).store(head, Ordering::Release);
+            page.0.u64(REPLIES.tail).store(tail, Ordering::Release);
+            page.write_at(REPLIES, head, &u64::from(WRAP).to_ne_bytes());
             let r = survives(|| page.pop()).expect("pop panicked");
             assert!(r.is_err(), "{head}..{tail}: {r:?}");
         }
@@ -479,9 +660,9 @@ mod tests {
     #[test]
     fn the_worker_survives_bad_positions_from_the_supervisor() {
         let page = Page::new().unwrap();
-        for (head, tail) in [(1000, 0), (0, RING * 5), (0, u64::MAX - 3), (3, 3)] {
-            page.0.u64(HEAD).store(head, Ordering::Release);
-            page.0.u64(TAIL).store(tail, Ordering::Release);
+        for (head, tail) in [(1000, 0), (0, REPLIES.size * 5), (0, u64::MAX - 3), (3, 3)] {
+            page.0.u64(REPLIES.head).store(head, Ordering::Release);
+            page.0.u64(REPLIES.tail).store(tail, Ordering::Release);
             let r = survives(|| page.push(b"reply")).unwrap_or_else(|| panic!("{head}..{tail}"));
             assert_eq!(r, None, "{head}..{tail}: over the socket instead");
         }
@@ -502,11 +683,13 @@ mod tests {
     fn a_corrupt_ring_is_an_error_not_a_panic() {
         let page = Page::new().unwrap();
         page.push(b"hello").unwrap();
-        page.0.u64(TAIL).store(RING * 3, Ordering::Release);
+        page.0
+            .u64(REPLIES.tail)
+            .store(REPLIES.size * 3, Ordering::Release);
         assert!(page.pop().is_err());
-        page.0.u64(TAIL).store(16, Ordering::Release);
-        page.0.u64(HEAD).store(0, Ordering::Release);
-        page.write_at(0, &(RING * 2).to_ne_bytes());
+        page.0.u64(REPLIES.tail).store(16, Ordering::Release);
+        page.0.u64(REPLIES.head).store(0, Ordering::Release);
+        page.write_at(REPLIES, 0, &(REPLIES.size * 2).to_ne_bytes());
         assert!(page.pop().is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
 use crate::transport::handle::{self, FdList, accept_value_handles, provide_handles_from};
 use crate::wire::message::{Outcome, TargetRef};
+use std::time::Duration;
 
 /// The messages between a worker and its slot in the parent, both ways
 /// on one duplex pipe, so that a reply right after a request (and the
@@ -34,8 +35,13 @@ pub(crate) enum Msg {
     InitFailed(String),
     /// Worker to parent: job `id` ended.
     Done { id: u64, results: Results },
-    /// Worker to parent: replies wait in the shared page's ring.
+    /// Either way, a doorbell: messages wait in the shared page's ring
+    /// (replies for the parent, jobs for the worker).
     Ring,
+    /// Parent to worker, in the job ring in a job's place: the job comes
+    /// over the socket (it is too big for the ring, or holds handles,
+    /// whose descriptors only the socket carries).
+    OverSocket,
 }
 
 /// The outcomes of a job, one per argument: the encoded values back to
@@ -116,6 +122,17 @@ impl Batch {
     /// How many arguments the batch holds.
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
+    }
+
+    /// Whether any argument holds handles, whose descriptors only the
+    /// socket carries.
+    pub(crate) fn has_handles(&self) -> bool {
+        !self.handles.is_empty()
+    }
+
+    /// The bytes of the encoded arguments, all together.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.bytes.len()
     }
 
     /// The encoded arguments, in order.
@@ -243,9 +260,16 @@ impl BatchBuilder {
 
 /// What a worker is started with: its end of the pipe, the initializer,
 /// how many jobs it may run at once (async targets interleave; a
-/// synchronous one holds the worker's thread while it runs), and the page
-/// it shares with its slot in the parent.
-pub(crate) type WorkerArgs = (Connection<Msg>, Option<(TargetRef, ByteBuf)>, usize, Page);
+/// synchronous one holds the worker's thread while it runs), the page
+/// it shares with its slot in the parent, and how long it watches the
+/// page's job ring before it sleeps (`PoolBuilder::spin`).
+pub(crate) type WorkerArgs = (
+    Connection<Msg>,
+    Option<(TargetRef, ByteBuf)>,
+    usize,
+    Page,
+    Duration,
+);
 
 /// A job the worker has received and not started.
 struct Pending {
@@ -257,15 +281,74 @@ struct Pending {
 }
 
 /// The jobs received and not started, in the order they came.
+///
+/// Every job comes through the job ring, in the order the slot sent it,
+/// or is stood for there by a marker when it comes over the socket. So a
+/// job from the ring that follows a marker waits until the job the marker
+/// stands for has come, and the numbers the gate checks are the slot's.
 #[derive(Default)]
 struct Line {
     waiting: VecDeque<Pending>,
     received: u64,
+    /// Taken from the ring and not yet in line: jobs, and markers (`None`)
+    /// for jobs that come over the socket.
+    ring: VecDeque<Option<Msg>>,
+    /// Jobs that came over the socket, not yet matched with their markers.
+    socket: VecDeque<Msg>,
+    /// A record taken from the ring.
+    scratch: Vec<u8>,
 }
 
 impl Line {
-    /// Files a message from the parent: a job joins the line.
-    fn take(&mut self, msg: Msg) {
+    /// Files a message that came over the socket: a job waits for its
+    /// marker; a doorbell says only that the ring holds jobs.
+    fn take_from_socket(&mut self, msg: Msg) {
+        if let Msg::Job { .. } = msg {
+            self.socket.push_back(msg);
+            self.settle();
+        }
+    }
+
+    /// Takes every job waiting in the shared page's job ring.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the ring or a record in it, which only a broken
+    /// parent leaves; the worker then exits.
+    fn take_from_ring(&mut self, page: &Page) -> Result<(), String> {
+        let mut took = false;
+        while page.pop_job(&mut self.scratch)? {
+            took = true;
+            match crate::target::decode_value::<Msg>(&self.scratch)? {
+                Msg::OverSocket => self.ring.push_back(None),
+                job @ Msg::Job { .. } => self.ring.push_back(Some(job)),
+                other => return Err(format!("{other:?} in the job ring")),
+            }
+        }
+        if took {
+            self.settle();
+        }
+        Ok(())
+    }
+
+    /// Puts in line the jobs from the ring, in order, as far as the
+    /// socket's jobs for their markers have come.
+    fn settle(&mut self) {
+        while let Some(front) = self.ring.front_mut() {
+            let job = match front.take() {
+                Some(job) => job,
+                None => match self.socket.pop_front() {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
+            self.ring.pop_front();
+            self.file(job);
+        }
+    }
+
+    /// A job joins the line, numbered in the order sent.
+    fn file(&mut self, msg: Msg) {
         if let Msg::Job { id, target, args } = msg {
             let seq = self.received;
             self.received += 1;
@@ -375,7 +458,7 @@ async fn run_job(mut job: Pending) -> (u64, Results) {
 fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
     loop {
         match conn.take_buffered() {
-            Ok(Some(msg)) => line.take(msg),
+            Ok(Some(msg)) => line.take_from_socket(msg),
             Ok(None) => return true,
             Err(_) => return false,
         }
@@ -411,9 +494,40 @@ async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
     }
 }
 
+/// Takes what arrived, over the socket (without a system call) and in
+/// the job ring. `false` once the parent's end is gone, or if it broke the
+/// ring.
+fn take_all(conn: &mut Connection<Msg>, line: &mut Line, page: &Page) -> bool {
+    if !take_arrived(conn, line) {
+        return false;
+    }
+    match line.take_from_ring(page) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "the pool's job ring is broken; the worker exits");
+            false
+        }
+    }
+}
+
+/// With nothing to run: watches the job ring for `spin`, then asks for
+/// the doorbell and sleeps on the socket. `false` once the parent's end
+/// is gone.
+async fn idle(conn: &mut Connection<Msg>, line: &mut Line, page: &Page, spin: Duration) -> bool {
+    if page.watch_jobs(spin) || page.sleep_jobs() {
+        return true;
+    }
+    let Ok(msg) = conn.recv().await else {
+        return false;
+    };
+    page.wake_jobs();
+    line.take_from_socket(msg);
+    true
+}
+
 /// The worker loop: runs jobs in the order they come, up to `concurrency`
 /// at once, until the parent closes its end.
-pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
+pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs) {
     // Ctrl-C reaches the whole process group. A worker is the pool's to
     // stop: the parent may handle the key and finish or cancel its tasks,
     // and if the key ends the parent, the worker follows it.
@@ -431,12 +545,12 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
     }
     let mut line = Line::default();
     if concurrency <= 1 {
-        serve_one_at_a_time(conn, line, page).await;
+        serve_one_at_a_time(conn, line, page, spin).await;
         return;
     }
     let mut running = FuturesUnordered::new();
     loop {
-        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut line) {
+        if conn.flush().await.is_err() || !take_all(&mut conn, &mut line, &page) {
             return;
         }
         while running.len() < concurrency {
@@ -446,8 +560,14 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
             running.push(run_job(job));
         }
         if running.is_empty() {
-            let Ok(msg) = conn.recv().await else { return };
-            line.take(msg);
+            if !idle(&mut conn, &mut line, &page, spin).await {
+                return;
+            }
+            continue;
+        }
+        // Jobs run on this task: a job put in the ring meanwhile rings the
+        // doorbell, so that it can start beside them.
+        if page.sleep_jobs() {
             continue;
         }
         tokio::select! {
@@ -459,7 +579,8 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
             }
             msg = conn.recv() => {
                 let Ok(msg) = msg else { return };
-                line.take(msg);
+                page.wake_jobs();
+                line.take_from_socket(msg);
             }
         }
     }
@@ -467,23 +588,117 @@ pub(crate) async fn serve((mut conn, init, concurrency, page): WorkerArgs) {
 
 /// [`serve`] with one job at a time: each runs on this task, and its
 /// reply is published before the next starts.
-async fn serve_one_at_a_time(mut conn: Connection<Msg>, mut line: Line, page: Page) {
+async fn serve_one_at_a_time(
+    mut conn: Connection<Msg>,
+    mut line: Line,
+    page: Page,
+    spin: Duration,
+) {
     loop {
         // A doorbell or a reply that went over the socket is written
         // before the next job runs: a synchronous target blocks this
         // thread, and a reply held back behind it would be late, or lost
         // if the target kills the process.
-        if conn.flush().await.is_err() || !take_arrived(&mut conn, &mut line) {
+        if conn.flush().await.is_err() || !take_all(&mut conn, &mut line, &page) {
             return;
         }
         let Some(job) = line.start_next(&page) else {
-            let Ok(msg) = conn.recv().await else { return };
-            line.take(msg);
+            if !idle(&mut conn, &mut line, &page, spin).await {
+                return;
+            }
             continue;
         };
         let (id, results) = run_job(job).await;
         if !reply(&conn, &page, Msg::Done { id, results }).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::message::TargetKind;
+
+    fn job(id: u64) -> Msg {
+        let mut args = BatchBuilder::default();
+        args.push(&id).unwrap();
+        Msg::Job {
+            id,
+            target: TargetRef {
+                kind: TargetKind::Sync,
+                offset: 0,
+            },
+            args: args.take(),
+        }
+    }
+
+    fn put(page: &Page, msg: &Msg) {
+        let bytes = crate::target::encode_value(msg).unwrap();
+        assert!(page.push_job(&bytes).is_some());
+    }
+
+    /// The ids and numbers of the jobs in line, in order.
+    fn in_line(line: &Line) -> Vec<(u64, u64)> {
+        line.waiting.iter().map(|p| (p.id, p.seq)).collect()
+    }
+
+    #[test]
+    fn a_job_behind_a_marker_waits_for_the_socket_s_job() {
+        let page = Page::new().unwrap();
+        let mut line = Line::default();
+        put(&page, &job(10));
+        put(&page, &Msg::OverSocket);
+        put(&page, &job(12));
+        line.take_from_ring(&page).unwrap();
+        assert_eq!(in_line(&line), [(10, 0)], "job 12 waits behind the marker");
+        // A doorbell is no job.
+        line.take_from_socket(Msg::Ring);
+        assert_eq!(in_line(&line), [(10, 0)]);
+        line.take_from_socket(job(11));
+        assert_eq!(in_line(&line), [(10, 0), (11, 1), (12, 2)]);
+    }
+
+    #[test]
+    fn a_socket_job_that_comes_before_its_marker_waits_for_it() {
+        let page = Page::new().unwrap();
+        let mut line = Line::default();
+        line.take_from_socket(job(7));
+        assert!(in_line(&line).is_empty(), "its place is the marker's");
+        put(&page, &job(6));
+        put(&page, &Msg::OverSocket);
+        line.take_from_ring(&page).unwrap();
+        assert_eq!(in_line(&line), [(6, 0), (7, 1)]);
+    }
+
+    #[test]
+    fn the_gate_numbers_jobs_in_the_order_sent_across_both_paths() {
+        let page = Page::new().unwrap();
+        let mut line = Line::default();
+        for id in 0..300u64 {
+            if id % 3 == 1 {
+                put(&page, &Msg::OverSocket);
+                line.take_from_socket(job(id));
+            } else {
+                put(&page, &job(id));
+            }
+            if id % 7 == 0 {
+                line.take_from_ring(&page).unwrap();
+            }
+        }
+        line.take_from_ring(&page).unwrap();
+        let mut started = Vec::new();
+        while let Some(p) = line.start_next(&page) {
+            started.push(p.id);
+        }
+        assert_eq!(started, (0..300).collect::<Vec<_>>());
+        assert_eq!(page.started_count(), 300);
+    }
+
+    #[test]
+    fn a_reply_in_the_job_ring_is_an_error() {
+        let page = Page::new().unwrap();
+        put(&page, &Msg::Ready);
+        assert!(Line::default().take_from_ring(&page).is_err());
     }
 }
