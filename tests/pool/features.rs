@@ -299,6 +299,54 @@ async fn large_jobs_and_replies_flow_both_ways_at_once() -> Result<(), Failed> {
     Ok(())
 }
 
+/// How many tasks this worker process ran before this one, and the
+/// length of its argument.
+fn place_in_worker(v: Vec<u8>) -> (u64, usize) {
+    static RAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed), v.len())
+}
+
+async fn long_sum(v: Vec<u8>) -> u64 {
+    tokio::task::yield_now().await;
+    v.iter().map(|&b| u64::from(b)).sum()
+}
+
+/// Small jobs go through the shared page's ring, and one too big for it
+/// over the socket, with a marker in the ring: the worker must still run
+/// them in the order sent, each once.
+async fn jobs_too_big_for_the_ring_keep_their_place() -> Result<(), Failed> {
+    let pool = mp::Pool::new(1).await?;
+    let sizes: Vec<usize> = (0..600)
+        .map(|i| match i % 5 {
+            0 => 40_000,
+            3 => 17_000,
+            _ => i % 97,
+        })
+        .collect();
+    let pending: Vec<_> = sizes
+        .iter()
+        .map(|&n| pool.apply_async(place_in_worker, vec![7u8; n]))
+        .collect();
+    for (i, (p, &n)) in pending.into_iter().zip(&sizes).enumerate() {
+        let (place, len) = p.await?;
+        ensure(len == n, format!("task {i}: argument of {len} bytes, sent {n}"))?;
+        ensure(place == i as u64, format!("task {i} ran as the worker's task {place}"))?;
+    }
+    ensure(pool.stats().restarted == 0, "no worker was replaced")?;
+    // The same through a worker running several async tasks at once.
+    let pool = mp::Pool::builder().processes(2).concurrency(4).build().await?;
+    let args: Vec<Vec<u8>> = (0..400u32)
+        .map(|i| vec![(i % 7) as u8 + 1; if i % 3 == 0 { 30_000 } else { 10 }])
+        .collect();
+    let want: Vec<u64> = args
+        .iter()
+        .map(|v| v.iter().map(|&b| u64::from(b)).sum())
+        .collect();
+    let got = pool.map_chunked(long_sum, args, 1).await?;
+    ensure(got == want, "every async task's sum, in order")?;
+    Ok(())
+}
+
 async fn a_task_queued_behind_a_long_one_moves_to_an_idle_worker() -> Result<(), Failed> {
     let pool = mp::Pool::new(2).await?;
     for round in 0..3 {
@@ -355,6 +403,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "large_jobs_and_replies_flow_both_ways_at_once",
             T,
             large_jobs_and_replies_flow_both_ways_at_once,
+        ),
+        case(
+            "jobs_too_big_for_the_ring_keep_their_place",
+            T,
+            jobs_too_big_for_the_ring_keep_their_place,
         ),
         case(
             "a_task_queued_behind_a_long_one_moves_to_an_idle_worker",
