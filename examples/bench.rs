@@ -144,6 +144,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplySeq))),
     },
     Case {
+        name: "pool_apply_seq_task",
+        default_n: 2_000,
+        about: "pool_apply_seq from a spawned task (as a server's handler calls it), not the block_on thread",
+        run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplySeqTask))),
+    },
+    Case {
         name: "pool_apply_async",
         default_n: 10_000,
         about: "Pool(2).apply_async of n trivial tasks in flight, then all awaited",
@@ -1013,6 +1019,7 @@ enum PoolRun {
     MapC1,
     Map,
     ApplySeq,
+    ApplySeqTask,
     ApplyAsync,
 }
 
@@ -1020,7 +1027,14 @@ enum PoolRun {
 /// chunksize 1) outside the timed part.
 async fn pool_case(n: u64, run: PoolRun) -> Result<Duration, String> {
     let err = |e: mp::TaskError| e.to_string();
-    let pool = mp::Pool::new(2).await.map_err(|e| e.to_string())?;
+    let pool = mp::Pool::new(
+        std::env::var("BENCH_POOL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     pool.map_chunked(identity, 0..1000, 1).await.map_err(err)?;
     let t0 = Instant::now();
     match run {
@@ -1034,6 +1048,20 @@ async fn pool_case(n: u64, run: PoolRun) -> Result<Duration, String> {
             for i in 0..n {
                 pool.apply(identity, i).await.map_err(err)?;
             }
+        }
+        PoolRun::ApplySeqTask => {
+            // The loop in a task of its own, as a server's handler would
+            // call the pool, rather than on the thread in `block_on`.
+            let p = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..n {
+                    p.apply(identity, i).await?;
+                }
+                Ok::<(), mp::TaskError>(())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(err)?;
         }
         PoolRun::ApplyAsync => {
             let pending: Vec<_> = (0..n).map(|i| pool.apply_async(identity, i)).collect();

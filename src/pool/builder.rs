@@ -207,6 +207,7 @@ impl PoolBuilder {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
+            idle_notify: Notify::new(),
             state: watch::Sender::new(State::Running),
             stats: Counters::default(),
             config: Config {

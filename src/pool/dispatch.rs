@@ -490,7 +490,7 @@ struct Hungry<'a>(&'a Shared);
 
 impl<'a> Hungry<'a> {
     fn new(shared: &'a Shared) -> Hungry<'a> {
-        shared.hungry.fetch_add(1, Ordering::AcqRel);
+        shared.hungry.fetch_add(1, Ordering::SeqCst);
         Hungry(shared)
     }
 }
@@ -749,9 +749,21 @@ async fn run(
         // `STALL_RETRY` has passed.
         let retry_at = stalled_since + STALL_RETRY;
         let stall_over = !stalled || Instant::now() >= retry_at;
-        let _hungry = (inflight.is_empty() && stall_over && current == State::Running)
+        let hungry = (inflight.is_empty() && stall_over && current == State::Running)
             .then(|| Hungry::new(shared));
         let stall_wait = stalled && !stall_over && inflight.is_empty();
+        // An idle slot also hears the bell for one job (see
+        // `Shared::idle_notify`), armed after it counted itself idle, then
+        // looks at the queue once more: a job submitted in between is seen
+        // here, or rings the bell.
+        let idle_bell = shared.idle_notify.notified();
+        tokio::pin!(idle_bell);
+        if hungry.is_some() {
+            idle_bell.as_mut().enable();
+            if may_feed && !shared.lock_queue().is_empty() {
+                continue;
+            }
+        }
         tokio::select! {
             msg = worker.conn.recv() => {
                 worker.page.wake();
@@ -779,6 +791,7 @@ async fn run(
                 break End::Replace(Why::Died(exitcode));
             }
             _ = &mut notified, if room => {}
+            _ = &mut idle_bell, if hungry.is_some() => {}
             _ = &mut cancelled, if waiting => {}
             _ = tokio::time::sleep_until(stuck_at.unwrap_or_else(Instant::now)),
                 if stuck_at.is_some() => {}

@@ -218,7 +218,13 @@ pub(super) struct Config {
 /// What the pool's handles and its supervising tasks share.
 pub(super) struct Shared {
     pub(super) queue: Mutex<VecDeque<Job>>,
+    /// Wakes every slot waiting for work.
     pub(super) notify: Notify,
+    /// Wakes one idle slot (one counted in `hungry`): when the queue holds
+    /// no more jobs than there are idle slots, the slots with busy workers
+    /// would not take them, and waking them all would only move the
+    /// pool's tasks between the runtime's threads.
+    pub(super) idle_notify: Notify,
     pub(super) state: watch::Sender<State>,
     pub(super) stats: Counters,
     pub(super) config: Config,
@@ -280,8 +286,19 @@ impl Shared {
             return Err(TaskError::Closed);
         }
         q.extend(jobs);
+        let queued = q.len();
         drop(q);
-        self.notify.notify_waiters();
+        // Read after the queue's lock is let go: a slot counts itself
+        // hungry before it looks at the queue (under the lock) once more,
+        // so either it sees these jobs or this sees it.
+        let idle = self.hungry.load(Ordering::SeqCst);
+        if queued <= idle {
+            for _ in 0..queued {
+                self.idle_notify.notify_last();
+            }
+        } else {
+            self.notify.notify_waiters();
+        }
         Ok(())
     }
 

@@ -303,7 +303,10 @@ async fn large_jobs_and_replies_flow_both_ways_at_once() -> Result<(), Failed> {
 /// length of its argument.
 fn place_in_worker(v: Vec<u8>) -> (u64, usize) {
     static RAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    (RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed), v.len())
+    (
+        RAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        v.len(),
+    )
 }
 
 async fn long_sum(v: Vec<u8>) -> u64 {
@@ -329,12 +332,22 @@ async fn jobs_too_big_for_the_ring_keep_their_place() -> Result<(), Failed> {
         .collect();
     for (i, (p, &n)) in pending.into_iter().zip(&sizes).enumerate() {
         let (place, len) = p.await?;
-        ensure(len == n, format!("task {i}: argument of {len} bytes, sent {n}"))?;
-        ensure(place == i as u64, format!("task {i} ran as the worker's task {place}"))?;
+        ensure(
+            len == n,
+            format!("task {i}: argument of {len} bytes, sent {n}"),
+        )?;
+        ensure(
+            place == i as u64,
+            format!("task {i} ran as the worker's task {place}"),
+        )?;
     }
     ensure(pool.stats().restarted == 0, "no worker was replaced")?;
     // The same through a worker running several async tasks at once.
-    let pool = mp::Pool::builder().processes(2).concurrency(4).build().await?;
+    let pool = mp::Pool::builder()
+        .processes(2)
+        .concurrency(4)
+        .build()
+        .await?;
     let args: Vec<Vec<u8>> = (0..400u32)
         .map(|i| vec![(i % 7) as u8 + 1; if i % 3 == 0 { 30_000 } else { 10 }])
         .collect();
