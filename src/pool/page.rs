@@ -284,8 +284,10 @@ impl Page {
         self.0.u64(r.tail).store(at + need, Ordering::SeqCst);
         // Ordered after the publication (both SeqCst): either the
         // consumer sees the record before it sleeps, or this sees its
-        // request to be woken.
-        Some(self.0.u32(r.sleeping).swap(0, Ordering::SeqCst) == 1)
+        // request to be woken. Looked at before it is taken, so that a
+        // consumer awake costs no write to its line.
+        let sleeping = self.0.u32(r.sleeping);
+        Some(sleeping.load(Ordering::SeqCst) == 1 && sleeping.swap(0, Ordering::SeqCst) == 1)
     }
 
     fn write_at(&self, r: Ring, pos: u64, bytes: &[u8]) {
@@ -367,16 +369,19 @@ impl Page {
             return false;
         }
         let until = Instant::now() + d;
+        let (tail, head) = (self.0.u64(r.tail), self.0.u64(r.head));
         loop {
-            if self.0.u64(r.tail).load(Ordering::Acquire)
-                != self.0.u64(r.head).load(Ordering::Relaxed)
-            {
-                return true;
+            // The clock is read once every few dozen looks: reading it
+            // costs more than a look.
+            for _ in 0..32 {
+                if tail.load(Ordering::Acquire) != head.load(Ordering::Relaxed) {
+                    return true;
+                }
+                std::hint::spin_loop();
             }
             if Instant::now() >= until {
                 return false;
             }
-            std::hint::spin_loop();
         }
     }
 
