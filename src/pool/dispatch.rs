@@ -589,7 +589,18 @@ async fn run(
             }
             break End::Shutdown;
         }
-        if let Err(e) = drain_ring(shared, worker, &mut inflight, Some(&mut pace), &mut busy) {
+        // The clock is read once a round: what this round decides, it
+        // decides as of now.
+        let round = Instant::now();
+        let drained = drain_ring(
+            shared,
+            worker,
+            &mut inflight,
+            Some(&mut pace),
+            &mut busy,
+            (round, &mut scratch),
+        );
+        if let Err(e) = drained {
             tracing::error!(
                 process = worker.process.name(),
                 pid = worker.process.pid(),
@@ -602,7 +613,7 @@ async fn run(
         // Which jobs the worker has started is the gate's word, read once
         // per round.
         let started = worker.page.started_count();
-        inflight.observe(started, Instant::now());
+        inflight.observe(started, round);
         if stalled && started > stalled_at {
             stalled = false;
         }
@@ -614,7 +625,7 @@ async fn run(
         // exact even while a synchronous task holds the worker's thread.
         let blocked = inflight
             .blocked_since(started)
-            .is_some_and(|t| t.elapsed() >= STUCK_AFTER);
+            .is_some_and(|t| round.saturating_duration_since(t) >= STUCK_AFTER);
         let cancels = shared.cancels.load(Ordering::Acquire);
         let unwanted = cancels != cancels_seen && inflight.holds_unwanted(started);
         cancels_seen = cancels;
@@ -626,7 +637,7 @@ async fn run(
                 // the others go first.
                 stalled = true;
                 stalled_at = started;
-                stalled_since = Instant::now();
+                stalled_since = round;
             }
             let mut wanted = VecDeque::new();
             for job in inflight.take_back(started) {
@@ -652,7 +663,7 @@ async fn run(
         let mut doorbell = false;
         let mut over_socket = false;
         let mut ring_broken = false;
-        let now = Instant::now();
+        let now = round;
         // A worker that stalled before its first job gets work only when
         // no other worker is idle.
         let may_feed = !stalled || shared.hungry.load(Ordering::Acquire) == 0;
@@ -720,7 +731,7 @@ async fn run(
         // Only jobs the worker has started can time out. Every job is seen
         // started here, or is waited for below until it is.
         let started = worker.page.started_count();
-        inflight.observe(started, Instant::now());
+        inflight.observe(started, round);
         let oldest = shared.config.timeout.and_then(|t| inflight.oldest(t));
         let room = inflight.len() < window && may_take(inflight.sent);
         let waiting = inflight.holds_unstarted(started);
@@ -730,7 +741,7 @@ async fn run(
         let stuck_at = if !waiting {
             None
         } else if blocked {
-            Some(Instant::now() + STUCK_AFTER)
+            Some(round + STUCK_AFTER)
         } else {
             inflight.blocked_since(started).map(|t| t + STUCK_AFTER)
         };
@@ -748,7 +759,7 @@ async fn run(
         // hands over the jobs it holds; one that stalled does not, until
         // `STALL_RETRY` has passed.
         let retry_at = stalled_since + STALL_RETRY;
-        let stall_over = !stalled || Instant::now() >= retry_at;
+        let stall_over = !stalled || round >= retry_at;
         let hungry = (inflight.is_empty() && stall_over && current == State::Running)
             .then(|| Hungry::new(shared));
         let stall_wait = stalled && !stall_over && inflight.is_empty();
@@ -888,11 +899,10 @@ fn drain_ring(
     inflight: &mut Inflight,
     mut pace: Option<&mut Pace>,
     busy: &mut bool,
+    (now, bytes): (Instant, &mut Vec<u8>),
 ) -> Result<(), String> {
-    let now = Instant::now();
-    let mut bytes = Vec::new();
-    while worker.page.pop_into(&mut bytes)? {
-        let msg: Msg = decode_value(&bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
+    while worker.page.pop_into(bytes)? {
+        let msg: Msg = decode_value(bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
         on_reply(
             shared,
             inflight,
@@ -927,7 +937,14 @@ async fn died(
     let exitcode = reap(&worker.process, late.is_some()).await;
     // Read once the worker is gone, so its last word is in.
     // Replies it published before it died count.
-    if let Err(e) = drain_ring(shared, worker, inflight, None, &mut false) {
+    if let Err(e) = drain_ring(
+        shared,
+        worker,
+        inflight,
+        None,
+        &mut false,
+        (Instant::now(), &mut Vec::new()),
+    ) {
         tracing::warn!(
             process = worker.process.name(),
             pid = worker.process.pid(),

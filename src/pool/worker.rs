@@ -468,7 +468,7 @@ fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
 /// Sends a reply through the shared page's ring, ringing the doorbell if
 /// the slot sleeps, or over the socket if it does not fit. False
 /// once the parent's end is gone.
-async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
+async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg, buf: &mut Vec<u8>) -> bool {
     // A reply whose values alone are too big for the ring is encoded once,
     // for the socket.
     // So does one with handles in its values: their descriptors go with
@@ -482,10 +482,13 @@ async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg) -> bool {
     };
     let pushed = match too_big {
         true => None,
-        false => match crate::target::encode_value(&msg) {
-            Ok(bytes) => page.push(&bytes),
-            Err(_) => None,
-        },
+        false => {
+            buf.clear();
+            match rmp_serde::encode::write(buf, &msg) {
+                Ok(()) => page.push(buf),
+                Err(_) => None,
+            }
+        }
     };
     match pushed {
         Some(false) => true,
@@ -549,6 +552,8 @@ pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs)
         return;
     }
     let mut running = FuturesUnordered::new();
+    // Where a reply is encoded for the ring.
+    let mut buf = Vec::new();
     loop {
         if conn.flush().await.is_err() || !take_all(&mut conn, &mut line, &page) {
             return;
@@ -573,7 +578,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs)
         tokio::select! {
             biased;
             Some((id, results)) = running.next() => {
-                if !reply(&conn, &page, Msg::Done { id, results }).await {
+                if !reply(&conn, &page, Msg::Done { id, results }, &mut buf).await {
                     return;
                 }
             }
@@ -594,6 +599,8 @@ async fn serve_one_at_a_time(
     page: Page,
     spin: Duration,
 ) {
+    // Where a reply is encoded for the ring.
+    let mut buf = Vec::new();
     loop {
         // A doorbell or a reply that went over the socket is written
         // before the next job runs: a synchronous target blocks this
@@ -609,7 +616,7 @@ async fn serve_one_at_a_time(
             continue;
         };
         let (id, results) = run_job(job).await;
-        if !reply(&conn, &page, Msg::Done { id, results }).await {
+        if !reply(&conn, &page, Msg::Done { id, results }, &mut buf).await {
             return;
         }
     }
