@@ -82,13 +82,20 @@ REFERENCES = {
     "sup_start_100": "spawn",
     "spawn_tokio_main": "spawn",
     "pipe_rtt_spin": "pipe_rtt",
+    "pool_apply_seq_task": "pool_apply_seq",
 }
 
 
 # Rust cases with no Python case of their own: the Python case run as
 # their other side. `spawn_tokio_main` is `spawn` from a `#[tokio::main]`
 # program; Python has no such thing, so its side is the plain start.
-PYTHON_PEERS = {"spawn_tokio_main": "spawn", "pipe_rtt_spin": "pipe_rtt"}
+# `pool_apply_seq_task` is `pool_apply_seq` from a spawned task; Python's
+# `apply` has one caller, its main thread.
+PYTHON_PEERS = {
+    "spawn_tokio_main": "spawn",
+    "pipe_rtt_spin": "pipe_rtt",
+    "pool_apply_seq_task": "pool_apply_seq",
+}
 
 # Rust-only floor cases shown in the notes of the case they bound.
 FLOORS = {
