@@ -176,7 +176,7 @@
 //! }
 //! ```
 
-mod connection;
+pub mod connection;
 mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]

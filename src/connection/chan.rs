@@ -789,7 +789,6 @@ impl Chan {
     }
 
     /// An end around `fd`, which must be a connected stream socket.
-    #[cfg(test)]
     pub(crate) fn from_fd(fd: OwnedHandle, max: usize) -> Chan {
         Chan::from_fd_spinning(fd, max, Duration::ZERO)
     }

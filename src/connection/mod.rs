@@ -34,8 +34,20 @@
 //!
 //! The rules (framing, coalesced writes, what a closed end does, and the
 //! caveats) are on [`Pipe`]; `docs/channels.md` tells how it is built.
+//!
+//! Processes that did not start each other, on this machine or another,
+//! meet through a [`Listener`] and a [`Client`], which speak the protocol
+//! of Python's `multiprocessing.connection`, authkey handshake included.
 
+mod auth;
 mod chan;
+mod net;
+
+pub use auth::AuthenticationError;
+pub use net::{
+    Address, Client, ClientBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, Listener,
+    ListenerBuilder, NetError,
+};
 
 use std::fmt;
 use std::future::Future;

@@ -6,6 +6,8 @@
 //!   the bytes);
 //! - [`fdstream`]: an async stream socket whose writes carry queued
 //!   descriptors and whose reads collect the ones that arrive;
+//! - [`net`]: TCP and Unix-path listeners and the streams they accept,
+//!   before they become pipe ends;
 //! - [`blocking`]: the blocking reader and writer of frames, for code that
 //!   runs without a runtime (a child reading its orders, the fork server).
 //!
@@ -16,4 +18,5 @@ pub(crate) mod blocking;
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod fdstream;
 pub(crate) mod handle;
+pub(crate) mod net;
 pub(crate) mod socket;

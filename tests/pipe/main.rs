@@ -13,6 +13,7 @@ mod close;
 mod exit;
 mod handles_in_messages;
 mod handles_nested;
+mod listener;
 mod messages;
 mod soak;
 mod spin;
@@ -37,6 +38,7 @@ fn main() {
             common::module("handles_in_messages", handles_in_messages::cases()),
             common::module("exit", exit::cases()),
             common::module("spin", spin::cases()),
+            common::module("listener", listener::cases()),
         ],
     )
 }

@@ -1,0 +1,548 @@
+//! [`Listener`] and [`Client`]: pipe ends between processes that did not
+//! start each other, over TCP or a Unix socket path. Python's
+//! `multiprocessing.connection.Listener` and `Client`.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+
+use super::auth::{self, AuthenticationError, HandshakeError};
+use super::{Connection, chan::Chan};
+use crate::transport::net::{Bound, NetListener, NetStream, Where, looks_like_path};
+use crate::wire::ChannelError;
+use crate::wire::frame::DEFAULT_MAX_FRAME;
+
+/// How long a peer has to finish the handshake, unless set otherwise.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes a listener runs at once, unless set otherwise: peers past
+/// this wait to be accepted until one ends.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+
+/// Where a [`Listener`] listens and a [`Client`] connects: a TCP address
+/// or a Unix socket path.
+///
+/// From a string: an IP address and port (`"127.0.0.1:6000"`,
+/// `"[::1]:6000"`) or a host name and port (`"localhost:6000"`) is TCP;
+/// anything else (`"/tmp/app.sock"`, `"app.sock"`) is a path. Use
+/// [`Address::Unix`] (or a `Path`) for a path that looks like `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// A TCP address, `host:port`; port 0 in a listener's address lets
+    /// the system pick one ([`Listener::address`] then tells it).
+    Inet(String),
+    /// A Unix socket at this path. A listener creates it and removes it
+    /// when it closes.
+    Unix(PathBuf),
+}
+
+impl Address {
+    fn to_where(&self) -> Where {
+        match self {
+            Address::Inet(a) => Where::Inet(a.clone()),
+            Address::Unix(p) => Where::Unix(p.clone()),
+        }
+    }
+}
+
+impl From<&str> for Address {
+    fn from(s: &str) -> Address {
+        if looks_like_path(s) {
+            Address::Unix(PathBuf::from(s))
+        } else {
+            Address::Inet(s.to_owned())
+        }
+    }
+}
+
+impl From<String> for Address {
+    fn from(s: String) -> Address {
+        Address::from(s.as_str())
+    }
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Address {
+        Address::Inet(a.to_string())
+    }
+}
+
+impl From<&Path> for Address {
+    fn from(p: &Path) -> Address {
+        Address::Unix(p.to_owned())
+    }
+}
+
+impl From<PathBuf> for Address {
+    fn from(p: PathBuf) -> Address {
+        Address::Unix(p)
+    }
+}
+
+impl From<&Address> for Address {
+    fn from(a: &Address) -> Address {
+        a.clone()
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Inet(a) => f.write_str(a),
+            Address::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a [`Listener`] could not bind or accept, or a [`Client`] could not
+/// connect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The operating system refused: nothing listens there, the address
+    /// is in use, the path exists, ...
+    #[error("{address}: {source}")]
+    Io {
+        /// The address.
+        address: Address,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer did not prove the authkey, or rejected ours.
+    #[error(transparent)]
+    Authentication(#[from] AuthenticationError),
+    /// The stream broke during the handshake, or the peer sent a frame
+    /// the handshake does not allow (more than 256 bytes, as CPython).
+    #[error("handshake with {address}: {source}")]
+    Handshake {
+        /// The address.
+        address: Address,
+        /// What broke.
+        #[source]
+        source: ChannelError,
+    },
+    /// The peer did not finish the handshake within the deadline.
+    #[error("handshake with {address} took longer than {after:?}")]
+    HandshakeTimeout {
+        /// The address.
+        address: Address,
+        /// The deadline.
+        after: Duration,
+    },
+    /// A listener would take plaintext from other machines.
+    #[error(
+        "{address} is reachable from other machines, and a listener there takes only TLS \
+         connections; bind a loopback address or a Unix path, or say \
+         `.insecure_plaintext()` to accept anyone who can reach the port in the clear"
+    )]
+    Plaintext {
+        /// The address.
+        address: Address,
+    },
+}
+
+impl NetError {
+    fn io(address: &Address) -> impl FnOnce(io::Error) -> NetError + '_ {
+        move |source| NetError::Io {
+            address: address.clone(),
+            source,
+        }
+    }
+
+    fn from_handshake(address: &Address, e: HandshakeError) -> NetError {
+        match e {
+            HandshakeError::Auth(e) => NetError::Authentication(e),
+            HandshakeError::Channel(source) => NetError::Handshake {
+                address: address.clone(),
+                source,
+            },
+        }
+    }
+}
+
+/// What both ends of a connection agree on before it carries messages.
+#[derive(Clone)]
+struct Terms {
+    authkey: Option<Vec<u8>>,
+    handshake_timeout: Duration,
+    max_message: usize,
+}
+
+impl fmt::Debug for Terms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key itself is never printed.
+        f.debug_struct("Terms")
+            .field("authkey", &self.authkey.as_ref().map(|_| "<set>"))
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_message", &self.max_message)
+            .finish()
+    }
+}
+
+impl Default for Terms {
+    fn default() -> Self {
+        Terms {
+            authkey: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_message: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Which side of the handshake this end takes.
+#[derive(Clone, Copy)]
+enum Side {
+    /// Delivers its challenge first, as Python's `Listener.accept`.
+    Listener,
+    /// Answers first, as Python's `Client`.
+    Client,
+}
+
+/// Runs the handshake on `stream` (if there is a key) within the deadline.
+async fn handshake(
+    mut stream: NetStream,
+    terms: &Terms,
+    side: Side,
+    address: &Address,
+) -> Result<NetStream, NetError> {
+    let Some(key) = terms.authkey.as_deref() else {
+        return Ok(stream);
+    };
+    let run = async {
+        match side {
+            Side::Listener => {
+                auth::deliver_challenge(&mut stream, key).await?;
+                auth::answer_challenge(&mut stream, key).await
+            }
+            Side::Client => {
+                auth::answer_challenge(&mut stream, key).await?;
+                auth::deliver_challenge(&mut stream, key).await
+            }
+        }
+    };
+    match tokio::time::timeout(terms.handshake_timeout, run).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(NetError::from_handshake(address, e)),
+        Err(_) => Err(NetError::HandshakeTimeout {
+            address: address.clone(),
+            after: terms.handshake_timeout,
+        }),
+    }
+}
+
+/// A pipe end around a stream whose handshake is done.
+fn into_connection<T>(
+    stream: NetStream,
+    terms: &Terms,
+    address: &Address,
+) -> Result<Connection<T>, NetError> {
+    let handle = stream.into_handle().map_err(NetError::io(address))?;
+    Ok(Connection::from_chan(Chan::from_fd(
+        handle,
+        terms.max_message,
+    )))
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<NetStream, NetError>> + Send>>;
+
+/// Listens for [`Client`]s (Python's or this crate's) on a TCP address or
+/// a Unix socket path. Python's `multiprocessing.connection.Listener`.
+///
+/// With an authkey, every peer must prove it knows the key before
+/// [`accept`](Listener::accept) hands out its connection, and this side
+/// proves it too: the HMAC challenge of CPython's `deliver_challenge` and
+/// `answer_challenge`, SHA-256 as CPython 3.12 and later send it, and
+/// the HMAC-MD5 of 3.11 and earlier. A wrong key fails that peer's
+/// accept with [`NetError::Authentication`] and reads nothing past the
+/// handshake; the listener goes on. Frames before the handshake ends may
+/// hold at most 256 bytes, and the handshake must end within a deadline
+/// (10 s by default), so a peer that says nothing holds nothing for long.
+/// Several handshakes run at once, so one slow peer does not hold up the
+/// others.
+///
+/// Messages are framed as CPython frames them (a 4-byte big-endian length,
+/// then the bytes) and are MessagePack: a Python peer sends
+/// `conn.send_bytes(msgpack.packb(x))` and reads
+/// `msgpack.unpackb(conn.recv_bytes())`. Handles (pipe ends, locks,
+/// queues) cannot travel over a TCP connection.
+///
+/// ```no_run
+/// use tokio_multiprocessing::connection::{Client, Listener};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut listener = Listener::bind("127.0.0.1:0", Some(b"secret")).await?;
+/// let address = listener.address().clone();
+/// let client = tokio::spawn(async move {
+///     let mut conn = Client::connect::<String>(&address, Some(b"secret")).await?;
+///     conn.send(&"hello".to_owned()).await?;
+///     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+/// });
+/// let mut conn = listener.accept::<String>().await?;
+/// assert_eq!(conn.recv().await?, "hello");
+/// # client.await.unwrap().unwrap();
+/// # Ok(()) }
+/// ```
+pub struct Listener {
+    socket: NetListener,
+    address: Address,
+    terms: Terms,
+    max_handshakes: usize,
+    /// Handshakes under way; kept across `accept` calls, so a cancelled
+    /// accept loses no peer.
+    pending: FuturesUnordered<Pending>,
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("address", &self.address)
+            .field("terms", &self.terms)
+            .field("handshakes", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listener {
+    /// Binds `address`, with `authkey` if given: Python's
+    /// `Listener(address, authkey=...)`.
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::Io`] if the address cannot be bound;
+    /// [`NetError::Plaintext`] if it can be reached from other machines
+    /// (see [`ListenerBuilder::insecure_plaintext`]).
+    pub async fn bind(
+        address: impl Into<Address>,
+        authkey: Option<&[u8]>,
+    ) -> Result<Listener, NetError> {
+        let mut b = Listener::builder(address);
+        if let Some(key) = authkey {
+            b = b.authkey(key);
+        }
+        b.bind().await
+    }
+
+    /// A builder, for the deadline, the message limit and plaintext.
+    pub fn builder(address: impl Into<Address>) -> ListenerBuilder {
+        ListenerBuilder {
+            address: address.into(),
+            terms: Terms::default(),
+            plaintext: false,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+        }
+    }
+
+    /// The address bound, with the port the system chose if it was 0.
+    pub fn address(&self) -> &Address {
+        &self.address
+    }
+
+    /// The next peer whose handshake succeeded, as a connection. Python's
+    /// `Listener.accept`.
+    ///
+    /// # Errors
+    ///
+    /// The failure of one peer: its handshake failed or ran out of time
+    /// ([`NetError::Authentication`], [`NetError::Handshake`],
+    /// [`NetError::HandshakeTimeout`]), or accepting it failed
+    /// ([`NetError::Io`], for example when out of descriptors). The
+    /// listener goes on; call `accept` again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a peer accepted or in its handshake when the future is
+    /// dropped is handed out by a later call.
+    pub async fn accept<T>(&mut self) -> Result<Connection<T>, NetError> {
+        enum Step {
+            Done(Result<NetStream, NetError>),
+            Accepted(NetStream),
+        }
+        loop {
+            let room = self.pending.len() < self.max_handshakes;
+            let step = tokio::select! {
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => Step::Done(done),
+                accepted = self.socket.accept(), if room => {
+                    Step::Accepted(accepted.map_err(NetError::io(&self.address))?)
+                }
+            };
+            match step {
+                Step::Done(done) => return into_connection(done?, &self.terms, &self.address),
+                Step::Accepted(stream) => {
+                    let terms = self.terms.clone();
+                    let address = self.address.clone();
+                    self.pending.push(Box::pin(async move {
+                        handshake(stream, &terms, Side::Listener, &address).await
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Stops listening; a Unix socket's path is removed. Python's
+    /// `Listener.close`. Dropping the listener does the same.
+    pub fn close(self) {}
+}
+
+/// Configures a [`Listener`] before it binds.
+#[derive(Debug)]
+#[must_use]
+pub struct ListenerBuilder {
+    address: Address,
+    terms: Terms,
+    plaintext: bool,
+    max_handshakes: usize,
+}
+
+impl ListenerBuilder {
+    /// Requires every peer to prove it knows `key`, and proves it to them.
+    pub fn authkey(mut self, key: &[u8]) -> Self {
+        self.terms.authkey = Some(key.to_vec());
+        self
+    }
+
+    /// How long a peer has to finish the handshake (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.terms.handshake_timeout = d;
+        self
+    }
+
+    /// How many handshakes run at once (default 64); more peers wait to
+    /// be accepted.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n.max(1);
+        self
+    }
+
+    /// The largest message a connection sends or accepts (default
+    /// 128 MiB), as [`PipeBuilder::max_message`](crate::PipeBuilder::max_message).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.terms.max_message = bytes;
+        self
+    }
+
+    /// Allows a listener that other machines can reach to take plaintext
+    /// connections. Without it, binding an address that is not loopback
+    /// fails with [`NetError::Plaintext`]: anyone who can reach the port
+    /// could read the messages, and, without an authkey, send them.
+    pub fn insecure_plaintext(mut self) -> Self {
+        self.plaintext = true;
+        self
+    }
+
+    /// Binds the address.
+    ///
+    /// # Errors
+    ///
+    /// As [`Listener::bind`].
+    pub async fn bind(self) -> Result<Listener, NetError> {
+        let socket = NetListener::bind(&self.address.to_where())
+            .await
+            .map_err(NetError::io(&self.address))?;
+        let bound = socket.local().map_err(NetError::io(&self.address))?;
+        let address = match &bound {
+            Bound::Inet(a) => Address::Inet(a.to_string()),
+            Bound::Unix(p) => Address::Unix(p.clone()),
+        };
+        if !bound.is_local() && !self.plaintext {
+            return Err(NetError::Plaintext { address });
+        }
+        Ok(Listener {
+            socket,
+            address,
+            terms: self.terms,
+            max_handshakes: self.max_handshakes,
+            pending: FuturesUnordered::new(),
+        })
+    }
+}
+
+/// Connects to a [`Listener`] (Python's or this crate's). Python's
+/// `multiprocessing.connection.Client`.
+#[derive(Debug)]
+pub enum Client {}
+
+impl Client {
+    /// Connects to `address`, with `authkey` if the listener has one.
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::Io`] if nothing listens there;
+    /// [`NetError::Authentication`] if the keys differ; the handshake's
+    /// other failures.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a connection made is closed when the future is
+    /// dropped.
+    pub async fn connect<T>(
+        address: impl Into<Address>,
+        authkey: Option<&[u8]>,
+    ) -> Result<Connection<T>, NetError> {
+        let mut b = Client::builder(address);
+        if let Some(key) = authkey {
+            b = b.authkey(key);
+        }
+        b.connect().await
+    }
+
+    /// A builder, for the deadline and the message limit.
+    pub fn builder(address: impl Into<Address>) -> ClientBuilder {
+        ClientBuilder {
+            address: address.into(),
+            terms: Terms::default(),
+        }
+    }
+}
+
+/// Configures a [`Client`] connection before it is made.
+#[derive(Debug)]
+#[must_use]
+pub struct ClientBuilder {
+    address: Address,
+    terms: Terms,
+}
+
+impl ClientBuilder {
+    /// Proves to the listener that this side knows `key`, and requires the
+    /// same of it.
+    pub fn authkey(mut self, key: &[u8]) -> Self {
+        self.terms.authkey = Some(key.to_vec());
+        self
+    }
+
+    /// How long the handshake may take (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.terms.handshake_timeout = d;
+        self
+    }
+
+    /// The largest message the connection sends or accepts (default
+    /// 128 MiB).
+    pub fn max_message(mut self, bytes: usize) -> Self {
+        self.terms.max_message = bytes;
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// As [`Client::connect`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Client::connect`].
+    pub async fn connect<T>(self) -> Result<Connection<T>, NetError> {
+        let stream = NetStream::connect(&self.address.to_where())
+            .await
+            .map_err(NetError::io(&self.address))?;
+        let stream = handshake(stream, &self.terms, Side::Client, &self.address).await?;
+        into_connection(stream, &self.terms, &self.address)
+    }
+}
