@@ -11,11 +11,10 @@ use tokio::time::Instant;
 
 use super::job::{Job, Shared, State, deliver};
 use super::page::{MAX_JOB, Page};
-use super::worker::{Msg, serve};
+use super::worker::{Msg, decode_reply_record, encode_job_record, serve};
 use super::{BuildError, TaskError};
 use crate::connection::{Connection, Pipe};
 use crate::process::Process;
-use crate::target::decode_value;
 
 /// How long a worker past its task timeout has between `SIGTERM` and `SIGKILL`.
 const GRACE: Duration = Duration::from_millis(500);
@@ -572,6 +571,11 @@ async fn run(
     // a loaded machine), and while it is not counted, a blocked worker
     // keeps the jobs queued behind its long one.
     let mut stalled_since = Instant::now();
+    // The slot was rung as an idle one (`Shared::idle_notify`): the jobs
+    // queued are meant for it and the other idle slots, which were not
+    // woken. If it takes none (a stalled worker, say), it wakes every
+    // slot, so that no job waits for a slot nobody rang.
+    let mut rung = false;
     let end = loop {
         // Registered before the queue is looked at, so a job pushed after
         // the look still wakes this slot.
@@ -697,6 +701,9 @@ async fn run(
             set_busy(shared, &mut busy, true);
             fed = true;
         }
+        if std::mem::take(&mut rung) && !fed && !shared.lock_queue().is_empty() {
+            shared.notify.notify_waiters();
+        }
         if ring_broken {
             tracing::error!(
                 process = worker.process.name(),
@@ -802,7 +809,7 @@ async fn run(
                 break End::Replace(Why::Died(exitcode));
             }
             _ = &mut notified, if room => {}
-            _ = &mut idle_bell, if hungry.is_some() => {}
+            _ = &mut idle_bell, if hungry.is_some() => rung = true,
             _ = &mut cancelled, if waiting => {}
             _ = tokio::time::sleep_until(stuck_at.unwrap_or_else(Instant::now)),
                 if stuck_at.is_some() => {}
@@ -840,13 +847,12 @@ fn hand_over(worker: &Worker, msg: &Msg, scratch: &mut Vec<u8>) -> Option<Via> {
     };
     if !args.has_handles() && args.encoded_len() <= MAX_JOB {
         scratch.clear();
-        if rmp_serde::encode::write(scratch, msg).is_ok() && scratch.len() <= MAX_JOB {
+        if encode_job_record(scratch, msg).is_ok() && scratch.len() <= MAX_JOB {
             return worker.page.push_job(scratch).map(|bell| Via::Ring { bell });
         }
     }
-    scratch.clear();
-    rmp_serde::encode::write(scratch, &Msg::OverSocket).ok()?;
-    worker.page.push_job(scratch)?;
+    // An empty record: the marker.
+    worker.page.push_job(&[])?;
     // The frame wakes a sleeping worker by itself. A failed write shows as
     // the worker's death.
     let _ = worker.conn.feed(msg);
@@ -902,7 +908,7 @@ fn drain_ring(
     (now, bytes): (Instant, &mut Vec<u8>),
 ) -> Result<(), String> {
     while worker.page.pop_into(bytes)? {
-        let msg: Msg = decode_value(bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
+        let msg = decode_reply_record(bytes).map_err(|e| format!("a reply in the ring: {e}"))?;
         on_reply(
             shared,
             inflight,

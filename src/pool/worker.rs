@@ -38,10 +38,66 @@ pub(crate) enum Msg {
     /// Either way, a doorbell: messages wait in the shared page's ring
     /// (replies for the parent, jobs for the worker).
     Ring,
-    /// Parent to worker, in the job ring in a job's place: the job comes
-    /// over the socket (it is too big for the ring, or holds handles,
-    /// whose descriptors only the socket carries).
-    OverSocket,
+}
+
+/// A job as the job ring carries it: its fields, without the variant name
+/// a `Msg` would spell out. An empty record is a marker in a job's place:
+/// the job comes over the socket (it is too big for the ring, or holds
+/// handles, whose descriptors only the socket carries).
+#[derive(Serialize)]
+struct JobOut<'a> {
+    id: u64,
+    target: TargetRef,
+    args: &'a Batch,
+}
+
+#[derive(Deserialize)]
+struct JobIn {
+    id: u64,
+    target: TargetRef,
+    args: Batch,
+}
+
+/// Encodes job `msg` (a [`Msg::Job`]) into `buf` as a record of the job
+/// ring.
+pub(crate) fn encode_job_record(buf: &mut Vec<u8>, msg: &Msg) -> Result<(), String> {
+    let Msg::Job { id, target, args } = msg else {
+        return Err(format!("{msg:?} is not a job"));
+    };
+    let job = JobOut {
+        id: *id,
+        target: *target,
+        args,
+    };
+    rmp_serde::encode::write(buf, &job).map_err(|e| e.to_string())
+}
+
+/// Decodes a record of the job ring: a job, or `None` for a marker.
+fn decode_job_record(bytes: &[u8]) -> Result<Option<Msg>, String> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let JobIn { id, target, args } = crate::target::decode_value(bytes)?;
+    Ok(Some(Msg::Job { id, target, args }))
+}
+
+/// A reply as the reply ring carries it: `Done`'s fields.
+#[derive(Serialize)]
+struct DoneOut<'a> {
+    id: u64,
+    results: &'a Results,
+}
+
+#[derive(Deserialize)]
+struct DoneIn {
+    id: u64,
+    results: Results,
+}
+
+/// Decodes a record of the reply ring: a [`Msg::Done`].
+pub(crate) fn decode_reply_record(bytes: &[u8]) -> Result<Msg, String> {
+    let DoneIn { id, results } = crate::target::decode_value(bytes)?;
+    Ok(Msg::Done { id, results })
 }
 
 /// The outcomes of a job, one per argument: the encoded values back to
@@ -319,11 +375,7 @@ impl Line {
         let mut took = false;
         while page.pop_job(&mut self.scratch)? {
             took = true;
-            match crate::target::decode_value::<Msg>(&self.scratch)? {
-                Msg::OverSocket => self.ring.push_back(None),
-                job @ Msg::Job { .. } => self.ring.push_back(Some(job)),
-                other => return Err(format!("{other:?} in the job ring")),
-            }
+            self.ring.push_back(decode_job_record(&self.scratch)?);
         }
         if took {
             self.settle();
@@ -468,32 +520,34 @@ fn take_arrived(conn: &mut Connection<Msg>, line: &mut Line) -> bool {
 /// Sends a reply through the shared page's ring, ringing the doorbell if
 /// the slot sleeps, or over the socket if it does not fit. False
 /// once the parent's end is gone.
-async fn reply(conn: &Connection<Msg>, page: &Page, msg: Msg, buf: &mut Vec<u8>) -> bool {
+async fn reply(
+    conn: &Connection<Msg>,
+    page: &Page,
+    (id, results): (u64, Results),
+    buf: &mut Vec<u8>,
+) -> bool {
     // A reply whose values alone are too big for the ring is encoded once,
-    // for the socket.
-    // So does one with handles in its values: their descriptors go with
-    // it, which the ring cannot carry.
-    let too_big = match &msg {
-        Msg::Done { results, .. } => {
-            results.values.bytes.len() + 9 * results.len() > MAX_REPLY
-                || !results.values.handles.is_empty()
-        }
-        _ => false,
-    };
-    let pushed = match too_big {
-        true => None,
-        false => {
-            buf.clear();
-            match rmp_serde::encode::write(buf, &msg) {
-                Ok(()) => page.push(buf),
-                Err(_) => None,
-            }
+    // for the socket. So is one with handles in its values: their
+    // descriptors go with it, which the ring cannot carry.
+    let too_big = results.values.bytes.len() + 9 * results.len() > MAX_REPLY
+        || !results.values.handles.is_empty();
+    let pushed = if too_big {
+        None
+    } else {
+        buf.clear();
+        let record = DoneOut {
+            id,
+            results: &results,
+        };
+        match rmp_serde::encode::write(buf, &record) {
+            Ok(()) => page.push(buf),
+            Err(_) => None,
         }
     };
     match pushed {
         Some(false) => true,
         Some(true) => conn.send(&Msg::Ring).await.is_ok(),
-        None => conn.send(&msg).await.is_ok(),
+        None => conn.send(&Msg::Done { id, results }).await.is_ok(),
     }
 }
 
@@ -578,7 +632,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs)
         tokio::select! {
             biased;
             Some((id, results)) = running.next() => {
-                if !reply(&conn, &page, Msg::Done { id, results }, &mut buf).await {
+                if !reply(&conn, &page, (id, results), &mut buf).await {
                     return;
                 }
             }
@@ -616,7 +670,7 @@ async fn serve_one_at_a_time(
             continue;
         };
         let (id, results) = run_job(job).await;
-        if !reply(&conn, &page, Msg::Done { id, results }, &mut buf).await {
+        if !reply(&conn, &page, (id, results), &mut buf).await {
             return;
         }
     }
@@ -641,8 +695,14 @@ mod tests {
     }
 
     fn put(page: &Page, msg: &Msg) {
-        let bytes = crate::target::encode_value(msg).unwrap();
+        let mut bytes = Vec::new();
+        encode_job_record(&mut bytes, msg).unwrap();
         assert!(page.push_job(&bytes).is_some());
+    }
+
+    /// A marker: the next job comes over the socket.
+    fn marker(page: &Page) {
+        assert!(page.push_job(&[]).is_some());
     }
 
     /// The ids and numbers of the jobs in line, in order.
@@ -655,7 +715,7 @@ mod tests {
         let page = Page::new().unwrap();
         let mut line = Line::default();
         put(&page, &job(10));
-        put(&page, &Msg::OverSocket);
+        marker(&page);
         put(&page, &job(12));
         line.take_from_ring(&page).unwrap();
         assert_eq!(in_line(&line), [(10, 0)], "job 12 waits behind the marker");
@@ -673,7 +733,7 @@ mod tests {
         line.take_from_socket(job(7));
         assert!(in_line(&line).is_empty(), "its place is the marker's");
         put(&page, &job(6));
-        put(&page, &Msg::OverSocket);
+        marker(&page);
         line.take_from_ring(&page).unwrap();
         assert_eq!(in_line(&line), [(6, 0), (7, 1)]);
     }
@@ -684,7 +744,7 @@ mod tests {
         let mut line = Line::default();
         for id in 0..300u64 {
             if id % 3 == 1 {
-                put(&page, &Msg::OverSocket);
+                marker(&page);
                 line.take_from_socket(job(id));
             } else {
                 put(&page, &job(id));
@@ -703,9 +763,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_in_the_job_ring_is_an_error() {
+    fn a_record_that_is_no_job_is_an_error() {
         let page = Page::new().unwrap();
-        put(&page, &Msg::Ready);
+        let bytes = crate::target::encode_value(&Msg::Ready).unwrap();
+        assert!(page.push_job(&bytes).is_some());
         assert!(Line::default().take_from_ring(&page).is_err());
     }
 }
