@@ -26,7 +26,9 @@
 
 use hmac::{Hmac, Mac};
 
-use crate::transport::net::NetStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::transport::net::{recv_frame, send_frame};
 use crate::wire::ChannelError;
 
 /// The largest frame read before the peer is authenticated.
@@ -188,7 +190,10 @@ fn verify_with<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8], mac: 
 
 /// Sends a challenge and checks the answer; tells the peer whether it
 /// passed.
-pub(crate) async fn deliver_challenge(s: &mut NetStream, key: &[u8]) -> Result<(), HandshakeError> {
+pub(crate) async fn deliver_challenge<S>(s: &mut S, key: &[u8]) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut random = [0u8; MESSAGE_LENGTH];
     getrandom::fill(&mut random)
         .map_err(|e| ChannelError::Io(std::io::Error::other(e.to_string())))?;
@@ -196,15 +201,15 @@ pub(crate) async fn deliver_challenge(s: &mut NetStream, key: &[u8]) -> Result<(
     message.extend_from_slice(&random);
     let mut frame = CHALLENGE.to_vec();
     frame.extend_from_slice(&message);
-    s.send_frame(&frame, MAX_HANDSHAKE_FRAME).await?;
-    let response = s.recv_frame(MAX_HANDSHAKE_FRAME).await?;
+    send_frame(s, &frame, MAX_HANDSHAKE_FRAME).await?;
+    let response = recv_frame(s, MAX_HANDSHAKE_FRAME).await?;
     match verify(key, &message, &response) {
         Ok(()) => {
-            s.send_frame(WELCOME, MAX_HANDSHAKE_FRAME).await?;
+            send_frame(s, WELCOME, MAX_HANDSHAKE_FRAME).await?;
             Ok(())
         }
         Err(e) => {
-            let _ = s.send_frame(FAILURE, MAX_HANDSHAKE_FRAME).await;
+            let _ = send_frame(s, FAILURE, MAX_HANDSHAKE_FRAME).await;
             Err(e.into())
         }
     }
@@ -212,14 +217,17 @@ pub(crate) async fn deliver_challenge(s: &mut NetStream, key: &[u8]) -> Result<(
 
 /// Answers the peer's challenge; fails if the peer says the answer was
 /// wrong.
-pub(crate) async fn answer_challenge(s: &mut NetStream, key: &[u8]) -> Result<(), HandshakeError> {
-    let frame = s.recv_frame(MAX_HANDSHAKE_FRAME).await?;
+pub(crate) async fn answer_challenge<S>(s: &mut S, key: &[u8]) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = recv_frame(s, MAX_HANDSHAKE_FRAME).await?;
     let Some(message) = frame.strip_prefix(CHALLENGE) else {
         return Err(AuthenticationError::new("the peer sent no challenge").into());
     };
     let response = respond(key, message)?;
-    s.send_frame(&response, MAX_HANDSHAKE_FRAME).await?;
-    let verdict = s.recv_frame(MAX_HANDSHAKE_FRAME).await?;
+    send_frame(s, &response, MAX_HANDSHAKE_FRAME).await?;
+    let verdict = recv_frame(s, MAX_HANDSHAKE_FRAME).await?;
     if verdict == WELCOME {
         Ok(())
     } else {

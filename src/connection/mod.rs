@@ -48,6 +48,10 @@ pub use net::{
     Address, Client, ClientBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, Listener,
     ListenerBuilder, NetError,
 };
+/// The TLS library of [`ListenerBuilder::tls`] and [`ClientBuilder::tls`],
+/// re-exported so that their configurations are built with the version
+/// this crate uses.
+pub use tokio_rustls::rustls;
 
 use std::fmt;
 use std::future::Future;

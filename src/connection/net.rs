@@ -9,12 +9,18 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use super::auth::{self, AuthenticationError, HandshakeError};
 use super::{Connection, chan::Chan};
-use crate::transport::net::{Bound, NetListener, NetStream, Where, looks_like_path};
+use crate::transport::net::{Bound, NetListener, NetStream, Where, looks_like_path, relay};
 use crate::wire::ChannelError;
 use crate::wire::frame::DEFAULT_MAX_FRAME;
 
@@ -128,6 +134,16 @@ pub enum NetError {
         #[source]
         source: ChannelError,
     },
+    /// The TLS handshake failed: the peer's certificate was not trusted,
+    /// its name did not match, the peer spoke no TLS, ...
+    #[error("TLS with {address}: {source}")]
+    Tls {
+        /// The address.
+        address: Address,
+        /// What rustls said.
+        #[source]
+        source: io::Error,
+    },
     /// The peer did not finish the handshake within the deadline.
     #[error("handshake with {address} took longer than {after:?}")]
     HandshakeTimeout {
@@ -139,8 +155,9 @@ pub enum NetError {
     /// A listener would take plaintext from other machines.
     #[error(
         "{address} is reachable from other machines, and a listener there takes only TLS \
-         connections; bind a loopback address or a Unix path, or say \
-         `.insecure_plaintext()` to accept anyone who can reach the port in the clear"
+         connections: give it `.tls(server_config)`, bind a loopback address or a Unix \
+         path, or say `.insecure_plaintext()` to accept anyone who can reach the port in \
+         the clear"
     )]
     Plaintext {
         /// The address.
@@ -149,6 +166,13 @@ pub enum NetError {
 }
 
 impl NetError {
+    fn tls(address: &Address) -> impl FnOnce(io::Error) -> NetError + '_ {
+        move |source| NetError::Tls {
+            address: address.clone(),
+            source,
+        }
+    }
+
     fn io(address: &Address) -> impl FnOnce(io::Error) -> NetError + '_ {
         move |source| NetError::Io {
             address: address.clone(),
@@ -167,12 +191,24 @@ impl NetError {
     }
 }
 
+/// How a stream is secured before the authkey handshake.
+#[derive(Clone)]
+enum Secure {
+    Plain,
+    /// A listener's side of TLS.
+    Server(TlsAcceptor),
+    /// A client's side of TLS, with the name the server's certificate
+    /// must carry (`None`: the host of the address).
+    Client(TlsConnector, Option<ServerName<'static>>),
+}
+
 /// What both ends of a connection agree on before it carries messages.
 #[derive(Clone)]
 struct Terms {
     authkey: Option<Vec<u8>>,
     handshake_timeout: Duration,
     max_message: usize,
+    secure: Secure,
 }
 
 impl fmt::Debug for Terms {
@@ -182,6 +218,13 @@ impl fmt::Debug for Terms {
             .field("authkey", &self.authkey.as_ref().map(|_| "<set>"))
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_message", &self.max_message)
+            .field(
+                "tls",
+                &match self.secure {
+                    Secure::Plain => "no",
+                    Secure::Server(_) | Secure::Client(..) => "yes",
+                },
+            )
             .finish()
     }
 }
@@ -192,6 +235,7 @@ impl Default for Terms {
             authkey: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_message: DEFAULT_MAX_FRAME,
+            secure: Secure::Plain,
         }
     }
 }
@@ -205,31 +249,91 @@ enum Side {
     Client,
 }
 
-/// Runs the handshake on `stream` (if there is a key) within the deadline.
+/// A stream past its handshakes: the socket itself, or a TLS session
+/// over it.
+enum Link {
+    Plain(NetStream),
+    Tls(Box<TlsStream<NetStream>>),
+}
+
+/// The name a server's certificate must carry: the one given, or the host
+/// of a TCP address.
+fn server_name(
+    given: Option<&ServerName<'static>>,
+    address: &Address,
+) -> io::Result<ServerName<'static>> {
+    if let Some(name) = given {
+        return Ok(name.clone());
+    }
+    let Address::Inet(a) = address else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TLS over a Unix path needs the server's name (`tls_server_name`)",
+        ));
+    };
+    let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Proves the key to the peer and has it prove it, in `side`'s order.
+async fn authenticate<S>(s: &mut S, key: &[u8], side: Side) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match side {
+        Side::Listener => {
+            auth::deliver_challenge(s, key).await?;
+            auth::answer_challenge(s, key).await
+        }
+        Side::Client => {
+            auth::answer_challenge(s, key).await?;
+            auth::deliver_challenge(s, key).await
+        }
+    }
+}
+
+/// Runs the handshakes on `stream` within the deadline: TLS if the terms
+/// have it, then the authkey's if there is a key.
 async fn handshake(
-    mut stream: NetStream,
+    stream: NetStream,
     terms: &Terms,
     side: Side,
     address: &Address,
-) -> Result<NetStream, NetError> {
-    let Some(key) = terms.authkey.as_deref() else {
-        return Ok(stream);
-    };
+) -> Result<Link, NetError> {
     let run = async {
-        match side {
-            Side::Listener => {
-                auth::deliver_challenge(&mut stream, key).await?;
-                auth::answer_challenge(&mut stream, key).await
+        let mut link = match &terms.secure {
+            Secure::Plain => Link::Plain(stream),
+            Secure::Server(acceptor) => Link::Tls(Box::new(
+                acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(NetError::tls(address))?
+                    .into(),
+            )),
+            Secure::Client(connector, name) => {
+                let name = server_name(name.as_ref(), address).map_err(NetError::tls(address))?;
+                Link::Tls(Box::new(
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .map_err(NetError::tls(address))?
+                        .into(),
+                ))
             }
-            Side::Client => {
-                auth::answer_challenge(&mut stream, key).await?;
-                auth::deliver_challenge(&mut stream, key).await
-            }
+        };
+        if let Some(key) = terms.authkey.as_deref() {
+            let proved = match &mut link {
+                Link::Plain(s) => authenticate(s, key, side).await,
+                Link::Tls(s) => authenticate(s.as_mut(), key, side).await,
+            };
+            proved.map_err(|e| NetError::from_handshake(address, e))?;
         }
+        Ok(link)
     };
     match tokio::time::timeout(terms.handshake_timeout, run).await {
-        Ok(Ok(())) => Ok(stream),
-        Ok(Err(e)) => Err(NetError::from_handshake(address, e)),
+        Ok(done) => done,
         Err(_) => Err(NetError::HandshakeTimeout {
             address: address.clone(),
             after: terms.handshake_timeout,
@@ -237,20 +341,26 @@ async fn handshake(
     }
 }
 
-/// A pipe end around a stream whose handshake is done.
+/// A pipe end around a stream whose handshakes are done: the socket
+/// itself, or, for TLS, one end of a socket pair that a task relays to
+/// the session.
 fn into_connection<T>(
-    stream: NetStream,
+    link: Link,
     terms: &Terms,
     address: &Address,
 ) -> Result<Connection<T>, NetError> {
-    let handle = stream.into_handle().map_err(NetError::io(address))?;
+    let handle = match link {
+        Link::Plain(stream) => stream.into_handle(),
+        Link::Tls(session) => relay(*session),
+    }
+    .map_err(NetError::io(address))?;
     Ok(Connection::from_chan(Chan::from_fd(
         handle,
         terms.max_message,
     )))
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<NetStream, NetError>> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Result<Link, NetError>> + Send>>;
 
 /// Listens for [`Client`]s (Python's or this crate's) on a TCP address or
 /// a Unix socket path. Python's `multiprocessing.connection.Listener`.
@@ -360,7 +470,7 @@ impl Listener {
     /// dropped is handed out by a later call.
     pub async fn accept<T>(&mut self) -> Result<Connection<T>, NetError> {
         enum Step {
-            Done(Result<NetStream, NetError>),
+            Done(Result<Link, NetError>),
             Accepted(NetStream),
         }
         loop {
@@ -426,6 +536,19 @@ impl ListenerBuilder {
         self
     }
 
+    /// Takes only TLS connections, with this configuration (its
+    /// certificate and, for clients to be verified, their roots). The
+    /// authkey handshake, if any, runs inside the session. A listener
+    /// with TLS may bind any address.
+    ///
+    /// `rustls` is re-exported as
+    /// [`connection::rustls`](crate::connection::rustls), so that the
+    /// configuration is built with the version this crate uses.
+    pub fn tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.terms.secure = Secure::Server(TlsAcceptor::from(config));
+        self
+    }
+
     /// Allows a listener that other machines can reach to take plaintext
     /// connections. Without it, binding an address that is not loopback
     /// fails with [`NetError::Plaintext`]: anyone who can reach the port
@@ -449,7 +572,8 @@ impl ListenerBuilder {
             Bound::Inet(a) => Address::Inet(a.to_string()),
             Bound::Unix(p) => Address::Unix(p.clone()),
         };
-        if !bound.is_local() && !self.plaintext {
+        let tls = matches!(self.terms.secure, Secure::Server(_));
+        if !bound.is_local() && !self.plaintext && !tls {
             return Err(NetError::Plaintext { address });
         }
         Ok(Listener {
@@ -496,6 +620,7 @@ impl Client {
         ClientBuilder {
             address: address.into(),
             terms: Terms::default(),
+            server_name: None,
         }
     }
 }
@@ -506,6 +631,7 @@ impl Client {
 pub struct ClientBuilder {
     address: Address,
     terms: Terms,
+    server_name: Option<ServerName<'static>>,
 }
 
 impl ClientBuilder {
@@ -514,6 +640,31 @@ impl ClientBuilder {
     pub fn authkey(mut self, key: &[u8]) -> Self {
         self.terms.authkey = Some(key.to_vec());
         self
+    }
+
+    /// Speaks TLS with this configuration (its roots decide which servers
+    /// are trusted). The server's certificate must name the host of the
+    /// address, unless [`tls_server_name`](Self::tls_server_name) says
+    /// otherwise. The authkey handshake, if any, runs inside the session.
+    pub fn tls(mut self, config: Arc<ClientConfig>) -> Self {
+        self.terms.secure = Secure::Client(TlsConnector::from(config), None);
+        self
+    }
+
+    /// The name the server's certificate must carry, when it is not the
+    /// host of the address (always, for a Unix path). Takes effect with
+    /// [`tls`](Self::tls).
+    ///
+    /// # Errors
+    ///
+    /// If `name` is neither a DNS name nor an IP address.
+    pub fn tls_server_name(mut self, name: &str) -> Result<Self, NetError> {
+        let parsed = ServerName::try_from(name.to_owned()).map_err(|e| NetError::Tls {
+            address: self.address.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        self.server_name = Some(parsed);
+        Ok(self)
     }
 
     /// How long the handshake may take (default 10 s).
@@ -538,7 +689,10 @@ impl ClientBuilder {
     /// # Cancel safety
     ///
     /// As [`Client::connect`].
-    pub async fn connect<T>(self) -> Result<Connection<T>, NetError> {
+    pub async fn connect<T>(mut self) -> Result<Connection<T>, NetError> {
+        if let Secure::Client(_, name) = &mut self.terms.secure {
+            name.clone_from(&self.server_name);
+        }
         let stream = NetStream::connect(&self.address.to_where())
             .await
             .map_err(NetError::io(&self.address))?;

@@ -11,8 +11,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::codec::Encoder;
 
@@ -129,69 +132,6 @@ impl NetStream {
         }
     }
 
-    /// Sends one frame.
-    ///
-    /// # Errors
-    ///
-    /// If the body is longer than `max`, or the write fails.
-    pub(crate) async fn send_frame(&mut self, body: &[u8], max: usize) -> Result<(), ChannelError> {
-        let mut buf = BytesMut::new();
-        FrameCodec::new(max).encode(body, &mut buf)?;
-        match self {
-            NetStream::Tcp(s) => s.write_all(&buf).await?,
-            NetStream::Unix(s) => s.write_all(&buf).await?,
-        }
-        Ok(())
-    }
-
-    /// Reads exactly one frame of at most `max` bytes, and nothing after
-    /// it.
-    ///
-    /// # Errors
-    ///
-    /// [`ChannelError::Oversized`] as soon as the header claims more than
-    /// `max`; [`ChannelError::Closed`] or `Truncated` if the peer hangs up.
-    ///
-    /// # Cancel safety
-    ///
-    /// Not cancel safe: a frame partly read is lost, and the stream with
-    /// it (the handshake that calls this gives up the stream when it is
-    /// cancelled).
-    pub(crate) async fn recv_frame(&mut self, max: usize) -> Result<Vec<u8>, ChannelError> {
-        let mut header = [0u8; HEADER_LEN];
-        self.read_exact_or(&mut header, 0).await?;
-        let codec = FrameCodec::new(max);
-        // The one codec decides whether the claimed length is allowed.
-        codec.frame_len(&header)?;
-        let len = FrameCodec::claimed(&header).unwrap_or(0);
-        let mut body = vec![0u8; len];
-        self.read_exact_or(&mut body, HEADER_LEN).await?;
-        Ok(body)
-    }
-
-    /// Fills `buf`; `before` bytes of the frame came already.
-    async fn read_exact_or(&mut self, buf: &mut [u8], before: usize) -> Result<(), ChannelError> {
-        let mut got = 0;
-        while got < buf.len() {
-            let n = match self {
-                NetStream::Tcp(s) => s.read(&mut buf[got..]).await?,
-                NetStream::Unix(s) => s.read(&mut buf[got..]).await?,
-            };
-            if n == 0 {
-                return Err(if before + got == 0 {
-                    ChannelError::Closed
-                } else {
-                    ChannelError::Truncated {
-                        expected: before + buf.len(),
-                        received: before + got,
-                    }
-                });
-            }
-            got += n;
-        }
-        Ok(())
-    }
-
     /// The stream's descriptor, for a pipe end; no longer registered with
     /// the runtime.
     ///
@@ -217,4 +157,139 @@ pub(crate) fn looks_like_path(s: &str) -> bool {
     // `host:port` with a numeric port is TCP; anything else is a path.
     !s.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+impl AsyncRead for NetStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            NetStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for NetStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            NetStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            NetStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            NetStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            NetStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Sends one frame on `s` and flushes it.
+///
+/// # Errors
+///
+/// If the body is longer than `max`, or the write fails.
+pub(crate) async fn send_frame<S>(s: &mut S, body: &[u8], max: usize) -> Result<(), ChannelError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::new();
+    FrameCodec::new(max).encode(body, &mut buf)?;
+    s.write_all(&buf).await?;
+    s.flush().await?;
+    Ok(())
+}
+
+/// Reads exactly one frame of at most `max` bytes from `s`, and nothing
+/// after it.
+///
+/// # Errors
+///
+/// [`ChannelError::Oversized`] as soon as the header claims more than
+/// `max`; [`ChannelError::Closed`] or `Truncated` if the peer hangs up.
+///
+/// # Cancel safety
+///
+/// Not cancel safe: a frame partly read is lost, and the stream with it
+/// (the handshake that calls this gives up the stream when it is
+/// cancelled).
+pub(crate) async fn recv_frame<S>(s: &mut S, max: usize) -> Result<Vec<u8>, ChannelError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut header = [0u8; HEADER_LEN];
+    read_exact_or(s, &mut header, 0).await?;
+    // The one codec decides whether the claimed length is allowed.
+    FrameCodec::new(max).frame_len(&header)?;
+    let len = FrameCodec::claimed(&header).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    read_exact_or(s, &mut body, HEADER_LEN).await?;
+    Ok(body)
+}
+
+/// Fills `buf` from `s`; `before` bytes of the frame came already.
+async fn read_exact_or<S>(s: &mut S, buf: &mut [u8], before: usize) -> Result<(), ChannelError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut got = 0;
+    while got < buf.len() {
+        let n = s.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return Err(if before + got == 0 {
+                ChannelError::Closed
+            } else {
+                ChannelError::Truncated {
+                    expected: before + buf.len(),
+                    received: before + got,
+                }
+            });
+        }
+        got += n;
+    }
+    Ok(())
+}
+
+/// A pipe end for a stream that is not a socket of its own (a TLS session
+/// over one): a socket pair, one end returned for the pipe end, the other
+/// joined to `stream` by a task that copies both ways until either side
+/// closes. The task runs on the current runtime and ends with it.
+///
+/// # Errors
+///
+/// If the socket pair cannot be made, or there is no runtime.
+pub(crate) fn relay<S>(mut stream: S) -> io::Result<OwnedHandle>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    let (ours, theirs) = crate::sys::socketpair()?;
+    let theirs = std::os::unix::net::UnixStream::from(theirs);
+    theirs.set_nonblocking(true)?;
+    let mut theirs = {
+        let _entered = handle.enter();
+        UnixStream::from_std(theirs)?
+    };
+    handle.spawn(async move {
+        // Either side's end (an error, or both halves closed) ends the
+        // relay; dropping the stream closes the session.
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut theirs).await;
+        let _ = stream.shutdown().await;
+    });
+    Ok(ours)
 }

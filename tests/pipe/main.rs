@@ -17,6 +17,7 @@ mod listener;
 mod messages;
 mod soak;
 mod spin;
+mod tls;
 
 use tokio_multiprocessing as mp;
 
@@ -39,6 +40,7 @@ fn main() {
             common::module("exit", exit::cases()),
             common::module("spin", spin::cases()),
             common::module("listener", listener::cases()),
+            common::module("tls", tls::cases()),
         ],
     )
 }
