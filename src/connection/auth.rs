@@ -278,4 +278,19 @@ mod tests {
         assert!(verify(b"k", b"{sha256}abc", b"{sha256}").is_err());
         assert!(verify(b"k", b"{sha256}abc", b"").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_give_an_answer_or_an_error_never_a_panic(
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            response in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let _ = verify(&key, &message, &response);
+            if let Ok(answer) = respond(&key, &message) {
+                // Whatever this side answers, it would accept from a peer.
+                proptest::prop_assert!(verify(&key, &message, &answer).is_ok());
+            }
+        }
+    }
 }

@@ -293,3 +293,60 @@ where
     });
     Ok(ours)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_frame_is_read_to_its_end_and_not_a_byte_further() {
+        let mut data = vec![0, 0, 0, 3, b'a', b'b', b'c'];
+        data.extend_from_slice(&[0, 0, 1, 0, 9, 9]);
+        let mut rest: &[u8] = &data;
+        assert_eq!(recv_frame(&mut rest, 256).await.unwrap(), b"abc");
+        assert_eq!(rest, [0, 0, 1, 0, 9, 9], "the next frame is left unread");
+        // It claims 256 bytes: allowed, but cut short.
+        assert!(matches!(
+            recv_frame(&mut rest, 256).await,
+            Err(ChannelError::Truncated { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_header_over_the_limit_is_refused_before_its_body_is_read() {
+        let data = [0u8, 0, 1, 1, 7, 7, 7];
+        let mut rest: &[u8] = &data;
+        assert!(matches!(
+            recv_frame(&mut rest, 256).await,
+            Err(ChannelError::Oversized { len: 257, max: 256 })
+        ));
+        assert_eq!(rest, [7, 7, 7], "nothing of the body was read");
+        let mut empty: &[u8] = &[];
+        assert!(matches!(
+            recv_frame(&mut empty, 256).await,
+            Err(ChannelError::Closed)
+        ));
+    }
+
+    #[test]
+    fn addresses_are_told_apart() {
+        for tcp in [
+            "127.0.0.1:80",
+            "[::1]:6000",
+            "localhost:6000",
+            "example.com:1",
+        ] {
+            assert!(!looks_like_path(tcp), "{tcp}");
+        }
+        for path in [
+            "/tmp/a.sock",
+            "a.sock",
+            "./x:80",
+            "dir/name",
+            ":80",
+            "host:port",
+        ] {
+            assert!(looks_like_path(path), "{path}");
+        }
+    }
+}
