@@ -203,7 +203,7 @@ pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{Error, Result};
 pub use pool::{
     AsyncResult, BuildError, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats, StillRunning,
-    TaskError,
+    TaskError, WorkerError, worker_main, worker_main_with,
 };
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, ProcessSet, active_children, cpu_count,

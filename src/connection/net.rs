@@ -500,7 +500,7 @@ impl Listener {
 }
 
 /// Configures a [`Listener`] before it binds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct ListenerBuilder {
     address: Address,
@@ -547,6 +547,11 @@ impl ListenerBuilder {
     pub fn tls(mut self, config: Arc<ServerConfig>) -> Self {
         self.terms.secure = Secure::Server(TlsAcceptor::from(config));
         self
+    }
+
+    /// Whether peers must prove an authkey.
+    pub(crate) fn has_authkey(&self) -> bool {
+        self.terms.authkey.is_some()
     }
 
     /// Allows a listener that other machines can reach to take plaintext
@@ -626,7 +631,7 @@ impl Client {
 }
 
 /// Configures a [`Client`] connection before it is made.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientBuilder {
     address: Address,

@@ -13,7 +13,9 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Notify, oneshot, watch};
 
 use super::job::{Config, Counters, Shared, State};
+use super::remote::{self, Heartbeat};
 use super::{BuildError, Handle, Pool, WINDOW, dispatch};
+use crate::connection::{Address, Listener, ListenerBuilder};
 use crate::process::Environment;
 use crate::target::{Target, encode_value};
 use crate::wire::message::TargetRef;
@@ -46,6 +48,9 @@ pub struct PoolBuilder {
     capture_output: bool,
     env: Environment,
     spin: Option<Duration>,
+    /// Boxed: most pools do not listen.
+    listen: Option<Box<ListenerBuilder>>,
+    heartbeat: Option<(Duration, Duration)>,
 }
 
 /// How long a slot watches its worker's reply ring after sending jobs,
@@ -53,6 +58,44 @@ pub struct PoolBuilder {
 pub(super) const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 impl PoolBuilder {
+    /// Also takes workers on other machines: the pool listens at `address`
+    /// for programs that call [`worker_main`](crate::worker_main) with the
+    /// same `authkey`, each the same build of this program (checked before
+    /// any task runs). They serve the same queue as the local workers.
+    ///
+    /// A remote worker shares no memory with the pool: every task goes
+    /// over its connection, its start is a round trip (the pool's word is
+    /// the gate that keeps a task from running twice), and tasks whose
+    /// arguments hold handles stay with the local workers. One that
+    /// vanishes (killed, cut off, or silent past the heartbeat timeout)
+    /// fails the task it had started with
+    /// [`TaskError::WorkerLost`](crate::TaskError::WorkerLost), and the
+    /// task it held unstarted goes back to the queue. Placing and
+    /// restarting remote workers is the cluster's scheduler's job
+    /// (`docs/cluster.md`).
+    ///
+    /// An address other machines can reach needs TLS: use
+    /// [`listen_with`](Self::listen_with) and
+    /// [`ListenerBuilder::tls`](crate::connection::ListenerBuilder::tls).
+    pub fn listen(self, address: impl Into<Address>, authkey: &[u8]) -> Self {
+        self.listen_with(Listener::builder(address).authkey(authkey))
+    }
+
+    /// As [`listen`](Self::listen), with the listener configured by
+    /// `listener` (TLS, deadlines). It must have an authkey.
+    pub fn listen_with(mut self, listener: ListenerBuilder) -> Self {
+        self.listen = Some(Box::new(listener));
+        self
+    }
+
+    /// How often the pool and its remote workers tell each other they are
+    /// alive when they have nothing else to say (default 1 s), and how long
+    /// either waits before it gives the other up (default 10 s).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.heartbeat = Some((interval, timeout));
+        self
+    }
+
     /// The number of workers; 0 (the default) means the available parallelism.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = n;
@@ -240,11 +283,35 @@ impl PoolBuilder {
             slots.push(tokio::spawn(dispatch::supervise(shared.clone(), tx)));
             readies.push(rx);
         }
+        let mut listening = None;
+        if let Some(listener) = self.listen {
+            if !listener.has_authkey() {
+                return Err(BuildError::InvalidSetting(
+                    "a pool that listens for remote workers needs an authkey",
+                ));
+            }
+            let listener = match (*listener).bind().await {
+                Ok(l) => l,
+                Err(e) => {
+                    shared.begin_terminate();
+                    return Err(BuildError::Listen(e));
+                }
+            };
+            listening = Some(listener.address().clone());
+            let beat = self
+                .heartbeat
+                .map_or_else(Heartbeat::default, |(interval, timeout)| Heartbeat {
+                    interval,
+                    timeout,
+                });
+            slots.push(tokio::spawn(remote::accept(shared.clone(), listener, beat)));
+        }
         let pool = Pool {
             handle: Arc::new(Handle {
                 shared,
                 slots: Mutex::new(slots),
                 processes,
+                listening,
             }),
         };
         for ready in readies {

@@ -338,7 +338,7 @@ async fn slot(shared: &Shared, ready: oneshot::Sender<Result<(), BuildError>>) -
 }
 
 /// Puts jobs that a worker had not started back at the head of the queue.
-fn requeue(shared: &Shared, rest: VecDeque<Job>) {
+pub(super) fn requeue(shared: &Shared, rest: VecDeque<Job>) {
     if rest.is_empty() {
         return;
     }
@@ -485,10 +485,10 @@ const STALL_RETRY: Duration = Duration::from_millis(100);
 
 /// Counts a slot among the idle ones while it lives. A stuck slot looks
 /// at the count every [`STUCK_AFTER`], so an idle one need wake nobody.
-struct Hungry<'a>(&'a Shared);
+pub(super) struct Hungry<'a>(&'a Shared);
 
 impl<'a> Hungry<'a> {
-    fn new(shared: &'a Shared) -> Hungry<'a> {
+    pub(super) fn new(shared: &'a Shared) -> Hungry<'a> {
         shared.hungry.fetch_add(1, Ordering::SeqCst);
         Hungry(shared)
     }

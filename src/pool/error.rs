@@ -35,6 +35,9 @@ pub enum BuildError {
     /// its shared page).
     #[error("a pool worker could not be set up: {0}")]
     Io(#[source] io::Error),
+    /// The pool could not listen for remote workers.
+    #[error("the pool could not listen for remote workers: {0}")]
+    Listen(#[source] crate::connection::NetError),
 }
 
 impl BuildError {
@@ -76,6 +79,15 @@ pub enum TaskError {
     WorkerDied {
         /// The worker's exit code, `-N` if signal N killed it.
         exitcode: i32,
+    },
+    /// The remote worker running the task vanished: its connection broke,
+    /// or it said nothing for longer than the heartbeat timeout.
+    #[error("the remote worker {worker} running the task was lost: {reason}")]
+    WorkerLost {
+        /// The worker, as `host:pid`.
+        worker: String,
+        /// How it was lost.
+        reason: String,
     },
     /// The task ran past the pool's task timeout; its worker was replaced.
     #[error("the task timed out")]
@@ -122,6 +134,7 @@ impl TaskError {
             self,
             TaskError::Panicked(_)
                 | TaskError::WorkerDied { .. }
+                | TaskError::WorkerLost { .. }
                 | TaskError::TimedOut
                 | TaskError::EncodeResult(_)
                 | TaskError::Decode(_)

@@ -193,6 +193,8 @@ pub(super) struct Counters {
     pub(super) completed: AtomicUsize,
     pub(super) failed: AtomicUsize,
     pub(super) restarted: AtomicUsize,
+    /// Workers on other machines (counted in `workers` too).
+    pub(super) remote: AtomicUsize,
 }
 
 pub(super) struct Config {
@@ -275,6 +277,19 @@ impl Shared {
             }
         }
         None
+    }
+
+    /// As [`pop_job`](Self::pop_job), for a slot that can take only the
+    /// jobs `fits` accepts (a remote one: no handles); the others keep
+    /// their places.
+    pub(super) fn pop_job_where(&self, idle: bool, fits: impl Fn(&Job) -> bool) -> Option<Job> {
+        let mut q = self.lock_queue();
+        if !idle {
+            return None;
+        }
+        q.retain(|job| !job.reply.is_closed());
+        let at = q.iter().position(fits)?;
+        q.remove(at)
     }
 
     pub(super) fn submit(&self, jobs: Vec<Job>) -> std::result::Result<(), TaskError> {

@@ -50,6 +50,7 @@ mod error;
 mod imap;
 mod job;
 mod page;
+mod remote;
 mod result;
 pub(crate) mod worker;
 
@@ -58,6 +59,7 @@ pub use error::{BuildError, StillRunning, TaskError};
 pub use imap::{Imap, ImapUnordered};
 #[cfg(fuzzing)]
 pub(crate) use page::fuzz as fuzz_page;
+pub use remote::{WorkerError, worker_main, worker_main_with};
 pub use result::AsyncResult;
 
 use job::{Group, GroupGuard, Job, JobRx, Part, Reply, Shared, State};
@@ -86,6 +88,8 @@ struct Handle {
     shared: Arc<Shared>,
     slots: Mutex<Vec<JoinHandle<()>>>,
     processes: usize,
+    /// Where remote workers join, if they may.
+    listening: Option<crate::connection::Address>,
 }
 
 impl Drop for Handle {
@@ -148,9 +152,18 @@ pub struct PoolStats {
     pub failed: usize,
     /// Workers replaced after they died, timed out or retired.
     pub restarted: usize,
+    /// Of `workers`, those on other machines, joined through
+    /// [`PoolBuilder::listen`].
+    pub remote_workers: usize,
 }
 
 impl Pool {
+    /// Where workers on other machines join this pool (with the port the
+    /// system chose), if it listens: see [`PoolBuilder::listen`].
+    pub fn listen_address(&self) -> Option<&crate::connection::Address> {
+        self.handle.listening.as_ref()
+    }
+
     /// Starts a pool of `n` workers; `n = 0` means the available parallelism.
     ///
     /// # Errors
@@ -618,6 +631,7 @@ impl Pool {
             completed: c.completed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             restarted: c.restarted.load(Ordering::Relaxed),
+            remote_workers: live(&c.remote),
         }
     }
 }

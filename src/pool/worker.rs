@@ -436,6 +436,31 @@ fn resolve_target(target: TargetRef) -> Resolved {
     unsafe { resolve(target) }
 }
 
+/// Runs the initializer in a remote worker: `Err` says why it did not
+/// return.
+pub(crate) async fn run_init(target: TargetRef, args: &[u8]) -> Result<(), String> {
+    match run(target, args).await {
+        Outcome::Returned(_) => Ok(()),
+        other => Err(describe(&other)),
+    }
+}
+
+/// Runs job `id` in a remote worker, where the pool's `Go` was its gate.
+pub(crate) async fn run_remote_job(
+    id: u64,
+    seq: u64,
+    target: TargetRef,
+    args: Batch,
+) -> (u64, Results) {
+    run_job(Pending {
+        id,
+        seq,
+        target,
+        args,
+    })
+    .await
+}
+
 /// Runs one target on one argument (the initializer).
 async fn run(target: TargetRef, args: &[u8]) -> Outcome {
     match resolve_target(target) {

@@ -67,6 +67,9 @@ pub(crate) use imp::{TerminateSignal, exit_immediately, set_interrupt_ignored};
 // Files.
 pub(crate) use imp::create_private_dir;
 
+// This machine.
+pub(crate) use imp::host_name;
+
 // Processes by id.
 pub(crate) use imp::proc;
 

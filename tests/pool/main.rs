@@ -16,6 +16,7 @@ mod features;
 mod handles;
 mod imap;
 mod parent_death;
+mod remote;
 mod server;
 mod soak;
 mod spin;
@@ -23,6 +24,10 @@ mod spin;
 use tokio_multiprocessing as mp;
 
 fn main() {
+    // A remote worker of a pool under test.
+    if let Some(address) = remote::worker_asked() {
+        std::process::exit(remote::worker_program(address));
+    }
     // The program that calls `init()` itself.
     if let Some(mode) = ctrl_c::program_asked() {
         std::process::exit(ctrl_c::program(mode));
@@ -46,6 +51,7 @@ fn main() {
             common::module("imap", imap::cases()),
             common::module("spin", spin::cases()),
             common::module("server", server::cases()),
+            common::module("remote", remote::cases()),
         ],
     )
 }

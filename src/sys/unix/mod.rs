@@ -528,6 +528,15 @@ fn drain_nonblocking(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// This machine's name, for telling remote pool workers apart in logs.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,3 +552,4 @@ mod tests {
         assert!(peer_closed(&a));
     }
 }
+

@@ -1,0 +1,474 @@
+//! Pool workers on other machines: the pool's listener, a slot for each
+//! worker that joins, and the worker's side ([`worker_main`]).
+//!
+//! A remote worker shares no memory with the pool, so everything goes over
+//! its connection, and the gate that says which jobs a worker started is
+//! a message: the worker asks to start job `seq` (`Start`) and runs it
+//! only when the slot says `Go`; the slot counts the job started when it
+//! sends `Go`, and answers `Skip` for a job whose result nobody wants. So
+//! when the connection breaks, the jobs that had their `Go` fail with
+//! [`TaskError::WorkerLost`] and the others go back to the queue: no job
+//! runs twice, and none is lost. A slot holds one job for its worker at
+//! a time (remote work is coarse; a job never waits behind another in a
+//! remote worker while a local one is idle).
+//!
+//! Both sides send `Alive` when they have sent nothing else for the
+//! heartbeat interval, and give the other up when they have heard nothing
+//! for the heartbeat timeout: a worker cut off or stopped is noticed by
+//! the pool, and a pool that is gone by the worker.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::time::Instant;
+
+use super::TaskError;
+use super::job::{Job, Shared, State, deliver};
+use super::worker::{Batch, Results, run_remote_job};
+use crate::connection::{Address, ClientBuilder, Connection, Listener, NetError};
+use crate::target::fingerprint;
+use crate::wire::ChannelError;
+use crate::wire::message::TargetRef;
+
+/// How long a worker that connected has to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The messages between a remote worker and its slot.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Remote {
+    /// Worker to pool, first: the build it runs, and where it is.
+    Hello {
+        fingerprint: u64,
+        pid: u32,
+        host: String,
+    },
+    /// Pool to worker: the worker may serve; how often to send `Alive`,
+    /// and after how long a silent pool is given up (ms); the initializer.
+    Welcome {
+        heartbeat_ms: u64,
+        timeout_ms: u64,
+        init: Option<(TargetRef, ByteBuf)>,
+    },
+    /// Pool to worker: it runs another build (or is refused for this
+    /// reason).
+    Refused(String),
+    /// Worker to pool: the initializer did not return.
+    InitFailed(String),
+    /// Pool to worker: a job, numbered in the order sent.
+    Job {
+        seq: u64,
+        id: u64,
+        target: TargetRef,
+        args: Batch,
+    },
+    /// Worker to pool: it asks to start job `seq`.
+    Start { seq: u64 },
+    /// Pool to worker: start job `seq`; it counts as started from now.
+    Go { seq: u64 },
+    /// Pool to worker: drop job `seq` unstarted.
+    Skip { seq: u64 },
+    /// Worker to pool: job `id` ended.
+    Done { id: u64, results: Results },
+    /// Either way: nothing else to say.
+    Alive,
+}
+
+/// How often each side says it is alive, and how long the other waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Heartbeat {
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Accepts workers while the pool runs; each gets a slot. Once the pool
+/// is closed or terminated it stops listening, and returns when every
+/// remote slot has ended, so that [`Pool::join`](crate::Pool::join)
+/// waits for the tasks remote workers hold.
+pub(super) async fn accept(shared: Arc<Shared>, mut listener: Listener, beat: Heartbeat) {
+    let mut state = shared.state.subscribe();
+    let mut slots = tokio::task::JoinSet::new();
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept::<Remote>() => c,
+            Some(_) = slots.join_next(), if !slots.is_empty() => continue,
+            _ = state.wait_for(|s| *s != State::Running) => break,
+        };
+        match conn {
+            Ok(conn) => {
+                slots.spawn(slot(shared.clone(), conn, beat));
+            }
+            Err(e @ NetError::Io { .. }) => {
+                // Out of descriptors, say: a pause rather than a busy loop.
+                tracing::warn!(error = %e, "pool listener could not accept a worker");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "a remote pool worker failed its handshake"),
+        }
+    }
+    drop(listener);
+    while slots.join_next().await.is_some() {}
+}
+
+/// A job sent to a remote worker.
+struct Sent {
+    seq: u64,
+    job: Job,
+    /// Whether the worker was told `Go`.
+    started: bool,
+}
+
+/// Serves one remote worker until it vanishes or the pool ends.
+async fn slot(shared: Arc<Shared>, mut conn: Connection<Remote>, beat: Heartbeat) {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, conn.recv()).await;
+    let name = match hello {
+        Ok(Ok(Remote::Hello {
+            fingerprint: theirs,
+            pid,
+            host,
+        })) => {
+            if theirs != fingerprint() {
+                let why = "the worker runs another build of the program than the pool";
+                tracing::warn!(pid, host = %host, "remote pool worker refused: {why}");
+                let _ = conn.send(&Remote::Refused(why.to_owned())).await;
+                return;
+            }
+            format!("{host}:{pid}")
+        }
+        _ => return,
+    };
+    let welcome = Remote::Welcome {
+        heartbeat_ms: millis(beat.interval),
+        timeout_ms: millis(beat.timeout),
+        init: shared.config.init.clone(),
+    };
+    if conn.send(&welcome).await.is_err() {
+        return;
+    }
+    tracing::info!(worker = %name, "remote pool worker joined");
+    shared.stats.workers.fetch_add(1, Ordering::Relaxed);
+    shared.stats.remote.fetch_add(1, Ordering::Relaxed);
+    let mut sent: VecDeque<Sent> = VecDeque::new();
+    let why = serve(&shared, &mut conn, &mut sent, beat).await;
+    shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
+    shared.stats.remote.fetch_sub(1, Ordering::Relaxed);
+    if !sent.is_empty() {
+        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+    let mut back = VecDeque::new();
+    for s in sent {
+        if s.started {
+            deliver(
+                &shared,
+                s.job,
+                Err(TaskError::WorkerLost {
+                    worker: name.clone(),
+                    reason: why.clone(),
+                }),
+            );
+        } else {
+            back.push_back(s.job);
+        }
+    }
+    super::dispatch::requeue(&shared, back);
+    tracing::info!(worker = %name, reason = %why, "remote pool worker left");
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The body of [`slot`]: returns why the worker is gone.
+async fn serve(
+    shared: &Shared,
+    conn: &mut Connection<Remote>,
+    sent: &mut VecDeque<Sent>,
+    beat: Heartbeat,
+) -> String {
+    let mut state = shared.state.subscribe();
+    let mut next_seq = 0u64;
+    let mut heard = Instant::now();
+    let mut said = Instant::now();
+    let mut rung = false;
+    loop {
+        let notified = shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let current = *state.borrow_and_update();
+        if current == State::Terminated {
+            for s in sent.drain(..) {
+                deliver(shared, s.job, Err(TaskError::Cancelled));
+            }
+            conn.close();
+            return "the pool was terminated".to_owned();
+        }
+        let mut fed = false;
+        if sent.is_empty() {
+            // Jobs with handles stay for the local workers: their
+            // descriptors cannot cross a network.
+            if let Some(job) = shared.pop_job_where(true, |j| !j.args.has_handles()) {
+                let msg = Remote::Job {
+                    seq: next_seq,
+                    id: job.id,
+                    target: job.target,
+                    args: job.args.clone(),
+                };
+                sent.push_back(Sent {
+                    seq: next_seq,
+                    job,
+                    started: false,
+                });
+                next_seq += 1;
+                shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                fed = true;
+                if let Err(e) = conn.send(&msg).await {
+                    return format!("its connection broke: {e}");
+                }
+                said = Instant::now();
+            }
+        }
+        if std::mem::take(&mut rung) && !fed && !shared.lock_queue().is_empty() {
+            shared.notify.notify_waiters();
+        }
+        if sent.is_empty() && current == State::Closed && shared.lock_queue().is_empty() {
+            conn.close();
+            return "the pool was closed".to_owned();
+        }
+        let hungry = (sent.is_empty() && current == State::Running)
+            .then(|| super::dispatch::Hungry::new(shared));
+        let idle_bell = shared.idle_notify.notified();
+        tokio::pin!(idle_bell);
+        if hungry.is_some() {
+            idle_bell.as_mut().enable();
+            if !shared.lock_queue().is_empty() {
+                continue;
+            }
+        }
+        tokio::select! {
+            msg = conn.recv() => {
+                heard = Instant::now();
+                match msg {
+                    Ok(Remote::Start { seq }) => {
+                        let answer = match sent.iter_mut().find(|s| s.seq == seq) {
+                            Some(s) if !s.job.reply.is_closed() => {
+                                s.started = true;
+                                Remote::Go { seq }
+                            }
+                            Some(_) => {
+                                if let Some(pos) = sent.iter().position(|s| s.seq == seq) {
+                                    if let Some(s) = sent.remove(pos) {
+                                        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                                        deliver(shared, s.job, Err(TaskError::Cancelled));
+                                    }
+                                }
+                                Remote::Skip { seq }
+                            }
+                            None => Remote::Skip { seq },
+                        };
+                        if let Err(e) = conn.send(&answer).await {
+                            return format!("its connection broke: {e}");
+                        }
+                        said = Instant::now();
+                    }
+                    Ok(Remote::Done { id, results }) => {
+                        if let Some(pos) = sent.iter().position(|s| s.job.id == id && s.started) {
+                            if let Some(s) = sent.remove(pos) {
+                                shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                                deliver(shared, s.job, Ok(results));
+                            }
+                        }
+                    }
+                    Ok(Remote::InitFailed(why)) => return format!("its initializer failed: {why}"),
+                    Ok(_) => {}
+                    Err(ChannelError::Closed) => return "it closed its connection".to_owned(),
+                    Err(e) => return format!("its connection broke: {e}"),
+                }
+            }
+            _ = &mut notified, if sent.is_empty() => {}
+            _ = &mut idle_bell, if hungry.is_some() => rung = true,
+            _ = state.changed() => {}
+            _ = tokio::time::sleep_until(said + beat.interval) => {
+                if let Err(e) = conn.send(&Remote::Alive).await {
+                    return format!("its connection broke: {e}");
+                }
+                said = Instant::now();
+            }
+            _ = tokio::time::sleep_until(heard + beat.timeout) => {
+                return format!("it said nothing for {:?}", beat.timeout);
+            }
+        }
+    }
+}
+
+/// Why a remote worker stopped serving.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// It could not reach the pool, or the handshake failed (a wrong
+    /// authkey, say).
+    #[error(transparent)]
+    Connect(#[from] NetError),
+    /// The pool refused it: it runs another build of the program.
+    #[error("the pool refused this worker: {0}")]
+    Refused(String),
+    /// The initializer did not return.
+    #[error("the pool's initializer failed in this worker: {0}")]
+    Initializer(String),
+    /// The connection to the pool broke, or the pool said nothing for
+    /// longer than its heartbeat timeout.
+    #[error("lost the pool: {0}")]
+    Lost(String),
+}
+
+/// Joins the pool listening at `address` as one of its workers, and serves
+/// its tasks until the pool closes (`Ok`) or is lost. Python has no
+/// counterpart; the pool is [`PoolBuilder::listen`](crate::PoolBuilder::listen)'s.
+///
+/// The worker must be the same build of the same program as the pool (its
+/// fingerprint is checked before any task), and `authkey` the pool's.
+/// Start it from a multi-threaded runtime or a current-thread one: tasks
+/// run on the runtime's blocking threads, so a long synchronous task does
+/// not stop the heartbeats.
+///
+/// ```no_run
+/// # use tokio_multiprocessing as mp;
+/// # async fn demo() -> Result<(), mp::WorkerError> {
+/// mp::worker_main("pool.internal:7000", b"the pool's key").await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// See [`WorkerError`].
+pub async fn worker_main(address: impl Into<Address>, authkey: &[u8]) -> Result<(), WorkerError> {
+    worker_main_with(crate::connection::Client::builder(address).authkey(authkey)).await
+}
+
+/// As [`worker_main`], with the connection configured by `client` (TLS,
+/// deadlines). It must have the pool's authkey.
+///
+/// # Errors
+///
+/// See [`WorkerError`].
+pub async fn worker_main_with(client: ClientBuilder) -> Result<(), WorkerError> {
+    let mut conn = client.connect::<Remote>().await?;
+    let lost = |e: ChannelError| WorkerError::Lost(e.to_string());
+    let hello = Remote::Hello {
+        fingerprint: worker_fingerprint(),
+        pid: std::process::id(),
+        host: crate::sys::host_name(),
+    };
+    conn.send(&hello).await.map_err(lost)?;
+    let beat = match conn.recv().await.map_err(lost)? {
+        Remote::Welcome {
+            heartbeat_ms,
+            timeout_ms,
+            init,
+        } => {
+            if let Some((target, args)) = init {
+                if let Err(why) = run_remote_init(target, args).await {
+                    let _ = conn.send(&Remote::InitFailed(why.clone())).await;
+                    let _ = conn.flush().await;
+                    return Err(WorkerError::Initializer(why));
+                }
+            }
+            Heartbeat {
+                interval: Duration::from_millis(heartbeat_ms),
+                timeout: Duration::from_millis(timeout_ms),
+            }
+        }
+        Remote::Refused(why) => return Err(WorkerError::Refused(why)),
+        other => return Err(WorkerError::Lost(format!("{other:?} before the welcome"))),
+    };
+    work(&mut conn, beat).await
+}
+
+/// The fingerprint this worker gives (a test can make it wrong).
+fn worker_fingerprint() -> u64 {
+    #[cfg(feature = "test-support")]
+    if std::env::var_os("MP_TEST_REMOTE_WRONG_BUILD").is_some() {
+        return fingerprint() ^ 1;
+    }
+    fingerprint()
+}
+
+async fn run_remote_init(target: TargetRef, args: ByteBuf) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Handle::current();
+        rt.block_on(super::worker::run_init(target, &args))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The worker's loop: takes jobs, asks to start each, runs it on a
+/// blocking thread, answers; says `Alive` when quiet.
+async fn work(conn: &mut Connection<Remote>, beat: Heartbeat) -> Result<(), WorkerError> {
+    let lost = |e: ChannelError| WorkerError::Lost(e.to_string());
+    let mut waiting: VecDeque<(u64, u64, TargetRef, Batch)> = VecDeque::new();
+    let mut asked: Option<u64> = None;
+    let mut running: Option<tokio::task::JoinHandle<(u64, Results)>> = None;
+    let mut heard = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        if running.is_none() && asked.is_none() {
+            if let Some(&(seq, ..)) = waiting.front() {
+                conn.send(&Remote::Start { seq }).await.map_err(lost)?;
+                said = Instant::now();
+                asked = Some(seq);
+            }
+        }
+        tokio::select! {
+            msg = conn.recv() => {
+                heard = Instant::now();
+                match msg {
+                    Ok(Remote::Job { seq, id, target, args }) => waiting.push_back((seq, id, target, args)),
+                    Ok(Remote::Go { seq }) if asked == Some(seq) => {
+                        asked = None;
+                        if let Some((_, id, target, args)) = waiting.pop_front() {
+                            running = Some(tokio::task::spawn_blocking(move || {
+                                tokio::runtime::Handle::current()
+                                    .block_on(run_remote_job(id, seq, target, args))
+                            }));
+                        }
+                    }
+                    Ok(Remote::Skip { seq }) => {
+                        if asked == Some(seq) {
+                            asked = None;
+                        }
+                        waiting.retain(|(s, ..)| *s != seq);
+                    }
+                    Ok(_) => {}
+                    // The pool closed: its work here is done.
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(lost(e)),
+                }
+            }
+            done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                running = None;
+                let (id, results) = done.map_err(|e| WorkerError::Lost(e.to_string()))?;
+                conn.send(&Remote::Done { id, results }).await.map_err(lost)?;
+                said = Instant::now();
+            }
+            _ = tokio::time::sleep_until(said + beat.interval) => {
+                conn.send(&Remote::Alive).await.map_err(lost)?;
+                said = Instant::now();
+            }
+            _ = tokio::time::sleep_until(heard + beat.timeout) => {
+                return Err(WorkerError::Lost(format!("the pool said nothing for {:?}", beat.timeout)));
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Remote pool workers: programs that join a pool through
+//! `PoolBuilder::listen` with `worker_main` (here this binary, started
+//! again with `MP_TEST_REMOTE_WORKER` naming the pool's address). They
+//! serve the queue beside the local workers; one killed, or stopped past
+//! the heartbeat timeout, fails only the task it had started; a wrong
+//! authkey or another build is refused before any task.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use tokio_multiprocessing as mp;
+
+use crate::common::{Case, case, ensure};
+
+const KEY: &str = "the remote workers' key";
+const ADDRESS_ENV: &str = "MP_TEST_REMOTE_WORKER";
+const KEY_ENV: &str = "MP_TEST_REMOTE_KEY";
+const T: Duration = Duration::from_secs(60);
+
+/// The pool's address, when this run is a remote worker.
+pub(crate) fn worker_asked() -> Option<String> {
+    std::env::var(ADDRESS_ENV).ok()
+}
+
+/// A remote worker: joins the pool and serves until it closes. Exits 0
+/// then, 3 with the error on stdout otherwise.
+pub(crate) fn worker_program(address: String) -> i32 {
+    let _guard = mp::init();
+    let key = std::env::var(KEY_ENV).unwrap_or_else(|_| KEY.to_owned());
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    else {
+        return 2;
+    };
+    match rt.block_on(mp::worker_main(address, key.as_bytes())) {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("{e:?}");
+            3
+        }
+    }
+}
+
+/// Kills and reaps the worker when the case ends, however it ends.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_worker(pool: &mp::Pool, env: &[(&str, &str)]) -> Result<Worker, Failed> {
+    let address = pool.listen_address().ok_or("the pool does not listen")?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(ADDRESS_ENV, address.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(Worker(cmd.spawn()?))
+}
+
+/// Waits until the pool counts `n` remote workers.
+async fn joined(pool: &mp::Pool, n: usize) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats().remote_workers != n {
+        if Instant::now() > deadline {
+            return Err(format!("{n} remote workers never joined: {:?}", pool.stats()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn listening_pool(local: usize, beat: Option<Duration>) -> Result<mp::Pool, Failed> {
+    let mut b = mp::Pool::builder()
+        .processes(local)
+        .listen("127.0.0.1:0", KEY.as_bytes());
+    if let Some(timeout) = beat {
+        b = b.heartbeat(Duration::from_millis(50), timeout);
+    }
+    Ok(b.build().await?)
+}
+
+/// Sleeps `ms`, then says which process ran it.
+fn pid_after(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Writes this process's pid to `path` as it starts, then sleeps `ms`.
+fn mark_then_sleep((path, ms): (String, u64)) -> u32 {
+    std::fs::write(&path, std::process::id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn scratch(name: &str) -> Result<PathBuf, Failed> {
+    let dir = std::env::temp_dir().join(format!("mp-remote-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Which task indexes a process marked as started, from the files.
+fn marked_by(dir: &Path, pid: u32, n: usize) -> Vec<usize> {
+    (0..n)
+        .filter(|i| {
+            std::fs::read_to_string(dir.join(i.to_string()))
+                .is_ok_and(|s| s.trim() == pid.to_string())
+        })
+        .collect()
+}
+
+async fn remote_workers_serve_the_queue_beside_local_ones() -> Result<(), Failed> {
+    let pool = listening_pool(1, None).await?;
+    let a = start_worker(&pool, &[])?;
+    let b = start_worker(&pool, &[])?;
+    joined(&pool, 2).await?;
+    let stats = pool.stats();
+    ensure(
+        stats.workers == 3,
+        format!("1 local and 2 remote: {stats:?}"),
+    )?;
+    let pids: HashSet<u32> = pool
+        .map_chunked(pid_after, vec![20u64; 60], 1)
+        .await?
+        .into_iter()
+        .collect();
+    ensure(
+        pids.contains(&a.0.id()) && pids.contains(&b.0.id()) && pids.len() == 3,
+        format!("ran in {pids:?}; remote {} and {}", a.0.id(), b.0.id()),
+    )?;
+    // Closing the pool ends the remote workers' service: they exit 0.
+    pool.close();
+    pool.join().await?;
+    for mut w in [a, b] {
+        let status = w.0.wait()?;
+        ensure(status.success(), format!("a remote worker ended {status}"))?;
+    }
+    Ok(())
+}
+
+/// Runs 8 tasks of 400 ms on one local and one remote worker; once the
+/// remote one has started a task, `stop` is done to it. Returns the
+/// outcomes, and the tasks the remote worker marked started.
+async fn lose_the_remote_worker(
+    beat: Option<Duration>,
+    stop: fn(u32),
+) -> Result<(Vec<Result<u32, mp::TaskError>>, Vec<usize>, u32), Failed> {
+    let pool = listening_pool(1, beat).await?;
+    let w = start_worker(&pool, &[])?;
+    let pid = w.0.id();
+    joined(&pool, 1).await?;
+    let dir = scratch(&format!("lose-{pid}"))?;
+    let n = 8;
+    let pending: Vec<_> = (0..n)
+        .map(|i| {
+            let path = dir.join(i.to_string()).display().to_string();
+            pool.apply_async(mark_then_sleep, (path, 400))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while marked_by(&dir, pid, n).is_empty() {
+        if Instant::now() > deadline {
+            return Err("the remote worker never started a task".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop(pid);
+    let mut outcomes = Vec::new();
+    for p in pending {
+        outcomes.push(p.await);
+    }
+    let marked = marked_by(&dir, pid, n);
+    ensure(
+        pool.stats().remote_workers == 0,
+        format!("the lost worker is no longer counted: {:?}", pool.stats()),
+    )?;
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((outcomes, marked, pid))
+}
+
+/// The task the remote worker was running failed as lost; every other
+/// task ran, once.
+fn only_the_started_task_failed(
+    outcomes: &[Result<u32, mp::TaskError>],
+    marked: &[usize],
+    pid: u32,
+    reason: &str,
+) -> Result<(), Failed> {
+    let lost: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_err())
+        .map(|(i, _)| i)
+        .collect();
+    ensure(lost.len() == 1, format!("one task lost: {outcomes:?}"))?;
+    let i = lost[0];
+    ensure(
+        marked.contains(&i),
+        format!("the lost task {i} is one the remote worker started ({marked:?})"),
+    )?;
+    let Err(mp::TaskError::WorkerLost { reason: why, .. }) = &outcomes[i] else {
+        return Err(format!("task {i}: {:?}", outcomes[i]).into());
+    };
+    ensure(why.contains(reason), format!("the reason: {why}"))?;
+    for (j, o) in outcomes.iter().enumerate() {
+        if j != i {
+            let ran = o.as_ref().map_err(|e| format!("task {j}: {e}"))?;
+            ensure(
+                *ran != pid || marked.contains(&j),
+                format!("task {j} ran on the lost worker unmarked"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: `kill(2)` with a pid this test started and a valid signal.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+fn sigstop(pid: u32) {
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+}
+
+async fn a_killed_remote_worker_fails_only_the_task_it_started() -> Result<(), Failed> {
+    let (outcomes, marked, pid) = lose_the_remote_worker(None, sigkill).await?;
+    only_the_started_task_failed(&outcomes, &marked, pid, "connection")
+}
+
+async fn a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout() -> Result<(), Failed> {
+    let (outcomes, marked, pid) =
+        lose_the_remote_worker(Some(Duration::from_millis(600)), sigstop).await?;
+    only_the_started_task_failed(&outcomes, &marked, pid, "said nothing")
+}
+
+async fn a_worker_with_another_key_or_build_is_refused() -> Result<(), Failed> {
+    let pool = listening_pool(1, None).await?;
+    for (env, want) in [
+        ((KEY_ENV, "not the key"), "Authentication"),
+        (("MP_TEST_REMOTE_WRONG_BUILD", "1"), "Refused"),
+    ] {
+        let mut w = start_worker(&pool, &[env])?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = w.0.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the worker with {env:?} did not exit").into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let mut out = String::new();
+        if let Some(mut so) = w.0.stdout.take() {
+            std::io::Read::read_to_string(&mut so, &mut out)?;
+        }
+        ensure(
+            status.code() == Some(3) && out.contains(want),
+            format!("with {env:?}: {status}, {out:?}"),
+        )?;
+        ensure(
+            pool.stats().remote_workers == 0,
+            format!("not counted: {:?}", pool.stats()),
+        )?;
+    }
+    ensure(pool.apply(pid_after, 0).await? != 0, "the pool goes on")?;
+    Ok(())
+}
+
+pub(crate) fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "remote_workers_serve_the_queue_beside_local_ones",
+            T,
+            remote_workers_serve_the_queue_beside_local_ones,
+        ),
+        case(
+            "a_killed_remote_worker_fails_only_the_task_it_started",
+            T,
+            a_killed_remote_worker_fails_only_the_task_it_started,
+        ),
+        case(
+            "a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout",
+            T,
+            a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout,
+        ),
+        case(
+            "a_worker_with_another_key_or_build_is_refused",
+            T,
+            a_worker_with_another_key_or_build_is_refused,
+        ),
+    ]
+}
