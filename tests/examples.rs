@@ -340,6 +340,41 @@ fn pool_map_prints_the_squares() {
 }
 
 #[test]
+fn remote_pool_spreads_tasks_over_local_and_remote_workers() {
+    let out = run_example("remote_pool");
+    let stdout = &out.stdout;
+    assert!(stdout.contains("2 remote workers joined"), "{stdout}");
+    // 1^3 + ... + 40^3 = (40 * 41 / 2)^2.
+    assert!(stdout.contains("sum of cubes 1..=40: 672400"), "{stdout}");
+    let count = |kind: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(kind))
+            .map(|l| {
+                l.rsplit_once(": ").map_or(0, |(_, n)| {
+                    n.trim_end_matches(" tasks").parse::<usize>().unwrap_or(0)
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (remote, local) = (count("remote worker"), count("local worker"));
+    assert_eq!(remote.len(), 2, "both remote workers ran tasks: {stdout}");
+    assert!(remote.iter().all(|&n| n > 0), "{stdout}");
+    assert_eq!(
+        remote.iter().sum::<usize>() + local.iter().sum::<usize>(),
+        40,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("a remote worker exited: exit status: 0")
+            .count(),
+        2,
+        "the workers ended with the pool: {stdout}"
+    );
+}
+
+#[test]
 fn pool_apply_async_runs_five_tasks_on_four_workers() {
     let out = run_example("pool_apply_async");
     let lines: Vec<&str> = out.stdout.lines().collect();

@@ -552,4 +552,3 @@ mod tests {
         assert!(peer_closed(&a));
     }
 }
-
