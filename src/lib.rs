@@ -202,8 +202,8 @@ mod wire;
 pub use connection::{Connection, Pipe, PipeBuilder, Receiver, Sender};
 pub use error::{Error, Result};
 pub use pool::{
-    AsyncResult, BuildError, Imap, ImapUnordered, Pool, PoolBuilder, PoolStats, StillRunning,
-    TaskError, WorkerError, worker_main, worker_main_with,
+    AsyncResult, BuildError, Imap, ImapUnordered, LauncherCommand, Pool, PoolBuilder, PoolStats,
+    StillRunning, TaskError, WorkerError, worker_main, worker_main_with,
 };
 pub use process::{
     Process, ProcessBuilder, ProcessError, ProcessInfo, ProcessSet, active_children, cpu_count,
@@ -390,6 +390,9 @@ pub mod __private {
 #[must_use = "dropping the guard at once joins the children at once; bind it: `let _guard = mp::init();`"]
 pub fn init() -> InitGuard {
     runtime::init(lifecycle::exit_rule);
+    // A copy of the program started to join a pool as a remote worker
+    // (`LauncherCommand`) serves it and exits here.
+    pool::join_if_asked();
     InitGuard { _private: () }
 }
 

@@ -549,9 +549,9 @@ impl ListenerBuilder {
         self
     }
 
-    /// Whether peers must prove an authkey.
-    pub(crate) fn has_authkey(&self) -> bool {
-        self.terms.authkey.is_some()
+    /// The authkey peers must prove, if any.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        self.terms.authkey.as_deref()
     }
 
     /// Allows a listener that other machines can reach to take plaintext

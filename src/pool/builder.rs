@@ -51,6 +51,7 @@ pub struct PoolBuilder {
     /// Boxed: most pools do not listen.
     listen: Option<Box<ListenerBuilder>>,
     heartbeat: Option<(Duration, Duration)>,
+    launch: Vec<super::LauncherCommand>,
 }
 
 /// How long a slot watches its worker's reply ring after sending jobs,
@@ -85,6 +86,14 @@ impl PoolBuilder {
     /// `listener` (TLS, deadlines). It must have an authkey.
     pub fn listen_with(mut self, listener: ListenerBuilder) -> Self {
         self.listen = Some(Box::new(listener));
+        self
+    }
+
+    /// Starts remote workers with `command` once the pool listens (see
+    /// [`LauncherCommand`](crate::LauncherCommand)); may be given more than
+    /// once. Needs [`listen`](Self::listen).
+    pub fn launch(mut self, command: super::LauncherCommand) -> Self {
+        self.launch.push(command);
         self
     }
 
@@ -237,6 +246,16 @@ impl PoolBuilder {
         if self.concurrency == Some(0) {
             return Err(BuildError::InvalidSetting("concurrency must be at least 1"));
         }
+        if !self.launch.is_empty() && self.listen.is_none() {
+            return Err(BuildError::InvalidSetting(
+                "launching remote workers needs a pool that listens",
+            ));
+        }
+        if self.listen.as_ref().is_some_and(|l| l.key().is_none()) {
+            return Err(BuildError::InvalidSetting(
+                "a pool that listens for remote workers needs an authkey",
+            ));
+        }
         let concurrency = self.concurrency.unwrap_or(1);
         let init = match self.init {
             None => None,
@@ -285,11 +304,7 @@ impl PoolBuilder {
         }
         let mut listening = None;
         if let Some(listener) = self.listen {
-            if !listener.has_authkey() {
-                return Err(BuildError::InvalidSetting(
-                    "a pool that listens for remote workers needs an authkey",
-                ));
-            }
+            let authkey = listener.key().map(<[u8]>::to_vec).unwrap_or_default();
             let listener = match (*listener).bind().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -297,7 +312,8 @@ impl PoolBuilder {
                     return Err(BuildError::Listen(e));
                 }
             };
-            listening = Some(listener.address().clone());
+            let address = listener.address().clone();
+            listening = Some(address.clone());
             let beat = self
                 .heartbeat
                 .map_or_else(Heartbeat::default, |(interval, timeout)| Heartbeat {
@@ -305,6 +321,12 @@ impl PoolBuilder {
                     timeout,
                 });
             slots.push(tokio::spawn(remote::accept(shared.clone(), listener, beat)));
+            for command in &self.launch {
+                if let Err(e) = command.start(&address, &authkey) {
+                    shared.begin_terminate();
+                    return Err(BuildError::Io(e));
+                }
+            }
         }
         let pool = Pool {
             handle: Arc::new(Handle {

@@ -59,7 +59,8 @@ pub use error::{BuildError, StillRunning, TaskError};
 pub use imap::{Imap, ImapUnordered};
 #[cfg(fuzzing)]
 pub(crate) use page::fuzz as fuzz_page;
-pub use remote::{WorkerError, worker_main, worker_main_with};
+pub(crate) use remote::join_if_asked;
+pub use remote::{LauncherCommand, WorkerError, worker_main, worker_main_with};
 pub use result::AsyncResult;
 
 use job::{Group, GroupGuard, Job, JobRx, Part, Reply, Shared, State};

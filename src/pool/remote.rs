@@ -472,3 +472,174 @@ async fn work(conn: &mut Connection<Remote>, beat: Heartbeat) -> Result<(), Work
         }
     }
 }
+
+/// The environment variable that makes [`init`](crate::init) join a pool
+/// as a remote worker instead of running the program: the pool's address.
+pub(crate) const JOIN_ENV: &str = "MP_POOL_JOIN";
+
+/// The authkey for [`JOIN_ENV`], in hexadecimal.
+pub(crate) const JOIN_KEY_ENV: &str = "MP_POOL_JOIN_KEY";
+
+/// Starts remote workers with a command, for
+/// [`PoolBuilder::launch`](crate::PoolBuilder::launch): `ssh {host} {exe}`,
+/// `srun ... {exe}`, or `{exe}` alone for workers on this machine.
+///
+/// Each argument may hold placeholders: `{exe}` (this program's path),
+/// `{address}` (where the pool listens), `{host}` (the next of
+/// [`hosts`](Self::hosts), in turn) and `{index}` (the worker's number,
+/// from 0). The command runs with `MP_POOL_JOIN` (the address) and
+/// `MP_POOL_JOIN_KEY` (the authkey, in hexadecimal) in its environment;
+/// a copy of this program started with them joins the pool from
+/// [`init`](crate::init) (or `#[mp::main]`) and exits when the pool closes.
+/// A command that crosses machines must carry them itself (`ssh` does not
+/// pass the environment): prefer a way that keeps the key off command
+/// lines, which other users can read.
+///
+/// ```no_run
+/// # use tokio_multiprocessing as mp;
+/// # async fn demo() -> Result<(), mp::BuildError> {
+/// let pool = mp::Pool::builder()
+///     .listen("127.0.0.1:0", b"key")
+///     .launch(mp::LauncherCommand::new(["{exe}"]).workers(4))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LauncherCommand {
+    argv: Vec<String>,
+    workers: Option<usize>,
+    hosts: Vec<String>,
+}
+
+impl LauncherCommand {
+    /// A command, program first, with placeholders in any argument.
+    pub fn new<I, S>(argv: I) -> LauncherCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        LauncherCommand {
+            argv: argv.into_iter().map(Into::into).collect(),
+            workers: None,
+            hosts: Vec::new(),
+        }
+    }
+
+    /// How many workers to start (default: one per host, or one).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The hosts `{host}` takes, in turn.
+    pub fn hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.hosts = hosts.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The command lines, placeholders filled in.
+    fn lines(&self, address: &Address) -> std::io::Result<Vec<Vec<String>>> {
+        let exe = std::env::current_exe()?.display().to_string();
+        let n = self.workers.unwrap_or(self.hosts.len().max(1));
+        Ok((0..n)
+            .map(|i| {
+                let host = if self.hosts.is_empty() {
+                    ""
+                } else {
+                    &self.hosts[i % self.hosts.len()]
+                };
+                self.argv
+                    .iter()
+                    .map(|a| {
+                        a.replace("{exe}", &exe)
+                            .replace("{address}", &address.to_string())
+                            .replace("{host}", host)
+                            .replace("{index}", &i.to_string())
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Starts the workers; a task reaps each.
+    pub(super) fn start(&self, address: &Address, authkey: &[u8]) -> std::io::Result<usize> {
+        let key: String = authkey.iter().map(|b| format!("{b:02x}")).collect();
+        let lines = self.lines(address)?;
+        for line in &lines {
+            let Some((program, args)) = line.split_first() else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an empty launcher command",
+                ));
+            };
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .env(JOIN_ENV, address.to_string())
+                .env(JOIN_KEY_ENV, &key)
+                .stdin(std::process::Stdio::null())
+                .spawn()?;
+            tokio::spawn(async move {
+                if let Ok(status) = child.wait().await {
+                    tracing::debug!(%status, "a launched pool worker exited");
+                }
+            });
+        }
+        Ok(lines.len())
+    }
+}
+
+/// Joins the pool the environment names ([`JOIN_ENV`]), if it names one,
+/// and exits with the worker's end: 0 when the pool closed, 1 otherwise.
+/// Called by [`init`](crate::init) before the program's own code runs.
+pub(crate) fn join_if_asked() {
+    let Some(address) = std::env::var_os(JOIN_ENV) else {
+        return;
+    };
+    let key = std::env::var(JOIN_KEY_ENV).unwrap_or_default();
+    // SAFETY: `init` runs before the program starts any thread (the fork
+    // server, forwarding and runtimes start later), so nothing reads the
+    // environment concurrently. Removed so that processes this worker
+    // starts do not join the pool too.
+    unsafe {
+        std::env::remove_var(JOIN_ENV);
+        std::env::remove_var(JOIN_KEY_ENV);
+    }
+    let key: Option<Vec<u8>> = (0..key.len())
+        .step_by(2)
+        .map(|i| {
+            key.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect();
+    let code = match (key, address.into_string()) {
+        (Some(key), Ok(address)) => {
+            let ran = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(worker_main(address.as_str(), &key)));
+            match ran {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    eprintln!("tokio-multiprocessing: pool worker: {e}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("tokio-multiprocessing: pool worker: no runtime: {e}");
+                    1
+                }
+            }
+        }
+        _ => {
+            eprintln!("tokio-multiprocessing: {JOIN_ENV} or {JOIN_KEY_ENV} is malformed");
+            2
+        }
+    };
+    std::process::exit(code);
+}

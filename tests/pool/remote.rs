@@ -282,6 +282,55 @@ async fn a_worker_with_another_key_or_build_is_refused() -> Result<(), Failed> {
     Ok(())
 }
 
+/// What a launched worker was started as, from its environment.
+fn launched_as(_: u64) -> Option<String> {
+    std::thread::sleep(Duration::from_millis(20));
+    std::env::var("MP_LAUNCHED_AS").ok()
+}
+
+async fn a_launcher_command_starts_workers_that_join() -> Result<(), Failed> {
+    // `env` stands in for `ssh {host}`: the placeholders are filled in,
+    // and the copies of this binary join the pool from `init()`.
+    let launcher = mp::LauncherCommand::new(["env", "MP_LAUNCHED_AS={index}@{host}", "{exe}"])
+        .hosts(["alpha", "beta"]);
+    let pool = mp::Pool::builder()
+        .processes(1)
+        .listen("127.0.0.1:0", KEY.as_bytes())
+        .launch(launcher)
+        .build()
+        .await?;
+    joined(&pool, 2).await?;
+    let seen: HashSet<Option<String>> = pool
+        .map_chunked(launched_as, vec![0u64; 60], 1)
+        .await?
+        .into_iter()
+        .collect();
+    let want: HashSet<Option<String>> =
+        [None, Some("0@alpha".to_owned()), Some("1@beta".to_owned())]
+            .into_iter()
+            .collect();
+    ensure(seen == want, format!("tasks ran in {seen:?}"))?;
+    pool.close();
+    pool.join().await?;
+    // The launched workers leave with the pool.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pool.stats().remote_workers != 0 {
+        if Instant::now() > deadline {
+            return Err(format!("{:?}", pool.stats()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = mp::Pool::builder()
+        .launch(mp::LauncherCommand::new(["{exe}"]))
+        .build()
+        .await;
+    ensure(
+        matches!(refused, Err(mp::BuildError::InvalidSetting(_))),
+        format!("a launcher without listen: {refused:?}"),
+    )?;
+    Ok(())
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case(
@@ -298,6 +347,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout",
             T,
             a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout,
+        ),
+        case(
+            "a_launcher_command_starts_workers_that_join",
+            T,
+            a_launcher_command_starts_workers_that_join,
         ),
         case(
             "a_worker_with_another_key_or_build_is_refused",
