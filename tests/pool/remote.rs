@@ -331,6 +331,149 @@ async fn a_launcher_command_starts_workers_that_join() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Runs `ip` with `args`; its error output if it fails.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: this side
+/// `10.77.N.1`, the namespace's `10.77.N.2`. Removed when dropped.
+struct Netns {
+    name: String,
+    veth: String,
+    here: String,
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let n = std::process::id() % 250 + 1;
+        let name = format!("mp-remote-{}", std::process::id());
+        let veth = format!("mpv{n}");
+        let peer = format!("mpw{n}");
+        let ns = Netns {
+            name: name.clone(),
+            veth: veth.clone(),
+            here: format!("10.77.{n}.1"),
+        };
+        ip(&["netns", "add", &name])?;
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])?;
+        ip(&["link", "set", &peer, "netns", &name])?;
+        ip(&["addr", "add", &format!("10.77.{n}.1/30"), "dev", &veth])?;
+        ip(&["link", "set", &veth, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("10.77.{n}.2/30"), "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.veth]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+async fn a_worker_cut_off_mid_task_fails_only_that_task() -> Result<(), Failed> {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            // On loopback, a stopped worker stands for one cut off (the
+            // heartbeat case above); say why this one did not run.
+            eprintln!("skipped: no network namespace here ({why})");
+            return Ok(());
+        }
+    };
+    let listener = mp::connection::Listener::builder(format!("{}:0", ns.here))
+        .authkey(KEY.as_bytes())
+        .insecure_plaintext();
+    let pool = mp::Pool::builder()
+        .processes(1)
+        .listen_with(listener)
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(800))
+        .build()
+        .await?;
+    let address = pool.listen_address().ok_or("no address")?.to_string();
+    let w = Worker(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(std::env::current_exe()?)
+            .env(ADDRESS_ENV, &address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    joined(&pool, 1).await?;
+    let dir = scratch("netns")?;
+    let n = 8;
+    let pending: Vec<_> = (0..n)
+        .map(|i| {
+            let path = dir.join(i.to_string()).display().to_string();
+            pool.apply_async(mark_then_sleep, (path, 400))
+        })
+        .collect();
+    // The worker's tasks write the files too (the namespace shares the
+    // file system); `ip netns exec` runs the worker in its own process.
+    let remote = w.0.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let remote_marks = |dir: &Path| marked_by(dir, remote, n);
+    while remote_marks(&dir).is_empty() {
+        if Instant::now() > deadline {
+            return Err("the worker in the namespace never started a task".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ip(&["link", "set", &ns.veth, "down"])?;
+    let mut outcomes = Vec::new();
+    for p in pending {
+        outcomes.push(p.await);
+    }
+    let marked = remote_marks(&dir);
+    let lost: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_err()).collect();
+    // The task the pool had let the worker start fails: whether the
+    // worker got to run it, behind a cut link, nobody can tell, so it
+    // is not run again. Every other task ran, once, and the worker's
+    // earlier ones count.
+    ensure(lost.len() == 1, format!("one task lost: {outcomes:?}"))?;
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Ok(pid) = o {
+            ensure(
+                (*pid == remote) == marked.contains(&i),
+                format!("task {i} ran in {pid}; the worker marked {marked:?}"),
+            )?;
+        }
+    }
+    ensure(
+        matches!(&outcomes[lost[0]], Err(mp::TaskError::WorkerLost { reason, .. }) if reason.contains("said nothing")),
+        format!("{:?}", outcomes[lost[0]]),
+    )?;
+    ensure(
+        pool.apply(pid_after, 0).await? != remote,
+        "the pool goes on",
+    )?;
+    drop(w);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case(
@@ -347,6 +490,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout",
             T,
             a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout,
+        ),
+        case(
+            "a_worker_cut_off_mid_task_fails_only_that_task",
+            T,
+            a_worker_cut_off_mid_task_fails_only_that_task,
         ),
         case(
             "a_launcher_command_starts_workers_that_join",
