@@ -18,6 +18,8 @@ use crate::common::{Case, case, ensure};
 const KEY: &str = "the remote workers' key";
 const ADDRESS_ENV: &str = "MP_TEST_REMOTE_WORKER";
 const KEY_ENV: &str = "MP_TEST_REMOTE_KEY";
+/// A DER certificate file: the worker joins over TLS, trusting it.
+const CA_ENV: &str = "MP_TEST_REMOTE_CA";
 const T: Duration = Duration::from_secs(60);
 
 /// The pool's address, when this run is a remote worker.
@@ -37,7 +39,25 @@ pub(crate) fn worker_program(address: String) -> i32 {
     else {
         return 2;
     };
-    match rt.block_on(mp::worker_main(address, key.as_bytes())) {
+    let mut client = mp::connection::Client::builder(address.as_str()).authkey(key.as_bytes());
+    // Over TLS, trusting the certificate in this file.
+    if let Ok(ca) = std::env::var(CA_ENV) {
+        let Ok(der) = std::fs::read(ca) else {
+            return 2;
+        };
+        let mut roots = mp::connection::rustls::RootCertStore::empty();
+        if roots
+            .add(mp::connection::rustls::pki_types::CertificateDer::from(der))
+            .is_err()
+        {
+            return 2;
+        }
+        let tls = mp::connection::rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client = client.tls(std::sync::Arc::new(tls));
+    }
+    match rt.block_on(mp::worker_main_with(client)) {
         Ok(()) => 0,
         Err(e) => {
             println!("{e:?}");
@@ -474,6 +494,62 @@ async fn a_worker_cut_off_mid_task_fails_only_that_task() -> Result<(), Failed> 
     Ok(())
 }
 
+async fn remote_workers_join_over_tls_beyond_loopback() -> Result<(), Failed> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let dir = scratch("tls")?;
+    let ca = dir.join("ca.der");
+    std::fs::write(&ca, made.cert.der())?;
+    let key = mp::connection::rustls::pki_types::PrivatePkcs8KeyDer::from(
+        made.signing_key.serialize_der(),
+    );
+    let tls = mp::connection::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key.into())?;
+    let pool = mp::Pool::builder()
+        .processes(1)
+        .listen_with(
+            mp::connection::Listener::builder("0.0.0.0:0")
+                .authkey(KEY.as_bytes())
+                .tls(std::sync::Arc::new(tls)),
+        )
+        .build()
+        .await?;
+    let port = pool
+        .listen_address()
+        .ok_or("no address")?
+        .to_string()
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .ok_or("no port")?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(ADDRESS_ENV, format!("localhost:{port}"))
+        .env(CA_ENV, &ca)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let w = Worker(cmd.spawn()?);
+    joined(&pool, 1).await?;
+    let pids: HashSet<u32> = pool
+        .map_chunked(pid_after, vec![20u64; 30], 1)
+        .await?
+        .into_iter()
+        .collect();
+    ensure(
+        pids.contains(&w.0.id()) && pids.len() == 2,
+        format!("ran in {pids:?}, the TLS worker is {}", w.0.id()),
+    )?;
+    // Without TLS, or without the key, nobody joins.
+    let plain = start_worker(&pool, &[])?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure(
+        pool.stats().remote_workers == 1,
+        format!("a plaintext worker stayed out: {:?}", pool.stats()),
+    )?;
+    drop(plain);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case(
@@ -495,6 +571,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "a_worker_cut_off_mid_task_fails_only_that_task",
             T,
             a_worker_cut_off_mid_task_fails_only_that_task,
+        ),
+        case(
+            "remote_workers_join_over_tls_beyond_loopback",
+            T,
+            remote_workers_join_over_tls_beyond_loopback,
         ),
         case(
             "a_launcher_command_starts_workers_that_join",
