@@ -142,7 +142,7 @@ async fn slot(shared: Arc<Shared>, mut conn: Connection<Remote>, beat: Heartbeat
             if theirs != fingerprint() {
                 let why = "the worker runs another build of the program than the pool";
                 tracing::warn!(pid, host = %host, "remote pool worker refused: {why}");
-                let _ = conn.send(&Remote::Refused(why.to_owned())).await;
+                let _ = send_within(&conn, &Remote::Refused(why.to_owned()), HELLO_TIMEOUT).await;
                 return;
             }
             format!("{host}:{pid}")
@@ -154,7 +154,7 @@ async fn slot(shared: Arc<Shared>, mut conn: Connection<Remote>, beat: Heartbeat
         timeout_ms: millis(beat.timeout),
         init: shared.config.init.clone(),
     };
-    if conn.send(&welcome).await.is_err() {
+    if send_within(&conn, &welcome, beat.timeout).await.is_err() {
         return;
     }
     tracing::info!(worker = %name, "remote pool worker joined");
@@ -186,6 +186,23 @@ async fn slot(shared: Arc<Shared>, mut conn: Connection<Remote>, beat: Heartbeat
     tracing::info!(worker = %name, reason = %why, "remote pool worker left");
 }
 
+/// Sends `msg`, giving up after `within`: a peer that stopped reading
+/// (stopped, or cut off with the socket's buffers full) must not hold a
+/// side in a send past the heartbeat timeout.
+async fn send_within(
+    conn: &Connection<Remote>,
+    msg: &Remote,
+    within: Duration,
+) -> Result<(), ChannelError> {
+    match tokio::time::timeout(within, conn.send(msg)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(ChannelError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the peer took nothing for {within:?}"),
+        ))),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -208,6 +225,9 @@ async fn serve(
         notified.as_mut().enable();
         let current = *state.borrow_and_update();
         if current == State::Terminated {
+            if !sent.is_empty() {
+                shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+            }
             for s in sent.drain(..) {
                 deliver(shared, s.job, Err(TaskError::Cancelled));
             }
@@ -233,7 +253,7 @@ async fn serve(
                 next_seq += 1;
                 shared.stats.busy.fetch_add(1, Ordering::Relaxed);
                 fed = true;
-                if let Err(e) = conn.send(&msg).await {
+                if let Err(e) = send_within(conn, &msg, beat.timeout).await {
                     return format!("its connection broke: {e}");
                 }
                 said = Instant::now();
@@ -277,7 +297,7 @@ async fn serve(
                             }
                             None => Remote::Skip { seq },
                         };
-                        if let Err(e) = conn.send(&answer).await {
+                        if let Err(e) = send_within(conn, &answer, beat.timeout).await {
                             return format!("its connection broke: {e}");
                         }
                         said = Instant::now();
@@ -300,7 +320,7 @@ async fn serve(
             _ = &mut idle_bell, if hungry.is_some() => rung = true,
             _ = state.changed() => {}
             _ = tokio::time::sleep_until(said + beat.interval) => {
-                if let Err(e) = conn.send(&Remote::Alive).await {
+                if let Err(e) = send_within(conn, &Remote::Alive, beat.timeout).await {
                     return format!("its connection broke: {e}");
                 }
                 said = Instant::now();
@@ -425,7 +445,9 @@ async fn work(conn: &mut Connection<Remote>, beat: Heartbeat) -> Result<(), Work
     loop {
         if running.is_none() && asked.is_none() {
             if let Some(&(seq, ..)) = waiting.front() {
-                conn.send(&Remote::Start { seq }).await.map_err(lost)?;
+                send_within(conn, &Remote::Start { seq }, beat.timeout)
+                    .await
+                    .map_err(lost)?;
                 said = Instant::now();
                 asked = Some(seq);
             }
@@ -459,11 +481,15 @@ async fn work(conn: &mut Connection<Remote>, beat: Heartbeat) -> Result<(), Work
             done = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
                 running = None;
                 let (id, results) = done.map_err(|e| WorkerError::Lost(e.to_string()))?;
-                conn.send(&Remote::Done { id, results }).await.map_err(lost)?;
+                send_within(conn, &Remote::Done { id, results }, beat.timeout)
+                    .await
+                    .map_err(lost)?;
                 said = Instant::now();
             }
             _ = tokio::time::sleep_until(said + beat.interval) => {
-                conn.send(&Remote::Alive).await.map_err(lost)?;
+                send_within(conn, &Remote::Alive, beat.timeout)
+                    .await
+                    .map_err(lost)?;
                 said = Instant::now();
             }
             _ = tokio::time::sleep_until(heard + beat.timeout) => {

@@ -550,6 +550,31 @@ async fn remote_workers_join_over_tls_beyond_loopback() -> Result<(), Failed> {
     Ok(())
 }
 
+fn length(v: serde_bytes::ByteBuf) -> usize {
+    v.len()
+}
+
+async fn a_stopped_worker_does_not_hold_a_large_job() -> Result<(), Failed> {
+    let pool = listening_pool(1, Some(Duration::from_millis(600))).await?;
+    let w = start_worker(&pool, &[])?;
+    joined(&pool, 1).await?;
+    sigstop(w.0.id());
+    // More than the sockets hold: the send to the stopped worker cannot
+    // finish, and must not hold its job past the heartbeat timeout.
+    let big = serde_bytes::ByteBuf::from(vec![7u8; 16 << 20]);
+    let pending: Vec<_> = (0..3)
+        .map(|_| pool.apply_async(length, big.clone()))
+        .collect();
+    for p in pending {
+        ensure(p.await? == 16 << 20, "each large job ran")?;
+    }
+    ensure(
+        pool.stats().remote_workers == 0,
+        format!("the stopped worker was given up: {:?}", pool.stats()),
+    )?;
+    Ok(())
+}
+
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case(
@@ -576,6 +601,11 @@ pub(crate) fn cases() -> Vec<Case> {
             "remote_workers_join_over_tls_beyond_loopback",
             T,
             remote_workers_join_over_tls_beyond_loopback,
+        ),
+        case(
+            "a_stopped_worker_does_not_hold_a_large_job",
+            T,
+            a_stopped_worker_does_not_hold_a_large_job,
         ),
         case(
             "a_launcher_command_starts_workers_that_join",
