@@ -170,6 +170,30 @@ async fn remote_workers_serve_the_queue_beside_local_ones() -> Result<(), Failed
     Ok(())
 }
 
+/// Submits `n` tasks of 400 ms that mark their start in `dir`, and
+/// waits until process `pid` has started one of them.
+async fn submit_marked(
+    pool: &mp::Pool,
+    dir: &Path,
+    n: usize,
+    pid: u32,
+) -> Result<Vec<mp::AsyncResult<u32>>, Failed> {
+    let pending: Vec<_> = (0..n)
+        .map(|i| {
+            let path = dir.join(i.to_string()).display().to_string();
+            pool.apply_async(mark_then_sleep, (path, 400))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while marked_by(dir, pid, n).is_empty() {
+        if Instant::now() > deadline {
+            return Err("the remote worker never started a task".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(pending)
+}
+
 /// Runs 8 tasks of 400 ms on one local and one remote worker; once the
 /// remote one has started a task, `stop` is done to it. Returns the
 /// outcomes, and the tasks the remote worker marked started.
@@ -183,19 +207,7 @@ async fn lose_the_remote_worker(
     joined(&pool, 1).await?;
     let dir = scratch(&format!("lose-{pid}"))?;
     let n = 8;
-    let pending: Vec<_> = (0..n)
-        .map(|i| {
-            let path = dir.join(i.to_string()).display().to_string();
-            pool.apply_async(mark_then_sleep, (path, 400))
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while marked_by(&dir, pid, n).is_empty() {
-        if Instant::now() > deadline {
-            return Err("the remote worker never started a task".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pending = submit_marked(&pool, &dir, n, pid).await?;
     stop(pid);
     let mut outcomes = Vec::new();
     for p in pending {
@@ -446,29 +458,16 @@ async fn a_worker_cut_off_mid_task_fails_only_that_task() -> Result<(), Failed> 
     joined(&pool, 1).await?;
     let dir = scratch("netns")?;
     let n = 8;
-    let pending: Vec<_> = (0..n)
-        .map(|i| {
-            let path = dir.join(i.to_string()).display().to_string();
-            pool.apply_async(mark_then_sleep, (path, 400))
-        })
-        .collect();
     // The worker's tasks write the files too (the namespace shares the
     // file system); `ip netns exec` runs the worker in its own process.
     let remote = w.0.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let remote_marks = |dir: &Path| marked_by(dir, remote, n);
-    while remote_marks(&dir).is_empty() {
-        if Instant::now() > deadline {
-            return Err("the worker in the namespace never started a task".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pending = submit_marked(&pool, &dir, n, remote).await?;
     ip(&["link", "set", &ns.veth, "down"])?;
     let mut outcomes = Vec::new();
     for p in pending {
         outcomes.push(p.await);
     }
-    let marked = remote_marks(&dir);
+    let marked = marked_by(&dir, remote, n);
     let lost: Vec<usize> = (0..n).filter(|&i| outcomes[i].is_err()).collect();
     // The task the pool had let the worker start fails: whether the
     // worker got to run it, behind a cut link, nobody can tell, so it
