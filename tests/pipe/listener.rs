@@ -363,7 +363,7 @@ async fn rust_to_rust_over_ipv6_loopback() -> Result<(), Failed> {
 async fn a_silent_peer_times_out_and_holds_up_nobody() -> Result<(), Failed> {
     let mut listener = Listener::builder("127.0.0.1:0")
         .authkey(KEY)
-        .handshake_timeout(Duration::from_millis(300))
+        .handshake_timeout(Duration::from_secs(3))
         .bind()
         .await?;
     let address = listener.address().to_string();
@@ -379,7 +379,7 @@ async fn a_silent_peer_times_out_and_holds_up_nobody() -> Result<(), Failed> {
     let t0 = std::time::Instant::now();
     let mut conn = listener.accept::<u32>().await?;
     ensure(
-        t0.elapsed() < Duration::from_millis(300),
+        t0.elapsed() < Duration::from_secs(2),
         format!(
             "the good client waited {:?} behind the silent one",
             t0.elapsed()
