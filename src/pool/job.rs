@@ -279,16 +279,17 @@ impl Shared {
         None
     }
 
-    /// As [`pop_job`](Self::pop_job), for a slot that can take only the
-    /// jobs `fits` accepts (a remote one: no handles); the others keep
+    /// As [`pop_job`](Self::pop_job) for an idle slot that can take only
+    /// the jobs `fits` accepts (a remote one: no handles); the others keep
     /// their places.
-    pub(super) fn pop_job_where(&self, idle: bool, fits: impl Fn(&Job) -> bool) -> Option<Job> {
+    pub(super) fn pop_job_where(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut q = self.lock_queue();
-        if !idle {
-            return None;
+        while q.front().is_some_and(|job| job.reply.is_closed()) {
+            q.pop_front();
         }
-        q.retain(|job| !job.reply.is_closed());
-        let at = q.iter().position(fits)?;
+        let at = q
+            .iter()
+            .position(|job| !job.reply.is_closed() && fits(job))?;
         q.remove(at)
     }
 

@@ -183,9 +183,6 @@ impl Page {
     /// whether the worker asked to be woken (then the caller rings the
     /// doorbell).
     pub(crate) fn push_job(&self, job: &[u8]) -> Option<bool> {
-        if job.len() > MAX_JOB {
-            return None;
-        }
         self.push_to(JOBS, job)
     }
 

@@ -122,7 +122,7 @@ pub(super) async fn accept(shared: Arc<Shared>, mut listener: Listener, beat: He
     while slots.join_next().await.is_some() {}
 }
 
-/// A job sent to a remote worker.
+/// The job a remote worker holds.
 struct Sent {
     seq: u64,
     job: Job,
@@ -160,29 +160,22 @@ async fn slot(shared: Arc<Shared>, mut conn: Connection<Remote>, beat: Heartbeat
     tracing::info!(worker = %name, "remote pool worker joined");
     shared.stats.workers.fetch_add(1, Ordering::Relaxed);
     shared.stats.remote.fetch_add(1, Ordering::Relaxed);
-    let mut sent: VecDeque<Sent> = VecDeque::new();
-    let why = serve(&shared, &mut conn, &mut sent, beat).await;
+    let mut held = None;
+    let why = serve(&shared, &mut conn, &mut held, beat).await;
     shared.stats.workers.fetch_sub(1, Ordering::Relaxed);
     shared.stats.remote.fetch_sub(1, Ordering::Relaxed);
-    if !sent.is_empty() {
-        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    match release(&shared, &mut held) {
+        Some(s) if s.started => deliver(
+            &shared,
+            s.job,
+            Err(TaskError::WorkerLost {
+                worker: name.clone(),
+                reason: why.clone(),
+            }),
+        ),
+        Some(s) => super::dispatch::requeue(&shared, VecDeque::from([s.job])),
+        None => {}
     }
-    let mut back = VecDeque::new();
-    for s in sent {
-        if s.started {
-            deliver(
-                &shared,
-                s.job,
-                Err(TaskError::WorkerLost {
-                    worker: name.clone(),
-                    reason: why.clone(),
-                }),
-            );
-        } else {
-            back.push_back(s.job);
-        }
-    }
-    super::dispatch::requeue(&shared, back);
     tracing::info!(worker = %name, reason = %why, "remote pool worker left");
 }
 
@@ -203,6 +196,13 @@ async fn send_within(
     }
 }
 
+/// Takes the job the worker held, if any, out of the pool's busy count.
+fn release(shared: &Shared, held: &mut Option<Sent>) -> Option<Sent> {
+    let s = held.take()?;
+    shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+    Some(s)
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -211,7 +211,7 @@ fn millis(d: Duration) -> u64 {
 async fn serve(
     shared: &Shared,
     conn: &mut Connection<Remote>,
-    sent: &mut VecDeque<Sent>,
+    held: &mut Option<Sent>,
     beat: Heartbeat,
 ) -> String {
     let mut state = shared.state.subscribe();
@@ -225,27 +225,24 @@ async fn serve(
         notified.as_mut().enable();
         let current = *state.borrow_and_update();
         if current == State::Terminated {
-            if !sent.is_empty() {
-                shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
-            }
-            for s in sent.drain(..) {
+            if let Some(s) = release(shared, held) {
                 deliver(shared, s.job, Err(TaskError::Cancelled));
             }
             conn.close();
             return "the pool was terminated".to_owned();
         }
         let mut fed = false;
-        if sent.is_empty() {
+        if held.is_none() {
             // Jobs with handles stay for the local workers: their
             // descriptors cannot cross a network.
-            if let Some(job) = shared.pop_job_where(true, |j| !j.args.has_handles()) {
+            if let Some(job) = shared.pop_job_where(|j| !j.args.has_handles()) {
                 let msg = Remote::Job {
                     seq: next_seq,
                     id: job.id,
                     target: job.target,
                     args: job.args.clone(),
                 };
-                sent.push_back(Sent {
+                *held = Some(Sent {
                     seq: next_seq,
                     job,
                     started: false,
@@ -262,11 +259,11 @@ async fn serve(
         if std::mem::take(&mut rung) && !fed && !shared.lock_queue().is_empty() {
             shared.notify.notify_waiters();
         }
-        if sent.is_empty() && current == State::Closed && shared.lock_queue().is_empty() {
+        if held.is_none() && current == State::Closed && shared.lock_queue().is_empty() {
             conn.close();
             return "the pool was closed".to_owned();
         }
-        let hungry = (sent.is_empty() && current == State::Running)
+        let hungry = (held.is_none() && current == State::Running)
             .then(|| super::dispatch::Hungry::new(shared));
         let idle_bell = shared.idle_notify.notified();
         tokio::pin!(idle_bell);
@@ -281,17 +278,14 @@ async fn serve(
                 heard = Instant::now();
                 match msg {
                     Ok(Remote::Start { seq }) => {
-                        let answer = match sent.iter_mut().find(|s| s.seq == seq) {
+                        let answer = match held.as_mut().filter(|s| s.seq == seq) {
                             Some(s) if !s.job.reply.is_closed() => {
                                 s.started = true;
                                 Remote::Go { seq }
                             }
                             Some(_) => {
-                                if let Some(pos) = sent.iter().position(|s| s.seq == seq) {
-                                    if let Some(s) = sent.remove(pos) {
-                                        shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
-                                        deliver(shared, s.job, Err(TaskError::Cancelled));
-                                    }
+                                if let Some(s) = release(shared, held) {
+                                    deliver(shared, s.job, Err(TaskError::Cancelled));
                                 }
                                 Remote::Skip { seq }
                             }
@@ -303,9 +297,8 @@ async fn serve(
                         said = Instant::now();
                     }
                     Ok(Remote::Done { id, results }) => {
-                        if let Some(pos) = sent.iter().position(|s| s.job.id == id && s.started) {
-                            if let Some(s) = sent.remove(pos) {
-                                shared.stats.busy.fetch_sub(1, Ordering::Relaxed);
+                        if held.as_ref().is_some_and(|s| s.job.id == id && s.started) {
+                            if let Some(s) = release(shared, held) {
                                 deliver(shared, s.job, Ok(results));
                             }
                         }
@@ -316,7 +309,7 @@ async fn serve(
                     Err(e) => return format!("its connection broke: {e}"),
                 }
             }
-            _ = &mut notified, if sent.is_empty() => {}
+            _ = &mut notified, if held.is_none() => {}
             _ = &mut idle_bell, if hungry.is_some() => rung = true,
             _ = state.changed() => {}
             _ = tokio::time::sleep_until(said + beat.interval) => {
