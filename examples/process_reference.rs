@@ -31,9 +31,6 @@ async fn main() -> mp::Result<()> {
     p.terminate()?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     println!("{} {}", p, p.is_alive());
-    println!(
-        "{}",
-        p.exitcode() == Some(-(nix::sys::signal::Signal::SIGTERM as i32))
-    );
+    println!("{}", p.exitcode() == Some(-15));
     Ok(())
 }

@@ -34,7 +34,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_multiprocessing as mp;
 
 /// The largest `N` that `/primes/N` takes: about five seconds of work in
@@ -115,8 +114,7 @@ fn port() -> Result<u16, String> {
 async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
     // Before the address is printed, so that a signal sent as soon as it
     // is read is caught rather than killing the process.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let stop = Stop::listen()?;
 
     // One worker per CPU. Workers ignore SIGINT, so a Ctrl-C that reaches
     // the whole process group is the server's to handle.
@@ -133,10 +131,7 @@ async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
 
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let name = tokio::select! {
-                _ = sigterm.recv() => "SIGTERM",
-                _ = sigint.recv() => "SIGINT",
-            };
+            let name = stop.recv().await;
             println!("{name}: finishing the requests in flight");
         })
         .await?;
@@ -170,6 +165,56 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("server: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The requests to stop the server: `SIGTERM` and `SIGINT` on Unix,
+/// Ctrl-C and the console's close on Windows.
+#[cfg(unix)]
+struct Stop(tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop(
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    }
+
+    /// The name of the first request that comes.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.0.recv() => "SIGTERM",
+            _ = self.1.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The requests to stop the server: `SIGTERM` and `SIGINT` on Unix,
+/// Ctrl-C and the console's close on Windows.
+#[cfg(windows)]
+struct Stop(
+    tokio::signal::windows::CtrlC,
+    tokio::signal::windows::CtrlClose,
+);
+
+#[cfg(windows)]
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        Ok(Stop(
+            tokio::signal::windows::ctrl_c()?,
+            tokio::signal::windows::ctrl_close()?,
+        ))
+    }
+
+    /// The name of the first request that comes.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.0.recv() => "Ctrl-C",
+            _ = self.1.recv() => "close",
         }
     }
 }

@@ -882,6 +882,7 @@ impl Chan {
         self.shared.flush_to(0).await
     }
 
+    #[cfg(unix)]
     pub(crate) fn blocking_flush(&self) -> Result<(), ChannelError> {
         self.shared.blocking_flush()
     }

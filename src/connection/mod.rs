@@ -332,6 +332,7 @@ impl End {
         })
     }
 
+    #[cfg(unix)]
     fn into_handle(mut self) -> Result<OwnedHandle, ChannelError> {
         let chan = self.chan.take().ok_or_else(closed_here)?;
         if chan.holds_unread() {
@@ -443,6 +444,7 @@ impl<T> Connection<T> {
 
     /// Writes out the queued messages, then gives the socket up (see
     /// `crate::unix::PipeEndExt`).
+    #[cfg(unix)]
     pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
         self.end.into_handle()
     }
@@ -647,6 +649,7 @@ impl<T> Sender<T> {
 
     /// Writes out the queued messages, then gives the socket up (see
     /// `crate::unix::PipeEndExt`).
+    #[cfg(unix)]
     pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
         self.end.into_handle()
     }
@@ -742,6 +745,7 @@ impl<T> Receiver<T> {
 
     /// Writes out the queued messages, then gives the socket up (see
     /// `crate::unix::PipeEndExt`).
+    #[cfg(unix)]
     pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
         self.end.into_handle()
     }

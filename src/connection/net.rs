@@ -575,6 +575,7 @@ impl ListenerBuilder {
         let bound = socket.local().map_err(NetError::io(&self.address))?;
         let address = match &bound {
             Bound::Inet(a) => Address::Inet(a.to_string()),
+            #[cfg(unix)]
             Bound::Unix(p) => Address::Unix(p.clone()),
         };
         let tls = matches!(self.terms.secure, Secure::Server(_));

@@ -37,20 +37,20 @@ pub(crate) fn run_if_child(exit_rule: fn()) {
         return;
     };
     let _ = EXIT_RULE.set(exit_rule);
-    let Some((fd, nonce)) = value.to_str().and_then(parse_marker) else {
+    let Some((at, nonce)) = value.to_str().and_then(parse_marker) else {
         super::logs::warn_when_heard(format!(
             "ignoring a malformed {CHILD_ENV}; running as a parent"
         ));
         return;
     };
-    let control = match sys::claim_control_socket(fd) {
+    let control = match sys::claim_control(at) {
         Ok(control) => control,
         Err(why) => {
             // A stale or forged value: not our child. Never run anything.
             // Said when a subscriber can hear it: `init()` usually runs
             // before one is installed.
             super::logs::warn_when_heard(format!(
-                "{CHILD_ENV} is set but fd {fd} is not a control socket from our parent \
+                "{CHILD_ENV} is set but its control channel ({at}) is not a control socket from our parent \
                  ({why}); running as a parent (a stale environment: unset {CHILD_ENV})"
             ));
             return;

@@ -40,6 +40,13 @@ pub(crate) async fn start(
 ) -> io::Result<Started> {
     // What `init()` noticed before a subscriber was installed.
     super::logs::say_unheard();
+    #[cfg(windows)]
+    if method == StartMethod::ForkServer {
+        return Err(sys::unsupported(
+            "StartMethod::ForkServer (Windows has no fork: every child is re-executed, \
+             StartMethod::Spawn, the default there)",
+        ));
+    }
     if method == StartMethod::Spawn {
         // The program asked for the fork server, which cannot serve it:
         // said once, at the first start, where a subscriber hears it.
@@ -69,7 +76,10 @@ pub(crate) async fn start(
         }
         StartMethod::ForkServer | StartMethod::Spawn => Forked::Declined(theirs),
     };
-    let reexec = |theirs: &OwnedHandle| exec::reexec(theirs, &exec::child_env(nonce, env), group);
+    let reexec = |theirs: OwnedHandle| {
+        let child_env = exec::child_env(nonce, &theirs, env);
+        exec::reexec(theirs, &child_env, group)
+    };
     match forked {
         Forked::Child(child) => Ok(Started {
             child,
@@ -78,7 +88,7 @@ pub(crate) async fn start(
             forked: true,
         }),
         Forked::Declined(theirs) => Ok(Started {
-            child: reexec(&theirs)?,
+            child: reexec(theirs)?,
             ours,
             nonce,
             forked: false,
@@ -86,7 +96,7 @@ pub(crate) async fn start(
         Forked::Spent => {
             let (fresh_ours, fresh_theirs) = sys::socketpair()?;
             Ok(Started {
-                child: reexec(&fresh_theirs)?,
+                child: reexec(fresh_theirs)?,
                 ours: fresh_ours,
                 nonce,
                 forked: false,

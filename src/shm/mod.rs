@@ -310,7 +310,9 @@ macro_rules! segment_serde {
 }
 pub(crate) use segment_serde;
 
+// Shared memory is Unix only for now: see docs/windows.md.
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use crate::sys::futex;

@@ -11,7 +11,7 @@
 //! | handles | an open descriptor this process owns | [`OwnedHandle`] |
 //! | the child | start a re-executed copy, watch it end, reap it, signal it | [`Child`], [`Signal`], [`signal_pid`], [`signal_name`], [`python_exitcode`], [`own_argv`], [`child_env`], [`exe_identity`] |
 //! | the child's setting | a forked child's environment changes, applied while it is alone | [`apply_env`] |
-//! | the control socket | a connected pair, the child's inherited end, the parent's death | [`socketpair`], [`CHILD_FD`], [`claim_control_socket`], [`wait_peer_closed`], [`stream`] |
+//! | the control socket | a connected pair, where the child finds its end and takes it, the parent's death | [`socketpair`], [`control_locator`], [`claim_control`], [`wait_peer_closed`], [`stream`] |
 //! | shared mappings | an anonymous shared file, or a named POSIX one (Python's `shared_memory`), mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
 //! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
@@ -26,6 +26,10 @@
 mod unix;
 #[cfg(unix)]
 use unix as imp;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
 
 #[cfg(test)]
 mod tests;
@@ -40,13 +44,27 @@ pub(crate) use imp::{
 };
 
 // The control socket.
-pub(crate) use imp::stream;
-pub(crate) use imp::{CHILD_FD, claim_control_socket, socketpair, wait_peer_closed};
 #[cfg(test)]
-pub(crate) use imp::{NotOurs, peer_closed};
+pub(crate) use imp::peer_closed;
+pub(crate) use imp::stream;
+#[cfg(windows)]
+pub(crate) use imp::unsupported;
+#[cfg(test)]
+#[cfg(unix)]
+pub(crate) use imp::{NotOurs, claim_control_socket};
+pub(crate) use imp::{claim_control, control_locator, socketpair, wait_peer_closed};
 
 // Shared mappings.
-pub(crate) use imp::shm;
+mod mapping;
+mod proc_id;
+/// Shared-memory objects, and their mapping.
+pub(crate) mod shm {
+    pub(crate) use super::imp::shm::{
+        create, create_anonymous, create_named, is_exists, is_sealed, open_named, size,
+        unlink_named,
+    };
+    pub(crate) use super::mapping::Mapping;
+}
 
 // Park and wake.
 pub(crate) use imp::futex;
@@ -78,3 +96,5 @@ pub(crate) use imp::{pipe, pipe_reader, redirect_stdout_stderr};
 
 // Descriptors in messages.
 pub(crate) use imp::scm;
+#[cfg(windows)]
+pub(crate) use imp::{claim_handle_token, handle_token};

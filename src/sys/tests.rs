@@ -1,6 +1,9 @@
 //! The contract of `sys`, checked against the backend in use: each test
 //! uses only the names `sys/mod.rs` declares, so a second backend passes
 //! the same suite.
+// Part of the suite is Unix only for now (see docs/windows.md): its
+// imports go unused on Windows.
+#![cfg_attr(windows, allow(unused_imports))]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +18,7 @@ use super::*;
 
 /// A child of this process that nothing else waits for: `sleep` for
 /// `secs`, adopted as a `Child`.
+#[cfg(unix)]
 fn sleeping_child(secs: &str) -> Child {
     let spawned = std::process::Command::new("sleep")
         .arg(secs)
@@ -47,6 +51,8 @@ fn a_socketpair_carries_bytes_both_ways_and_tells_of_a_close() {
     assert_eq!(stream::recv_into(&b, &mut buf, 64, true).unwrap(), 0);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_handle_travels_in_a_message() {
     let (a, b) = socketpair().unwrap();
@@ -69,6 +75,8 @@ fn a_handle_travels_in_a_message() {
     assert_eq!(stream::recv_into(&y, &mut buf, 8, true).unwrap(), 3);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_child_is_watched_signalled_and_reaped() {
     let child = sleeping_child("30");
@@ -87,6 +95,8 @@ fn a_child_is_watched_signalled_and_reaped() {
     assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), -15);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[tokio::test]
 async fn a_child_s_end_is_a_future() {
     let child = sleeping_child("0.05");
@@ -97,6 +107,8 @@ async fn a_child_s_end_is_a_future() {
     assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), 0);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_shared_mapping_is_shared_and_keeps_its_size() {
     let h = shm::create(c"tokio-mp-contract", 4096).unwrap();
@@ -111,6 +123,8 @@ fn a_shared_mapping_is_shared_and_keeps_its_size() {
     assert_eq!(a.len(), 4096);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_named_block_is_found_by_name_until_unlinked() {
     let name =
@@ -133,6 +147,8 @@ fn a_named_block_is_found_by_name_until_unlinked() {
     );
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
     let word = Arc::new(AtomicU32::new(0));
@@ -157,6 +173,8 @@ fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
     sleeper.join().unwrap();
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_process_is_alive_until_it_is_reaped() {
     let me = proc::me();
@@ -175,6 +193,8 @@ fn a_process_is_alive_until_it_is_reaped() {
     assert_eq!(proc::liveness(who, false), Liveness::Dead);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn only_a_socket_from_our_parent_is_claimed() {
     // A number that is not open.
@@ -212,6 +232,8 @@ fn this_program_has_an_identity_and_a_command_line() {
     assert!(thread_count() >= 1);
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_tied_program_leads_its_group_and_dies_with_the_thread_that_started_it() {
     // Started from a thread of its own, which then ends: the program is
@@ -249,6 +271,8 @@ fn a_tied_program_leads_its_group_and_dies_with_the_thread_that_started_it() {
     assert!(!group_exists(pid), "its group went with it");
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
     use std::os::unix::process::CommandExt as _;
@@ -273,6 +297,8 @@ fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
     assert!(!group_exists(pid));
 }
 
+// Unix only for now: see docs/windows.md.
+#[cfg(unix)]
 #[test]
 fn a_pipe_carries_bytes_to_its_async_reader_until_every_writer_is_gone() {
     use tokio::io::AsyncReadExt;

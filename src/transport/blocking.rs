@@ -6,8 +6,12 @@
 //! the descriptors that arrive with the bytes are kept, in order, until
 //! taken. [`send_message`] writes one whole frame.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+#[cfg(unix)]
+use std::io::Write;
+use std::io::{self, Read};
+#[cfg(unix)]
+use std::os::fd::AsFd;
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 
 use bytes::BytesMut;
@@ -26,33 +30,54 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) trait Source {
     /// Reads some bytes into `buf`, appending any descriptors that came
     /// with them to `fds`; 0 at the end of the stream.
-    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize>;
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedHandle>) -> io::Result<usize>;
 }
 
+#[cfg(unix)]
 impl Source for &UnixStream {
-    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedHandle>) -> io::Result<usize> {
         sys::scm::recv_with_fds(self.as_fd(), buf, fds)
     }
 }
 
+#[cfg(unix)]
 impl Source for &BlockingChannel {
-    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedHandle>) -> io::Result<usize> {
         sys::scm::recv_with_fds(self.stream.as_fd(), buf, fds)
     }
 }
 
+#[cfg(windows)]
+impl Source for &BlockingChannel {
+    fn recv(&mut self, buf: &mut [u8], _fds: &mut Vec<OwnedHandle>) -> io::Result<usize> {
+        let timeout = *self
+            .read_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if timeout.is_some()
+            && !sys::stream::wait(&self.handle, sys::stream::Wait::Readable, timeout)?
+        {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut got = BytesMut::with_capacity(buf.len());
+        let n = sys::stream::recv_into(&self.handle, &mut got, buf.len(), true)?;
+        buf[..n].copy_from_slice(&got[..n]);
+        Ok(n)
+    }
+}
+
 impl<S: Source + ?Sized> Source for &mut S {
-    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedHandle>) -> io::Result<usize> {
         (**self).recv(buf, fds)
     }
 }
 
 /// Any reader as a [`Source`] that carries no descriptors.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(all(test, unix)), allow(dead_code))]
 pub(crate) struct Plain<R>(pub(crate) R);
 
 impl<R: Read> Source for Plain<R> {
-    fn recv(&mut self, buf: &mut [u8], _fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    fn recv(&mut self, buf: &mut [u8], _fds: &mut Vec<OwnedHandle>) -> io::Result<usize> {
         self.0.read(buf)
     }
 }
@@ -63,7 +88,7 @@ impl<R: Read> Source for Plain<R> {
 pub(crate) struct FrameReader {
     codec: FrameCodec,
     buf: BytesMut,
-    fds: Vec<OwnedFd>,
+    fds: Vec<OwnedHandle>,
 }
 
 impl FrameReader {
@@ -81,12 +106,12 @@ impl FrameReader {
     }
 
     /// The oldest descriptor received and not yet taken.
-    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedHandle> {
         (!self.fds.is_empty()).then(|| self.fds.remove(0))
     }
 
     /// Takes the `n` oldest descriptors, or fails if fewer arrived.
-    pub(crate) fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedFd>, ChannelError> {
+    pub(crate) fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedHandle>, ChannelError> {
         if self.fds.len() < n {
             return Err(ChannelError::Malformed(format!(
                 "a frame announced {n} descriptors but {} arrived",
@@ -130,7 +155,7 @@ impl FrameReader {
     }
 
     /// Bytes held that no frame has taken yet (for tests of the bound).
-    #[cfg(test)]
+    #[cfg(all(test, unix))]
     fn buffered_capacity(&self) -> usize {
         self.buf.capacity()
     }
@@ -138,11 +163,13 @@ impl FrameReader {
 
 /// A blocking stream socket carrying frames, and the frame limit on it: a
 /// child's end of its control channel, or the fork server's.
+#[cfg(unix)]
 pub(crate) struct BlockingChannel {
     pub(crate) stream: UnixStream,
     pub(crate) max_frame: usize,
 }
 
+#[cfg(unix)]
 impl BlockingChannel {
     /// A channel on `handle`, a connected stream socket.
     pub(crate) fn new(handle: OwnedHandle, max_frame: usize) -> BlockingChannel {
@@ -171,6 +198,52 @@ impl BlockingChannel {
     /// Sends one message, blocking.
     pub(crate) fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
         send_message(&self.stream, msg, self.max_frame)
+    }
+}
+
+/// A blocking pipe end carrying frames, and the frame limit on it: a
+/// child's end of its control channel.
+#[cfg(windows)]
+pub(crate) struct BlockingChannel {
+    pub(crate) handle: OwnedHandle,
+    pub(crate) max_frame: usize,
+    read_timeout: std::sync::Mutex<Option<std::time::Duration>>,
+}
+
+#[cfg(windows)]
+impl BlockingChannel {
+    /// A channel on `handle`, a connected pipe end.
+    pub(crate) fn new(handle: OwnedHandle, max_frame: usize) -> BlockingChannel {
+        BlockingChannel {
+            handle,
+            max_frame,
+            read_timeout: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A second handle on the same pipe end (it must not read).
+    pub(crate) fn try_clone_handle(&self) -> io::Result<OwnedHandle> {
+        self.handle.try_clone()
+    }
+
+    /// The handle's value (for tests that play a misbehaving child).
+    pub(crate) fn number(&self) -> i32 {
+        // Handle values are small; only tests read this.
+        i32::try_from(self.handle.as_raw() as usize).unwrap_or(-1)
+    }
+
+    /// Sets how long a read may wait (`None`: for ever).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        *self
+            .read_timeout
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = timeout;
+        Ok(())
+    }
+
+    /// Sends one message, blocking.
+    pub(crate) fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), ChannelError> {
+        send_on(&self.handle, msg, self.max_frame)
     }
 }
 
@@ -204,6 +277,7 @@ pub(crate) fn send_on<T: Serialize + ?Sized>(
 ///
 /// [`ChannelError::Encode`] or [`ChannelError::Oversized`] before anything
 /// is written; [`ChannelError::Io`] if writing fails.
+#[cfg(unix)]
 pub(crate) fn send_message<T: Serialize + ?Sized>(
     mut to: impl Write,
     msg: &T,
@@ -217,6 +291,7 @@ pub(crate) fn send_message<T: Serialize + ?Sized>(
 }
 
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use std::collections::VecDeque;
 

@@ -18,7 +18,6 @@
 //! process that owns it.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::OwnedFd;
 
 use crate::sys::OwnedHandle;
 
@@ -31,21 +30,21 @@ thread_local! {
     /// on this thread; null otherwise. A plain pointer in a `Cell` (no
     /// destructor, no borrow flag), since every message sent through a
     /// pipe sets and restores it: it must cost next to nothing.
-    static SINK: Cell<*mut Vec<OwnedFd>> = const { Cell::new(std::ptr::null_mut()) };
+    static SINK: Cell<*mut Vec<OwnedHandle>> = const { Cell::new(std::ptr::null_mut()) };
     /// A handle was encoded while no list was being collected into: the
     /// sign that an encoding failed for want of one (see [`encode`]).
     static MISSED: Cell<bool> = const { Cell::new(false) };
-    static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
+    static SOURCE: RefCell<Option<Vec<Option<OwnedHandle>>>> = const { RefCell::new(None) };
     /// Where a target's value may put the descriptors of its handles,
     /// while [`accept_value_handles`] runs on this thread (a pool worker
     /// running a task); null otherwise. Only [`encode_value_handles`]
     /// reads it, never the target's own code.
-    static VALUE_SINK: Cell<*mut Vec<OwnedFd>> = const { Cell::new(std::ptr::null_mut()) };
+    static VALUE_SINK: Cell<*mut Vec<OwnedHandle>> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Runs `f` (which encodes something) and returns its result with the
 /// descriptors the handles in it serialized, in index order.
-pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedHandle>) {
     let mut fds = Vec::new();
     let result = collect_handles_into(&mut fds, f);
     (result, fds)
@@ -56,7 +55,9 @@ pub(crate) fn collect_handles<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// without handles (nearly every message) costs nothing more than its
 /// encoding. Returns the result with the descriptors collected (none when
 /// the first run succeeded). `f` must leave nothing behind when it fails.
-pub(crate) fn encode<R, E>(mut f: impl FnMut() -> Result<R, E>) -> (Result<R, E>, Vec<OwnedFd>) {
+pub(crate) fn encode<R, E>(
+    mut f: impl FnMut() -> Result<R, E>,
+) -> (Result<R, E>, Vec<OwnedHandle>) {
     match f() {
         Err(_) if MISSED.with(|m| m.replace(false)) => collect_handles(f),
         plain => (plain, Vec::new()),
@@ -66,9 +67,9 @@ pub(crate) fn encode<R, E>(mut f: impl FnMut() -> Result<R, E>) -> (Result<R, E>
 /// [`collect_handles`] that appends to `fds`: the handles encoded by `f`
 /// take the indexes after those already in `fds`, so several values
 /// encoded one after another (the arguments of a batch) share one list.
-pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedHandle>, f: impl FnOnce() -> R) -> R {
     /// Puts the outer list back, even if `f` panics.
-    struct Restore(*mut Vec<OwnedFd>);
+    struct Restore(*mut Vec<OwnedHandle>);
     impl Drop for Restore {
         fn drop(&mut self) {
             SINK.with(|s| s.set(self.0));
@@ -82,14 +83,14 @@ pub(crate) fn collect_handles_into<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -
 /// value put their descriptors into `fds` as the value is encoded (see
 /// [`encode_value_handles`]). The target's own code does not collect into
 /// it: a handle it sends elsewhere (into a Queue) is refused as ever.
-pub(crate) fn accept_value_handles<R>(fds: &mut Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn accept_value_handles<R>(fds: &mut Vec<OwnedHandle>, f: impl FnOnce() -> R) -> R {
     let _restore = RestoreValueSink(VALUE_SINK.with(|s| s.replace(std::ptr::from_mut(fds))));
     f()
 }
 
 /// Puts a value sink back when dropped, even if what ran meanwhile
 /// panicked.
-struct RestoreValueSink(*mut Vec<OwnedFd>);
+struct RestoreValueSink(*mut Vec<OwnedHandle>);
 
 impl Drop for RestoreValueSink {
     fn drop(&mut self) {
@@ -120,7 +121,7 @@ pub(crate) fn encode_value_handles<R, E>(mut f: impl FnMut() -> Result<R, E>) ->
 
 /// Runs `f` (which decodes something) with `fds` available to the handles
 /// in it. Descriptors no handle claimed are closed afterwards.
-pub(crate) fn provide_handles<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn provide_handles<R>(fds: Vec<OwnedHandle>, f: impl FnOnce() -> R) -> R {
     let mut fds = fds.into_iter().map(Some).collect();
     provide_handles_from(&mut fds, f)
 }
@@ -128,7 +129,10 @@ pub(crate) fn provide_handles<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R 
 /// [`provide_handles`] from a list the caller keeps: each descriptor a
 /// handle takes is left `None`, the others stay for later calls (the
 /// other arguments of a batch) or for the caller to drop.
-pub(crate) fn provide_handles_from<R>(fds: &mut Vec<Option<OwnedFd>>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn provide_handles_from<R>(
+    fds: &mut Vec<Option<OwnedHandle>>,
+    f: impl FnOnce() -> R,
+) -> R {
     let outer = SOURCE.with(|s| s.borrow_mut().replace(std::mem::take(fds)));
     let result = f();
     *fds = SOURCE
@@ -152,6 +156,26 @@ pub(crate) fn serialize_handle<S: Serializer>(
         MISSED.with(|m| m.set(true));
         return Err(S::Error::custom(NOT_HERE));
     }
+    // Windows: the handle travels inside the bytes, as a copy the
+    // receiver takes out of this process (see `sys::handle_token`).
+    #[cfg(windows)]
+    {
+        let token = crate::sys::handle_token(fd).map_err(S::Error::custom)?;
+        token.serialize(serializer)
+    }
+    #[cfg(unix)]
+    {
+        serialize_index(fd, sink, serializer)
+    }
+}
+
+/// Serializes `fd` as its index in `sink`, the list being collected into.
+#[cfg(unix)]
+fn serialize_index<S: Serializer>(
+    fd: &OwnedHandle,
+    sink: *mut Vec<OwnedHandle>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     let dup = fd.try_clone().map_err(S::Error::custom)?;
     // SAFETY: `sink` is non-null only while `collect_handles_into` runs on
     // this thread, which holds the list's `&mut` for that whole time and
@@ -173,7 +197,19 @@ pub(crate) fn serialize_handle<S: Serializer>(
 /// Deserializes a descriptor serialized by [`serialize_handle`].
 pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<OwnedFd, D::Error> {
+) -> Result<OwnedHandle, D::Error> {
+    #[cfg(windows)]
+    {
+        let (pid, value) = <(u32, u64)>::deserialize(deserializer)?;
+        crate::sys::claim_handle_token(pid, value).map_err(D::Error::custom)
+    }
+    #[cfg(unix)]
+    deserialize_index(deserializer)
+}
+
+/// Deserializes a descriptor serialized by its index (Unix).
+#[cfg(unix)]
+fn deserialize_index<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedHandle, D::Error> {
     let index = u32::deserialize(deserializer)? as usize;
     SOURCE.with(|s| {
         let mut source = s.borrow_mut();
@@ -197,11 +233,11 @@ pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
 /// Serializes as the list of its descriptors, each out of band like a
 /// handle's: it travels wherever a handle does.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FdList(std::sync::Arc<Vec<OwnedFd>>);
+pub(crate) struct FdList(std::sync::Arc<Vec<OwnedHandle>>);
 
 impl FdList {
     /// Keeps `fds`.
-    pub(crate) fn new(fds: Vec<OwnedFd>) -> Self {
+    pub(crate) fn new(fds: Vec<OwnedHandle>) -> Self {
         Self(std::sync::Arc::new(fds))
     }
 
@@ -213,7 +249,7 @@ impl FdList {
     /// The descriptors, for [`provide_handles_from`]: taken if this is the
     /// only copy, else duplicated (a duplicate that fails is missing, and
     /// the handle that wants it fails to decode).
-    pub(crate) fn into_slots(self) -> Vec<Option<OwnedFd>> {
+    pub(crate) fn into_slots(self) -> Vec<Option<OwnedHandle>> {
         match std::sync::Arc::try_unwrap(self.0) {
             Ok(fds) => fds.into_iter().map(Some).collect(),
             Err(shared) => shared.iter().map(|fd| fd.try_clone().ok()).collect(),
@@ -240,7 +276,7 @@ impl<'de> Deserialize<'de> for FdList {
 }
 
 /// One descriptor of an [`FdList`] on its way out.
-struct Out<'a>(&'a OwnedFd);
+struct Out<'a>(&'a OwnedHandle);
 
 impl Serialize for Out<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -249,7 +285,7 @@ impl Serialize for Out<'_> {
 }
 
 /// One descriptor of an [`FdList`] on its way in.
-struct In(OwnedFd);
+struct In(OwnedHandle);
 
 impl<'de> Deserialize<'de> for In {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -257,25 +293,30 @@ impl<'de> Deserialize<'de> for In {
     }
 }
 
-/// `#[serde(with = "crate::transport::handle::fd")]` for an `OwnedFd` field.
+/// `#[serde(with = "crate::transport::handle::fd")]` for an `OwnedHandle` field.
 pub(crate) mod fd {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer>(fd: &OwnedFd, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        fd: &OwnedHandle,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serialize_handle(fd, serializer)
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<OwnedFd, D::Error> {
+    ) -> Result<OwnedHandle, D::Error> {
         deserialize_handle(deserializer)
     }
 }
 
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
 
     #[derive(Serialize, Deserialize)]

@@ -15,7 +15,11 @@
 //! here decodes through its one codec.
 
 pub(crate) mod blocking;
+#[cfg(unix)]
 #[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod fdstream;
+#[cfg(windows)]
+#[path = "pipestream.rs"]
 pub(crate) mod fdstream;
 pub(crate) mod handle;
 pub(crate) mod net;

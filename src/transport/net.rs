@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
+#[cfg(unix)]
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Encoder;
 
 use crate::sys::OwnedHandle;
@@ -37,6 +39,7 @@ pub(crate) enum Where {
 pub(crate) enum NetListener {
     Tcp(TcpListener),
     /// The path is unlinked when the listener goes.
+    #[cfg(unix)]
     Unix(UnixListener, PathBuf),
 }
 
@@ -51,7 +54,13 @@ impl NetListener {
     pub(crate) async fn bind(at: &Where) -> io::Result<NetListener> {
         match at {
             Where::Inet(addr) => Ok(NetListener::Tcp(TcpListener::bind(addr.as_str()).await?)),
+            #[cfg(unix)]
             Where::Unix(path) => Ok(NetListener::Unix(UnixListener::bind(path)?, path.clone())),
+            #[cfg(windows)]
+            Where::Unix(path) => Err(crate::sys::unsupported(&format!(
+                "a Unix socket path ({})",
+                path.display()
+            ))),
         }
     }
 
@@ -59,6 +68,7 @@ impl NetListener {
     pub(crate) fn local(&self) -> io::Result<Bound> {
         match self {
             NetListener::Tcp(l) => l.local_addr().map(Bound::Inet),
+            #[cfg(unix)]
             NetListener::Unix(_, path) => Ok(Bound::Unix(path.clone())),
         }
     }
@@ -76,6 +86,7 @@ impl NetListener {
                 s.set_nodelay(true)?;
                 Ok(NetStream::Tcp(s))
             }
+            #[cfg(unix)]
             NetListener::Unix(l, _) => Ok(NetStream::Unix(l.accept().await?.0)),
         }
     }
@@ -83,6 +94,7 @@ impl NetListener {
 
 impl Drop for NetListener {
     fn drop(&mut self) {
+        #[cfg(unix)]
         if let NetListener::Unix(_, path) = self {
             // As Python's `Listener.close`: the path goes with the listener.
             let _ = std::fs::remove_file(path);
@@ -94,6 +106,7 @@ impl Drop for NetListener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Bound {
     Inet(SocketAddr),
+    #[cfg(unix)]
     Unix(PathBuf),
 }
 
@@ -103,6 +116,7 @@ impl Bound {
     pub(crate) fn is_local(&self) -> bool {
         match self {
             Bound::Inet(a) => a.ip().is_loopback(),
+            #[cfg(unix)]
             Bound::Unix(_) => true,
         }
     }
@@ -112,6 +126,7 @@ impl Bound {
 #[derive(Debug)]
 pub(crate) enum NetStream {
     Tcp(TcpStream),
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -128,7 +143,13 @@ impl NetStream {
                 s.set_nodelay(true)?;
                 Ok(NetStream::Tcp(s))
             }
+            #[cfg(unix)]
             Where::Unix(path) => Ok(NetStream::Unix(UnixStream::connect(path).await?)),
+            #[cfg(windows)]
+            Where::Unix(path) => Err(crate::sys::unsupported(&format!(
+                "a Unix socket path ({})",
+                path.display()
+            ))),
         }
     }
 
@@ -138,11 +159,23 @@ impl NetStream {
     /// # Errors
     ///
     /// If the runtime cannot let go of it.
+    #[cfg(unix)]
     pub(crate) fn into_handle(self) -> io::Result<OwnedHandle> {
         Ok(match self {
             NetStream::Tcp(s) => OwnedHandle::from(s.into_std()?),
             NetStream::Unix(s) => OwnedHandle::from(s.into_std()?),
         })
+    }
+
+    /// A pipe end for the stream: on Windows a pipe end is a named pipe,
+    /// relayed to the socket (see [`relay`]).
+    ///
+    /// # Errors
+    ///
+    /// If the pipe cannot be made, or there is no runtime.
+    #[cfg(windows)]
+    pub(crate) fn into_handle(self) -> io::Result<OwnedHandle> {
+        relay(self)
     }
 }
 
@@ -167,6 +200,7 @@ impl AsyncRead for NetStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NetStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -180,6 +214,7 @@ impl AsyncWrite for NetStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             NetStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
@@ -187,6 +222,7 @@ impl AsyncWrite for NetStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NetStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -194,6 +230,7 @@ impl AsyncWrite for NetStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NetStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -279,12 +316,15 @@ where
 {
     let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
     let (ours, theirs) = crate::sys::socketpair()?;
-    let theirs = std::os::unix::net::UnixStream::from(theirs);
-    theirs.set_nonblocking(true)?;
+    #[cfg(unix)]
     let mut theirs = {
+        let theirs = std::os::unix::net::UnixStream::from(theirs);
+        theirs.set_nonblocking(true)?;
         let _entered = handle.enter();
         UnixStream::from_std(theirs)?
     };
+    #[cfg(windows)]
+    let mut theirs = super::fdstream::FdStream::from_owned_fd(theirs)?;
     handle.spawn(async move {
         // Either side's end (an error, or both halves closed) ends the
         // relay; dropping the stream closes the session.

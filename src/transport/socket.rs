@@ -3,23 +3,30 @@
 //! socket outlives the runtime that first used it. Every wait has a
 //! deadline.
 
-use std::io::{self, IoSlice};
+use std::io;
+#[cfg(unix)]
+use std::io::IoSlice;
+#[cfg(unix)]
 use std::os::fd::AsFd;
 use std::time::Instant;
 
 use bytes::BytesMut;
+#[cfg(unix)]
 use tokio::io::Interest;
+#[cfg(unix)]
 use tokio::net::UnixStream;
 
 use crate::sys::{self, OwnedHandle};
 
 /// A connected stream socket, nonblocking, registered per runtime.
+#[cfg(unix)]
 #[derive(Debug)]
 pub(crate) struct AsyncSocket {
     handle: OwnedHandle,
     reg: Option<(tokio::runtime::Id, UnixStream)>,
 }
 
+#[cfg(unix)]
 impl AsyncSocket {
     /// Takes charge of `handle`, a connected stream socket, and makes it
     /// nonblocking (for every copy of it: the mode belongs to the open
@@ -127,6 +134,104 @@ impl AsyncSocket {
     }
 }
 
+/// A connected pipe end, usable from any runtime.
+#[cfg(windows)]
+#[derive(Debug)]
+pub(crate) struct AsyncSocket {
+    handle: OwnedHandle,
+}
+
+#[cfg(windows)]
+impl AsyncSocket {
+    /// Takes charge of `handle`, a connected pipe end.
+    pub(crate) fn new(handle: OwnedHandle) -> io::Result<AsyncSocket> {
+        handle.io()?;
+        Ok(AsyncSocket { handle })
+    }
+
+    /// Writes all of `bytes` by `deadline`; no handle can go with them.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` at the deadline; `Unsupported` with a handle; what the
+    /// pipe reports otherwise.
+    pub(crate) async fn send(
+        &mut self,
+        bytes: &[u8],
+        handle: Option<&OwnedHandle>,
+        deadline: Instant,
+    ) -> io::Result<()> {
+        if handle.is_some() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match sys::stream::send(&self.handle, &bytes[sent..], false) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    by(
+                        deadline,
+                        self.handle.io()?.ready(sys::stream::Wait::Writable),
+                    )
+                    .await??;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived into `buf`, waiting for something until
+    /// `deadline`; 0 at the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` at the deadline; what the pipe reports otherwise.
+    pub(crate) async fn recv(
+        &mut self,
+        buf: &mut BytesMut,
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        loop {
+            match sys::stream::recv_into(&self.handle, buf, 64 * 1024, false) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    by(
+                        deadline,
+                        self.handle.io()?.ready(sys::stream::Wait::Readable),
+                    )
+                    .await??;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes all of `bytes` at once, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// `WouldBlock` if the pipe cannot take all of them now.
+    pub(crate) fn try_send(&self, bytes: &[u8], handle: Option<&OwnedHandle>) -> io::Result<()> {
+        if handle.is_some() {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        let n = sys::stream::send(&self.handle, bytes, false)?;
+        if n < bytes.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the pipe took only part of the frame",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads what has arrived into `buf` (at most `max` bytes), without
+    /// waiting: `WouldBlock` when nothing has; 0 at the end of the stream.
+    pub(crate) fn try_recv(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        sys::stream::recv_into(&self.handle, buf, max, false)
+    }
+}
+
 /// `f` by `deadline`, or a `TimedOut` error.
 async fn by<F: std::future::Future>(deadline: Instant, f: F) -> io::Result<F::Output> {
     tokio::time::timeout_at(deadline.into(), f)
@@ -135,6 +240,7 @@ async fn by<F: std::future::Future>(deadline: Instant, f: F) -> io::Result<F::Ou
 }
 
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use std::time::Duration;
 

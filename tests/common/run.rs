@@ -66,7 +66,9 @@ pub(crate) fn example(name: &str) -> PathBuf {
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
         "example {name} is not built at {}: run the whole `cargo test` (which builds the examples) or `cargo build --examples` first",

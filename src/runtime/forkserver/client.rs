@@ -345,7 +345,7 @@ async fn start_server() -> Result<Server, StartError> {
     let (ours, theirs) = sys::socketpair().map_err(io)?;
     let nonce = identity::nonce().map_err(io)?;
     #[allow(unused_mut)] // with the test hooks, faults may be added
-    let mut env = exec::child_env(nonce, &[]);
+    let mut env = exec::child_env(nonce, &theirs, &[]);
     #[cfg(feature = "test-support")]
     if let Some(spec) = FAULTS
         .lock()
@@ -357,7 +357,7 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = on_keeper(move || exec::reexec(&theirs, &env, Group::Inherit))
+    let child = on_keeper(move || exec::reexec(theirs, &env, Group::Inherit))
         .map_err(io)?
         .await
         .map_err(|_| io(std::io::Error::other("the keeper thread is gone")))?

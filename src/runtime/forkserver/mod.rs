@@ -29,15 +29,26 @@ pub(crate) mod server;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StartMethod {
-    /// Fork the child from a fork server (the default). Falls back to
-    /// [`Spawn`](StartMethod::Spawn) where the fork server cannot run.
-    #[default]
+    /// Fork the child from a fork server (the default on Unix). Falls back
+    /// to [`Spawn`](StartMethod::Spawn) where the fork server cannot run.
+    /// Windows has no fork: there, a start with this method fails with an
+    /// error that says so.
+    #[cfg_attr(unix, default)]
     ForkServer,
-    /// Re-execute the program for every child.
+    /// Re-execute the program for every child (the default, and the only
+    /// method, on Windows).
+    #[cfg_attr(windows, default)]
     Spawn,
 }
 
-static DEFAULT_METHOD: Mutex<StartMethod> = Mutex::new(StartMethod::ForkServer);
+/// The method a program gets until it sets one.
+#[cfg(unix)]
+const PLATFORM_DEFAULT: StartMethod = StartMethod::ForkServer;
+/// The method a program gets until it sets one.
+#[cfg(windows)]
+const PLATFORM_DEFAULT: StartMethod = StartMethod::Spawn;
+
+static DEFAULT_METHOD: Mutex<StartMethod> = Mutex::new(PLATFORM_DEFAULT);
 
 /// Sets how processes are started from now on (Python's
 /// `multiprocessing.set_start_method`).
@@ -48,7 +59,8 @@ pub fn set_start_method(method: StartMethod) {
 }
 
 /// The start method a process gets when its builder does not set one:
-/// what [`set_start_method`] set (`ForkServer` by default), except that
+/// what [`set_start_method`] set (`ForkServer` by default on Unix, `Spawn`
+/// on Windows), except that
 /// once the fork server is known not to serve this program (it had
 /// threads when [`init`](crate::init) ran, as under `#[tokio::main]`), it
 /// says `Spawn`, which is what children then get.

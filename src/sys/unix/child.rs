@@ -32,9 +32,10 @@ impl Child {
     /// Starts `/proc/self/exe` with our own `argv`, the environment `env`,
     /// and `control` installed as descriptor [`CHILD_FD`] (the only
     /// descriptor it inherits besides stdio), in the process group (or
-    /// session) `group` says.
+    /// session) `group` says. Our copy of `control` closes once the child
+    /// has its own.
     pub(crate) fn spawn(
-        control: &super::OwnedHandle,
+        control: super::OwnedHandle,
         argv: &[CString],
         env: &[CString],
         group: super::Group,

@@ -220,6 +220,19 @@ impl Signal {
 /// The descriptor number the control socket has in a freshly started child.
 pub(crate) const CHILD_FD: RawFd = 3;
 
+/// Where a re-executed child finds `theirs`, its end of the control
+/// socket: descriptor [`CHILD_FD`], where [`Child::spawn`] puts it, as
+/// text for the child's environment (its number; see [`claim_control`]).
+pub(crate) fn control_locator(_theirs: &OwnedHandle) -> String {
+    CHILD_FD.to_string()
+}
+
+/// Takes the control socket a [`control_locator`] names.
+pub(crate) fn claim_control(at: &str) -> Result<ControlSocket, NotOurs> {
+    let fd = at.parse::<RawFd>().map_err(|_| NotOurs::NotASocket)?;
+    claim_control_socket(fd)
+}
+
 /// A connected pair of `AF_UNIX` stream sockets, both close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socket::socketpair(

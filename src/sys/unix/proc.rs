@@ -16,29 +16,7 @@ use nix::unistd::Pid;
 /// `pid << 32 | start_tag` of this process, or 0 before the first use.
 static IDENTITY: AtomicU64 = AtomicU64::new(0);
 
-/// A process as recorded in shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProcId {
-    /// The process id.
-    pub(crate) pid: u32,
-    /// The low 32 bits of its start time.
-    pub(crate) start: u32,
-}
-
-impl ProcId {
-    /// Packs the pair into one word: the pid in the high half.
-    pub(crate) fn to_bits(self) -> u64 {
-        (u64::from(self.pid) << 32) | u64::from(self.start)
-    }
-
-    /// Unpacks [`to_bits`](Self::to_bits).
-    pub(crate) fn from_bits(bits: u64) -> ProcId {
-        ProcId {
-            pid: (bits >> 32) as u32,
-            start: (bits & 0xffff_ffff) as u32,
-        }
-    }
-}
+pub(crate) use super::super::proc_id::ProcId;
 
 /// This process: its pid and start tag. A relaxed load after the first call.
 #[inline]

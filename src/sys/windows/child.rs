@@ -1,0 +1,274 @@
+//! A started child process: `CreateProcess`, its exit, and the Job Object
+//! that ends it with us.
+
+use std::ffi::CString;
+use std::io;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle, RawHandle};
+use std::os::windows::process::{CommandExt, ExitStatusExt};
+use std::process::ExitStatus;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_BREAKAWAY_OK,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JobObjectExtendedLimitInformation, SetInformationJobObject,
+};
+use windows_sys::Win32::System::Threading::{
+    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess, WaitForSingleObject,
+};
+
+use super::{Group, OwnedHandle, Signal, TERMINATE_CODE};
+
+/// A child process we started.
+///
+/// Until the child has exited, the parent keeps its copy of the child's
+/// end of the control channel: the child takes it from us by its value
+/// (see `claim_control_socket`), so it must stay open here until the
+/// child could have. It closes when the exit is seen, so that the parent
+/// then reads the end of the stream.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pid: u32,
+    process: StdHandle,
+    control: Mutex<Option<OwnedHandle>>,
+}
+
+/// Every child we start is put in this job, which ends them all when the
+/// last handle on it closes: when this process ends, however it ends.
+fn job() -> Option<RawHandle> {
+    static JOB: OnceLock<Option<StdHandle>> = OnceLock::new();
+    JOB.get_or_init(|| {
+        // SAFETY: null attributes and name ask for an unnamed job with
+        // default security; a failure returns null.
+        let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+        if job.is_null() {
+            tracing::warn!(error = %io::Error::last_os_error(), "no Job Object: children will not end with this process");
+            return None;
+        }
+        // SAFETY: a handle we just made and own alone.
+        let job = unsafe { StdHandle::from_raw_handle(job) };
+        // SAFETY: the structure is plain data, valid when zeroed.
+        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+        limits.BasicLimitInformation.LimitFlags =
+            JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_BREAKAWAY_OK;
+        let size = u32::try_from(std::mem::size_of_val(&limits)).expect("a small structure");
+        // SAFETY: `limits` is the structure the class names, and `size`
+        // its exact size; the job handle is open.
+        let ok = unsafe {
+            SetInformationJobObject(
+                job.as_raw_handle(),
+                JobObjectExtendedLimitInformation,
+                (&raw const limits).cast(),
+                size,
+            )
+        };
+        if ok == 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "the Job Object refused kill-on-close: children will not end with this process");
+        }
+        Some(job)
+    })
+    .as_ref()
+    .map(AsRawHandle::as_raw_handle)
+}
+
+impl Child {
+    /// Starts our own executable with `argv` and the environment `env`
+    /// (entries `KEY=VALUE`), in the console group `group` says, and puts
+    /// it in our Job Object. `control` is the child's end of its control
+    /// channel, named in `env` by its value here; it is kept until the
+    /// child has exited.
+    pub(crate) fn spawn(
+        control: OwnedHandle,
+        argv: &[CString],
+        env: &[CString],
+        group: Group,
+    ) -> io::Result<Child> {
+        let exe = std::env::current_exe()?;
+        let mut command = std::process::Command::new(exe);
+        command.args(
+            argv.iter()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        command.env_clear();
+        for entry in env {
+            let entry = entry.to_string_lossy();
+            // A name may start with '=' on Windows (the drive's directories).
+            if let Some(at) = entry.get(1..).and_then(|rest| rest.find('=')) {
+                command.env(&entry[..=at], &entry[at + 2..]);
+            }
+        }
+        if group != Group::Inherit {
+            command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+        }
+        let started = command.spawn()?;
+        let pid = started.id();
+        // SAFETY: OpenProcess takes no pointers; a failure returns null.
+        let raw = unsafe {
+            OpenProcess(
+                PROCESS_SYNCHRONIZE | PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION,
+                0,
+                pid,
+            )
+        };
+        // The standard library's handle on the process closes with
+        // `started`; ours is a second one.
+        let process = if raw.is_null() {
+            let e = io::Error::last_os_error();
+            // Without a handle we cannot watch it: end it.
+            let mut started = started;
+            let _ = started.kill();
+            return Err(e);
+        } else {
+            // SAFETY: a handle we just opened and own alone.
+            unsafe { StdHandle::from_raw_handle(raw) }
+        };
+        drop(started);
+        if let Some(job) = job() {
+            // SAFETY: both handles are open for the call.
+            if unsafe { AssignProcessToJobObject(job, process.as_raw_handle()) } == 0 {
+                tracing::debug!(error = %io::Error::last_os_error(), pid, "a child could not join the Job Object");
+            }
+        }
+        Ok(Child {
+            pid,
+            process,
+            control: Mutex::new(Some(control)),
+        })
+    }
+
+    /// Takes charge of process `pid` (only the fork server's children are
+    /// adopted, and Windows has no fork server: kept for the contract).
+    pub(crate) fn adopt(pid: u32) -> Child {
+        // SAFETY: OpenProcess takes no pointers; a failure returns null.
+        let raw = unsafe {
+            OpenProcess(
+                PROCESS_SYNCHRONIZE | PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION,
+                0,
+                pid,
+            )
+        };
+        assert!(
+            !raw.is_null(),
+            "adopting process {pid}, which cannot be opened"
+        );
+        Child {
+            pid,
+            // SAFETY: a handle we just opened (checked non-null) and own alone.
+            process: unsafe { StdHandle::from_raw_handle(raw) },
+            control: Mutex::new(None),
+        }
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits up to `ms` milliseconds (`u32::MAX`: for ever) for the exit;
+    /// says whether it came. Once it has, our copy of the child's end of
+    /// the channel closes, so that its reader sees the end of the stream
+    /// after the last byte the child wrote.
+    fn wait_ms(&self, ms: u32) -> bool {
+        // SAFETY: the process handle is open while `self` lives.
+        let exited =
+            unsafe { WaitForSingleObject(self.process.as_raw_handle(), ms) == WAIT_OBJECT_0 };
+        if exited {
+            drop(
+                self.control
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
+        }
+        exited
+    }
+
+    /// The child's exit status, if it has exited. Windows keeps the status
+    /// as long as a handle is open, so this may be asked again.
+    pub(crate) fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        if !self.wait_ms(0) {
+            return Ok(None);
+        }
+        let mut code = 0u32;
+        // SAFETY: the handle is open; `code` is a valid place for the code.
+        if unsafe { GetExitCodeProcess(self.process.as_raw_handle(), &mut code) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Some(ExitStatus::from_raw(code)))
+    }
+
+    /// Resolves once the child has exited (it is not reaped).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes. A cancelled wait leaves a blocking
+    /// thread waiting until the child exits.
+    pub(crate) async fn exited(&self) -> io::Result<()> {
+        if self.wait_ms(0) {
+            return Ok(());
+        }
+        let process = self.process.try_clone()?;
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: `process` is open for the whole wait.
+            unsafe { WaitForSingleObject(process.as_raw_handle(), u32::MAX) };
+        })
+        .await
+        .map_err(io::Error::other)?;
+        // Exited: this closes our copy of its end of the channel.
+        self.wait_ms(0);
+        Ok(())
+    }
+
+    /// Blocks until the child has exited (it is not reaped), reading and
+    /// discarding whatever arrives on `drain` meanwhile, so that a child
+    /// blocked writing to us can finish.
+    pub(crate) fn wait_exited_blocking(&self, drain: Option<&OwnedHandle>) {
+        loop {
+            if self.wait_ms(50) {
+                return;
+            }
+            if let Some(io) = drain.and_then(|d| d.io().ok()) {
+                let mut scratch = bytes::BytesMut::new();
+                while let Ok(n) = io.recv_into(&mut scratch, 64 * 1024, false) {
+                    if n == 0 {
+                        break;
+                    }
+                    scratch.clear();
+                }
+            }
+        }
+    }
+
+    /// Blocks until the child has exited or `timeout` has passed; says
+    /// whether it exited.
+    pub(crate) fn wait_exited_timeout_blocking(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u32::try_from(left.as_millis()).unwrap_or(u32::MAX - 1);
+            match self.wait_ms(ms) {
+                true => return true,
+                false if Instant::now() >= deadline => return false,
+                false => {}
+            }
+        }
+    }
+
+    /// Ends the child (both requests do: Windows has no signals). Its exit
+    /// code is the one Python gives a terminated child.
+    pub(crate) fn signal(&self, _sig: Signal) -> io::Result<()> {
+        // SAFETY: the process handle is open while `self` lives.
+        if unsafe { TerminateProcess(self.process.as_raw_handle(), TERMINATE_CODE) } == 0 {
+            let e = io::Error::last_os_error();
+            // An exited process refuses with access denied.
+            if !self.wait_ms(0) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
