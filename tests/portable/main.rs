@@ -1,6 +1,6 @@
 //! What works the same on every platform the crate builds for: children
 //! started, joined, ended and awaited; pipes, locks, events, barriers,
-//! queues and pools across processes; checked on Linux and, under Wine,
+//! queues, pools and supervisors across processes; checked on Linux and, under Wine,
 //! on Windows (see `docs/windows.md`). Each case runs under a per-case
 //! timeout, and the binary under a deadline of its own.
 
@@ -178,6 +178,35 @@ fn square(x: u64) -> u64 {
 /// A task that kills its worker.
 fn kill_my_worker(_: ()) -> u64 {
     std::process::exit(9)
+}
+
+/// A supervised child that crashes soon after it starts.
+fn crash_soon(_: ()) {
+    std::thread::sleep(Duration::from_millis(50));
+    std::process::exit(5);
+}
+
+/// A supervised child that says it is ready and runs until stopped.
+fn serve_forever(_: ()) {
+    mp::notify_ready();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A supervised child that starts a heartbeat grandchild, says it is
+/// ready, and runs until stopped.
+fn serve_with_a_grandchild(file: PathBuf) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async move {
+        let beat = mp::Process::new(heartbeat, file);
+        beat.start().await.expect("the grandchild starts");
+        mp::notify_ready();
+        std::future::pending::<()>().await;
+    });
 }
 
 // ---- Cases. ----
@@ -514,6 +543,123 @@ async fn terminate_ends_a_busy_pool() -> Result<(), Failed> {
     ensure(pending.await.is_err(), "the running task failed")
 }
 
+/// The next event that `pick` takes, within 30 s.
+async fn next_event<T>(
+    events: &mut mp::supervisor::EventStream,
+    mut pick: impl FnMut(&mp::supervisor::Event) -> Option<T>,
+) -> Result<T, Failed> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .map_err(|_| "no such event within 30 s")?
+            .ok_or("the event stream ended")?;
+        if let Some(t) = pick(&event) {
+            return Ok(t);
+        }
+    }
+}
+
+async fn a_supervisor_restarts_a_crashing_child() -> Result<(), Failed> {
+    use mp::supervisor::{Backoff, ChildSpec, Event, ExitKind, Supervisor};
+    let sup = Supervisor::builder()
+        .name("portable")
+        .intensity(20, Duration::from_secs(60))
+        .backoff(Backoff::none())
+        .child(ChildSpec::new("crasher", crash_soon, ()))
+        .build();
+    let mut events = sup.events();
+    sup.start().await?;
+    let first = next_event(&mut events, |e| match e {
+        Event::Exited { exit, .. } => Some(exit.clone()),
+        _ => None,
+    })
+    .await?;
+    ensure(
+        first == ExitKind::Code(5),
+        format!("the crash's exit: {first:?}"),
+    )?;
+    next_event(&mut events, |e| match e {
+        Event::Started { generation, .. } if *generation >= 3 => Some(()),
+        _ => None,
+    })
+    .await?;
+    sup.shutdown().await?;
+    Ok(())
+}
+
+async fn a_supervisor_stops_its_children_in_reverse_order() -> Result<(), Failed> {
+    use mp::supervisor::{ChildSpec, Event, Supervisor};
+    let mut builder = Supervisor::builder().name("portable");
+    for name in ["a", "b", "c"] {
+        builder = builder
+            .child(ChildSpec::new(name, serve_forever, ()).ready_timeout(Duration::from_secs(30)));
+    }
+    let sup = builder.build();
+    let mut events = sup.events();
+    sup.start().await?;
+    let pids: Vec<u32> = sup.which_children().iter().filter_map(|c| c.pid).collect();
+    ensure(pids.len() == 3, format!("three running: {pids:?}"))?;
+    sup.shutdown().await?;
+    let mut stopped = Vec::new();
+    while stopped.len() < 3 {
+        let name = next_event(&mut events, |e| match e {
+            Event::Stopping { child, .. } => Some(child.clone()),
+            _ => None,
+        })
+        .await?;
+        stopped.push(name);
+    }
+    let order: Vec<&str> = stopped
+        .iter()
+        .map(|c| c.rsplit('/').next().unwrap_or(c))
+        .collect();
+    ensure(
+        order == ["c", "b", "a"],
+        format!("stopped in reverse order: {order:?}"),
+    )
+}
+
+/// Stopping a supervised child ends what it started too: its process
+/// group on Unix, its Job Object on Windows.
+async fn stopping_a_supervised_child_ends_its_grandchildren() -> Result<(), Failed> {
+    use mp::supervisor::{ChildSpec, Shutdown, Supervisor};
+    let file = std::env::temp_dir().join(format!("mp-portable-sup-beat-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let sup = Supervisor::builder()
+        .name("portable")
+        .child(
+            ChildSpec::new("parent", serve_with_a_grandchild, file.clone())
+                .ready_timeout(Duration::from_secs(30))
+                .shutdown(Shutdown::Timeout(Duration::from_secs(2))),
+        )
+        .build();
+    sup.start().await?;
+    let beat = || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while beat().is_none_or(|n| n < 3) {
+        ensure(
+            Instant::now() < deadline,
+            "the grandchild's heartbeat within 30 s",
+        )?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sup.shutdown().await?;
+    let before = beat();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure(
+        beat() == before,
+        "the grandchild stopped with the supervised child",
+    )?;
+    let _ = std::fs::remove_file(&file);
+    Ok(())
+}
+
 /// A grandchild ends with its parent, however the parent ends: by the
 /// Job Object on Windows, by the watch on the control channel everywhere.
 async fn a_grandchild_ends_with_its_parent() -> Result<(), Failed> {
@@ -575,6 +721,13 @@ async fn the_fork_server_is_refused_with_a_clear_error() -> Result<(), Failed> {
 
 fn main() {
     let guard = mp::init();
+    // The crate's own events, when a run is to be read closely.
+    if std::env::var_os("MP_PORTABLE_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut trials = vec![
         case("a_child_returns_its_value", a_child_returns_its_value),
         case(
@@ -648,6 +801,18 @@ fn main() {
             a_pool_task_over_its_time_is_ended,
         ),
         case("terminate_ends_a_busy_pool", terminate_ends_a_busy_pool),
+        case(
+            "a_supervisor_restarts_a_crashing_child",
+            a_supervisor_restarts_a_crashing_child,
+        ),
+        case(
+            "a_supervisor_stops_its_children_in_reverse_order",
+            a_supervisor_stops_its_children_in_reverse_order,
+        ),
+        case(
+            "stopping_a_supervised_child_ends_its_grandchildren",
+            stopping_a_supervised_child_ends_its_grandchildren,
+        ),
         case(
             "a_grandchild_ends_with_its_parent",
             a_grandchild_ends_with_its_parent,

@@ -3,21 +3,17 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle, RawHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle};
 use std::os::windows::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
-use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_BREAKAWAY_OK,
-    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
-    JobObjectExtendedLimitInformation, SetInformationJobObject,
-};
 use windows_sys::Win32::System::Threading::{
     CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
-    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess, WaitForSingleObject,
+    PROCESS_SET_QUOTA, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess,
+    WaitForSingleObject,
 };
 
 use super::{Group, OwnedHandle, Signal, TERMINATE_CODE};
@@ -34,44 +30,6 @@ pub(crate) struct Child {
     pid: u32,
     process: StdHandle,
     control: Mutex<Option<OwnedHandle>>,
-}
-
-/// Every child we start is put in this job, which ends them all when the
-/// last handle on it closes: when this process ends, however it ends.
-fn job() -> Option<RawHandle> {
-    static JOB: OnceLock<Option<StdHandle>> = OnceLock::new();
-    JOB.get_or_init(|| {
-        // SAFETY: null attributes and name ask for an unnamed job with
-        // default security; a failure returns null.
-        let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
-        if job.is_null() {
-            tracing::warn!(error = %io::Error::last_os_error(), "no Job Object: children will not end with this process");
-            return None;
-        }
-        // SAFETY: a handle we just made and own alone.
-        let job = unsafe { StdHandle::from_raw_handle(job) };
-        // SAFETY: the structure is plain data, valid when zeroed.
-        let mut limits: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
-        limits.BasicLimitInformation.LimitFlags =
-            JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE | JOB_OBJECT_LIMIT_BREAKAWAY_OK;
-        let size = u32::try_from(std::mem::size_of_val(&limits)).expect("a small structure");
-        // SAFETY: `limits` is the structure the class names, and `size`
-        // its exact size; the job handle is open.
-        let ok = unsafe {
-            SetInformationJobObject(
-                job.as_raw_handle(),
-                JobObjectExtendedLimitInformation,
-                (&raw const limits).cast(),
-                size,
-            )
-        };
-        if ok == 0 {
-            tracing::warn!(error = %io::Error::last_os_error(), "the Job Object refused kill-on-close: children will not end with this process");
-        }
-        Some(job)
-    })
-    .as_ref()
-    .map(AsRawHandle::as_raw_handle)
 }
 
 impl Child {
@@ -107,9 +65,14 @@ impl Child {
         let started = command.spawn()?;
         let pid = started.id();
         // SAFETY: OpenProcess takes no pointers; a failure returns null.
+        // PROCESS_SET_QUOTA with PROCESS_TERMINATE is what putting it in a
+        // Job Object takes.
         let raw = unsafe {
             OpenProcess(
-                PROCESS_SYNCHRONIZE | PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION,
+                PROCESS_SYNCHRONIZE
+                    | PROCESS_TERMINATE
+                    | PROCESS_SET_QUOTA
+                    | PROCESS_QUERY_LIMITED_INFORMATION,
                 0,
                 pid,
             )
@@ -127,12 +90,7 @@ impl Child {
             unsafe { StdHandle::from_raw_handle(raw) }
         };
         drop(started);
-        if let Some(job) = job() {
-            // SAFETY: both handles are open for the call.
-            if unsafe { AssignProcessToJobObject(job, process.as_raw_handle()) } == 0 {
-                tracing::debug!(error = %io::Error::last_os_error(), pid, "a child could not join the Job Object");
-            }
-        }
+        super::job::place(&process, pid, group);
         Ok(Child {
             pid,
             process,

@@ -11,6 +11,7 @@
 
 mod child;
 pub(crate) mod futex;
+mod job;
 mod pipe_io;
 pub(crate) mod shm;
 pub(crate) mod stream;
@@ -172,7 +173,8 @@ impl TerminateSignal {
 
 /// Which process group a child starts in. Windows has process groups
 /// only for console events; a child in a group of its own is started with
-/// `CREATE_NEW_PROCESS_GROUP`, and none can be signalled as a group.
+/// `CREATE_NEW_PROCESS_GROUP` and in a Job Object of its own, which stands
+/// for the group (see `job.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Group {
     /// Its parent's.
@@ -195,19 +197,26 @@ pub(crate) fn own_group_tied_to_us(command: &mut tokio::process::Command) {
     command.creation_flags(windows_sys::Win32::System::Threading::CREATE_NEW_PROCESS_GROUP);
 }
 
-/// Process groups cannot be signalled on Windows.
-pub(crate) fn signal_group(_pgid: u32, _signo: i32) -> io::Result<()> {
-    Err(unsupported("signalling a process group"))
+/// Ends every process of the group child `pgid` leads (its Job Object):
+/// Windows has no signal to ask them to stop first, so every signal ends
+/// them, as `TerminateProcess` ends one process.
+pub(crate) fn signal_group(pgid: u32, _signo: i32) -> io::Result<()> {
+    job::end_group(pgid)
 }
 
-/// Whether process `pgid` (the leader stands for its group: Windows
-/// keeps no groups to look into) has not exited yet.
+/// Whether a process of the group child `pgid` leads (its Job Object) is
+/// alive; for a child in no group of its own, whether it is.
 pub(crate) fn group_exists(pgid: u32) -> bool {
-    process_alive(pgid)
+    match job::group_size(pgid) {
+        Some(n) => n > 0,
+        None => process_alive(pgid),
+    }
 }
 
-/// Nothing to reap on Windows.
-pub(crate) fn reap_group(_pgid: u32) {}
+/// Nothing to reap on Windows; the job of an empty group is let go.
+pub(crate) fn reap_group(pgid: u32) {
+    job::forget_empty_group(pgid);
+}
 
 /// Whether process `pid` exists and has not exited.
 fn process_alive(pid: u32) -> bool {
