@@ -32,19 +32,25 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
 
 /// Where a [`Listener`] listens and a [`Client`] connects: a TCP address
-/// or a Unix socket path.
+/// or a Unix socket path (on Windows, a named pipe).
 ///
 /// From a string: an IP address and port (`"127.0.0.1:6000"`,
 /// `"[::1]:6000"`) or a host name and port (`"localhost:6000"`) is TCP;
 /// anything else (`"/tmp/app.sock"`, `"app.sock"`) is a path. Use
 /// [`Address::Unix`] (or a `Path`) for a path that looks like `host:port`.
+///
+/// On Windows the local address is a named pipe, `\\.\pipe\NAME`, as
+/// in Python's `multiprocessing.connection` there (its `AF_PIPE`); it is
+/// an [`Address::Unix`] path. Each instance of the pipe admits only the
+/// current user and refuses remote clients; a listener fails to bind a
+/// name another listener has.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Address {
     /// A TCP address, `host:port`; port 0 in a listener's address lets
     /// the system pick one ([`Listener::address`] then tells it).
     Inet(String),
     /// A Unix socket at this path. A listener creates it and removes it
-    /// when it closes.
+    /// when it closes. On Windows, a named pipe (`\\.\pipe\NAME`).
     Unix(PathBuf),
 }
 
@@ -575,7 +581,6 @@ impl ListenerBuilder {
         let bound = socket.local().map_err(NetError::io(&self.address))?;
         let address = match &bound {
             Bound::Inet(a) => Address::Inet(a.to_string()),
-            #[cfg(unix)]
             Bound::Unix(p) => Address::Unix(p.clone()),
         };
         let tls = matches!(self.terms.secure, Secure::Server(_));

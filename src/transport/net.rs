@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::Encoder;
 
+#[cfg(windows)]
+use super::fdstream::FdStream;
 use crate::sys::OwnedHandle;
 use crate::wire::ChannelError;
 use crate::wire::frame::{FrameCodec, HEADER_LEN};
@@ -41,6 +43,9 @@ pub(crate) enum NetListener {
     /// The path is unlinked when the listener goes.
     #[cfg(unix)]
     Unix(UnixListener, PathBuf),
+    /// A named pipe, `\\.\pipe\NAME` (Windows).
+    #[cfg(windows)]
+    Pipe(crate::sys::stream::PipeListener, PathBuf),
 }
 
 impl NetListener {
@@ -57,10 +62,12 @@ impl NetListener {
             #[cfg(unix)]
             Where::Unix(path) => Ok(NetListener::Unix(UnixListener::bind(path)?, path.clone())),
             #[cfg(windows)]
-            Where::Unix(path) => Err(crate::sys::unsupported(&format!(
-                "a Unix socket path ({})",
-                path.display()
-            ))),
+            Where::Unix(path) if crate::sys::stream::is_pipe_name(path) => Ok(NetListener::Pipe(
+                crate::sys::stream::PipeListener::bind(path)?,
+                path.clone(),
+            )),
+            #[cfg(windows)]
+            Where::Unix(path) => Err(not_a_pipe(path)),
         }
     }
 
@@ -70,6 +77,8 @@ impl NetListener {
             NetListener::Tcp(l) => l.local_addr().map(Bound::Inet),
             #[cfg(unix)]
             NetListener::Unix(_, path) => Ok(Bound::Unix(path.clone())),
+            #[cfg(windows)]
+            NetListener::Pipe(_, path) => Ok(Bound::Unix(path.clone())),
         }
     }
 
@@ -88,6 +97,10 @@ impl NetListener {
             }
             #[cfg(unix)]
             NetListener::Unix(l, _) => Ok(NetStream::Unix(l.accept().await?.0)),
+            #[cfg(windows)]
+            NetListener::Pipe(l, _) => {
+                Ok(NetStream::Pipe(FdStream::from_owned_fd(l.accept().await?)?))
+            }
         }
     }
 }
@@ -106,7 +119,7 @@ impl Drop for NetListener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Bound {
     Inet(SocketAddr),
-    #[cfg(unix)]
+    /// A Unix socket path, or a named pipe on Windows.
     Unix(PathBuf),
 }
 
@@ -116,7 +129,6 @@ impl Bound {
     pub(crate) fn is_local(&self) -> bool {
         match self {
             Bound::Inet(a) => a.ip().is_loopback(),
-            #[cfg(unix)]
             Bound::Unix(_) => true,
         }
     }
@@ -128,6 +140,8 @@ pub(crate) enum NetStream {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(UnixStream),
+    #[cfg(windows)]
+    Pipe(FdStream),
 }
 
 impl NetStream {
@@ -146,10 +160,12 @@ impl NetStream {
             #[cfg(unix)]
             Where::Unix(path) => Ok(NetStream::Unix(UnixStream::connect(path).await?)),
             #[cfg(windows)]
-            Where::Unix(path) => Err(crate::sys::unsupported(&format!(
-                "a Unix socket path ({})",
-                path.display()
-            ))),
+            Where::Unix(path) if crate::sys::stream::is_pipe_name(path) => {
+                let end = crate::sys::stream::pipe_connect(path, PIPE_BUSY_WAIT).await?;
+                Ok(NetStream::Pipe(FdStream::from_owned_fd(end)?))
+            }
+            #[cfg(windows)]
+            Where::Unix(path) => Err(not_a_pipe(path)),
         }
     }
 
@@ -175,8 +191,25 @@ impl NetStream {
     /// If the pipe cannot be made, or there is no runtime.
     #[cfg(windows)]
     pub(crate) fn into_handle(self) -> io::Result<OwnedHandle> {
-        relay(self)
+        match self {
+            // A named pipe is a pipe end already.
+            NetStream::Pipe(s) => s.into_handle(),
+            tcp => relay(tcp),
+        }
     }
+}
+
+/// How long a client waits while every instance of a named pipe is busy.
+#[cfg(windows)]
+const PIPE_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The error for a path that is no named pipe, on Windows.
+#[cfg(windows)]
+fn not_a_pipe(path: &std::path::Path) -> io::Error {
+    crate::sys::unsupported(&format!(
+        "a Unix socket path ({}); a named pipe, \\\\.\\pipe\\NAME, is the local address there",
+        path.display()
+    ))
 }
 
 /// Whether `path` names a Unix socket address rather than a TCP one.
@@ -202,6 +235,8 @@ impl AsyncRead for NetStream {
             NetStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(windows)]
+            NetStream::Pipe(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -216,6 +251,8 @@ impl AsyncWrite for NetStream {
             NetStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(windows)]
+            NetStream::Pipe(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -224,6 +261,8 @@ impl AsyncWrite for NetStream {
             NetStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(windows)]
+            NetStream::Pipe(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -232,6 +271,8 @@ impl AsyncWrite for NetStream {
             NetStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(unix)]
             NetStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(windows)]
+            NetStream::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -324,7 +365,7 @@ where
         UnixStream::from_std(theirs)?
     };
     #[cfg(windows)]
-    let mut theirs = super::fdstream::FdStream::from_owned_fd(theirs)?;
+    let mut theirs = FdStream::from_owned_fd(theirs)?;
     handle.spawn(async move {
         // Either side's end (an error, or both halves closed) ends the
         // relay; dropping the stream closes the session.

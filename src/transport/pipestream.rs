@@ -1,7 +1,7 @@
 //! An async byte stream on a pipe end, for Windows: what
-//! [`FdStream`](super::fdstream) is on Unix, without descriptors (handles
-//! do not travel in messages on Windows yet, so none is ever queued or
-//! received).
+//! [`FdStream`](super::fdstream) is on Unix, without descriptors (a handle
+//! travels inside the bytes on Windows, so none is ever queued or
+//! received beside them).
 
 use std::future::Future;
 use std::io;
@@ -60,13 +60,28 @@ impl FdStream {
         })
     }
 
-    /// Handles cannot be queued on Windows: `fds` must be empty (the
-    /// encoder refuses handles before they get here).
+    /// Nothing travels beside the bytes on Windows: `fds` is empty (a
+    /// handle travels inside them).
     pub(crate) fn queue_fds(&mut self, fds: impl IntoIterator<Item = OwnedHandle>) {
         debug_assert!(
             fds.into_iter().next().is_none(),
             "no handles travel on Windows"
         );
+    }
+
+    /// The pipe end, for a pipe end of the crate's (the handshakes of
+    /// `Listener` and `Client` are done). No byte read from it is left
+    /// behind: reads never ask for more than the reader wants.
+    ///
+    /// # Errors
+    ///
+    /// If a wait on it is still on (none is, once a read or write has
+    /// returned).
+    pub(crate) fn into_handle(self) -> io::Result<OwnedHandle> {
+        debug_assert!(self.buf.is_empty(), "reads are never ahead of the reader");
+        drop(self.reading);
+        drop(self.writing);
+        Arc::try_unwrap(self.handle).map_err(|_| io::Error::other("the pipe end is still in use"))
     }
 
     /// Writes as much of `buf` as the pipe takes at once; `Ok(0)` when it
@@ -96,7 +111,14 @@ impl AsyncRead for FdStream {
                 out.put_slice(&this.buf.split_to(n));
                 return Poll::Ready(Ok(()));
             }
-            match sys::stream::recv_into(&this.handle, &mut this.buf, READ_CHUNK, false) {
+            if out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // No more than the reader asks for: what is not taken stays
+            // with the pipe end, for whoever has it next (see
+            // `into_handle`).
+            let want = out.remaining().min(READ_CHUNK);
+            match sys::stream::recv_into(&this.handle, &mut this.buf, want, false) {
                 Ok(0) => return Poll::Ready(Ok(())),
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

@@ -209,6 +209,34 @@ fn serve_with_a_grandchild(file: PathBuf) {
     });
 }
 
+/// The local address a listener takes: a Unix socket path, or a named
+/// pipe on Windows.
+fn local_address(tag: &str) -> PathBuf {
+    let name = format!("mp-portable-{tag}-{}", std::process::id());
+    if cfg!(windows) {
+        PathBuf::from(format!(r"\\.\pipe\{name}"))
+    } else {
+        std::env::temp_dir().join(format!("{name}.sock"))
+    }
+}
+
+/// Connects to `address` with `key`, sends `hello`, returns the answer.
+fn client_says_hello((address, key): (PathBuf, Vec<u8>)) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let mut conn = mp::connection::Client::connect::<String>(address, Some(&key))
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.send(&"hello".to_owned())
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.recv().await.map_err(|e| e.to_string())
+    })
+}
+
 // ---- Cases. ----
 
 async fn a_child_returns_its_value() -> Result<(), Failed> {
@@ -660,6 +688,44 @@ async fn stopping_a_supervised_child_ends_its_grandchildren() -> Result<(), Fail
     Ok(())
 }
 
+/// `Listener` and `Client` on the local address (a named pipe on
+/// Windows), with the authkey handshake: a client with the key talks, one
+/// without it is refused and the listener goes on.
+async fn a_listener_and_a_client_talk_on_the_local_address() -> Result<(), Failed> {
+    let address = local_address("listener");
+    let key = b"portable secret".to_vec();
+    let mut listener = mp::connection::Listener::bind(address.clone(), Some(&key)).await?;
+    // A second listener cannot take the same address. (Windows refuses a
+    // second first instance of a pipe, but Wine 8 does not enforce it, so
+    // this is checked on Unix only.)
+    if cfg!(unix) {
+        ensure(
+            mp::connection::Listener::bind(address.clone(), Some(&key))
+                .await
+                .is_err(),
+            "the address is taken",
+        )?;
+    }
+    let wrong = mp::Process::new(client_says_hello, (address.clone(), b"wrong".to_vec()));
+    wrong.start().await?;
+    let refused = listener.accept::<String>().await;
+    ensure(refused.is_err(), "a client with the wrong key is refused")?;
+    ensure(wrong.join().await?.is_err(), "the wrong client hears of it")?;
+    let right = mp::Process::new(client_says_hello, (address.clone(), key.clone()));
+    right.start().await?;
+    let mut conn = listener.accept::<String>().await?;
+    let said = conn.recv().await?;
+    ensure(said == "hello", format!("the client said {said:?}"))?;
+    conn.send(&"hello yourself".to_owned()).await?;
+    let heard = right.join().await?;
+    ensure(
+        heard.as_deref() == Ok("hello yourself"),
+        format!("the client heard {heard:?}"),
+    )?;
+    listener.close();
+    Ok(())
+}
+
 /// A grandchild ends with its parent, however the parent ends: by the
 /// Job Object on Windows, by the watch on the control channel everywhere.
 async fn a_grandchild_ends_with_its_parent() -> Result<(), Failed> {
@@ -801,6 +867,10 @@ fn main() {
             a_pool_task_over_its_time_is_ended,
         ),
         case("terminate_ends_a_busy_pool", terminate_ends_a_busy_pool),
+        case(
+            "a_listener_and_a_client_talk_on_the_local_address",
+            a_listener_and_a_client_talk_on_the_local_address,
+        ),
         case(
             "a_supervisor_restarts_a_crashing_child",
             a_supervisor_restarts_a_crashing_child,

@@ -16,6 +16,7 @@ use windows_sys::Win32::System::Threading::{
     WaitForSingleObject,
 };
 
+use super::pipe_io::EventSignal;
 use super::{Group, OwnedHandle, Signal, TERMINATE_CODE};
 
 /// A child process we started.
@@ -163,19 +164,16 @@ impl Child {
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: it only observes. A cancelled wait leaves a blocking
-    /// thread waiting until the child exits.
+    /// Cancel safe: it only observes (the system thread pool waits on the
+    /// process handle, and a dropped wait is withdrawn).
     pub(crate) async fn exited(&self) -> io::Result<()> {
         if self.wait_ms(0) {
             return Ok(());
         }
-        let process = self.process.try_clone()?;
-        tokio::task::spawn_blocking(move || {
-            // SAFETY: `process` is open for the whole wait.
-            unsafe { WaitForSingleObject(process.as_raw_handle(), u32::MAX) };
-        })
-        .await
-        .map_err(io::Error::other)?;
+        // SAFETY: the process handle is open while `self` lives, and the
+        // future borrows `self` for as long as the wait does.
+        let ended = unsafe { EventSignal::for_handle(self.process.as_raw_handle()) }?;
+        ended.await;
         // Exited: this closes our copy of its end of the channel.
         self.wait_ms(0);
         Ok(())

@@ -669,9 +669,10 @@ struct SignalState {
     waker: Option<Waker>,
 }
 
-/// A one-shot wait by the system thread pool for an event to be set, as a
+/// A one-shot wait by the system thread pool for an event to be set (or
+/// any waitable handle to be signalled: a process that ends), as a
 /// future. Dropping it withdraws the wait.
-struct EventSignal {
+pub(super) struct EventSignal {
     /// The registered wait.
     wait: HANDLE,
     /// Shared with the callback, which holds one reference of its own (from
@@ -686,13 +687,24 @@ unsafe impl Send for EventSignal {}
 impl EventSignal {
     /// Has the thread pool wait (once) for `event` to be set.
     fn register(event: HANDLE) -> io::Result<EventSignal> {
+        // SAFETY: the events of a `PipeIo` outlive the futures that wait
+        // on them (each borrows the `PipeIo`).
+        unsafe { EventSignal::for_handle(event) }
+    }
+
+    /// Has the thread pool wait (once) for `handle` to be signalled.
+    ///
+    /// # Safety
+    ///
+    /// `handle` stays open as long as the returned value lives.
+    pub(super) unsafe fn for_handle(event: HANDLE) -> io::Result<EventSignal> {
         let state = Arc::new(Mutex::new(SignalState::default()));
         let context = Arc::into_raw(Arc::clone(&state));
         let mut wait: HANDLE = ptr::null_mut();
-        // SAFETY: `wait` is a valid out parameter; `event` is an open event
-        // that outlives the registration (the future borrows the
-        // `PipeIo`); `context` stays valid until the wait is withdrawn,
-        // which `Drop` does before giving back its reference.
+        // SAFETY: `wait` is a valid out parameter; `event` is an open
+        // handle that outlives the registration (the caller's promise);
+        // `context` stays valid until the wait is withdrawn, which `Drop`
+        // does before giving back its reference.
         let ok = unsafe {
             RegisterWaitForSingleObject(
                 &mut wait,

@@ -11,13 +11,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::windows::ffi::OsStrExt;
-use std::os::windows::io::{FromRawHandle, OwnedHandle as StdHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle, RawHandle};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use windows_sys::Win32::Foundation::{
-    ERROR_PIPE_CONNECTED, GENERIC_READ, GENERIC_WRITE, HLOCAL, INVALID_HANDLE_VALUE, LocalFree,
+    ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_PIPE_BUSY, ERROR_PIPE_CONNECTED, GENERIC_READ,
+    GENERIC_WRITE, HLOCAL, INVALID_HANDLE_VALUE, LocalFree,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
@@ -30,12 +31,14 @@ use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, OPEN_EXISTING,
     PIPE_ACCESS_DUPLEX,
 };
+use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 use windows_sys::Win32::System::Pipes::{
     ConnectNamedPipe, CreateNamedPipeW, PIPE_READMODE_BYTE, PIPE_REJECT_REMOTE_CLIENTS,
-    PIPE_TYPE_BYTE, PIPE_WAIT, PeekNamedPipe,
+    PIPE_TYPE_BYTE, PIPE_UNLIMITED_INSTANCES, PIPE_WAIT, PeekNamedPipe,
 };
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+use windows_sys::Win32::System::Threading::{CreateEventW, GetCurrentProcess, OpenProcessToken};
 
+use super::pipe_io::EventSignal;
 pub(crate) use super::pipe_io::Wait;
 use super::{OwnedHandle, unsupported};
 
@@ -325,4 +328,250 @@ impl Registration {
 pub(crate) fn register(fd: Arc<OwnedHandle>) -> io::Result<Registration> {
     fd.io()?;
     Ok(Registration { handle: fd })
+}
+
+/// Whether `path` names a named pipe (`\\.\pipe\NAME`), as Python's
+/// `multiprocessing.connection` tells an `AF_PIPE` address.
+pub(crate) fn is_pipe_name(path: &std::path::Path) -> bool {
+    path.to_str()
+        .is_some_and(|p| p.len() > r"\\.\pipe\".len() && p[..9].eq_ignore_ascii_case(r"\\.\pipe\"))
+}
+
+/// A connect in flight on a listener's instance: its OVERLAPPED (never
+/// moved while the kernel owns it) and its event. Dropped, it cancels the
+/// connect and waits for its end before the OVERLAPPED is freed.
+struct Connect {
+    overlapped: Box<OVERLAPPED>,
+    event: StdHandle,
+    /// The instance's handle, which outlives this value (see `Instance`).
+    pipe: RawHandle,
+    /// The connect has ended: nothing to cancel.
+    done: bool,
+}
+
+// SAFETY: the raw pointers (the pipe handle, the OVERLAPPED's event) name
+// kernel objects, usable from any thread; the OVERLAPPED is only touched
+// by whoever holds the listener's lock.
+unsafe impl Send for Connect {}
+
+impl Drop for Connect {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut n = 0u32;
+        // SAFETY: the pipe handle is open (the instance drops this value
+        // before its handle); cancelling our own connect, then waiting
+        // (TRUE) for its end, means the kernel is done with the OVERLAPPED
+        // before it is freed.
+        unsafe {
+            CancelIoEx(self.pipe, &*self.overlapped);
+            GetOverlappedResult(self.pipe, &*self.overlapped, &mut n, 1);
+        }
+    }
+}
+
+/// One instance of a listener's pipe, waiting for its client.
+struct Instance {
+    /// Declared first, so dropped before the handle it waits on.
+    connect: Option<Connect>,
+    /// The server end.
+    handle: OwnedHandle,
+}
+
+impl Instance {
+    /// A new instance of pipe `name` (NUL-terminated UTF-16), the first one
+    /// when `first` (which fails if the name is taken).
+    fn new(name: &[u16], first: bool) -> io::Result<Instance> {
+        let security = UserOnly::new()?;
+        let attributes = security.attributes();
+        let mut mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED;
+        if first {
+            mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
+        }
+        // SAFETY: `name` is NUL-terminated and `attributes` (with its
+        // descriptor) alive for the call; a failure is INVALID_HANDLE_VALUE.
+        let raw = unsafe {
+            CreateNamedPipeW(
+                name.as_ptr(),
+                mode,
+                PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
+                PIPE_UNLIMITED_INSTANCES,
+                PIPE_BUFFER,
+                PIPE_BUFFER,
+                0,
+                &attributes,
+            )
+        };
+        if raw == INVALID_HANDLE_VALUE {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Instance {
+            connect: None,
+            // SAFETY: a handle we just made and own alone.
+            handle: OwnedHandle::from_std(unsafe { StdHandle::from_raw_handle(raw) }),
+        })
+    }
+
+    /// Starts waiting for a client, or finds it connected; true once it is.
+    fn begin(&mut self) -> io::Result<bool> {
+        if self.connect.is_some() {
+            return Ok(false);
+        }
+        // SAFETY: null attributes and name: an unnamed manual-reset event.
+        let event = unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) };
+        if event.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a handle we just made and own alone.
+        let event = unsafe { StdHandle::from_raw_handle(event) };
+        let mut overlapped = Box::new(unsafe_zeroed_overlapped());
+        overlapped.hEvent = event.as_raw_handle();
+        // SAFETY: the instance is open; the OVERLAPPED is boxed, so it stays
+        // where it is until the connect ends (`Connect`'s drop waits).
+        let ok = unsafe { ConnectNamedPipe(self.handle.as_raw(), &mut *overlapped) };
+        if ok != 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error().and_then(|c| u32::try_from(c).ok()) {
+            Some(ERROR_PIPE_CONNECTED) => Ok(true),
+            Some(ERROR_IO_PENDING) => {
+                self.connect = Some(Connect {
+                    overlapped,
+                    event,
+                    pipe: self.handle.as_raw(),
+                    done: false,
+                });
+                Ok(false)
+            }
+            _ => Err(e),
+        }
+    }
+
+    /// Whether the connect in flight has ended with a client.
+    fn finished(&mut self) -> io::Result<bool> {
+        let Some(connect) = &mut self.connect else {
+            return Ok(true);
+        };
+        let mut n = 0u32;
+        // SAFETY: the OVERLAPPED is the one the connect was given, alive;
+        // FALSE asks without waiting.
+        let ok = unsafe { GetOverlappedResult(connect.pipe, &*connect.overlapped, &mut n, 0) };
+        if ok == 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error().and_then(|c| u32::try_from(c).ok()) == Some(ERROR_IO_INCOMPLETE) {
+                return Ok(false);
+            }
+            connect.done = true;
+            self.connect = None;
+            return Err(e);
+        }
+        // Ended: nothing left to cancel.
+        connect.done = true;
+        self.connect = None;
+        Ok(true)
+    }
+}
+
+/// A named pipe that accepts clients, as `Listener` does for a TCP port:
+/// every instance has the user-only descriptor and refuses remote clients.
+pub(crate) struct PipeListener {
+    name: Vec<u16>,
+    /// The instance the next client connects to.
+    next: std::sync::Mutex<Option<Instance>>,
+}
+
+impl std::fmt::Debug for PipeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeListener")
+            .field("name", &String::from_utf16_lossy(&self.name))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PipeListener {
+    /// Listens on the named pipe `path` (`\\.\pipe\NAME`); fails if
+    /// another listener has the name.
+    pub(crate) fn bind(path: &std::path::Path) -> io::Result<PipeListener> {
+        let name: Vec<u16> = path.as_os_str().encode_wide().chain(Some(0)).collect();
+        let first = Instance::new(&name, true)?;
+        Ok(PipeListener {
+            name,
+            next: std::sync::Mutex::new(Some(first)),
+        })
+    }
+
+    /// Waits for the next client; its end of the pipe.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the instance waiting for a client stays with the
+    /// listener, and a client that connects meanwhile is the next one
+    /// accepted.
+    pub(crate) async fn accept(&self) -> io::Result<OwnedHandle> {
+        let lock = || {
+            self.next
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        loop {
+            let event = {
+                let mut next = lock();
+                let instance = match &mut *next {
+                    Some(i) => i,
+                    slot => slot.insert(Instance::new(&self.name, false)?),
+                };
+                let connected = instance.begin()? || instance.finished()?;
+                if connected {
+                    let taken = next.take().expect("an instance");
+                    // The next client has an instance to connect to.
+                    *next = Instance::new(&self.name, false).ok();
+                    return Ok(taken.handle);
+                }
+                let connect = instance.connect.as_ref().expect("a connect in flight");
+                connect.event.try_clone()?
+            };
+            // SAFETY: `event` is our own copy of the connect's event,
+            // open while the wait lives (both are dropped here).
+            unsafe { EventSignal::for_handle(event.as_raw_handle()) }?.await;
+        }
+    }
+}
+
+/// Connects to the named pipe `path`, waiting (up to `timeout`) while
+/// every instance is busy.
+pub(crate) async fn pipe_connect(
+    path: &std::path::Path,
+    timeout: Duration,
+) -> io::Result<OwnedHandle> {
+    let name: Vec<u16> = path.as_os_str().encode_wide().chain(Some(0)).collect();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: the name is NUL-terminated and alive for the call; no
+        // attributes (not inheritable); a failure is INVALID_HANDLE_VALUE.
+        let raw = unsafe {
+            CreateFileW(
+                name.as_ptr(),
+                GENERIC_READ | GENERIC_WRITE,
+                0,
+                std::ptr::null(),
+                OPEN_EXISTING,
+                FILE_FLAG_OVERLAPPED,
+                std::ptr::null_mut(),
+            )
+        };
+        if raw != INVALID_HANDLE_VALUE {
+            // SAFETY: a handle we just opened and own alone.
+            return Ok(OwnedHandle::from_std(unsafe {
+                StdHandle::from_raw_handle(raw)
+            }));
+        }
+        let e = io::Error::last_os_error();
+        let busy = e.raw_os_error().and_then(|c| u32::try_from(c).ok()) == Some(ERROR_PIPE_BUSY);
+        if !busy || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
