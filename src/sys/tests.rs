@@ -31,6 +31,38 @@ fn sleeping_child(secs: &str) -> Child {
     Child::adopt(pid)
 }
 
+/// On Windows: this test binary, running [`sleeper`] alone.
+#[cfg(windows)]
+fn sleeping_child(secs: &str) -> Child {
+    let spawned = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .args(["--exact", "sys::tests::sleeper", "--ignored"])
+        .env("MP_CONTRACT_SLEEP", secs)
+        .spawn()
+        .expect("sleeper");
+    let pid = spawned.id();
+    // Adopted while the standard library's handle keeps it named.
+    let child = Child::adopt(pid);
+    drop(spawned);
+    child
+}
+
+/// Run by `sleeping_child` on Windows in a child: sleeps as long as
+/// `MP_CONTRACT_SLEEP` says, in seconds.
+#[cfg(windows)]
+#[test]
+#[ignore = "a helper the contract tests run in a child"]
+fn sleeper() {
+    let secs: f64 = std::env::var("MP_CONTRACT_SLEEP")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+}
+
+/// What `python_exitcode` gives a child ended by `Signal::Kill`: `-9`,
+/// or `-15` on Windows, where both requests are `TerminateProcess`.
+const KILLED: i32 = if cfg!(windows) { -15 } else { -9 };
+
 #[test]
 fn a_socketpair_carries_bytes_both_ways_and_tells_of_a_close() {
     let (a, b) = socketpair().unwrap();
@@ -75,8 +107,6 @@ fn a_handle_travels_in_a_message() {
     assert_eq!(stream::recv_into(&y, &mut buf, 8, true).unwrap(), 3);
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_child_is_watched_signalled_and_reaped() {
     let child = sleeping_child("30");
@@ -86,7 +116,7 @@ fn a_child_is_watched_signalled_and_reaped() {
     child.signal(Signal::Kill).unwrap();
     child.wait_exited_blocking(None);
     let status = child.try_reap().unwrap().expect("reaped");
-    assert_eq!(python_exitcode(status), -9);
+    assert_eq!(python_exitcode(status), KILLED);
     assert_eq!(signal_name(9), "SIGKILL");
 
     let child = sleeping_child("30");
@@ -95,8 +125,6 @@ fn a_child_is_watched_signalled_and_reaped() {
     assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), -15);
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[tokio::test]
 async fn a_child_s_end_is_a_future() {
     let child = sleeping_child("0.05");
@@ -107,8 +135,6 @@ async fn a_child_s_end_is_a_future() {
     assert_eq!(python_exitcode(child.try_reap().unwrap().unwrap()), 0);
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_shared_mapping_is_shared_and_keeps_its_size() {
     let h = shm::create(c"tokio-mp-contract", 4096).unwrap();
@@ -123,14 +149,14 @@ fn a_shared_mapping_is_shared_and_keeps_its_size() {
     assert_eq!(a.len(), 4096);
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_named_block_is_found_by_name_until_unlinked() {
     let name =
         std::ffi::CString::new(format!("/tokio-mp-contract-{}", std::process::id())).unwrap();
     let h = shm::create_named(&name, 100).unwrap();
-    assert_eq!(shm::size(&h).unwrap(), 100, "the size asked, not a page");
+    // Windows tells a section's size by the page.
+    let size = if cfg!(windows) { 4096 } else { 100 };
+    assert_eq!(shm::size(&h).unwrap(), size, "the size asked");
     let err = shm::create_named(&name, 100).unwrap_err();
     assert!(shm::is_exists(&err), "{err}");
     let other = shm::open_named(&name).unwrap();
@@ -139,6 +165,10 @@ fn a_named_block_is_found_by_name_until_unlinked() {
     a.u64_at(8).store(9, Ordering::Relaxed);
     assert_eq!(b.u64_at(8).load(Ordering::Relaxed), 9);
     shm::unlink_named(&name).unwrap();
+    if cfg!(windows) {
+        // The name goes with the last handle, not with unlink.
+        drop((h, other));
+    }
     assert!(shm::open_named(&name).is_err());
     assert_eq!(
         b.u64_at(8).load(Ordering::Relaxed),
@@ -147,8 +177,6 @@ fn a_named_block_is_found_by_name_until_unlinked() {
     );
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
     let word = Arc::new(AtomicU32::new(0));
@@ -173,8 +201,6 @@ fn a_sleeper_on_a_word_wakes_when_told_or_times_out() {
     sleeper.join().unwrap();
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_process_is_alive_until_it_is_reaped() {
     let me = proc::me();

@@ -808,3 +808,45 @@ pub(crate) fn claim_handle_token(pid: u32, value: u64) -> io::Result<OwnedHandle
         StdHandle::from_raw_handle(ours)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_token_is_taken_once_and_only_if_it_was_made() {
+        let (a, b) = socketpair().expect("a pipe pair");
+        let (pid, value) = handle_token(&b).expect("a token");
+        assert_eq!(pid, std::process::id());
+        drop(b);
+        let taken = claim_handle_token(pid, value).expect("taken back");
+        let err = claim_handle_token(pid, value).expect_err("taken twice");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // The copy is the same pipe end: it reaches `a`.
+        stream::send(&taken, b"via", true).expect("send");
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(stream::recv_into(&a, &mut buf, 8, true).expect("recv"), 3);
+        // A value this process never made is refused, not taken over.
+        let theirs = a.as_raw() as usize as u64;
+        let err = claim_handle_token(pid, theirs).expect_err("not a token");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn a_pipe_pair_lets_in_this_user_alone() {
+        let sid = stream::tests_user_sid().expect("the user's SID");
+        assert!(sid.starts_with("S-1-"), "{sid}");
+        let (a, b) = socketpair().expect("a pipe pair");
+        let dacl = stream::tests_dacl_of(&a).expect("the pipe's access list");
+        // One entry, allowing the user (generic all, or what it maps to).
+        assert_eq!(dacl.matches("(A;").count(), 1, "{dacl}");
+        assert!(dacl.contains(&format!(";;;{sid})")), "{dacl} names {sid}");
+        assert!(
+            !dacl.contains(";;;WD)") && !dacl.contains(";;;AU)"),
+            "{dacl}"
+        );
+        stream::send(&a, b"x", true).expect("send");
+        let mut buf = bytes::BytesMut::new();
+        assert_eq!(stream::recv_into(&b, &mut buf, 8, true).expect("recv"), 1);
+    }
+}

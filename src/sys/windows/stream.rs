@@ -97,6 +97,62 @@ fn read_user_sid() -> io::Result<String> {
     Ok(sid)
 }
 
+/// The current user's SID, for the tests.
+#[cfg(test)]
+pub(crate) fn tests_user_sid() -> io::Result<&'static str> {
+    user_sid()
+}
+
+/// The access list of `handle`'s object, in SDDL, for the tests.
+#[cfg(test)]
+pub(crate) fn tests_dacl_of(handle: &OwnedHandle) -> io::Result<String> {
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SE_KERNEL_OBJECT,
+    };
+    use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: the handle is open; only the descriptor is asked for, which
+    // the system allocates into `sd`.
+    let rc = unsafe {
+        GetSecurityInfo(
+            handle.as_raw(),
+            SE_KERNEL_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc as i32));
+    }
+    let sd = UserOnly(sd);
+    let mut text: *mut u16 = std::ptr::null_mut();
+    // SAFETY: `sd` is a valid descriptor; `text` receives a string the
+    // system allocates.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            std::ptr::null_mut(),
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `text` is a NUL-terminated UTF-16 string from the system.
+    let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
+    // SAFETY: `len` units are initialised, as just counted.
+    let sddl = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+    // SAFETY: allocated by the system with LocalAlloc; freed once.
+    unsafe { LocalFree(text as HLOCAL) };
+    Ok(sddl)
+}
+
 /// A security descriptor that grants everything to the current user and
 /// nothing to anyone else, freed when dropped.
 struct UserOnly(PSECURITY_DESCRIPTOR);
