@@ -659,6 +659,6 @@ where
 
 /// Encodes one argument, with the descriptors of the handles in it.
 fn encode_arg<A: Serialize>(a: &A) -> Result<(Vec<u8>, FdList), String> {
-    let (bytes, fds) = handle::encode(|| encode_value(a));
-    Ok((bytes?, FdList::new(fds)))
+    let (bytes, fds, carried) = handle::encode_noting(|| encode_value(a));
+    Ok((bytes?, FdList::noting(fds, carried)))
 }

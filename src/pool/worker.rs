@@ -240,13 +240,13 @@ impl BatchBuilder {
     pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), String> {
         let before = self.buf.len();
         let buf = &mut self.buf;
-        let (written, fds) = handle::encode(|| {
+        let (written, fds, carried) = handle::encode_noting(|| {
             rmp_serde::encode::write(buf, value).inspect_err(|_| buf.truncate(before))
         });
         if let Err(e) = written {
             return Err(e.to_string());
         }
-        self.add_handles(FdList::new(fds));
+        self.add_handles(FdList::noting(fds, carried));
         self.ends.push(self.buf.len() as u64);
         Ok(())
     }

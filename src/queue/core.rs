@@ -294,8 +294,8 @@ impl Core {
         }
         // A handle's descriptor cannot live in shared memory: the handles
         // are caught while the item encodes, and their duplicates closed.
-        let (encoded, fds) = handle::encode(|| encode_value(&item));
-        if !fds.is_empty() {
+        let (encoded, _fds, carried) = handle::encode_noting(|| encode_value(&item));
+        if carried {
             return Err(PutError::Handle(item));
         }
         match encoded {

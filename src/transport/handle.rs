@@ -40,6 +40,29 @@ thread_local! {
     /// running a task); null otherwise. Only [`encode_value_handles`]
     /// reads it, never the target's own code.
     static VALUE_SINK: Cell<*mut Vec<OwnedHandle>> = const { Cell::new(std::ptr::null_mut()) };
+    /// How many handles this thread has encoded inside the bytes (Windows,
+    /// where a handle travels as a token in the value itself).
+    static INLINE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// [`encode`], also saying whether the value carried handles: beside the
+/// bytes (the descriptors returned) or, on Windows, inside them.
+pub(crate) fn encode_noting<R, E>(
+    f: impl FnMut() -> Result<R, E>,
+) -> (Result<R, E>, Vec<OwnedHandle>, bool) {
+    let before = INLINE.with(Cell::get);
+    let (result, fds) = encode(f);
+    let carried = !fds.is_empty() || INLINE.with(Cell::get) != before;
+    (result, fds, carried)
+}
+
+/// [`collect_handles`], also saying whether the value carried handles
+/// (see [`encode_noting`]).
+pub(crate) fn collect_handles_noting<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedHandle>, bool) {
+    let before = INLINE.with(Cell::get);
+    let (result, fds) = collect_handles(f);
+    let carried = !fds.is_empty() || INLINE.with(Cell::get) != before;
+    (result, fds, carried)
 }
 
 /// Runs `f` (which encodes something) and returns its result with the
@@ -161,6 +184,7 @@ pub(crate) fn serialize_handle<S: Serializer>(
     #[cfg(windows)]
     {
         let token = crate::sys::handle_token(fd).map_err(S::Error::custom)?;
+        INLINE.with(|n| n.set(n.get().wrapping_add(1)));
         token.serialize(serializer)
     }
     #[cfg(unix)]
@@ -232,18 +256,28 @@ fn deserialize_index<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Owned
 ///
 /// Serializes as the list of its descriptors, each out of band like a
 /// handle's: it travels wherever a handle does.
+///
+/// On Windows the handles travel inside the value's bytes, and the list is
+/// empty; it still says that the value carries some (`inline`), so that
+/// the value takes the paths a value with handles takes.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FdList(std::sync::Arc<Vec<OwnedHandle>>);
+pub(crate) struct FdList(std::sync::Arc<Vec<OwnedHandle>>, bool);
 
 impl FdList {
     /// Keeps `fds`.
     pub(crate) fn new(fds: Vec<OwnedHandle>) -> Self {
-        Self(std::sync::Arc::new(fds))
+        Self(std::sync::Arc::new(fds), false)
     }
 
-    /// Whether there is no descriptor.
+    /// Keeps `fds`, for a value that carried handles if `carried` (inside
+    /// its bytes on Windows, where `fds` is empty).
+    pub(crate) fn noting(fds: Vec<OwnedHandle>, carried: bool) -> Self {
+        Self(std::sync::Arc::new(fds), carried)
+    }
+
+    /// Whether the value carries no handle.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && !self.1
     }
 
     /// The descriptors, for [`provide_handles_from`]: taken if this is the

@@ -123,6 +123,7 @@ where
 /// case runs: the orphans of its descendants become children of the test
 /// process, where the case can watch and reap them. When it ends, the
 /// flag is cleared and whatever it adopted and left unreaped is reaped.
+#[cfg(unix)]
 pub fn case_as_subreaper<F, Fut>(name: &str, limit: Duration, body: F) -> Case
 where
     F: FnOnce() -> Fut + Send + 'static,
@@ -155,11 +156,13 @@ where
 }
 
 /// The test process as a child subreaper, until this drops.
+#[cfg(unix)]
 struct Subreaper {
     /// This process's children when it became one.
     before: Vec<u32>,
 }
 
+#[cfg(unix)]
 impl Subreaper {
     fn become_one() -> Result<Subreaper, Failed> {
         let before = children();
@@ -168,6 +171,7 @@ impl Subreaper {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Subreaper {
     /// Clears the flag, so that no later orphan is adopted, and reaps the
     /// zombies among the children the case added (a case reaps what it
@@ -410,6 +414,7 @@ pub enum Reap {
 }
 
 /// Reaps `pid` if it is a child of this process that has ended.
+#[cfg(unix)]
 pub fn reap_if_ended(pid: u32) -> Reap {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     match waitpid(
@@ -427,6 +432,7 @@ pub fn reap_if_ended(pid: u32) -> Reap {
 /// Lowers this process's descriptor limit to 64 and opens `/dev/null`
 /// until no descriptor is left; returns the descriptors it took, to be
 /// dropped when done.
+#[cfg(unix)]
 pub fn exhaust_descriptors() -> Vec<std::fs::File> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");

@@ -35,9 +35,22 @@ fn rss_kib() -> u64 {
 /// One block of 100,000 tasks: a default-chunk map of 90,000, then 2,000
 /// `apply_async` (all in flight at once), 2,000 through chunk size 1, and
 /// 6,000 through chunk size 100. Every value is checked.
+/// `stage`, failed with the pool's counts if it takes over a minute (a
+/// block takes well under a second): a hang says where it is and what the
+/// pool held, before the case's watchdog.
+async fn within<T>(
+    pool: &mp::Pool,
+    stage: &str,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, Failed> {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .map_err(|_| format!("{stage} hung for 60 s: {:?}", pool.stats()).into())
+}
+
 async fn block(pool: &mp::Pool, base: u64) -> Result<usize, Failed> {
     let mut done = 0;
-    let got = pool.map(inc, base..base + 90_000).await?;
+    let got = within(pool, "map", pool.map(inc, base..base + 90_000)).await??;
     ensure(
         got.iter().zip(base..).all(|(v, x)| *v == x + 1),
         "default-chunk map values",
@@ -48,12 +61,20 @@ async fn block(pool: &mp::Pool, base: u64) -> Result<usize, Failed> {
         .map(|x| pool.apply_async(inc, x))
         .collect();
     for (x, r) in (base..).zip(pending) {
-        ensure(r.await? == x + 1, "apply_async value")?;
+        ensure(
+            within(pool, "apply_async", r).await?? == x + 1,
+            "apply_async value",
+        )?;
         done += 1;
     }
     let base = base + 2_000;
     for (n, chunk) in [(2_000, 1), (6_000, 100)] {
-        let got = pool.map_chunked(inc, base..base + n, chunk).await?;
+        let got = within(
+            pool,
+            "map_chunked",
+            pool.map_chunked(inc, base..base + n, chunk),
+        )
+        .await??;
         ensure(
             got.iter().zip(base..).all(|(v, x)| *v == x + 1),
             format!("map_chunked({chunk}) values"),

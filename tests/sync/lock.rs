@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, ensure, exhaust_descriptors};
+#[cfg(unix)]
+use crate::common::exhaust_descriptors;
+use crate::common::{Case, case, ensure};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -289,6 +291,7 @@ async fn an_async_waiter_takes_over_from_a_dead_holder() -> Result<(), Failed> {
     ensure(lock.is_poisoned(), "poisoned")
 }
 
+#[cfg(unix)]
 /// What one attempt to lock gave: "acquired", "poisoned" or "timed out".
 fn describe<G>(r: Result<G, TryLockError<G>>) -> String {
     match r {
@@ -298,6 +301,8 @@ fn describe<G>(r: Result<G, TryLockError<G>>) -> String {
     }
 }
 
+// Unix only: it runs a child out of descriptors (setrlimit).
+#[cfg(unix)]
 /// With no descriptor left (so `/proc` cannot be read), tries the lock
 /// for 1.5 s, blocking and then async; returns what each got and when.
 fn lock_without_descriptors(lock: mp::Lock) -> Vec<(String, u128)> {
@@ -321,6 +326,8 @@ fn lock_without_descriptors(lock: mp::Lock) -> Vec<(String, u128)> {
     out
 }
 
+// Unix only: see `lock_without_descriptors`.
+#[cfg(unix)]
 /// A holder that is alive is never declared dead because a waiter cannot
 /// read `/proc` (it used to be: every failure to read `/proc/PID/stat`
 /// counted as a death, and the waiter took the lock, poisoned, from a
@@ -377,8 +384,12 @@ async fn a_holder_that_panics_poisons_the_lock() -> Result<(), Failed> {
     Ok(())
 }
 
+// Unix only: seccomp strict mode is Linux's.
+#[cfg(unix)]
 static FAST_PATHS_DONE: AtomicU32 = AtomicU32::new(0);
 
+// Unix only: seccomp strict mode is Linux's.
+#[cfg(unix)]
 /// Runs the fast paths on a thread in seccomp strict mode, where any
 /// system call other than read, write, exit and sigreturn kills it.
 /// Returns 1 if every operation completed.
@@ -433,6 +444,8 @@ fn fast_paths_under_seccomp(
     0
 }
 
+// Unix only: seccomp strict mode is Linux's.
+#[cfg(unix)]
 async fn uncontended_fast_paths_make_no_system_call() -> Result<(), Failed> {
     let lock = mp::Lock::new()?;
     let rlock = mp::RLock::new()?;
@@ -489,7 +502,8 @@ async fn handles_futures_and_guards_are_send() -> Result<(), Failed> {
 }
 
 pub(crate) fn cases() -> Vec<Case> {
-    vec![
+    #[allow(unused_mut)]
+    let mut cases = vec![
         case(
             "four_processes_exclude_each_other",
             T,
@@ -521,24 +535,29 @@ pub(crate) fn cases() -> Vec<Case> {
             an_async_waiter_takes_over_from_a_dead_holder,
         ),
         case(
-            "a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors",
-            T,
-            a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors,
-        ),
-        case(
             "a_holder_that_panics_poisons_the_lock",
             T,
             a_holder_that_panics_poisons_the_lock,
-        ),
-        case(
-            "uncontended_fast_paths_make_no_system_call",
-            T,
-            uncontended_fast_paths_make_no_system_call,
         ),
         case(
             "handles_futures_and_guards_are_send",
             T,
             handles_futures_and_guards_are_send,
         ),
-    ]
+    ];
+    // Unix only: descriptors run out by setrlimit, seccomp strict mode.
+    #[cfg(unix)]
+    cases.extend([
+        case(
+            "a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors",
+            T,
+            a_live_holder_keeps_its_lock_from_a_waiter_out_of_descriptors,
+        ),
+        case(
+            "uncontended_fast_paths_make_no_system_call",
+            T,
+            uncontended_fast_paths_make_no_system_call,
+        ),
+    ]);
+    cases
 }

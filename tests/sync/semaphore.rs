@@ -131,7 +131,10 @@ async fn a_release_in_one_process_wakes_a_waiter_in_another() -> Result<(), Fail
     let b = mp::Process::new(wait_for_permit_sync, sem.clone());
     a.start().await?;
     b.start().await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough for both to be waiting for a while; a start under Wine
+    // can take longer than the 250 ms this checks.
+    let settle = if cfg!(windows) { 1500 } else { 300 };
+    tokio::time::sleep(Duration::from_millis(settle)).await;
     ensure(a.is_alive() && b.is_alive(), "both wait")?;
     sem.release()?;
     sem.release()?;
