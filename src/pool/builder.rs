@@ -291,6 +291,7 @@ impl PoolBuilder {
             cancels: AtomicU64::new(0),
             cancelled: Notify::new(),
             hungry: AtomicUsize::new(0),
+            ready_idle: AtomicUsize::new(0),
             runtime_gone: std::sync::atomic::AtomicBool::new(false),
             gave_up: std::sync::Mutex::new(None),
             slot_lost: tokio::sync::watch::Sender::new(None),

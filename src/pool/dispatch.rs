@@ -483,20 +483,31 @@ const STUCK_AFTER: Duration = Duration::from_millis(2);
 /// has none, before it is counted idle again.
 const STALL_RETRY: Duration = Duration::from_millis(100);
 
-/// Counts a slot among the idle ones while it lives. A stuck slot looks
-/// at the count every [`STUCK_AFTER`], so an idle one need wake nobody.
-pub(super) struct Hungry<'a>(&'a Shared);
+/// Counts a slot among the idle ones while it lives, and among the ready
+/// ones unless its worker stalled (`Shared::ready_idle`). A stuck slot
+/// looks at the counts every [`STUCK_AFTER`], so an idle one need wake
+/// nobody.
+pub(super) struct Hungry<'a> {
+    shared: &'a Shared,
+    ready: bool,
+}
 
 impl<'a> Hungry<'a> {
-    pub(super) fn new(shared: &'a Shared) -> Hungry<'a> {
+    pub(super) fn new(shared: &'a Shared, ready: bool) -> Hungry<'a> {
+        if ready {
+            shared.ready_idle.fetch_add(1, Ordering::SeqCst);
+        }
         shared.hungry.fetch_add(1, Ordering::SeqCst);
-        Hungry(shared)
+        Hungry { shared, ready }
     }
 }
 
 impl Drop for Hungry<'_> {
     fn drop(&mut self) {
-        self.0.hungry.fetch_sub(1, Ordering::AcqRel);
+        self.shared.hungry.fetch_sub(1, Ordering::AcqRel);
+        if self.ready {
+            self.shared.ready_idle.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -633,7 +644,8 @@ async fn run(
         let cancels = shared.cancels.load(Ordering::Acquire);
         let unwanted = cancels != cancels_seen && inflight.holds_unwanted(started);
         cancels_seen = cancels;
-        let idle_elsewhere = blocked && shared.hungry.load(Ordering::Acquire) > 0;
+        // Only a ready worker takes what this one would hand over.
+        let idle_elsewhere = blocked && shared.ready_idle.load(Ordering::Acquire) > 0;
         if inflight.holds_unstarted(started) && (unwanted || idle_elsewhere) {
             let started = worker.page.fence();
             if idle_elsewhere && inflight.jobs.front().is_none_or(|s| s.seq >= started) {
@@ -669,8 +681,9 @@ async fn run(
         let mut ring_broken = false;
         let now = round;
         // A worker that stalled before its first job gets work only when
-        // no other worker is idle.
-        let may_feed = !stalled || shared.hungry.load(Ordering::Acquire) == 0;
+        // no other worker is idle and ready: idle ones that stalled too do
+        // not count, or each would leave the jobs to the others.
+        let may_feed = !stalled || shared.ready_idle.load(Ordering::Acquire) == 0;
         while may_feed && inflight.len() < window && may_take(inflight.sent) {
             let Some(job) = shared.pop_job(inflight.is_empty()) else {
                 break;
@@ -768,7 +781,7 @@ async fn run(
         let retry_at = stalled_since + STALL_RETRY;
         let stall_over = !stalled || round >= retry_at;
         let hungry = (inflight.is_empty() && stall_over && current == State::Running)
-            .then(|| Hungry::new(shared));
+            .then(|| Hungry::new(shared, !stalled));
         let stall_wait = stalled && !stall_over && inflight.is_empty();
         // An idle slot also hears the bell for one job (see
         // `Shared::idle_notify`), armed after it counted itself idle, then

@@ -239,6 +239,11 @@ pub(super) struct Shared {
     pub(super) cancelled: Notify,
     /// Slots whose worker is idle with nothing queued.
     pub(super) hungry: AtomicUsize,
+    /// Those of the `hungry` slots whose worker has not stalled: the ones
+    /// a stalled worker leaves the queue to. A stalled worker that is idle
+    /// is hungry too, but must not count here: when every idle worker had
+    /// stalled, each left the jobs to the others and none took them.
+    pub(super) ready_idle: AtomicUsize,
     /// The runtime that ran the slots shut down: they are gone, and their
     /// workers killed and reaped.
     pub(super) runtime_gone: std::sync::atomic::AtomicBool,

@@ -264,7 +264,7 @@ async fn serve(
             return "the pool was closed".to_owned();
         }
         let hungry = (held.is_none() && current == State::Running)
-            .then(|| super::dispatch::Hungry::new(shared));
+            .then(|| super::dispatch::Hungry::new(shared, true));
         let idle_bell = shared.idle_notify.notified();
         tokio::pin!(idle_bell);
         if hungry.is_some() {
