@@ -16,6 +16,13 @@ use tokio_multiprocessing as mp;
 
 fn main() {
     let guard = mp::init();
+    // The crate's own events, when a run is to be read closely.
+    if std::env::var_os("MP_TEST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // The longest first, so that the others fill the other thread.
     #[allow(unused_mut)]
     let mut modules = vec![
