@@ -7,6 +7,8 @@
 mod common;
 
 mod forward;
+// Unix only: it writes raw frames to the control socket's descriptor.
+#[cfg(unix)]
 mod hostile;
 mod record;
 
@@ -31,6 +33,7 @@ fn main() {
         guard,
         [
             common::module("forward", forward::cases()),
+            #[cfg(unix)]
             common::module("hostile", hostile::cases()),
             common::module_in_reruns(
                 "before_init",

@@ -51,6 +51,8 @@ fn client_config(trusted: &CertificateDer<'static>) -> Result<Arc<ClientConfig>,
     ))
 }
 
+// Unix only (see `cases`).
+#[cfg_attr(windows, allow(dead_code))]
 async fn tls_and_the_authkey_carry_messages_both_ways() -> Result<(), Failed> {
     let (cert, key) = certificate()?;
     let mut listener = Listener::builder("127.0.0.1:0")
@@ -200,6 +202,9 @@ async fn a_listener_with_tls_may_bind_beyond_loopback() -> Result<(), Failed> {
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
+        // Not on Windows yet: under Wine, 3 MB messages through the TLS
+        // relay do not arrive (see docs/windows.md).
+        #[cfg(unix)]
         case(
             "tls_and_the_authkey_carry_messages_both_ways",
             T,
