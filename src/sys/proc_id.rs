@@ -1,4 +1,5 @@
-//! A process as shared memory records it, the same on every backend.
+//! A process as shared memory records it, and what can be told of it,
+//! the same on every backend.
 
 /// A process as recorded in shared memory: its pid and, against the reuse
 /// of pids, the low 32 bits of its start time (each backend says in what
@@ -26,4 +27,21 @@ impl ProcId {
             start: (bits & 0xffff_ffff) as u32,
         }
     }
+}
+
+/// What can be told about a process recorded in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// It runs: its pid exists, and where its start time could be
+    /// compared, it matches.
+    Alive,
+    /// It is certainly gone: no process has its pid, it has exited (on
+    /// Unix a zombie waiting to be reaped counts as gone), or its pid now
+    /// names a process that started at another time.
+    Dead,
+    /// Its pid exists but the system could not say more (on Unix: out of
+    /// descriptors, out of memory, `/proc` mounted with `hidepid`; on
+    /// Windows: another user's process). Never treated as dead: the
+    /// caller waits and asks again.
+    Unknown,
 }

@@ -83,16 +83,10 @@ fn heartbeat(file: PathBuf) {
 }
 
 /// Starts [`heartbeat`] as a child of its own and waits for ever.
-fn start_heartbeat_and_wait(file: PathBuf) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    rt.block_on(async move {
-        let beat = mp::Process::new(heartbeat, file);
-        beat.start().await.expect("the grandchild starts");
-        std::future::pending::<()>().await;
-    });
+async fn start_heartbeat_and_wait(file: PathBuf) {
+    let beat = mp::Process::new(heartbeat, file);
+    beat.start().await.expect("the grandchild starts");
+    std::future::pending::<()>().await;
 }
 
 /// Answers each number on `conn` with its square until it reads 0.
@@ -196,17 +190,11 @@ fn serve_forever(_: ()) {
 
 /// A supervised child that starts a heartbeat grandchild, says it is
 /// ready, and runs until stopped.
-fn serve_with_a_grandchild(file: PathBuf) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    rt.block_on(async move {
-        let beat = mp::Process::new(heartbeat, file);
-        beat.start().await.expect("the grandchild starts");
-        mp::notify_ready();
-        std::future::pending::<()>().await;
-    });
+async fn serve_with_a_grandchild(file: PathBuf) {
+    let beat = mp::Process::new(heartbeat, file);
+    beat.start().await.expect("the grandchild starts");
+    mp::notify_ready();
+    std::future::pending::<()>().await;
 }
 
 /// The local address a listener takes: a Unix socket path, or a named
@@ -221,20 +209,14 @@ fn local_address(tag: &str) -> PathBuf {
 }
 
 /// Connects to `address` with `key`, sends `hello`, returns the answer.
-fn client_says_hello((address, key): (PathBuf, Vec<u8>)) -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+async fn client_says_hello((address, key): (PathBuf, Vec<u8>)) -> Result<String, String> {
+    let mut conn = mp::connection::Client::connect::<String>(address, Some(&key))
+        .await
         .map_err(|e| e.to_string())?;
-    rt.block_on(async move {
-        let mut conn = mp::connection::Client::connect::<String>(address, Some(&key))
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.send(&"hello".to_owned())
-            .await
-            .map_err(|e| e.to_string())?;
-        conn.recv().await.map_err(|e| e.to_string())
-    })
+    conn.send(&"hello".to_owned())
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.recv().await.map_err(|e| e.to_string())
 }
 
 // ---- Cases. ----

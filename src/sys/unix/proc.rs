@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 /// `pid << 32 | start_tag` of this process, or 0 before the first use.
 static IDENTITY: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) use super::super::proc_id::ProcId;
+pub(crate) use super::super::proc_id::{Liveness, ProcId};
 
 /// This process: its pid and start tag. A relaxed load after the first call.
 #[inline]
@@ -127,22 +127,6 @@ fn parse_state_and_group(text: &str) -> Option<(u8, u32)> {
     let state = *fields.next()?.as_bytes().first()?;
     let group = fields.nth(1)?.parse().ok()?;
     Some((state, group))
-}
-
-/// What can be told about a process recorded in shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    /// It runs: its pid exists, and where its start time could be
-    /// compared, it matches.
-    Alive,
-    /// It is certainly gone: no process has its pid, it has exited (a
-    /// zombie waiting to be reaped counts as gone), or its pid now names a
-    /// process that started at another time.
-    Dead,
-    /// Its pid exists but `/proc` could not say more: out of descriptors
-    /// (`EMFILE`, `ENFILE`), out of memory, or `/proc` mounted with
-    /// `hidepid`. Never treated as dead: the caller waits and asks again.
-    Unknown,
 }
 
 /// Whether the process recorded as `who` still lives. `check_start` says

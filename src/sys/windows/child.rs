@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle, RawHandle};
 use std::os::windows::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
 use std::sync::{Mutex, PoisonError};
@@ -31,6 +31,23 @@ pub(crate) struct Child {
     pid: u32,
     process: StdHandle,
     control: Mutex<Option<OwnedHandle>>,
+}
+
+/// Opens child `pid` with what a `Child` does with it: waiting, ending,
+/// reading its exit code, and putting it in a Job Object (which takes
+/// `PROCESS_SET_QUOTA` with `PROCESS_TERMINATE`). Null on failure.
+fn open_child(pid: u32) -> RawHandle {
+    // SAFETY: OpenProcess takes no pointers; a failure returns null.
+    unsafe {
+        OpenProcess(
+            PROCESS_SYNCHRONIZE
+                | PROCESS_TERMINATE
+                | PROCESS_SET_QUOTA
+                | PROCESS_QUERY_LIMITED_INFORMATION,
+            0,
+            pid,
+        )
+    }
 }
 
 impl Child {
@@ -65,19 +82,7 @@ impl Child {
         }
         let started = command.spawn()?;
         let pid = started.id();
-        // SAFETY: OpenProcess takes no pointers; a failure returns null.
-        // PROCESS_SET_QUOTA with PROCESS_TERMINATE is what putting it in a
-        // Job Object takes.
-        let raw = unsafe {
-            OpenProcess(
-                PROCESS_SYNCHRONIZE
-                    | PROCESS_TERMINATE
-                    | PROCESS_SET_QUOTA
-                    | PROCESS_QUERY_LIMITED_INFORMATION,
-                0,
-                pid,
-            )
-        };
+        let raw = open_child(pid);
         // The standard library's handle on the process closes with
         // `started`; ours is a second one.
         let process = if raw.is_null() {
@@ -102,14 +107,7 @@ impl Child {
     /// Takes charge of process `pid` (only the fork server's children are
     /// adopted, and Windows has no fork server: kept for the contract).
     pub(crate) fn adopt(pid: u32) -> Child {
-        // SAFETY: OpenProcess takes no pointers; a failure returns null.
-        let raw = unsafe {
-            OpenProcess(
-                PROCESS_SYNCHRONIZE | PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION,
-                0,
-                pid,
-            )
-        };
+        let raw = open_child(pid);
         assert!(
             !raw.is_null(),
             "adopting process {pid}, which cannot be opened"

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{
-    DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, DuplicateHandle, HANDLE, WAIT_OBJECT_0,
+    DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, DuplicateHandle, HANDLE,
 };
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, OpenProcess, PROCESS_DUP_HANDLE, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -209,33 +209,19 @@ pub(crate) fn signal_group(pgid: u32, _signo: i32) -> io::Result<()> {
 pub(crate) fn group_exists(pgid: u32) -> bool {
     match job::group_size(pgid) {
         Some(n) => n > 0,
-        None => process_alive(pgid),
+        None => {
+            let leader = proc::ProcId {
+                pid: pgid,
+                start: 0,
+            };
+            proc::liveness(leader, false) == proc::Liveness::Alive
+        }
     }
 }
 
 /// Nothing to reap on Windows; the job of an empty group is let go.
 pub(crate) fn reap_group(pgid: u32) {
     job::forget_empty_group(pgid);
-}
-
-/// Whether process `pid` exists and has not exited.
-fn process_alive(pid: u32) -> bool {
-    process_state(pid) == Some(true)
-}
-
-/// Whether process `pid` runs (`Some(true)`), is gone (`Some(false)`), or
-/// cannot be looked at (`None`: it is another user's).
-fn process_state(pid: u32) -> Option<bool> {
-    // SAFETY: OpenProcess takes no pointers; a failure returns null.
-    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
-    if process.is_null() {
-        let denied = io::Error::last_os_error().kind() == io::ErrorKind::PermissionDenied;
-        return if denied { None } else { Some(false) };
-    }
-    // SAFETY: a handle we just opened and own alone.
-    let process = unsafe { StdHandle::from_raw_handle(process) };
-    // SAFETY: the handle is open for the call; a zero timeout only looks.
-    Some(unsafe { WaitForSingleObject(process.as_raw_handle(), 0) != WAIT_OBJECT_0 })
 }
 
 /// A connected pair of named-pipe ends (see [`stream::pipe_pair`]).
@@ -553,7 +539,7 @@ pub(crate) mod proc {
         WaitForSingleObject,
     };
 
-    pub(crate) use super::super::proc_id::ProcId;
+    pub(crate) use super::super::proc_id::{Liveness, ProcId};
 
     /// The low 32 bits of `process`'s creation time, if it can be read.
     fn start_tag(process: &StdHandle) -> Option<u32> {
@@ -610,18 +596,6 @@ pub(crate) mod proc {
         let me = ProcId { pid, start };
         IDENTITY.store(me.to_bits(), Ordering::Relaxed);
         me
-    }
-
-    /// What can be told about a process recorded in shared memory.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum Liveness {
-        /// It runs, and where its start time could be compared, it matches.
-        Alive,
-        /// It has exited, no process has its pid, or its pid now names a
-        /// process that started at another time.
-        Dead,
-        /// It may not be looked at (another user's): never taken for dead.
-        Unknown,
     }
 
     /// Whether the process recorded as `who` still lives. `check_start`

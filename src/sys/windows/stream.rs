@@ -88,13 +88,24 @@ fn read_user_sid() -> io::Result<String> {
     if unsafe { ConvertSidToStringSidW(user.User.Sid, &mut text) } == 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `text` is a NUL-terminated UTF-16 string from the system.
+    // SAFETY: the call made `text`, a string the system allocated.
+    Ok(unsafe { take_system_string(text) })
+}
+
+/// The text of `text`, a NUL-terminated UTF-16 string the system
+/// allocated with `LocalAlloc`, which is freed here.
+///
+/// # Safety
+///
+/// `text` is such a string, and nothing uses it afterwards.
+unsafe fn take_system_string(text: *mut u16) -> String {
+    // SAFETY: the string is NUL-terminated (the caller's promise).
     let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
     // SAFETY: `len` units are initialised, as just counted.
-    let sid = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
-    // SAFETY: the system allocated `text` with LocalAlloc; freed once.
+    let out = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+    // SAFETY: allocated by the system with LocalAlloc; freed once, here.
     unsafe { LocalFree(text as HLOCAL) };
-    Ok(sid)
+    out
 }
 
 /// The current user's SID, for the tests.
@@ -144,13 +155,8 @@ pub(crate) fn tests_dacl_of(handle: &OwnedHandle) -> io::Result<String> {
     if ok == 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `text` is a NUL-terminated UTF-16 string from the system.
-    let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
-    // SAFETY: `len` units are initialised, as just counted.
-    let sddl = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
-    // SAFETY: allocated by the system with LocalAlloc; freed once.
-    unsafe { LocalFree(text as HLOCAL) };
-    Ok(sddl)
+    // SAFETY: the call made `text`, a string the system allocated.
+    Ok(unsafe { take_system_string(text) })
 }
 
 /// A security descriptor that grants everything to the current user and
