@@ -21,14 +21,29 @@ fn sleep_ms(ms: u64) {
 }
 
 /// The middle process: starts a grandchild that sleeps for a minute,
-/// records its pid in `path`, then sleeps itself.
+/// records its pid in `path`, then sleeps itself. Its fork server has
+/// forked the spare for its next start by then (an attached start asks for
+/// one), so that its machinery is all there to be seen.
 async fn middle((path, detached): (PathBuf, bool)) {
     let g = mp::Process::builder()
         .detached(detached)
         .build(sleep_ms, 60_000);
     g.start().await.expect("grandchild starts");
+    let gpid = g.pid().expect("pid");
+    if !detached {
+        let me = std::process::id();
+        for _ in 0..1_000 {
+            let spare = common::children_of(me)
+                .into_iter()
+                .any(|p| p != gpid && common::is_fork_server_or_spare(p));
+            if spare {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, g.pid().expect("pid").to_string()).expect("write pid");
+    std::fs::write(&tmp, gpid.to_string()).expect("write pid");
     std::fs::rename(&tmp, &path).expect("publish pid");
     tokio::time::sleep(Duration::from_secs(60)).await;
 }
@@ -51,6 +66,30 @@ async fn grandchild_pid(path: &PathBuf) -> Result<u32, Failed> {
     }
 }
 
+/// The children of the middle process `mpid` other than its grandchild
+/// `gpid`: its fork server and spare, which its death leaves to this
+/// process, the subreaper.
+fn machinery_of(mpid: u32, gpid: u32) -> Vec<u32> {
+    common::children_of(mpid)
+        .into_iter()
+        .filter(|p| *p != gpid)
+        .collect()
+}
+
+/// Waits until each of `pids`, the machinery of a middle process that was
+/// killed, has ended (the kernel's parent-death signal ends it), and reaps
+/// it: adopted by this process, a zombie left behind would stay for the
+/// rest of the run and fail the next case that counts zombies.
+async fn reap_machinery(pids: &[u32]) -> Result<(), Failed> {
+    for &pid in pids {
+        common::eventually("the killed middle process's machinery is gone", || {
+            !matches!(common::reap_if_ended(pid), common::Reap::NotYet)
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Reaps `pid` (our child now, as subreaper) if it has exited.
 fn reaped(pid: u32) -> bool {
     !matches!(
@@ -65,6 +104,7 @@ async fn killed_parent_takes_its_children_along() -> Result<(), Failed> {
     m.start().await?;
     let gpid = grandchild_pid(&path).await?;
     ensure(common::is_running(gpid), "the grandchild runs")?;
+    let machinery = machinery_of(m.pid().ok_or("no pid")?, gpid);
     m.kill()?;
     let killed_at = Instant::now();
     m.sentinel().await;
@@ -79,7 +119,7 @@ async fn killed_parent_takes_its_children_along() -> Result<(), Failed> {
         "grandchild gone {:?} after its parent's SIGKILL",
         killed_at.elapsed()
     );
-    Ok(())
+    reap_machinery(&machinery).await
 }
 
 async fn detached_children_outlive_their_parent() -> Result<(), Failed> {
@@ -87,8 +127,10 @@ async fn detached_children_outlive_their_parent() -> Result<(), Failed> {
     let m = mp::Process::new(middle, (path.clone(), true));
     m.start().await?;
     let gpid = grandchild_pid(&path).await?;
+    let machinery = machinery_of(m.pid().ok_or("no pid")?, gpid);
     m.kill()?;
     m.sentinel().await;
+    reap_machinery(&machinery).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let alive = common::is_running(gpid);
     let _ = nix::sys::signal::kill(
