@@ -202,12 +202,19 @@ impl<R: DeserializeOwned> Process<R> {
         identity.env = env;
         identity.current_dir = current_dir;
         // A captured child's stdout and stderr are pipes whose writing ends
-        // are the first two descriptors that come with its orders.
+        // are the first two descriptors that come with its orders, or,
+        // where every child is created for its start, its standard output
+        // and error from its creation.
         let mut fds = spec.fds;
+        let mut stdio = None;
         let output = if identity.capture_output {
             let (out_r, out_w) = sys::pipe().map_err(ProcessError::Spawn)?;
             let (err_r, err_w) = sys::pipe().map_err(ProcessError::Spawn)?;
-            fds.splice(0..0, [out_w, err_w]);
+            if sys::OUTPUT_AT_SPAWN {
+                stdio = Some((out_w, err_w));
+            } else {
+                fds.splice(0..0, [out_w, err_w]);
+            }
             Some((out_r, err_r))
         } else {
             None
@@ -248,7 +255,7 @@ impl<R: DeserializeOwned> Process<R> {
             ours,
             nonce,
             forked,
-        } = spawn::start(method, self.group(), &exec_env)
+        } = spawn::start(method, self.group(), &exec_env, stdio)
             .await
             .map_err(ProcessError::Spawn)?;
         let hello = Hello {

@@ -170,7 +170,7 @@ pub(crate) fn child_main(
                 Err(e) => return refuse(&ch, e.to_string()),
             };
             drop(reader);
-            if identity.capture_output {
+            if identity.capture_output && !sys::OUTPUT_AT_SPAWN {
                 // The first two are the pipes of our stdout and stderr: in
                 // place before anything else is written.
                 if fds.len() < 2 {

@@ -45,13 +45,14 @@ pub(crate) fn parse_marker(value: &str) -> Option<(&str, u64)> {
 
 /// Re-executes the program with `control` as its control socket and `env`
 /// as its environment (see [`child_env`], which must have been given the
-/// same `control`).
+/// same `control`); `stdio`, if given, as its standard output and error.
 pub(crate) fn reexec(
     control: OwnedHandle,
     env: &[CString],
     group: Group,
+    stdio: Option<(OwnedHandle, OwnedHandle)>,
 ) -> io::Result<sys::Child> {
-    sys::Child::spawn(control, &sys::own_argv(), env, sys_group(group))
+    sys::Child::spawn(control, &sys::own_argv(), env, sys_group(group), stdio)
 }
 
 #[cfg(test)]

@@ -33,10 +33,16 @@ pub(crate) struct Started {
 ///
 /// A re-executed child starts with `env` applied to this process's
 /// environment; a forked one applies it itself (see `bootstrap`).
+///
+/// `stdio`, the writing ends of a captured child's output pipes, is given
+/// only where the child takes them when it is created
+/// ([`sys::OUTPUT_AT_SPAWN`], Windows, where every child is re-executed);
+/// elsewhere they come with its orders.
 pub(crate) async fn start(
     method: StartMethod,
     group: Group,
     env: &[(OsString, Option<OsString>)],
+    stdio: Option<(OwnedHandle, OwnedHandle)>,
 ) -> io::Result<Started> {
     // What `init()` noticed before a subscriber was installed.
     super::logs::say_unheard();
@@ -52,6 +58,10 @@ pub(crate) async fn start(
         // said once, at the first start, where a subscriber hears it.
         client::say_if_declined();
     }
+    debug_assert!(
+        stdio.is_none() || sys::OUTPUT_AT_SPAWN,
+        "output pipes at creation only where every child is created for its start"
+    );
     if method == StartMethod::ForkServer
         && group != Group::Session
         && let WarmStart::Child(warm) = client::fork_warm().await
@@ -78,7 +88,7 @@ pub(crate) async fn start(
     };
     let reexec = |theirs: OwnedHandle| {
         let child_env = exec::child_env(nonce, &theirs, env);
-        exec::reexec(theirs, &child_env, group)
+        exec::reexec(theirs, &child_env, group, stdio)
     };
     match forked {
         Forked::Child(child) => Ok(Started {

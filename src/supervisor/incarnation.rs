@@ -468,6 +468,11 @@ fn start_program(
     let pid = child
         .id()
         .ok_or_else(|| ExitKind::SpawnFailed("the program ended at once".to_owned()))?;
+    if let Err(e) = sys::place_program(pid) {
+        // Not in a group we can end as one: ended alone, and not started.
+        let _ = child.start_kill();
+        return Err(spawn_failed(e));
+    }
     if let Some(gate) = capture {
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let (path, events) = (cx.path.to_owned(), cx.events.clone());

@@ -15,11 +15,11 @@
 //! | shared mappings | an anonymous shared file, or a named POSIX one (Python's `shared_memory`), mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
 //! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
-//! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`signal_group`], [`group_exists`], [`reap_group`] |
+//! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`place_program`], [`signal_group`], [`group_exists`], [`reap_group`] |
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
 //! | readiness of programs | an `sd_notify` socket, and the group of a sender | [`notify`] |
-//! | captured output | a pipe, its reading end on a runtime, a child's stdout and stderr put on pipes | [`pipe`], [`pipe_reader`], [`redirect_stdout_stderr`] |
+//! | captured output | a pipe, its reading end on a runtime, a child's stdout and stderr put on pipes: by the child, or at its creation where [`OUTPUT_AT_SPAWN`] says | [`pipe`], [`pipe_reader`], [`redirect_stdout_stderr`], [`OUTPUT_AT_SPAWN`], [`Child::spawn`] |
 //! | descriptors in messages | `SCM_RIGHTS` (for the transport floor) | [`scm`] |
 
 #[cfg(unix)]
@@ -72,8 +72,8 @@ pub(crate) use imp::futex;
 // Fork.
 pub(crate) use imp::{
     Group, die_with_parent, enter_group, fork_sibling, group_exists, lead_own_group,
-    libc_allows_raw_fork, name_of, own_group_tied_to_us, parent_pid, process_name, reap_group,
-    set_process_name, signal_group, thread_count,
+    libc_allows_raw_fork, name_of, own_group_tied_to_us, parent_pid, place_program, process_name,
+    reap_group, set_process_name, signal_group, thread_count,
 };
 
 // The service manager's end of sd_notify, for supervised programs.
@@ -92,7 +92,7 @@ pub(crate) use imp::host_name;
 pub(crate) use imp::proc;
 
 // Captured output.
-pub(crate) use imp::{pipe, pipe_reader, redirect_stdout_stderr};
+pub(crate) use imp::{OUTPUT_AT_SPAWN, pipe, pipe_reader, redirect_stdout_stderr};
 
 // Descriptors in messages.
 pub(crate) use imp::scm;

@@ -323,8 +323,6 @@ fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
     assert!(!group_exists(pid));
 }
 
-// Unix only for now: see docs/windows.md.
-#[cfg(unix)]
 #[test]
 fn a_pipe_carries_bytes_to_its_async_reader_until_every_writer_is_gone() {
     use tokio::io::AsyncReadExt;
@@ -336,7 +334,10 @@ fn a_pipe_carries_bytes_to_its_async_reader_until_every_writer_is_gone() {
         let (read, write) = pipe().unwrap();
         let mut reader = pipe_reader(read).unwrap();
         let copy = write.try_clone().unwrap();
+        #[cfg(unix)]
         let file = std::fs::File::from(write);
+        #[cfg(windows)]
+        let file = std::fs::File::from(write.into_std());
         std::io::Write::write_all(&mut &file, b"line\n").unwrap();
         drop(file);
         let mut buf = [0u8; 16];
@@ -347,5 +348,60 @@ fn a_pipe_carries_bytes_to_its_async_reader_until_every_writer_is_gone() {
         assert!(early.is_err(), "no end while a writer is open");
         drop(copy);
         assert_eq!(reader.read(&mut buf).await.unwrap(), 0);
+    });
+}
+
+/// Run by [`a_child_created_with_pipes_writes_its_output_into_them`] in a
+/// child: a line on each stream.
+#[test]
+#[ignore = "a helper the contract tests run in a child"]
+fn printer() {
+    println!("to stdout");
+    eprintln!("to stderr");
+}
+
+#[test]
+fn a_child_created_with_pipes_writes_its_output_into_them() {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (out_r, out_w) = pipe().unwrap();
+        let (err_r, err_w) = pipe().unwrap();
+        let (_ours, theirs) = socketpair().unwrap();
+        let argv: Vec<std::ffi::CString> = [
+            "test",
+            "--exact",
+            "sys::tests::printer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]
+        .iter()
+        .map(|a| std::ffi::CString::new(*a).unwrap())
+        .collect();
+        let env: Vec<std::ffi::CString> = std::env::vars()
+            .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok())
+            .collect();
+        let child =
+            Child::spawn(theirs, &argv, &env, Group::Inherit, Some((out_w, err_w))).expect("spawn");
+        // Both ends are the child's alone now: each stream ends when it exits.
+        let read_all = |r| async move {
+            let mut reader = pipe_reader(r).unwrap();
+            let mut text = String::new();
+            reader.read_to_string(&mut text).await.unwrap();
+            text
+        };
+        let both = async { tokio::join!(read_all(out_r), read_all(err_r)) };
+        let (out, err) = tokio::time::timeout(Duration::from_secs(60), both)
+            .await
+            .expect("both streams end within a minute");
+        assert!(child.wait_exited_timeout_blocking(Duration::from_secs(20)));
+        assert_eq!(child.try_reap().unwrap().map(python_exitcode), Some(0));
+        assert!(out.contains("to stdout"), "stdout: {out:?}");
+        assert!(!out.contains("to stderr"), "stdout: {out:?}");
+        assert!(err.contains("to stderr"), "stderr: {err:?}");
     });
 }

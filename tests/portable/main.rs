@@ -188,6 +188,21 @@ fn serve_forever(_: ()) {
     }
 }
 
+/// A supervised child that writes `n` numbered lines to each of its
+/// standard streams, says it is ready, and runs until stopped.
+fn talk(n: u32) {
+    use std::io::Write;
+    for i in 0..n {
+        println!("out {i}");
+        eprintln!("err {i}");
+    }
+    let _ = std::io::stdout().flush();
+    mp::notify_ready();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// A supervised child that starts a heartbeat grandchild, says it is
 /// ready, and runs until stopped.
 async fn serve_with_a_grandchild(file: PathBuf) {
@@ -335,18 +350,33 @@ async fn wait_returns_the_sentinels_that_are_ready() -> Result<(), Failed> {
     ensure(slow.join().await.is_err(), "no value from the killed one")
 }
 
+/// Waits for `go` (30 s at most), then returns `tag`.
+fn tag_when_told((go, tag): (mp::Event, u64)) -> u64 {
+    go.blocking_wait_timeout(Duration::from_secs(30));
+    tag
+}
+
+/// Children end in an order the test sets (each when its event is set),
+/// not the order they started in; `join_next` gives each as it ends.
 async fn a_process_set_joins_in_the_order_children_end() -> Result<(), Failed> {
     let mut set = mp::ProcessSet::new();
-    for ms in [600u64, 50, 300] {
-        set.spawn(mp::Process::new(sleep_ms, ms)).await?;
+    let mut goes = Vec::new();
+    for tag in 0..3u64 {
+        let go = mp::Event::new()?;
+        set.spawn(mp::Process::new(tag_when_told, (go.clone(), tag)))
+            .await?;
+        goes.push(go);
     }
     ensure(set.len() == 3, "three in the set")?;
     let mut order = Vec::new();
-    while let Some((_name, r)) = set.join_next().await {
+    for tag in [1usize, 2, 0] {
+        goes[tag].set();
+        let (_name, r) = set.join_next().await.ok_or("the set ran dry")?;
         order.push(r?);
     }
+    ensure(set.join_next().await.is_none(), "nothing left")?;
     ensure(
-        order == [50, 300, 600],
+        order == [1, 2, 0],
         format!("joined in order of ending: {order:?}"),
     )
 }
@@ -599,6 +629,43 @@ async fn a_supervisor_restarts_a_crashing_child() -> Result<(), Failed> {
     Ok(())
 }
 
+async fn a_supervised_childs_output_is_captured_line_by_line() -> Result<(), Failed> {
+    use mp::supervisor::{ChildSpec, Event, OutputStream, Supervisor};
+    let sup = Supervisor::builder()
+        .name("portable")
+        .child(ChildSpec::new("talker", talk, 3).capture_output(true))
+        .build();
+    let mut events = sup.events();
+    sup.start().await?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while out.len() < 3 || err.len() < 3 {
+        let (stream, line) = next_event(&mut events, |e| match e {
+            Event::Log {
+                child,
+                stream,
+                line,
+                ..
+            } if child == "portable/talker" => Some((*stream, line.clone())),
+            _ => None,
+        })
+        .await?;
+        match stream {
+            OutputStream::Stdout => out.push(line),
+            OutputStream::Stderr => err.push(line),
+            _ => return Err(format!("a line from an unknown stream: {line}").into()),
+        }
+    }
+    sup.shutdown().await?;
+    ensure(
+        out == ["out 0", "out 1", "out 2"],
+        format!("stdout, in order: {out:?}"),
+    )?;
+    ensure(
+        err == ["err 0", "err 1", "err 2"],
+        format!("stderr, in order: {err:?}"),
+    )
+}
+
 async fn a_supervisor_stops_its_children_in_reverse_order() -> Result<(), Failed> {
     use mp::supervisor::{ChildSpec, Event, Supervisor};
     let mut builder = Supervisor::builder().name("portable");
@@ -767,7 +834,103 @@ async fn the_fork_server_is_refused_with_a_clear_error() -> Result<(), Failed> {
     }
 }
 
+/// Set in the environment of this binary run as a supervised program.
+const PROGRAM_ENV: &str = "MP_PORTABLE_PROGRAM";
+
+/// Sends one notification to the supervisor that started this program:
+/// a datagram to the `NOTIFY_SOCKET` path (`sd_notify`) on Unix, one
+/// write to the named pipe it names on Windows.
+fn notify(message: &str) -> std::io::Result<()> {
+    let to = std::env::var_os("NOTIFY_SOCKET")
+        .ok_or_else(|| std::io::Error::other("no NOTIFY_SOCKET"))?;
+    #[cfg(unix)]
+    {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.send_to(message.as_bytes(), to)?;
+    }
+    #[cfg(windows)]
+    {
+        use std::io::Write;
+        let mut pipe = std::fs::OpenOptions::new().write(true).open(to)?;
+        pipe.write_all(message.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// This binary as a supervised program: says a line, says it is ready,
+/// then beats its watchdog every 100 ms until it is ended.
+fn program() -> std::io::Result<()> {
+    println!("program up");
+    notify("READY=1")?;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        notify("WATCHDOG=1")?;
+    }
+}
+
+async fn a_supervised_program_says_it_is_ready_and_beats_its_watchdog() -> Result<(), Failed> {
+    use mp::supervisor::{ChildSpec, Event, Supervisor};
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.env(PROGRAM_ENV, "1");
+    let sup = Supervisor::builder()
+        .name("portable")
+        .child(
+            ChildSpec::command("program", command)
+                .ready_timeout(Duration::from_secs(20))
+                .watchdog(Duration::from_secs(2))
+                .capture_output(true),
+        )
+        .build();
+    let mut events = sup.events();
+    // Ready before `start` returns: it waits for readiness.
+    sup.start().await?;
+    // Its start, its readiness and its line, in whatever order they come.
+    let (mut started, mut ready, mut line) = (None, None, None);
+    while started.is_none() || ready.is_none() || line.is_none() {
+        next_event(&mut events, |e| {
+            match e {
+                Event::Started { pid, .. } => started = Some(*pid),
+                Event::Ready { pid, .. } => ready = Some(*pid),
+                Event::Log { line: l, .. } => line = Some(l.clone()),
+                _ => return None,
+            }
+            Some(())
+        })
+        .await?;
+    }
+    let (started, ready, line) = (
+        started.unwrap_or(0),
+        ready.unwrap_or(1),
+        line.unwrap_or_default(),
+    );
+    ensure(
+        ready == started,
+        format!("ready from {ready}, started {started}"),
+    )?;
+    ensure(line == "program up", format!("its line: {line:?}"))?;
+    // Four watchdog periods: beats keep it running, in its first start.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let children = sup.which_children();
+    ensure(
+        children.len() == 1 && children[0].pid == Some(started) && children[0].restarts == 0,
+        format!("still its first start: {children:?}"),
+    )?;
+    sup.shutdown().await?;
+    // Ended by the shutdown, and seen to end.
+    next_event(&mut events, |e| match e {
+        Event::Exited { pid, .. } if *pid == started => Some(()),
+        _ => None,
+    })
+    .await
+}
+
 fn main() {
+    if std::env::var_os(PROGRAM_ENV).is_some() {
+        if let Err(e) = program() {
+            eprintln!("program: {e}");
+        }
+        std::process::exit(3);
+    }
     let guard = mp::init();
     // The crate's own events, when a run is to be read closely.
     if std::env::var_os("MP_PORTABLE_LOG").is_some() {
@@ -856,6 +1019,14 @@ fn main() {
         case(
             "a_supervisor_restarts_a_crashing_child",
             a_supervisor_restarts_a_crashing_child,
+        ),
+        case(
+            "a_supervised_childs_output_is_captured_line_by_line",
+            a_supervised_childs_output_is_captured_line_by_line,
+        ),
+        case(
+            "a_supervised_program_says_it_is_ready_and_beats_its_watchdog",
+            a_supervised_program_says_it_is_ready_and_beats_its_watchdog,
         ),
         case(
             "a_supervisor_stops_its_children_in_reverse_order",

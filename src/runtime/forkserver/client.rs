@@ -357,7 +357,7 @@ async fn start_server() -> Result<Server, StartError> {
                 .map_err(|e| io(std::io::Error::other(e)))?,
         );
     }
-    let child = on_keeper(move || exec::reexec(theirs, &env, Group::Inherit))
+    let child = on_keeper(move || exec::reexec(theirs, &env, Group::Inherit, None))
         .map_err(io)?
         .await
         .map_err(|_| io(std::io::Error::other("the keeper thread is gone")))?

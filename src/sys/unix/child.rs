@@ -32,26 +32,42 @@ impl Child {
     /// Starts `/proc/self/exe` with our own `argv`, the environment `env`,
     /// and `control` installed as descriptor [`CHILD_FD`] (the only
     /// descriptor it inherits besides stdio), in the process group (or
-    /// session) `group` says. Our copy of `control` closes once the child
-    /// has its own.
+    /// session) `group` says. `stdio`, if given, becomes its descriptors 1
+    /// and 2 (its standard output and error). Our copies close once the
+    /// child has its own.
     pub(crate) fn spawn(
         control: super::OwnedHandle,
         argv: &[CString],
         env: &[CString],
         group: super::Group,
+        stdio: Option<(super::OwnedHandle, super::OwnedHandle)>,
     ) -> io::Result<Child> {
-        // dup2 onto the same number would keep close-on-exec set, so move
-        // the descriptor out of the way first if it happens to be CHILD_FD.
-        let moved: Option<OwnedFd>;
-        let source: RawFd = if control.as_raw_fd() == CHILD_FD {
-            moved = Some(control.try_clone()?);
-            moved.as_ref().map(|f| f.as_raw_fd()).unwrap_or(CHILD_FD)
-        } else {
-            control.as_raw_fd()
-        };
-
         let mut actions = PosixSpawnFileActions::init()?;
-        actions.add_dup2(source, CHILD_FD)?;
+        // dup2 onto the same number would keep close-on-exec set, so a
+        // descriptor that already has a target's number (0 to CHILD_FD),
+        // which a dup2 might also overwrite before it is read, is copied
+        // above them first.
+        let mut moved: Vec<OwnedFd> = Vec::new();
+        let mut place = |fd: &OwnedFd, target: RawFd| -> io::Result<()> {
+            let source = if fd.as_raw_fd() <= CHILD_FD {
+                let raw =
+                    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CHILD_FD + 1))?;
+                // SAFETY: `fcntl` just made `raw`, a new descriptor that
+                // nothing else owns.
+                let copy = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                moved.push(copy);
+                raw
+            } else {
+                fd.as_raw_fd()
+            };
+            actions.add_dup2(source, target)?;
+            Ok(())
+        };
+        place(&control, CHILD_FD)?;
+        if let Some((out, err)) = &stdio {
+            place(out, libc::STDOUT_FILENO)?;
+            place(err, libc::STDERR_FILENO)?;
+        }
 
         let mut attr = PosixSpawnAttr::init()?;
         // Start with no blocked signals and SIGPIPE at its default, as the

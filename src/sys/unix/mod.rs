@@ -31,7 +31,7 @@ pub(crate) use fork::{
     die_with_parent, fork_sibling, libc_allows_raw_fork, name_of, parent_pid, process_name,
     set_process_name, thread_count,
 };
-pub(crate) use pipe::{pipe, pipe_reader, redirect_stdout_stderr};
+pub(crate) use pipe::{OUTPUT_AT_SPAWN, pipe, pipe_reader, redirect_stdout_stderr};
 
 /// An open descriptor this process owns: a socket, a shared-memory file.
 pub(crate) type OwnedHandle = OwnedFd;
@@ -164,6 +164,12 @@ pub(crate) fn own_group_tied_to_us(command: &mut tokio::process::Command) {
             });
         }
     }
+}
+
+/// Places program `pid`, started with [`own_group_tied_to_us`]: nothing
+/// left to do on Unix, where its group and its tie were set before it ran.
+pub(crate) fn place_program(_pid: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Sends signal number `signo` to every process of group `pgid`; a group

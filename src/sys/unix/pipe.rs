@@ -11,6 +11,11 @@ use nix::fcntl::OFlag;
 /// ends when every copy of the writing end is closed.
 pub(crate) type PipeReader = tokio::net::unix::pipe::Receiver;
 
+/// A captured child's output pipes come with its orders (a forked child
+/// exists before its start), and the child puts them in place itself
+/// ([`redirect_stdout_stderr`]).
+pub(crate) const OUTPUT_AT_SPAWN: bool = false;
+
 /// A pipe, `(read, write)`, both ends close-on-exec (so that no program
 /// this process starts inherits them by accident).
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle, RawHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle};
 use std::os::windows::process::{CommandExt, ExitStatusExt};
 use std::process::ExitStatus;
 use std::sync::{Mutex, PoisonError};
@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
 use windows_sys::Win32::System::Threading::{
-    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
-    PROCESS_SET_QUOTA, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess,
-    WaitForSingleObject,
+    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, TerminateProcess, WaitForSingleObject,
 };
 
 use super::pipe_io::EventSignal;
-use super::{Group, OwnedHandle, Signal, TERMINATE_CODE};
+use super::{Group, OwnedHandle, Signal, TERMINATE_CODE, open_child};
 
 /// A child process we started.
 ///
@@ -33,34 +31,19 @@ pub(crate) struct Child {
     control: Mutex<Option<OwnedHandle>>,
 }
 
-/// Opens child `pid` with what a `Child` does with it: waiting, ending,
-/// reading its exit code, and putting it in a Job Object (which takes
-/// `PROCESS_SET_QUOTA` with `PROCESS_TERMINATE`). Null on failure.
-fn open_child(pid: u32) -> RawHandle {
-    // SAFETY: OpenProcess takes no pointers; a failure returns null.
-    unsafe {
-        OpenProcess(
-            PROCESS_SYNCHRONIZE
-                | PROCESS_TERMINATE
-                | PROCESS_SET_QUOTA
-                | PROCESS_QUERY_LIMITED_INFORMATION,
-            0,
-            pid,
-        )
-    }
-}
-
 impl Child {
     /// Starts our own executable with `argv` and the environment `env`
     /// (entries `KEY=VALUE`), in the console group `group` says, and puts
     /// it in our Job Object. `control` is the child's end of its control
     /// channel, named in `env` by its value here; it is kept until the
-    /// child has exited.
+    /// child has exited. `stdio`, if given, becomes the child's standard
+    /// output and error.
     pub(crate) fn spawn(
         control: OwnedHandle,
         argv: &[CString],
         env: &[CString],
         group: Group,
+        stdio: Option<(OwnedHandle, OwnedHandle)>,
     ) -> io::Result<Child> {
         let exe = std::env::current_exe()?;
         let mut command = std::process::Command::new(exe);
@@ -79,6 +62,10 @@ impl Child {
         }
         if group != Group::Inherit {
             command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+        }
+        if let Some((out, err)) = stdio {
+            // The standard library hands the child inheritable copies.
+            command.stdout(out.into_std()).stderr(err.into_std());
         }
         let started = command.spawn()?;
         let pid = started.id();

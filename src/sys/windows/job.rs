@@ -9,7 +9,7 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle as StdHandle,
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_BREAKAWAY_OK,
+    AssignProcessToJobObject, CreateJobObjectW, IsProcessInJob, JOB_OBJECT_LIMIT_BREAKAWAY_OK,
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectBasicAccountingInformation,
     JobObjectExtendedLimitInformation, QueryInformationJobObject, SetInformationJobObject,
@@ -146,6 +146,25 @@ pub(crate) fn group_size(pid: u32) -> Option<u32> {
     (ok != 0).then_some(info.ActiveProcesses)
 }
 
+/// The leader of the group whose job process `pid` is in, if any.
+pub(crate) fn leader_of(pid: u32) -> Option<u32> {
+    let raw = super::open_child(pid);
+    if raw.is_null() {
+        return None;
+    }
+    // SAFETY: a handle we just opened (checked non-null) and own alone.
+    let process = unsafe { StdHandle::from_raw_handle(raw) };
+    let groups = GROUPS.lock().unwrap_or_else(PoisonError::into_inner);
+    groups.iter().find_map(|(leader, job)| {
+        let mut inside = 0;
+        // SAFETY: both handles are open for the call; `inside` is a valid
+        // place for the answer.
+        let ok =
+            unsafe { IsProcessInJob(process.as_raw_handle(), job.as_raw_handle(), &mut inside) };
+        (ok != 0 && inside != 0).then_some(*leader)
+    })
+}
+
 /// Forgets the job of the group child `pid` led, once it is empty.
 pub(crate) fn forget_empty_group(pid: u32) {
     if group_size(pid) == Some(0) {
@@ -187,7 +206,7 @@ mod tests {
         let env: Vec<CString> = std::env::vars()
             .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
             .collect();
-        Child::spawn(theirs, &argv, &env, group).expect("spawn")
+        Child::spawn(theirs, &argv, &env, group, None).expect("spawn")
     }
 
     #[test]

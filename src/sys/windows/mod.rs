@@ -29,7 +29,8 @@ use windows_sys::Win32::Foundation::{
 };
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, OpenProcess, PROCESS_DUP_HANDLE, PROCESS_QUERY_LIMITED_INFORMATION,
-    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess, WaitForSingleObject,
+    PROCESS_SET_QUOTA, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, TerminateProcess,
+    WaitForSingleObject,
 };
 
 pub(crate) use child::Child;
@@ -69,6 +70,13 @@ impl OwnedHandle {
         let made = Box::new(PipeIo::new(self.as_raw())?);
         // Another thread may have made one meanwhile: keep the first.
         Ok(self.io.get_or_init(|| made))
+    }
+
+    /// The standard library's handle, for a caller that takes it over
+    /// (the byte stream, if one was made, is dropped first).
+    pub(crate) fn into_std(self) -> StdHandle {
+        drop(self.io);
+        self.raw
     }
 
     /// A second handle on the same object. A pipe end's copy gets a byte
@@ -195,6 +203,38 @@ pub(crate) fn lead_own_group(_pid: u32) {}
 /// this process by the Job Object every child of ours is put in.
 pub(crate) fn own_group_tied_to_us(command: &mut tokio::process::Command) {
     command.creation_flags(windows_sys::Win32::System::Threading::CREATE_NEW_PROCESS_GROUP);
+}
+
+/// Opens child `pid` with what a `Child` does with it: waiting, ending,
+/// reading its exit code, and putting it in a Job Object (which takes
+/// `PROCESS_SET_QUOTA` with `PROCESS_TERMINATE`). Null on failure.
+pub(super) fn open_child(pid: u32) -> RawHandle {
+    // SAFETY: OpenProcess takes no pointers; a failure returns null.
+    unsafe {
+        OpenProcess(
+            PROCESS_SYNCHRONIZE
+                | PROCESS_TERMINATE
+                | PROCESS_SET_QUOTA
+                | PROCESS_QUERY_LIMITED_INFORMATION,
+            0,
+            pid,
+        )
+    }
+}
+
+/// Puts program `pid`, just started with [`own_group_tied_to_us`], in a
+/// Job Object of its own, which stands for its group and ends with this
+/// process. (What it starts before it joins stays outside: the program is
+/// not created suspended.)
+pub(crate) fn place_program(pid: u32) -> io::Result<()> {
+    let raw = open_child(pid);
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a handle we just opened (checked non-null) and own alone.
+    let process = unsafe { StdHandle::from_raw_handle(raw) };
+    job::place(&process, pid, Group::Own);
+    Ok(())
 }
 
 /// Ends every process of the group child `pgid` leads (its Job Object):
@@ -620,63 +660,41 @@ pub(crate) mod proc {
     }
 }
 
-/// The service manager's end of `sd_notify`: Unix only.
-pub(crate) mod notify {
-    use std::io;
-    use std::path::{Path, PathBuf};
+pub(crate) mod notify;
 
-    /// A message from a supervised program.
-    #[derive(Debug)]
-    pub(crate) struct Notification {
-        /// The datagram's text.
-        pub(crate) text: String,
-        /// The sender's pid.
-        pub(crate) pid: Option<u32>,
-    }
+/// The reading end of a pipe of captured output, read through the
+/// runtime's completion port.
+pub(crate) type PipeReader = tokio::net::windows::named_pipe::NamedPipeServer;
 
-    /// Never made on Windows.
-    #[derive(Debug)]
-    pub(crate) struct NotifySocket {
-        path: PathBuf,
-    }
+/// A captured child's output pipes are its standard output and error from
+/// its creation (handed to `CreateProcess`), not handles that come with
+/// its orders: every child is created for its start on Windows.
+pub(crate) const OUTPUT_AT_SPAWN: bool = true;
 
-    impl NotifySocket {
-        /// `sd_notify` has no Windows counterpart.
-        pub(crate) fn bind(_path: &Path) -> io::Result<NotifySocket> {
-            Err(super::unsupported("readiness by sd_notify"))
-        }
-        /// The socket's path.
-        pub(crate) fn path(&self) -> &Path {
-            &self.path
-        }
-        /// Never resolves: no socket exists.
-        pub(crate) async fn recv(&self) -> io::Result<Notification> {
-            std::future::pending().await
-        }
-    }
-
-    /// Windows keeps no process groups.
-    pub(crate) fn process_group_of(_pid: u32) -> Option<u32> {
-        None
-    }
-}
-
-/// Captured output: not ported to Windows yet.
-pub(crate) type PipeReader = tokio::io::Empty;
-
-/// Not ported: a child's output is not captured on Windows yet.
+/// A pipe for a child's captured output, `(read, write)`: the writing end
+/// becomes the child's standard output or error when it is created (see
+/// [`Child::spawn`]).
 pub(crate) fn pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
-    Err(unsupported("capturing a child's output"))
+    stream::output_pipe()
 }
 
-/// Not ported (see [`pipe`]).
-pub(crate) fn pipe_reader(_read: OwnedHandle) -> io::Result<PipeReader> {
-    Err(unsupported("capturing a child's output"))
+/// Makes the reading end `read` of a [`pipe`] a [`PipeReader`] registered
+/// with the current Tokio runtime. Must be called within a runtime.
+pub(crate) fn pipe_reader(read: OwnedHandle) -> io::Result<PipeReader> {
+    use std::os::windows::io::IntoRawHandle;
+    let raw = read.into_std().into_raw_handle();
+    // SAFETY: `raw` is the server end of a pipe made overlapped by
+    // `output_pipe`, owned by us alone (taken out of `read`), with no
+    // `PipeIo` and no completion port yet: the reader takes it over.
+    unsafe { PipeReader::from_raw_handle(raw) }
 }
 
-/// Not ported (see [`pipe`]).
+/// Never called on Windows ([`OUTPUT_AT_SPAWN`]): the child's output is in
+/// place from its creation.
 pub(crate) fn redirect_stdout_stderr(_out: OwnedHandle, _err: OwnedHandle) -> io::Result<()> {
-    Err(unsupported("capturing a child's output"))
+    Err(io::Error::other(
+        "on Windows a child's output pipes are given when it is created",
+    ))
 }
 
 /// Descriptors beside the bytes of a message: none on Windows, where a

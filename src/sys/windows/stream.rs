@@ -29,7 +29,7 @@ use windows_sys::Win32::Security::{
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, OPEN_EXISTING,
-    PIPE_ACCESS_DUPLEX,
+    PIPE_ACCESS_DUPLEX, PIPE_ACCESS_INBOUND,
 };
 use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
 use windows_sys::Win32::System::Pipes::{
@@ -161,10 +161,10 @@ pub(crate) fn tests_dacl_of(handle: &OwnedHandle) -> io::Result<String> {
 
 /// A security descriptor that grants everything to the current user and
 /// nothing to anyone else, freed when dropped.
-struct UserOnly(PSECURITY_DESCRIPTOR);
+pub(super) struct UserOnly(PSECURITY_DESCRIPTOR);
 
 impl UserOnly {
-    fn new() -> io::Result<UserOnly> {
+    pub(super) fn new() -> io::Result<UserOnly> {
         // Protected DACL, one entry: generic all for the user.
         let sddl = format!("D:P(A;;GA;;;{})", user_sid()?);
         let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
@@ -185,7 +185,7 @@ impl UserOnly {
         Ok(UserOnly(sd))
     }
 
-    fn attributes(&self) -> SECURITY_ATTRIBUTES {
+    pub(super) fn attributes(&self) -> SECURITY_ATTRIBUTES {
         SECURITY_ATTRIBUTES {
             nLength: u32::try_from(std::mem::size_of::<SECURITY_ATTRIBUTES>())
                 .expect("a small structure"),
@@ -205,13 +205,49 @@ impl Drop for UserOnly {
 
 /// A connected pair of pipe ends (see the module docs).
 pub(crate) fn pipe_pair() -> io::Result<(OwnedHandle, OwnedHandle)> {
+    connected_instance(
+        PIPE_ACCESS_DUPLEX,
+        GENERIC_READ | GENERIC_WRITE,
+        FILE_FLAG_OVERLAPPED,
+    )
+}
+
+/// A pipe for a child's captured output, `(read, write)`: one instance,
+/// as [`pipe_pair`], whose server end only reads (overlapped, for the
+/// runtime) and whose client end only writes, opened for plain
+/// synchronous writes, since it becomes a child's standard output or
+/// error, which programs write without an `OVERLAPPED`.
+pub(crate) fn output_pipe() -> io::Result<(OwnedHandle, OwnedHandle)> {
+    connected_instance(PIPE_ACCESS_INBOUND, GENERIC_WRITE, 0)
+}
+
+/// A pipe name nobody can guess: `\\.\pipe\tokio-multiprocessing-KIND-PID-`
+/// and 128 random bits (without `KIND-` when `kind` is empty).
+pub(super) fn random_pipe_name(kind: &str) -> io::Result<String> {
     let mut random = [0u8; 16];
     getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
     let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let name = format!(
-        r"\\.\pipe\tokio-multiprocessing-{}-{hex}",
+    let kind = if kind.is_empty() {
+        String::new()
+    } else {
+        format!("{kind}-")
+    };
+    Ok(format!(
+        r"\\.\pipe\tokio-multiprocessing-{kind}{}-{hex}",
         std::process::id()
-    );
+    ))
+}
+
+/// One instance of a pipe with a random name and the user-only
+/// descriptor, its server end made with `server_access` (and overlapped),
+/// its one client opened at once with `client_access` and `client_flags`:
+/// `(server, client)`, connected.
+fn connected_instance(
+    server_access: u32,
+    client_access: u32,
+    client_flags: u32,
+) -> io::Result<(OwnedHandle, OwnedHandle)> {
+    let name = random_pipe_name("")?;
     let wide: Vec<u16> = std::ffi::OsStr::new(&name)
         .encode_wide()
         .chain(Some(0))
@@ -223,7 +259,7 @@ pub(crate) fn pipe_pair() -> io::Result<(OwnedHandle, OwnedHandle)> {
     let server = unsafe {
         CreateNamedPipeW(
             wide.as_ptr(),
-            PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
+            server_access | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
             PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
             1,
             PIPE_BUFFER,
@@ -241,11 +277,11 @@ pub(crate) fn pipe_pair() -> io::Result<(OwnedHandle, OwnedHandle)> {
     let client = unsafe {
         CreateFileW(
             wide.as_ptr(),
-            GENERIC_READ | GENERIC_WRITE,
+            client_access,
             0,
             &attributes,
             OPEN_EXISTING,
-            FILE_FLAG_OVERLAPPED,
+            client_flags,
             std::ptr::null_mut(),
         )
     };
