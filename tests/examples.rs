@@ -624,3 +624,199 @@ fn shared_memory_python_shares_a_block_with_python_by_name() {
         out.stderr
     );
 }
+
+/// `GET path` on `addr` (`host:port`) with a plain HTTP/1.0 request; the
+/// body, once the answer is `200 OK`.
+#[cfg(windows)]
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    body.to_owned()
+}
+
+/// Whether process `pid` has ended (or is gone).
+#[cfg(windows)]
+fn has_ended(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+    };
+    // SAFETY: OpenProcess takes no pointers; a failure returns null.
+    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+    if process.is_null() {
+        return true;
+    }
+    // SAFETY: the handle is open for the call; a zero timeout only looks.
+    let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
+    // SAFETY: the handle was opened above and is closed once.
+    unsafe { CloseHandle(process) };
+    !running
+}
+
+/// `service_tree` on Windows: its children start in order, each ready
+/// before the next (the sidecar through the named pipe its
+/// `NOTIFY_SOCKET` names), the pool answers over HTTP, the sidecar's
+/// output comes as events; and when the service is killed, its
+/// supervised children end with it (their Job Objects close). Windows has
+/// no `SIGTERM` to stop it gracefully from a test (Ctrl-C needs a console
+/// the run under Wine does not have); the graceful stop is checked on
+/// Linux, in `tests/supervisor/service_tree.rs`.
+#[cfg(windows)]
+#[test]
+fn service_tree_serves_and_its_children_end_with_it() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut service = Command::new(example("service_tree"))
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("service_tree starts");
+    let stdout = service.stdout.take().expect("piped");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let addr = loop {
+        let Ok(line) = lines.recv_timeout(LIMIT) else {
+            let _ = service.kill();
+            panic!("no address within {LIMIT:?}; printed {seen:#?}");
+        };
+        if let Some(url) = line.strip_prefix("listening on http://") {
+            break url.to_owned();
+        }
+        seen.push(line);
+    };
+    let order: Vec<String> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("event: service/"))
+        .filter(|l| l.contains(": started") || l.contains(": ready"))
+        .map(str::to_owned)
+        .collect();
+    let expected = [
+        "jobs: started",
+        "ticker: started",
+        "ticker: ready",
+        "sidecar: started",
+        "sidecar: ready",
+    ];
+    let in_order =
+        order.len() == expected.len() && order.iter().zip(expected).all(|(l, e)| l.starts_with(e));
+    let square = http_get(&addr, "/square/7");
+    let children = http_get(&addr, "/children");
+    // The sidecar's first line, captured and printed as an event.
+    let is_captured = |l: &str| l.contains("stdout: sidecar ready, heartbeat every");
+    let mut captured = seen.iter().any(|l| is_captured(l));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !captured {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break;
+        };
+        captured = is_captured(&line);
+        seen.push(line);
+    }
+    let pid_of = |name: &str| -> Option<u32> {
+        let at = children.find(&format!("\"name\":\"{name}\""))?;
+        let rest = &children[children[..at].rfind('{')?..];
+        let pid = rest.split("\"pid\":").nth(1)?;
+        pid.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (ticker, sidecar) = (pid_of("ticker"), pid_of("sidecar"));
+    service.kill().expect("kill the service");
+    service.wait().expect("reaped");
+    assert!(in_order, "start-up events: {order:?}\nprinted: {seen:#?}");
+    assert!(square.contains("\"square\":49"), "/square/7: {square}");
+    assert!(captured, "the sidecar's line as an event: {seen:#?}");
+    let (Some(ticker), Some(sidecar)) = (ticker, sidecar) else {
+        panic!("no pids in /children: {children}");
+    };
+    let t0 = std::time::Instant::now();
+    while !(has_ended(ticker) && has_ended(sidecar)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the ticker ({ticker}) and the sidecar ({sidecar}) outlived the service"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `spawn_tokio_main` starts and joins its children from a
+/// `#[tokio::main]` program and prints the nanoseconds that took (on
+/// Linux the bench driver runs it, in `bench_lists_its_cases_and_runs_one`).
+#[cfg(windows)]
+#[test]
+fn spawn_tokio_main_starts_and_joins_from_tokio_main() {
+    let mut cmd = Command::new(example("spawn_tokio_main"));
+    cmd.arg("5");
+    let out = run_with_watchdog(cmd, LIMIT).expect("spawn_tokio_main");
+    assert!(out.status.success(), "{}", out.stderr);
+    let nanos: u64 = out
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("one number: {:?}", out.stdout));
+    assert!(nanos > 0, "{nanos}");
+}
+
+/// The `server` example on Windows: it answers `/primes/N` from its pool
+/// and a bad `N` with 400. Its graceful stop (Ctrl-C) is checked on
+/// Linux, in `tests/pool/server.rs`, by signals this run under Wine
+/// cannot send.
+#[cfg(windows)]
+#[test]
+fn server_answers_from_its_pool() {
+    use std::io::{BufRead, Read, Write};
+    use std::process::Stdio;
+    let mut server = Command::new(example("server"))
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let mut stdout = std::io::BufReader::new(server.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("its first line");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .to_owned();
+    let primes = http_get(&addr, "/primes/100");
+    let status_of_bad = {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(stream, "GET /primes/ten HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        answer.lines().next().unwrap_or_default().to_owned()
+    };
+    server.kill().expect("kill the server");
+    server.wait().expect("reaped");
+    assert!(primes.contains("\"primes\":25"), "/primes/100: {primes}");
+    assert!(
+        status_of_bad.contains(" 400 "),
+        "/primes/ten: {status_of_bad}"
+    );
+}

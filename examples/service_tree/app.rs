@@ -33,6 +33,11 @@
 //! the program exits with status 0. The ticker and the sidecar each lead a
 //! process group of their own, so a Ctrl-C in the terminal does not reach
 //! them (and pool workers ignore it): the supervisor decides the order.
+//!
+//! On Windows the stop requests are Ctrl-C and the console's close; the
+//! sidecar's `NOTIFY_SOCKET` is a named pipe, written as a file, and a
+//! stop ends a child's Job Object, as Windows has no `SIGTERM` (see
+//! `docs/windows.md`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -45,7 +50,6 @@ use axum::routing::get;
 use futures::StreamExt;
 use mp::supervisor::{ChildSpec, ChildStatus, Shutdown, Strategy, Supervisor};
 use serde_json::{Value, json};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_multiprocessing as mp;
 use tokio_util::sync::CancellationToken;
 
@@ -144,8 +148,7 @@ fn port() -> Result<u16, String> {
 async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
     // Before the address is printed, so that a signal sent as soon as it
     // is read is caught rather than killing the process.
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let requests = Stop::listen()?;
     let stop = CancellationToken::new();
 
     let mut sidecar = tokio::process::Command::new(std::env::current_exe()?);
@@ -187,10 +190,7 @@ async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
 
     let signalled = stop.clone();
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
+        let name = requests.recv().await;
         println!("{name}: stopping");
         signalled.cancel();
     });
@@ -216,38 +216,111 @@ async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The requests to stop the service: `SIGTERM` and `SIGINT` on Unix,
+/// Ctrl-C and the console's close on Windows.
+#[cfg(unix)]
+struct Stop(tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+#[cfg(unix)]
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop(
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    }
+
+    /// The name of the first request that comes.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.0.recv() => "SIGTERM",
+            _ = self.1.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The requests to stop the service: `SIGTERM` and `SIGINT` on Unix,
+/// Ctrl-C and the console's close on Windows.
+#[cfg(windows)]
+struct Stop(
+    tokio::signal::windows::CtrlC,
+    tokio::signal::windows::CtrlClose,
+);
+
+#[cfg(windows)]
+impl Stop {
+    fn listen() -> std::io::Result<Stop> {
+        Ok(Stop(
+            tokio::signal::windows::ctrl_c()?,
+            tokio::signal::windows::ctrl_close()?,
+        ))
+    }
+
+    /// The name of the first request that comes.
+    async fn recv(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.0.recv() => "Ctrl-C",
+            _ = self.1.recv() => "close",
+        }
+    }
+}
+
+/// Sends one notification to the supervisor: a datagram to the
+/// `NOTIFY_SOCKET` path, as `sd_notify` does; on Windows, where
+/// `NOTIFY_SOCKET` names a named pipe, one write to it. Failures are
+/// ignored, as `sd_notify` ignores them.
+fn notify(message: &str) {
+    let Some(to) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    #[cfg(unix)]
+    if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = socket.send_to(message.as_bytes(), to);
+    }
+    #[cfg(windows)]
+    if let Ok(mut pipe) = std::fs::OpenOptions::new().write(true).open(to) {
+        let _ = std::io::Write::write_all(&mut pipe, message.as_bytes());
+    }
+}
+
 /// The program child: this binary run with `--sidecar`. It speaks the
 /// `sd_notify` protocol by hand, as any program written for systemd's
 /// `Type=notify` does: `READY=1` once, then `WATCHDOG=1` at half the
 /// interval the supervisor put in `WATCHDOG_USEC`. It exits on SIGTERM.
 fn sidecar() -> std::process::ExitCode {
-    use std::os::unix::net::UnixDatagram;
-    let notify = |socket: &UnixDatagram, msg: &str| {
-        if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
-            let _ = socket.send_to(msg.as_bytes(), path);
-        }
-    };
     let run = async {
-        let socket = UnixDatagram::unbound()?;
-        let mut sigterm = signal(SignalKind::terminate())?;
+        // Before READY=1, so that a SIGTERM right after it is caught.
+        #[cfg(unix)]
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            #[cfg(unix)]
+            sigterm.recv().await;
+            // Windows has no SIGTERM: the supervisor's stop ends the
+            // sidecar's Job Object instead.
+            #[cfg(windows)]
+            std::future::pending::<()>().await;
+        };
+        tokio::pin!(stop);
         let beat = std::env::var("WATCHDOG_USEC")
             .ok()
             .and_then(|us| us.parse().ok())
             .map_or(Duration::from_secs(1), |us| Duration::from_micros(us) / 2);
-        notify(&socket, "READY=1");
+        notify("READY=1");
         println!("sidecar ready, heartbeat every {beat:?}");
         let mut interval = tokio::time::interval(beat);
         let mut beats = 0u64;
         loop {
             tokio::select! {
                 _ = interval.tick() => {
-                    notify(&socket, "WATCHDOG=1");
+                    notify("WATCHDOG=1");
                     beats += 1;
                     if beats % 20 == 0 {
                         println!("sidecar alive, {beats} heartbeats");
                     }
                 }
-                _ = sigterm.recv() => break,
+                () = &mut stop => break,
             }
         }
         println!("sidecar stopping after {beats} heartbeats");
