@@ -138,6 +138,16 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
     push(&|b| encode_message(&ParentMsg::Serve, b, 1 << 20).unwrap());
     push(&|b| {
         encode_message(
+            &ParentMsg::Handles {
+                values: vec![0x1a4, 0x1b0],
+            },
+            b,
+            1 << 20,
+        )
+        .unwrap()
+    });
+    push(&|b| {
+        encode_message(
             &ParentMsg::Fork {
                 id: 3,
                 nonce: 4,

@@ -33,7 +33,7 @@ pub(crate) const LARGE_ARGS: usize = 256 << 10;
 /// `current_thread` runtime, no runtime, the blocking pool) it is encoded
 /// where it is.
 fn encode_args<A: Serialize>(args: &A) -> (Result<Vec<u8>, String>, Vec<OwnedHandle>) {
-    use crate::transport::handle::collect_handles;
+    use crate::transport::handle::collect_handles_beside as collect_handles;
     let (first, fds) = collect_handles(|| encode_value_within(args, LARGE_ARGS));
     match first {
         Ok(Some(bytes)) => (Ok(bytes), fds),

@@ -268,6 +268,27 @@ impl<R: DeserializeOwned> Process<R> {
         let mut greeting = BytesMut::with_capacity(HELLO_ROOM);
         encode_message(&hello, &mut greeting, self.max_frame).map_err(orders_error)?;
         put_in_front(&mut first, &greeting);
+        // Windows has no `SCM_RIGHTS`: the handles of the arguments go
+        // into the child's own table now that it exists (so that they
+        // close with it if it dies before it takes them), named by a frame
+        // after the orders.
+        #[cfg(windows)]
+        let fds = {
+            if !fds.is_empty() {
+                let values: std::io::Result<Vec<u64>> =
+                    fds.iter().map(|fd| child.give_handle(fd)).collect();
+                let values = match values {
+                    Ok(values) => values,
+                    Err(e) => {
+                        let _ = child.signal(sys::Signal::Kill);
+                        return Err(ProcessError::Spawn(e));
+                    }
+                };
+                encode_message(&ParentMsg::Handles { values }, &mut first, self.max_frame)
+                    .map_err(orders_error)?;
+            }
+            Vec::new()
+        };
         // `start_method` says what happened: a fork server that declined
         // leaves the child re-executed.
         tracing::debug!(

@@ -165,7 +165,7 @@ pub(crate) fn child_main(
                 );
                 return REFUSED_EXIT;
             }
-            let mut fds = match reader.take_fds(fds as usize) {
+            let mut fds = match take_handles(&mut reader, &ch, fds) {
                 Ok(fds) => fds,
                 Err(e) => return refuse(&ch, e.to_string()),
             };
@@ -189,6 +189,44 @@ pub(crate) fn child_main(
         }
         ParentMsg::Serve => server::serve(ch, forked_child_main),
         ParentMsg::Fork { .. } => refuse(&ch, "a fork request before any orders".to_owned()),
+        ParentMsg::Handles { .. } => refuse(&ch, "handles before any orders".to_owned()),
+    }
+}
+
+/// The `n` handles that the arguments of the orders carry: on Unix the
+/// descriptors that came with the orders (`SCM_RIGHTS`); on Windows the
+/// handles the parent put in this process's table, named by the frame
+/// that follows the orders.
+fn take_handles(
+    reader: &mut FrameReader,
+    ch: &BlockingChannel,
+    n: u32,
+) -> Result<Vec<OwnedHandle>, ChannelError> {
+    #[cfg(unix)]
+    {
+        let _ = ch;
+        reader.take_fds(n as usize)
+    }
+    #[cfg(windows)]
+    {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let values = match reader.recv(ch)? {
+            ParentMsg::Handles { values } if values.len() == n as usize => values,
+            other => {
+                return Err(ChannelError::Malformed(format!(
+                    "expected the {n} handles of the orders, got {other:?}"
+                )));
+            }
+        };
+        values
+            .into_iter()
+            // SAFETY: the parent put each of these in our table for us
+            // (`Child::give_handle`) and names each once, in the frame
+            // that follows our orders on our own control channel.
+            .map(|v| unsafe { sys::take_given_handle(v) }.map_err(ChannelError::Io))
+            .collect()
     }
 }
 

@@ -260,20 +260,9 @@ impl ChildSpec {
         F: Target<A, R, M> + crate::CapturesNothing,
         A: Serialize,
     {
-        let (args, handles, carried) =
-            crate::transport::handle::collect_handles_noting(|| encode_value(&args));
-        // Every start decodes these bytes again. On Windows a handle is a
-        // token inside them that one receiver takes out of this process:
-        // a second start cannot have it.
-        let args = if carried && handles.is_empty() {
-            Err(
-                "handles in a supervised child's arguments cannot be given to every restart \
-                 on Windows yet (see docs/windows.md)"
-                    .to_owned(),
-            )
-        } else {
-            args
-        };
+        // Beside the bytes, so that every start gets copies of its own.
+        let (args, handles) =
+            crate::transport::handle::collect_handles_beside(|| encode_value(&args));
         ChildSpec::with_kind(
             name,
             Kind::Target {

@@ -97,4 +97,4 @@ pub(crate) use imp::{OUTPUT_AT_SPAWN, pipe, pipe_reader, redirect_stdout_stderr}
 // Descriptors in messages.
 pub(crate) use imp::scm;
 #[cfg(windows)]
-pub(crate) use imp::{claim_handle_token, handle_token};
+pub(crate) use imp::{claim_handle_token, handle_token, take_given_handle};

@@ -110,7 +110,9 @@ impl FrameReader {
         (!self.fds.is_empty()).then(|| self.fds.remove(0))
     }
 
-    /// Takes the `n` oldest descriptors, or fails if fewer arrived.
+    /// Takes the `n` oldest descriptors, or fails if fewer arrived. (On
+    /// Windows none arrive beside the bytes.)
+    #[cfg(unix)]
     pub(crate) fn take_fds(&mut self, n: usize) -> Result<Vec<OwnedHandle>, ChannelError> {
         if self.fds.len() < n {
             return Err(ChannelError::Malformed(format!(

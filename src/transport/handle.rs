@@ -21,7 +21,6 @@ use std::cell::{Cell, RefCell};
 
 use crate::sys::OwnedHandle;
 
-use serde::de::Error as _;
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -43,6 +42,27 @@ thread_local! {
     /// How many handles this thread has encoded inside the bytes (Windows,
     /// where a handle travels as a token in the value itself).
     static INLINE: Cell<usize> = const { Cell::new(0) };
+    /// Whether the handles being encoded go beside the bytes on Windows
+    /// too (see [`collect_handles_beside`]); on Unix they always do.
+    static BESIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// [`collect_handles`] for a value whose handles go beside its bytes on
+/// every platform: a child's arguments. On Unix that is how every handle
+/// travels; on Windows the descriptors collected here are duplicated into
+/// the child once it exists (see `sys::give_handle`), so a copy made for
+/// a child that dies before it takes it dies with it, and each start of a
+/// supervised child gets copies of its own.
+pub(crate) fn collect_handles_beside<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedHandle>) {
+    /// Puts the outer mode back, even if `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BESIDE.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BESIDE.with(|b| b.replace(true)));
+    collect_handles(f)
 }
 
 /// [`encode`], also saying whether the value carried handles: beside the
@@ -52,15 +72,6 @@ pub(crate) fn encode_noting<R, E>(
 ) -> (Result<R, E>, Vec<OwnedHandle>, bool) {
     let before = INLINE.with(Cell::get);
     let (result, fds) = encode(f);
-    let carried = !fds.is_empty() || INLINE.with(Cell::get) != before;
-    (result, fds, carried)
-}
-
-/// [`collect_handles`], also saying whether the value carried handles
-/// (see [`encode_noting`]).
-pub(crate) fn collect_handles_noting<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedHandle>, bool) {
-    let before = INLINE.with(Cell::get);
-    let (result, fds) = collect_handles(f);
     let carried = !fds.is_empty() || INLINE.with(Cell::get) != before;
     (result, fds, carried)
 }
@@ -180,21 +191,18 @@ pub(crate) fn serialize_handle<S: Serializer>(
         return Err(S::Error::custom(NOT_HERE));
     }
     // Windows: the handle travels inside the bytes, as a copy the
-    // receiver takes out of this process (see `sys::handle_token`).
+    // receiver takes out of this process (see `sys::handle_token`), unless
+    // it goes beside them (see `collect_handles_beside`).
     #[cfg(windows)]
-    {
+    if !BESIDE.with(Cell::get) {
         let token = crate::sys::handle_token(fd).map_err(S::Error::custom)?;
         INLINE.with(|n| n.set(n.get().wrapping_add(1)));
-        token.serialize(serializer)
+        return token.serialize(serializer);
     }
-    #[cfg(unix)]
-    {
-        serialize_index(fd, sink, serializer)
-    }
+    serialize_index(fd, sink, serializer)
 }
 
 /// Serializes `fd` as its index in `sink`, the list being collected into.
-#[cfg(unix)]
 fn serialize_index<S: Serializer>(
     fd: &OwnedHandle,
     sink: *mut Vec<OwnedHandle>,
@@ -224,29 +232,60 @@ pub(crate) fn deserialize_handle<'de, D: Deserializer<'de>>(
 ) -> Result<OwnedHandle, D::Error> {
     #[cfg(windows)]
     {
-        let (pid, value) = <(u32, u64)>::deserialize(deserializer)?;
-        crate::sys::claim_handle_token(pid, value).map_err(D::Error::custom)
+        deserializer.deserialize_any(WindowsHandle)
     }
     #[cfg(unix)]
-    deserialize_index(deserializer)
+    {
+        let index = u32::deserialize(deserializer)?;
+        take_index(index)
+    }
 }
 
-/// Deserializes a descriptor serialized by its index (Unix).
-#[cfg(unix)]
-fn deserialize_index<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedHandle, D::Error> {
-    let index = u32::deserialize(deserializer)? as usize;
+/// A handle as Windows encodes it: an index among the handles beside the
+/// bytes (an integer), or a token inside them (a pair, pid and value).
+#[cfg(windows)]
+struct WindowsHandle;
+
+#[cfg(windows)]
+impl<'de> serde::de::Visitor<'de> for WindowsHandle {
+    type Value = OwnedHandle;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a handle's index or its token (pid, value)")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, index: u64) -> Result<OwnedHandle, E> {
+        take_index(u32::try_from(index).map_err(E::custom)?)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OwnedHandle, A::Error> {
+        let pid: u32 = seq.next_element()?.ok_or_else(|| {
+            <A::Error as serde::de::Error>::custom("a handle token without its pid")
+        })?;
+        let value: u64 = seq.next_element()?.ok_or_else(|| {
+            <A::Error as serde::de::Error>::custom("a handle token without its value")
+        })?;
+        crate::sys::claim_handle_token(pid, value).map_err(<A::Error as serde::de::Error>::custom)
+    }
+}
+
+/// The descriptor at `index` among those provided (see
+/// [`provide_handles`]).
+fn take_index<E: serde::de::Error>(index: u32) -> Result<OwnedHandle, E> {
+    let index = index as usize;
     SOURCE.with(|s| {
         let mut source = s.borrow_mut();
         let Some(source) = source.as_mut() else {
-            return Err(D::Error::custom(
+            return Err(E::custom(
                 "this handle can only be decoded where it was sent with its descriptor: \
                  as a Process's or a Pool task's argument, as a Pool task's value, or \
                  inside a Pipe message",
             ));
         };
-        source.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            D::Error::custom(format!("descriptor {index} is missing or already taken"))
-        })
+        source
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| E::custom(format!("descriptor {index} is missing or already taken")))
     })
 }
 

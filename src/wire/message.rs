@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// Bumped whenever a message's layout changes.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// The `magic` field of every `Hello`: a child that reads anything else
 /// was not started by this library.
@@ -109,6 +109,10 @@ pub(crate) enum ParentMsg {
     /// Fork a child that will read its orders from the control socket
     /// that travels with this frame (one descriptor, by `SCM_RIGHTS`).
     Fork { id: u64, nonce: u64, group: Group },
+    /// Windows, right after a `Run` whose arguments carry handles: the
+    /// values of those handles in the child's own table, where the parent
+    /// put them once the child existed (Windows has no `SCM_RIGHTS`).
+    Handles { values: Vec<u64> },
 }
 
 /// How a target ended in the child.

@@ -180,6 +180,13 @@ fn crash_soon(_: ()) {
     std::process::exit(5);
 }
 
+/// A supervised child that says who it is on the pipe end in its
+/// arguments, then crashes.
+fn report_then_crash(conn: mp::Connection<u32>) {
+    conn.blocking_send(&std::process::id()).expect("report");
+    std::process::exit(5);
+}
+
 /// A supervised child that says it is ready and runs until stopped.
 fn serve_forever(_: ()) {
     mp::notify_ready();
@@ -666,6 +673,36 @@ async fn a_supervised_childs_output_is_captured_line_by_line() -> Result<(), Fai
     )
 }
 
+/// A pipe end in a supervised child's arguments reaches every start, each
+/// with a copy of its own (on Windows each start's copy is put in that
+/// child's own table).
+async fn every_restart_gets_the_pipe_end_in_its_arguments() -> Result<(), Failed> {
+    use mp::supervisor::{Backoff, ChildSpec, Supervisor};
+    let (mut rx, tx) = mp::Pipe::new::<u32>()?;
+    let sup = Supervisor::builder()
+        .name("portable")
+        .intensity(20, Duration::from_secs(60))
+        .backoff(Backoff::none())
+        .child(ChildSpec::new("reporter", report_then_crash, tx))
+        .build();
+    sup.start().await?;
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let pid = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .map_err(|_| format!("no report within 30 s after {pids:?}"))??;
+        pids.push(pid);
+    }
+    sup.shutdown().await?;
+    let mut distinct = pids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    ensure(
+        distinct.len() == 3,
+        format!("three starts reported: {pids:?}"),
+    )
+}
+
 async fn a_supervisor_stops_its_children_in_reverse_order() -> Result<(), Failed> {
     use mp::supervisor::{ChildSpec, Event, Supervisor};
     let mut builder = Supervisor::builder().name("portable");
@@ -1027,6 +1064,10 @@ fn main() {
         case(
             "a_supervised_program_says_it_is_ready_and_beats_its_watchdog",
             a_supervised_program_says_it_is_ready_and_beats_its_watchdog,
+        ),
+        case(
+            "every_restart_gets_the_pipe_end_in_its_arguments",
+            every_restart_gets_the_pipe_end_in_its_arguments,
         ),
         case(
             "a_supervisor_stops_its_children_in_reverse_order",

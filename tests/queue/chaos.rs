@@ -215,7 +215,6 @@ async fn start_consumer(
     })
 }
 
-#[cfg(unix)]
 async fn producers_and_consumers_killed_at_random() -> Result<(), Failed> {
     const PRODUCERS: usize = 3;
     const CONSUMERS: usize = 3;
@@ -508,20 +507,18 @@ async fn a_stopped_consumer_keeps_the_lock_from_one_out_of_descriptors() -> Resu
 
 pub(crate) fn cases() -> Vec<Case> {
     #[allow(unused_mut)]
-    let mut cases = vec![case(
-        "producers_killed_at_random_lose_nothing",
-        Duration::from_secs(60),
-        producers_killed_at_random_lose_nothing,
-    )];
-    // Not on Windows yet: a child killed before it took the pipe end it
-    // was sent leaves the sender's copy open, so its reader never sees
-    // the end of the stream (see docs/windows.md).
-    #[cfg(unix)]
-    cases.push(case(
-        "producers_and_consumers_killed_at_random",
-        Duration::from_secs(60),
-        producers_and_consumers_killed_at_random,
-    ));
+    let mut cases = vec![
+        case(
+            "producers_killed_at_random_lose_nothing",
+            Duration::from_secs(60),
+            producers_killed_at_random_lose_nothing,
+        ),
+        case(
+            "producers_and_consumers_killed_at_random",
+            Duration::from_secs(60),
+            producers_and_consumers_killed_at_random,
+        ),
+    ];
     // Unix only: SIGSTOP, and descriptors run out by setrlimit.
     #[cfg(unix)]
     cases.push(case(

@@ -8,6 +8,12 @@
 //! is visible and a zombie is the supervisor's to reap. This module also
 //! holds the process and event helpers the other modules of this binary
 //! share.
+//!
+//! The cases are Unix only: they run as child subreaper, read process
+//! groups and parents in /proc, and start programs (`ChildSpec::command`).
+//! On Windows only the event and scratch helpers are used.
+
+#![cfg_attr(windows, allow(dead_code, unused_imports))]
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -18,7 +24,9 @@ use libtest_mimic::Failed;
 use mp::supervisor::{ChildSpec, Event, EventStream, ExitKind, Shutdown, Supervisor};
 use tokio_multiprocessing as mp;
 
-use crate::common::{self, Case, case, case_as_subreaper, ensure, eventually, is_running};
+#[cfg(unix)]
+use crate::common::case_as_subreaper;
+use crate::common::{self, Case, case, ensure, eventually, is_running};
 
 // ------------------------------------------------ helpers shared in this binary
 
@@ -48,6 +56,7 @@ pub(crate) fn pgid_of(pid: u32) -> Option<u32> {
 }
 
 /// Whether any process (a zombie included) is left in group `pgid`.
+#[cfg(unix)]
 pub(crate) fn group_exists(pgid: u32) -> bool {
     let Ok(pgid) = i32::try_from(pgid) else {
         return false;
@@ -104,6 +113,7 @@ pub(crate) fn leftovers(baseline: &[u32]) -> Vec<String> {
 }
 
 /// Sends `SIGKILL` to `pid`; a process that is gone already is fine.
+#[cfg(unix)]
 pub(crate) fn sigkill(pid: u32) -> Result<(), Failed> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
     match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
@@ -290,6 +300,7 @@ async fn serve(_: ()) {
 // ------------------------------------------------------------------ cases
 
 /// A panicked target's grandchild is killed and reaped before its replacement starts.
+#[cfg(unix)]
 async fn a_crashed_targets_grandchild_dies_before_the_replacement() -> Result<(), Failed> {
     let dir = Scratch::new("target-grandchild")?;
     let sup = Supervisor::builder()
@@ -334,6 +345,7 @@ async fn a_crashed_targets_grandchild_dies_before_the_replacement() -> Result<()
 }
 
 /// A crashed program's background grandchild is killed and reaped before its replacement starts.
+#[cfg(unix)]
 async fn a_crashed_programs_grandchild_dies_before_the_replacement() -> Result<(), Failed> {
     let dir = Scratch::new("program-grandchild")?;
     let mut cmd = tokio::process::Command::new("sh");
@@ -380,6 +392,7 @@ async fn a_crashed_programs_grandchild_dies_before_the_replacement() -> Result<(
 }
 
 /// A shutdown leaves no descendant but the fork server, even a grandchild deaf to SIGTERM.
+#[cfg(unix)]
 async fn shutdown_leaves_only_the_fork_server() -> Result<(), Failed> {
     let baseline = descendants();
     let dir = Scratch::new("shutdown")?;
@@ -433,6 +446,7 @@ async fn shutdown_leaves_only_the_fork_server() -> Result<(), Failed> {
 }
 
 /// Every supervised process (target, program, nested, replacement) leads its own group.
+#[cfg(unix)]
 async fn every_supervised_child_leads_its_own_group() -> Result<(), Failed> {
     let mut prog = tokio::process::Command::new("sh");
     prog.arg("-c")
@@ -481,6 +495,7 @@ async fn every_supervised_child_leads_its_own_group() -> Result<(), Failed> {
     Ok(())
 }
 
+#[cfg(unix)]
 pub(crate) fn cases() -> Vec<Case> {
     vec![
         case_as_subreaper(

@@ -11,8 +11,9 @@ use libtest_mimic::Failed;
 use mp::supervisor::{Backoff, ChildSpec, Event, ExitKind, Strategy, Supervisor};
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, ensure, eventually, is_running};
-use crate::containment::{Scratch, collect_until, drain, exited, publish, sigkill, started};
+use crate::common::{Case, case, ensure, eventually};
+use crate::containment::{Scratch, collect_until, drain, exited, publish, started};
+use crate::os::{is_running, kill};
 
 fn double(x: u32) -> u32 {
     x * 2
@@ -87,7 +88,7 @@ async fn killed_workers_are_the_pools_business() -> Result<(), Failed> {
         let victim = pool.apply(worker_pid, ()).await?;
         ensure(victim != std::process::id(), "a worker process")?;
         let restarted = pool.stats().restarted;
-        sigkill(victim)?;
+        kill(victim)?;
         eventually("the pool replaced its worker", || {
             pool.stats().restarted > restarted
         })
@@ -146,7 +147,7 @@ async fn a_pool_that_cannot_keep_its_workers_is_restarted() -> Result<(), Failed
     let old = sup.pool("jobs").ok_or("the pool")?;
     let victim = old.apply(worker_pid, ()).await?;
     publish(&dir.join("armed"), "");
-    sigkill(victim)?;
+    kill(victim)?;
     let (pid, exit) = exited(&mut events, "root/jobs").await?;
     std::fs::remove_file(dir.join("armed"))?;
     ensure(

@@ -9,9 +9,12 @@ use std::process::ExitStatus;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use windows_sys::Win32::Foundation::WAIT_OBJECT_0;
+use windows_sys::Win32::Foundation::{
+    DUPLICATE_SAME_ACCESS, DuplicateHandle, HANDLE, WAIT_OBJECT_0,
+};
 use windows_sys::Win32::System::Threading::{
-    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, TerminateProcess, WaitForSingleObject,
+    CREATE_NEW_PROCESS_GROUP, GetCurrentProcess, GetExitCodeProcess, TerminateProcess,
+    WaitForSingleObject,
 };
 
 use super::pipe_io::EventSignal;
@@ -89,6 +92,31 @@ impl Child {
             process,
             control: Mutex::new(Some(control)),
         })
+    }
+
+    /// Puts a copy of `handle` in the child's own table and returns its
+    /// value there, for the child's orders: the copy is the child's from
+    /// now on and closes when it exits, whether or not it took it.
+    pub(crate) fn give_handle(&self, handle: &OwnedHandle) -> io::Result<u64> {
+        let mut theirs: HANDLE = std::ptr::null_mut();
+        // SAFETY: our own pseudo-handle, `handle` open for the call, and
+        // the child's process handle, opened with PROCESS_DUP_HANDLE;
+        // `theirs` receives a value in the child's table, never used here.
+        let ok = unsafe {
+            DuplicateHandle(
+                GetCurrentProcess(),
+                handle.as_raw(),
+                self.process.as_raw_handle(),
+                &mut theirs,
+                0,
+                0,
+                DUPLICATE_SAME_ACCESS,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(theirs as usize as u64)
     }
 
     /// Takes charge of process `pid` (only the fork server's children are

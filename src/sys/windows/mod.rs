@@ -206,8 +206,9 @@ pub(crate) fn own_group_tied_to_us(command: &mut tokio::process::Command) {
 }
 
 /// Opens child `pid` with what a `Child` does with it: waiting, ending,
-/// reading its exit code, and putting it in a Job Object (which takes
-/// `PROCESS_SET_QUOTA` with `PROCESS_TERMINATE`). Null on failure.
+/// reading its exit code, putting it in a Job Object (which takes
+/// `PROCESS_SET_QUOTA` with `PROCESS_TERMINATE`) and giving it handles.
+/// Null on failure.
 pub(super) fn open_child(pid: u32) -> RawHandle {
     // SAFETY: OpenProcess takes no pointers; a failure returns null.
     unsafe {
@@ -215,7 +216,8 @@ pub(super) fn open_child(pid: u32) -> RawHandle {
             PROCESS_SYNCHRONIZE
                 | PROCESS_TERMINATE
                 | PROCESS_SET_QUOTA
-                | PROCESS_QUERY_LIMITED_INFORMATION,
+                | PROCESS_QUERY_LIMITED_INFORMATION
+                | PROCESS_DUP_HANDLE,
             0,
             pid,
         )
@@ -702,6 +704,21 @@ pub(crate) fn redirect_stdout_stderr(_out: OwnedHandle, _err: OwnedHandle) -> io
 pub(crate) mod scm {
     /// How many handles may travel beside one message's bytes: none.
     pub(crate) const MAX_FDS_PER_MSG: usize = 0;
+}
+
+/// Takes the handle `value` that the parent put in this process's table
+/// for its orders (see `Child::give_handle`).
+///
+/// # Safety
+///
+/// `value` must be a handle of this process's own that nothing else owns:
+/// one the parent gave it, named in its orders, taken once.
+pub(crate) unsafe fn take_given_handle(value: u64) -> io::Result<OwnedHandle> {
+    let raw = usize::try_from(value).map_err(io::Error::other)? as HANDLE;
+    // SAFETY: the caller vouches that `raw` is ours alone.
+    Ok(OwnedHandle::from_std(unsafe {
+        StdHandle::from_raw_handle(raw)
+    }))
 }
 
 /// The handle values this process made for receivers and has not seen
