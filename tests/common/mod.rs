@@ -396,8 +396,69 @@ pub fn is_fork_server_or_spare(pid: u32) -> bool {
 }
 
 /// Whether `pid` names a process that is running (not gone, not a zombie).
+#[cfg(unix)]
 pub fn is_running(pid: u32) -> bool {
     matches!(stat_of(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+/// Whether `pid` names a process that is running: one that can be opened
+/// and whose handle is not signalled (it has not exited).
+#[cfg(windows)]
+pub fn is_running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+    };
+    // SAFETY: OpenProcess takes no pointers; a failure returns null.
+    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+    if process.is_null() {
+        return false;
+    }
+    // SAFETY: the handle is open for the call; a zero timeout only looks.
+    let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
+    // SAFETY: opened above, closed once here.
+    unsafe { CloseHandle(process) };
+    running
+}
+
+/// The exit code [`kill_hard`] gives a process on Windows.
+#[cfg(windows)]
+pub const KILLED_CODE: u32 = 137;
+
+/// Kills process `pid` (not its group) from outside, as a crash would:
+/// `SIGKILL` on Unix; on Windows `TerminateProcess` with [`KILLED_CODE`].
+pub fn kill_hard(pid: u32) -> Result<(), Failed> {
+    #[cfg(unix)]
+    {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
+        Ok(())
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Foundation::CloseHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, PROCESS_TERMINATE, TerminateProcess,
+        };
+        // SAFETY: OpenProcess takes no pointers; a failure returns null.
+        let process = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
+        if process.is_null() {
+            return Err(format!(
+                "cannot open process {pid}: {}",
+                std::io::Error::last_os_error()
+            )
+            .into());
+        }
+        // SAFETY: the handle is open with PROCESS_TERMINATE for the call.
+        let ok = unsafe { TerminateProcess(process, KILLED_CODE) };
+        let error = std::io::Error::last_os_error();
+        // SAFETY: opened above, closed once here.
+        unsafe { CloseHandle(process) };
+        if ok == 0 {
+            return Err(format!("cannot end process {pid}: {error}").into());
+        }
+        Ok(())
+    }
 }
 
 /// What a look at process `pid`, without waiting, found.

@@ -29,66 +29,26 @@ pub(crate) const KILLED_BY_SUPERVISOR: ExitKind = if cfg!(windows) {
 };
 
 /// How a child killed from outside by [`kill`] is reported: `SIGKILL` on
-/// Unix. On Windows a kill is `TerminateProcess` with the killer's exit
-/// code: `taskkill /F` gives 1 on Windows, and 0 under Wine 8 (whose
-/// `taskkill` ends a process with code 0), which a supervisor cannot tell
-/// from a normal exit.
+/// Unix; on Windows the exit code the kill gives it.
 pub(crate) fn killed() -> ExitKind {
-    if cfg!(unix) {
+    #[cfg(unix)]
+    {
         ExitKind::Signal(9)
-    } else if under_wine() {
-        ExitKind::Normal
-    } else {
-        ExitKind::Code(1)
+    }
+    #[cfg(windows)]
+    {
+        ExitKind::Code(crate::common::KILLED_CODE as i32)
     }
 }
 
-/// Whether this is Wine (which puts `WINELOADER` in the environment of
-/// the programs it runs).
-pub(crate) fn under_wine() -> bool {
-    cfg!(windows) && std::env::var_os("WINELOADER").is_some()
-}
-
-/// Kills process `pid` (not its group) from outside, as a crash would:
-/// `SIGKILL` on Unix, `taskkill /F` on Windows.
-#[cfg(unix)]
+/// Kills process `pid` (not its group) from outside, as a crash would.
 pub(crate) fn kill(pid: u32) -> Result<(), Failed> {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
-    Ok(())
-}
-
-/// Kills process `pid` (not its group) from outside, as a crash would:
-/// `SIGKILL` on Unix, `taskkill /F` on Windows.
-#[cfg(windows)]
-pub(crate) fn kill(pid: u32) -> Result<(), Failed> {
-    let out = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &pid.to_string()])
-        .output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "taskkill /F /PID {pid}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into())
-    }
+    crate::common::kill_hard(pid)
 }
 
 /// Whether process `pid` runs (not gone, not a zombie).
-#[cfg(unix)]
 pub(crate) fn is_running(pid: u32) -> bool {
     crate::common::is_running(pid)
-}
-
-/// Whether process `pid` runs: whether the system's list of processes
-/// has it.
-#[cfg(windows)]
-pub(crate) fn is_running(pid: u32) -> bool {
-    running_pids().contains(&pid)
 }
 
 /// Whether process `pid` is gone for good: on Unix reaped too (no zombie
@@ -99,44 +59,4 @@ pub(crate) fn is_gone(pid: u32) -> bool {
     } else {
         crate::common::stat_of(pid).is_none()
     }
-}
-
-/// The pids of the processes that run, from `tasklist` (CSV, the pid the
-/// second field) or, where that lists nothing (Wine 8's `tasklist` is a
-/// stub), from `wmic` (UTF-16, a pid a line). Panics if neither gives a
-/// list: a case cannot tell a process is gone without one.
-#[cfg(windows)]
-fn running_pids() -> Vec<u32> {
-    use std::process::Command;
-    let tasklist = Command::new("tasklist")
-        .args(["/NH", "/FO", "CSV"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let pids: Vec<u32> = tasklist
-        .lines()
-        .filter_map(|l| l.split("\",\"").nth(1)?.parse().ok())
-        .collect();
-    if !pids.is_empty() {
-        return pids;
-    }
-    let wmic = Command::new("wmic")
-        .args(["process", "get", "processid"])
-        .output()
-        .expect("wmic lists the processes");
-    let units: Vec<u16> = wmic
-        .stdout
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let text = String::from_utf16_lossy(&units);
-    let pids: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.trim().trim_start_matches('\u{feff}').parse().ok())
-        .collect();
-    assert!(
-        !pids.is_empty(),
-        "neither tasklist nor wmic listed a process: {text:?}"
-    );
-    pids
 }

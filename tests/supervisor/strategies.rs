@@ -224,21 +224,15 @@ async fn transient_restarts_only_after_a_crash() -> Result<(), Failed> {
     sup.start().await?;
     let mut events = sup.events();
 
-    // A crash by a kill from outside: restarted. (Under Wine a kill from
-    // outside ends a process with exit code 0, a normal exit to its
-    // supervisor: see `os::killed`. The exit code and the panic below
-    // are the crashes there.)
-    let kill_is_a_crash = killed() != ExitKind::Normal;
-    if kill_is_a_crash {
-        let first = pid_of(&sup, "ret")?;
-        kill(first)?;
-        let seen = record(&mut events, |e| kit::is_started(e, "ret", 2)).await?;
-        barrier(&sup).await?;
-        ensure(
-            kit::exit_of(&seen, "ret") == Some(killed()),
-            format!("ret was killed: {seen:#?}"),
-        )?;
-    }
+    // A crash by a kill from outside: restarted.
+    let first = pid_of(&sup, "ret")?;
+    kill(first)?;
+    let seen = record(&mut events, |e| kit::is_started(e, "ret", 2)).await?;
+    barrier(&sup).await?;
+    ensure(
+        kit::exit_of(&seen, "ret") == Some(killed()),
+        format!("ret was killed: {seen:#?}"),
+    )?;
 
     // An exit code and a panic: restarted, with the exit said.
     ask_to_stop(pid_of(&sup, "code")?)?;
@@ -274,12 +268,7 @@ async fn transient_restarts_only_after_a_crash() -> Result<(), Failed> {
     ensure(
         states
             == [
-                (
-                    "ret",
-                    ChildStatus::Stopped,
-                    false,
-                    if kill_is_a_crash { 2 } else { 1 },
-                ),
+                ("ret", ChildStatus::Stopped, false, 2),
                 ("zero", ChildStatus::Stopped, false, 1),
                 ("code", ChildStatus::Running, true, 2),
                 ("panic", ChildStatus::Running, true, 2),
