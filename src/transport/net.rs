@@ -351,7 +351,7 @@ where
 /// # Errors
 ///
 /// If the socket pair cannot be made, or there is no runtime.
-pub(crate) fn relay<S>(mut stream: S) -> io::Result<OwnedHandle>
+pub(crate) fn relay<S>(stream: S) -> io::Result<OwnedHandle>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -365,12 +365,28 @@ where
         UnixStream::from_std(theirs)?
     };
     #[cfg(windows)]
-    let mut theirs = FdStream::from_owned_fd(theirs)?;
+    let theirs = FdStream::from_owned_fd(theirs)?;
+    #[cfg(unix)]
     handle.spawn(async move {
+        let mut stream = stream;
         // Either side's end (an error, or both halves closed) ends the
         // relay; dropping the stream closes the session.
         let _ = tokio::io::copy_bidirectional(&mut stream, &mut theirs).await;
         let _ = stream.shutdown().await;
+    });
+    // A named pipe cannot be closed for writing alone: the end of either
+    // direction ends the relay, which closes the session and drops its
+    // pipe end, so that the pipe's reader sees the end of the stream (a
+    // `Connection` closes both ways at once anyway).
+    #[cfg(windows)]
+    handle.spawn(async move {
+        let (mut net_in, mut net_out) = tokio::io::split(stream);
+        let (mut pipe_in, mut pipe_out) = tokio::io::split(theirs);
+        tokio::select! {
+            _ = tokio::io::copy(&mut net_in, &mut pipe_out) => {}
+            _ = tokio::io::copy(&mut pipe_in, &mut net_out) => {}
+        }
+        let _ = net_out.shutdown().await;
     });
     Ok(ours)
 }

@@ -202,9 +202,6 @@ async fn a_listener_with_tls_may_bind_beyond_loopback() -> Result<(), Failed> {
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
-        // Not on Windows yet: under Wine, 3 MB messages through the TLS
-        // relay do not arrive (see docs/windows.md).
-        #[cfg(unix)]
         case(
             "tls_and_the_authkey_carry_messages_both_ways",
             T,
