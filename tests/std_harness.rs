@@ -48,6 +48,9 @@ fn a_plain_test_starts_a_pool() {
     .expect("within the limit");
 }
 
+// Unix only: Windows has no fork server (every child is re-executed, as
+// the other cases here show).
+#[cfg(unix)]
 #[test]
 fn the_fork_server_serves_a_test_binary() {
     // `init()` ran before `main`, when the binary had one thread: children

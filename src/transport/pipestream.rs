@@ -17,7 +17,7 @@ use crate::sys::{self, OwnedHandle};
 /// The most bytes one read asks the pipe for.
 const READ_CHUNK: usize = 64 * 1024;
 
-type Readiness = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+type Readiness = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
 
 /// A pipe end as an `AsyncRead` and `AsyncWrite`.
 pub(crate) struct FdStream {

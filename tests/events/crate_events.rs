@@ -27,8 +27,25 @@ fn own_pid(_: ()) -> u32 {
 
 fn sigkill_self(_: ()) -> u32 {
     std::thread::sleep(Duration::from_millis(20));
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    unreachable!("SIGKILL")
+    let _ = crate::common::kill_hard(std::process::id());
+    unreachable!("killed")
+}
+
+/// How a process killed by `common::kill_hard` is reported: `-9` on Unix;
+/// on Windows the exit code the kill gives it.
+#[cfg(unix)]
+const KILLED: i32 = -9;
+#[cfg(windows)]
+const KILLED: i32 = crate::common::KILLED_CODE as i32;
+
+/// What the crate's events say of such a death: `SIGKILL` on Unix, the
+/// exit code on Windows.
+fn says_killed(text: &str) -> bool {
+    if cfg!(windows) {
+        text.contains(&KILLED.to_string())
+    } else {
+        text.contains("SIGKILL")
+    }
 }
 
 /// A supervised child that runs until it is asked to stop.
@@ -108,11 +125,11 @@ async fn a_worker_killed_mid_task_warns_and_is_replaced_at_info() -> Result<(), 
     let pool = mp::Pool::new(1).await?;
     let victim = pool.apply(own_pid, ()).await?;
     match pool.apply(sigkill_self, ()).await {
-        Err(mp::TaskError::WorkerDied { exitcode: -9 }) => {}
+        Err(mp::TaskError::WorkerDied { exitcode }) if exitcode == KILLED => {}
         other => return Err(format!("the task: {other:?}").into()),
     }
     let failed = recorder::wait_for(SOON, "pool task failed (SIGKILL)", |r| {
-        is(r, "pool task failed") && r.field("error").is_some_and(|e| e.contains("SIGKILL"))
+        is(r, "pool task failed") && r.field("error").is_some_and(says_killed)
     })
     .await?;
     ensure(failed.level == Level::WARN, fail_with(&failed, "level"))?;
@@ -128,13 +145,11 @@ async fn a_worker_killed_mid_task_warns_and_is_replaced_at_info() -> Result<(), 
     .await?;
     ensure(replaced.level == Level::INFO, fail_with(&replaced, "level"))?;
     ensure(
-        replaced.field("exitcode") == Some("-9"),
+        replaced.field("exitcode") == Some(KILLED.to_string().as_str()),
         fail_with(&replaced, "exitcode"),
     )?;
     ensure(
-        replaced
-            .field("reason")
-            .is_some_and(|r| r.contains("SIGKILL")),
+        replaced.field("reason").is_some_and(says_killed),
         fail_with(&replaced, "reason"),
     )?;
     ensure(
@@ -166,10 +181,7 @@ async fn a_supervisor_restart_is_info() -> Result<(), Failed> {
         .into_iter()
         .find_map(|c| c.pid)
         .ok_or("no pid")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
+    crate::common::kill_hard(pid)?;
     let exited = recorder::wait_for(SOON, "supervised child exited", |r| {
         is(r, "supervised child exited") && pid_is(r, pid)
     })
@@ -189,9 +201,7 @@ async fn a_supervisor_restart_is_info() -> Result<(), Failed> {
         fail_with(&restart, "generation"),
     )?;
     ensure(
-        restart
-            .field("reason")
-            .is_some_and(|r| r.contains("SIGKILL")),
+        restart.field("reason").is_some_and(says_killed),
         fail_with(&restart, "reason"),
     )?;
     let started = recorder::wait_for(SOON, "supervised child started, generation 2", |r| {

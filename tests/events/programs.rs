@@ -94,6 +94,7 @@ fn run_program(mode: &str, stale: bool) -> Result<String, Failed> {
 }
 
 /// The fork server declining is one WARN line that says how to fix it.
+#[cfg(unix)]
 fn the_fork_server_declining_is_one_warning() -> Result<(), Failed> {
     let stdout = run_program(DECLINE, false)?;
     let lines: Vec<&str> = stdout
@@ -124,6 +125,8 @@ fn a_stale_child_environment_is_a_warning_heard_later() -> Result<(), Failed> {
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
+        // Unix only: Windows has no fork server to decline.
+        #[cfg(unix)]
         test(
             "the_fork_server_declining_is_one_warning",
             the_fork_server_declining_is_one_warning,

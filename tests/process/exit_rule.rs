@@ -4,6 +4,9 @@
 //!
 //! The test binary re-runs itself as a probe program that starts children
 //! and returns from `main` at once; the test then looks at what is left.
+//! On Windows, with `Spawn` only (no fork server), the probe's output goes
+//! to files: its children inherit every inheritable handle it has, pipe
+//! ends to the test too, and the detached one keeps them open.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, run, test};
+use crate::common::{self, Case, run, test};
 
 const PROBE_ENV: &str = "TMP_EXIT_RULE_PROBE";
 
@@ -26,8 +29,16 @@ fn sleep_ms(ms: u64) {
 }
 
 /// Sleeps with its standard streams on /dev/null, so that the pipes the
-/// test reads the probe through close when the probe exits.
+/// test reads the probe through close when the probe exits. (On Windows
+/// the probe writes to files, which need no such care.)
 fn quiet_sleep_ms(ms: u64) {
+    #[cfg(unix)]
+    quiet();
+    sleep_ms(ms);
+}
+
+#[cfg(unix)]
+fn quiet() {
     use std::os::fd::AsRawFd;
     let null = std::fs::File::options()
         .read(true)
@@ -39,7 +50,6 @@ fn quiet_sleep_ms(ms: u64) {
         // nothing else in it is using.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
-    sleep_ms(ms);
 }
 
 /// The probe: starts a slow ordinary child, a daemonic and a detached one,
@@ -70,15 +80,38 @@ fn probe(dir: &Path, method: mp::StartMethod) {
     drop(guard);
 }
 
-fn is_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
+/// Runs the probe `cmd`: under the watchdog, through pipes, on Unix.
+#[cfg(unix)]
+fn run_probe(cmd: Command, _dir: &Path) -> Result<run::Output, Failed> {
+    Ok(run::run_with_watchdog(cmd, Duration::from_secs(30))?)
+}
+
+/// Runs the probe `cmd` with its output in files in `dir`, ending it if it
+/// takes longer than 30 s: the detached child inherits whatever the probe
+/// has, and keeps a pipe open after the probe exits; a file needs no end.
+#[cfg(windows)]
+fn run_probe(mut cmd: Command, dir: &Path) -> Result<run::Output, Failed> {
+    let (out, err) = (dir.join("probe.out"), dir.join("probe.err"));
+    cmd.stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(&err)?);
+    let mut child = cmd.spawn()?;
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("watchdog: the probe did not finish within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
     };
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+    Ok(run::Output {
+        status,
+        stdout: std::fs::read_to_string(out)?,
+        stderr: std::fs::read_to_string(err)?,
+    })
 }
 
 /// Runs the probe with start method `tag` (`forkserver` or `spawn`).
@@ -88,7 +121,7 @@ fn exit_rule(tag: &str) -> Result<(), Failed> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(PROBE_ENV, &dir).env("TMP_EXIT_RULE_METHOD", tag);
     let t0 = Instant::now();
-    let out = run::run_with_watchdog(cmd, Duration::from_secs(30))?;
+    let out = run_probe(cmd, &dir)?;
     let took = t0.elapsed();
     if !out.status.success() {
         return Err(format!(
@@ -106,13 +139,10 @@ fn exit_rule(tag: &str) -> Result<(), Failed> {
         return Err(format!("probe printed {:?}", out.stdout).into());
     };
     let joined = dir.join("ordinary").exists();
-    let daemon_gone = !is_running(daemon);
-    let ordinary_gone = !is_running(ordinary);
-    let detached_alive = is_running(detached);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(detached as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let daemon_gone = !common::is_running(daemon);
+    let ordinary_gone = !common::is_running(ordinary);
+    let detached_alive = common::is_running(detached);
+    let _ = common::kill_hard(detached);
     let _ = std::fs::remove_dir_all(&dir);
     if !joined || took < Duration::from_millis(250) {
         return Err(format!(
@@ -156,6 +186,8 @@ pub(crate) fn probe_program() {
 
 pub(crate) fn cases() -> Vec<Case> {
     vec![
+        // Unix only: Windows has no fork server.
+        #[cfg(unix)]
         test("exit_rule_with_the_fork_server", || exit_rule("forkserver")),
         test("exit_rule_with_spawn", || exit_rule("spawn")),
     ]

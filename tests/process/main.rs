@@ -5,6 +5,10 @@
 //!
 //! Some runs of this binary are programs under test, not the test: `main`
 //! picks them by their environment before it calls `init()` itself.
+//!
+//! On Windows, where `StartMethod::Spawn` is the only start method, the
+//! same binary runs every case that does not need the fork server, `/proc`
+//! or signals; each module left out says why where it is declared.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,19 +18,32 @@ mod lifecycle_cases;
 mod sentinel_cases;
 
 mod exit_rule;
+// Unix only: faults of the fork server, SIGINT and SIGKILL sent to it.
+#[cfg(unix)]
 mod faults;
 mod hijack;
 mod info;
 mod large_args;
+// Unix only: the fork server's cases (its Spawn twin is `spawn_method`).
+#[cfg(unix)]
 mod lifecycle;
 mod output;
+// Unix only: PR_SET_PDEATHSIG, a subreaper, and SIGKILL of the parent.
+#[cfg(unix)]
 mod parent_death;
+// Unix only: raw frames written to the child's control descriptor, and
+// descriptors counted in /proc.
+#[cfg(unix)]
 mod rogue_child;
 mod sentinel;
 mod set;
 mod setting;
+// Unix only: zombies, descriptors and resident memory counted in /proc.
+#[cfg(unix)]
 mod soak;
 mod spawn_method;
+// Unix only: the fork server's spares and warm starts.
+#[cfg(unix)]
 mod warm;
 
 use std::time::Duration;
@@ -39,11 +56,14 @@ fn main() {
         output::prepare();
     }
     // In every process, re-executed children too.
+    #[cfg(unix)]
     parent_death::wait_if_the_parent_asks();
     // Programs that call `init()` themselves.
+    #[cfg(unix)]
     if faults::sigint_program_asked() {
         std::process::exit(faults::sigint_program());
     }
+    #[cfg(unix)]
     if faults::no_init_program_asked() {
         std::process::exit(faults::no_init_program());
     }
@@ -56,45 +76,72 @@ fn main() {
         return;
     }
     let guard = mp::init();
+    #[cfg(unix)]
     parent_death::refuse_to_run_as_a_parent();
     if spawn_method::asked() {
         mp::set_start_method(mp::StartMethod::Spawn);
     }
-    // Those that count children and descriptors first (see `common`).
-    common::run(
-        guard,
-        [
-            common::module("soak", soak::cases()),
-            common::module("rogue_child", rogue_child::cases()),
-            common::module("parent_death", parent_death::cases()),
-            common::module("faults", faults::cases()),
-            common::module("lifecycle", lifecycle::cases()),
-            common::module("warm", warm::cases()),
-            common::module_in_reruns(
-                "spawn_method",
-                spawn_method::ENV,
-                Duration::from_secs(120),
-                spawn_method::cases(),
-            ),
-            common::module_in_reruns(
-                "output",
-                output::ENV,
-                Duration::from_secs(180),
-                output::cases(),
-            ),
-            common::module("sentinel::pidfd", sentinel::pidfd_cases()),
-            common::module_in_reruns(
-                "sentinel::fallback",
-                sentinel::NO_PIDFD,
-                Duration::from_secs(120),
-                sentinel::fallback_cases(),
-            ),
-            common::module("exit_rule", exit_rule::cases()),
-            common::module("hijack", hijack::cases()),
-            common::module("set", set::cases()),
-            common::module("info", info::cases()),
-            common::module("setting", setting::cases()),
-            common::module("large_args", large_args::cases()),
-        ],
-    )
+    common::run(guard, modules())
+}
+
+/// The modules, in the order they run: those that count children and
+/// descriptors first (see `common`).
+#[cfg(unix)]
+fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
+    vec![
+        common::module("soak", soak::cases()),
+        common::module("rogue_child", rogue_child::cases()),
+        common::module("parent_death", parent_death::cases()),
+        common::module("faults", faults::cases()),
+        common::module("lifecycle", lifecycle::cases()),
+        common::module("warm", warm::cases()),
+        common::module_in_reruns(
+            "spawn_method",
+            spawn_method::ENV,
+            Duration::from_secs(120),
+            spawn_method::cases(),
+        ),
+        common::module_in_reruns(
+            "output",
+            output::ENV,
+            Duration::from_secs(180),
+            output::cases(),
+        ),
+        common::module("sentinel::pidfd", sentinel::pidfd_cases()),
+        common::module_in_reruns(
+            "sentinel::fallback",
+            sentinel::NO_PIDFD,
+            Duration::from_secs(120),
+            sentinel::fallback_cases(),
+        ),
+        common::module("exit_rule", exit_rule::cases()),
+        common::module("hijack", hijack::cases()),
+        common::module("set", set::cases()),
+        common::module("info", info::cases()),
+        common::module("setting", setting::cases()),
+        common::module("large_args", large_args::cases()),
+    ]
+}
+
+/// The modules on Windows: `Spawn` is the default start method there, so
+/// the `spawn_method` cases run in this process, and a sentinel has one
+/// path only (the process handle).
+#[cfg(windows)]
+fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
+    vec![
+        common::module("spawn_method", spawn_method::cases()),
+        common::module_in_reruns(
+            "output",
+            output::ENV,
+            Duration::from_secs(180),
+            output::cases(),
+        ),
+        common::module("sentinel", sentinel::cases()),
+        common::module("exit_rule", exit_rule::cases()),
+        common::module("hijack", hijack::cases()),
+        common::module("set", set::cases()),
+        common::module("info", info::cases()),
+        common::module("setting", setting::cases()),
+        common::module("large_args", large_args::cases()),
+    ]
 }

@@ -2,7 +2,8 @@
 //! events: lines in order per stream, labelled with the child, long lines
 //! in pieces, a flood that a slow subscriber holds back (never losing a
 //! byte), a pool's workers, and one ERROR event with the backtrace of a
-//! panic. Under both start methods.
+//! panic. Under both start methods (on Windows, which has no fork server,
+//! under `Spawn` only).
 //!
 //! A subscriber is the whole program's, and so is the environment the
 //! fork server keeps: each case runs in a run of the test binary of its
@@ -393,10 +394,16 @@ async fn a_pool_task_prints() -> Result<(), Failed> {
     Ok(())
 }
 
+// On Windows the loop below is over `Spawn` alone.
+#[cfg_attr(windows, allow(clippy::single_element_loop))]
 pub(crate) fn cases() -> Vec<Case> {
-    use mp::StartMethod::{ForkServer, Spawn};
     let mut cases = Vec::new();
-    for (method, tag) in [(ForkServer, "fork_server"), (Spawn, "spawn")] {
+    for (method, tag) in [
+        // Unix only: Windows has no fork server.
+        #[cfg(unix)]
+        (mp::StartMethod::ForkServer, "fork_server"),
+        (mp::StartMethod::Spawn, "spawn"),
+    ] {
         cases.push(case(
             &format!("lines_in_order::{tag}"),
             Duration::from_secs(60),

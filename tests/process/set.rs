@@ -1,6 +1,9 @@
 //! `ProcessSet`: processes joined in the order they end, names and errors,
 //! cancel safety, `terminate_all`, `kill_all`, `shutdown`, and the kill
-//! when the set drops.
+//! when the set drops. On Windows `terminate_all` and `kill_all` both end
+//! the processes with `TerminateProcess`, reported as SIGTERM (as Python
+//! does there), and a process killed from outside exits with the code
+//! `common::kill_hard` gives it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -53,7 +56,12 @@ async fn keeps_names_and_takes_started_processes() -> Result<(), Failed> {
     let default_name = default.name().to_owned();
     ensure(default_name.starts_with("Process-"), default_name.clone())?;
     let pid = set.spawn(default).await?;
+    // Windows has no /proc: the pid is the set's, and names a process
+    // that can be opened until the set is done with it.
+    #[cfg(unix)]
     ensure(common::stat_of(pid).is_some(), "the pid names a process")?;
+    #[cfg(windows)]
+    ensure(set.pids().contains(&pid), "the pid is the set's")?;
     let named = mp::Process::builder().name("given").build(nap, 20);
     named.start().await?;
     let started_pid = named.pid();
@@ -93,10 +101,7 @@ async fn reports_a_panic_and_a_kill() -> Result<(), Failed> {
         let (name, result) = set.join_next().await.ok_or("two come back")?;
         results.insert(name, result);
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
+    common::kill_hard(victim)?;
     let (name, result) = set.join_next().await.ok_or("the victim comes back")?;
     results.insert(name, result);
     ensure(set.join_next().await.is_none(), "three in all")?;
@@ -109,8 +114,17 @@ async fn reports_a_panic_and_a_kill() -> Result<(), Failed> {
         format!("{panicked:?}"),
     )?;
     let killed = results.remove("killed").ok_or("killed")?;
+    #[cfg(unix)]
     ensure(
         killed.as_ref().is_err_and(|e| e.signal() == Some(9)),
+        format!("{killed:?}"),
+    )?;
+    // Windows: killed from outside with `common::KILLED_CODE`.
+    #[cfg(windows)]
+    ensure(
+        killed
+            .as_ref()
+            .is_err_and(|e| e.exit_code() == i32::try_from(common::KILLED_CODE).ok()),
         format!("{killed:?}"),
     )?;
     let fine = results.remove("fine").ok_or("fine")?;
@@ -221,7 +235,9 @@ async fn terminate_all_sends_sigterm() -> Result<(), Failed> {
 async fn kill_all_sends_sigkill() -> Result<(), Failed> {
     let (mut set, _) = sleepers(3).await?;
     set.kill_all();
-    all_come_back_signaled(&mut set, 3, 9).await
+    // Windows: `kill_all` is `terminate_all`, reported as SIGTERM.
+    let signal = if cfg!(windows) { 15 } else { 9 };
+    all_come_back_signaled(&mut set, 3, signal).await
 }
 
 async fn shutdown_kills_and_empties() -> Result<(), Failed> {
@@ -229,9 +245,18 @@ async fn shutdown_kills_and_empties() -> Result<(), Failed> {
     set.shutdown().await;
     ensure(set.is_empty(), "empty")?;
     for pid in pids {
-        common::eventually("reaped", || common::stat_of(pid).is_none()).await?;
+        common::eventually("reaped", || gone(pid)).await?;
     }
     Ok(())
+}
+
+/// Whether process `pid` is gone: on Unix no process at all, not even a
+/// zombie; on Windows, which has no zombies, no process that still runs.
+fn gone(pid: u32) -> bool {
+    #[cfg(unix)]
+    return common::stat_of(pid).is_none();
+    #[cfg(windows)]
+    return !common::is_running(pid);
 }
 
 /// Dropping the set kills what is left, and the crate reaps it: the pids
@@ -243,10 +268,7 @@ async fn dropping_kills_and_reaps() -> Result<(), Failed> {
     }
     drop(set);
     for pid in pids {
-        common::eventually(&format!("{pid} killed and reaped"), || {
-            common::stat_of(pid).is_none()
-        })
-        .await?;
+        common::eventually(&format!("{pid} killed and reaped"), || gone(pid)).await?;
     }
     Ok(())
 }

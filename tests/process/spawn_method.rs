@@ -4,6 +4,8 @@
 //! The start method is the whole program's: each case runs in a run of
 //! the test binary of its own, with [`ENV`] in its environment, where
 //! `main` sets it right after `init()` (see `common::module_in_reruns`).
+//! On Windows `Spawn` is the default and only method: the cases run in the
+//! test process itself.
 
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ use tokio_multiprocessing as mp;
 use crate::common::{Case, case, ensure};
 use crate::lifecycle_cases;
 
-/// In the environment of the runs whose start method is `Spawn`.
+/// In the environment of the runs whose start method is `Spawn` (on
+/// Unix; Windows sets nothing).
 pub(crate) const ENV: (&str, &str) = ("TMP_START_METHOD", "spawn");
 
 /// Whether this is such a run.
@@ -36,11 +39,18 @@ async fn no_fork_server_runs() -> Result<(), Failed> {
         mp::__fork_server_pid().is_none(),
         "no fork server was started",
     )?;
-    // Nor a spare forked ahead of the next start.
+    ensure(
+        mp::get_start_method() == mp::StartMethod::Spawn,
+        format!("the start method: {:?}", mp::get_start_method()),
+    )?;
+    // Nor a spare forked ahead of the next start (Unix: Windows has no
+    // fork server, nor /proc to look in).
+    #[cfg(unix)]
     let named: Vec<u32> = crate::common::children()
         .into_iter()
         .filter(|c| crate::common::is_fork_server_or_spare(*c))
         .collect();
+    #[cfg(unix)]
     ensure(
         named.is_empty(),
         format!("fork server processes: {named:?}"),

@@ -273,11 +273,33 @@ pub(crate) fn socketpair() -> io::Result<(OwnedHandle, OwnedHandle)> {
 
 /// Python's exit code for a status: the code, or `-SIGTERM` for a child
 /// ended by `terminate()`, as Python reports it on Windows.
+///
+/// A process ended by an exception the system raised exits with that
+/// exception's status (`0xC...`), which does not fit a positive `i32`,
+/// where a negative code means a signal. The ones with a Unix
+/// counterpart are reported as that signal: a fast fail (how Rust's
+/// `abort` ends a process) as `SIGABRT`, an access violation or a stack
+/// overflow as `SIGSEGV`, an illegal instruction as `SIGILL`, an integer
+/// or float fault as `SIGFPE`. Any other such status is reported as the
+/// code `i32::MAX`.
 pub(crate) fn python_exitcode(status: ExitStatus) -> i32 {
-    match status.code() {
-        Some(code) if code as u32 == TERMINATE_CODE => -15,
-        Some(code) => code,
-        None => -1,
+    const ACCESS_VIOLATION: u32 = 0xC000_0005;
+    const ILLEGAL_INSTRUCTION: u32 = 0xC000_001D;
+    const INTEGER_DIVIDE_BY_ZERO: u32 = 0xC000_0094;
+    const FLOAT_DIVIDE_BY_ZERO: u32 = 0xC000_008E;
+    const STACK_OVERFLOW: u32 = 0xC000_00FD;
+    const FAST_FAIL: u32 = 0xC000_0409;
+    let Some(code) = status.code() else {
+        return -1;
+    };
+    match code as u32 {
+        TERMINATE_CODE => -15,
+        FAST_FAIL => -6,
+        ACCESS_VIOLATION | STACK_OVERFLOW => -11,
+        ILLEGAL_INSTRUCTION => -4,
+        INTEGER_DIVIDE_BY_ZERO | FLOAT_DIVIDE_BY_ZERO => -8,
+        _ if code < 0 => i32::MAX,
+        _ => code,
     }
 }
 

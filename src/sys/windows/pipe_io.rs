@@ -684,6 +684,11 @@ pub(super) struct EventSignal {
 // any thread; the state is behind an `Arc<Mutex<_>>`.
 unsafe impl Send for EventSignal {}
 
+// SAFETY: shared, it only reads the wait handle's value (never changed
+// after it is made) and locks the state's mutex; withdrawing the wait
+// takes `&mut self` (drop).
+unsafe impl Sync for EventSignal {}
+
 impl EventSignal {
     /// Has the thread pool wait (once) for `event` to be set.
     fn register(event: HANDLE) -> io::Result<EventSignal> {
