@@ -2,6 +2,11 @@
 //! children blocked on shared objects takes all sixteen along within a
 //! second.
 //!
+//! On Windows (`TerminateProcess` for the kill) there is no subreaper and
+//! no `/proc`: the test sees the sixteen in the process list and checks
+//! that they leave it (their Job Object ends them), without their exit
+//! codes, and allows more time, as Wine ends processes through its server.
+//!
 //! A middle process starts a pool of four workers, busy in a `map` of
 //! minute-long tasks, and twelve plain children: three wait in
 //! `Queue::get`, three in `Lock::lock` (two on a lock the middle process
@@ -20,13 +25,16 @@ use libtest_mimic::Failed;
 use serde::{Deserialize, Serialize};
 use tokio_multiprocessing as mp;
 
-use crate::common::{self, Case, Reap, case_as_subreaper, ensure};
+#[cfg(unix)]
+use crate::common::{self, Reap, case_as_subreaper};
+use crate::common::{Case, ensure};
 
 const WORKERS: usize = 4;
 /// How long the middle process, its tasks and its children would run if
 /// nothing killed them.
 const LONG: Duration = Duration::from_secs(120);
 /// Within how long after the middle process's SIGKILL every child must be gone.
+#[cfg(unix)]
 const GONE_WITHIN: Duration = Duration::from_secs(1);
 
 /// What a plain child of the middle process does until it is killed.
@@ -261,6 +269,7 @@ async fn read_report(dir: &Path) -> Result<(Option<u32>, Vec<u32>), Failed> {
 /// One round: builds the middle process's family, checks through `/proc`
 /// that all sixteen run, kills the middle process and returns how long
 /// the last of the sixteen took to be gone.
+#[cfg(unix)]
 async fn round(method: mp::StartMethod, n: usize) -> Result<Duration, Failed> {
     let dir = std::env::temp_dir().join(format!(
         "tmp-pool-parent-death-{}-{method:?}-{n}",
@@ -425,6 +434,7 @@ async fn round(method: mp::StartMethod, n: usize) -> Result<Duration, Failed> {
     Ok(last)
 }
 
+#[cfg(unix)]
 async fn rounds(method: mp::StartMethod, count: usize) -> Result<(), Failed> {
     let mut worst = Duration::ZERO;
     for n in 0..count {
@@ -437,6 +447,118 @@ async fn rounds(method: mp::StartMethod, count: usize) -> Result<(), Failed> {
     )
 }
 
+/// Within how long after the middle process's kill every child must have
+/// ended on Windows: under Wine, a process ends through Wine's server.
+#[cfg(windows)]
+const GONE_WITHIN_ON_WINDOWS: Duration = Duration::from_secs(10);
+
+/// The round on Windows: the same family (the children re-executed, as
+/// every child is there), all sixteen in the process list before the
+/// kill, none of them in it soon after.
+#[cfg(windows)]
+async fn round_on_windows(n: usize) -> Result<Duration, Failed> {
+    use crate::procs;
+    let dir = std::env::temp_dir().join(format!(
+        "tmp-pool-parent-death-{}-windows-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let m = mp::Process::new(middle, (dir.clone(), true));
+    m.start().await?;
+    let (server, plain) = read_report(&dir).await?;
+    ensure(server.is_none(), "no fork server on Windows")?;
+    let ready = until(|| {
+        marked(&dir, "ready-").len() == CHILDREN.len() && marked(&dir, "task-").len() == WORKERS
+    })
+    .await;
+    ensure(
+        ready,
+        format!(
+            "ready: {:?}, tasks running in: {:?}",
+            marked(&dir, "ready-"),
+            marked(&dir, "task-")
+        ),
+    )?;
+    let workers = marked(&dir, "task-")
+        .iter()
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<Vec<_>, _>>()?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let returned = marked(&dir, "returned-");
+    ensure(
+        returned.is_empty(),
+        format!("children whose wait returned: {returned:?}"),
+    )?;
+    let sixteen: BTreeSet<u32> = plain.iter().chain(&workers).copied().collect();
+    ensure(
+        sixteen.len() == CHILDREN.len() + WORKERS,
+        "sixteen distinct pids",
+    )?;
+    let all: Vec<u32> = sixteen.iter().copied().collect();
+    let running = procs::running_of(&all);
+    let stopped: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|p| !running.contains(p))
+        .collect();
+    ensure(
+        stopped.is_empty(),
+        format!("not running before the kill: {stopped:?}"),
+    )?;
+
+    let killed_at = Instant::now();
+    m.kill()?;
+    m.sentinel().await;
+    let mut left = all;
+    while !left.is_empty() {
+        left = procs::running_of(&left);
+        let now = killed_at.elapsed();
+        if left.is_empty() {
+            break;
+        }
+        if now > GONE_WITHIN_ON_WINDOWS {
+            for &p in &left {
+                let _ = procs::kill(p);
+            }
+            return Err(
+                format!("round {n}: still running {now:?} after the kill: {left:?}").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = killed_at.elapsed();
+    // A lock's waiter may take its dead holder's lock (poisoned) and
+    // return before it ends; no other wait ends.
+    let returned = marked(&dir, "returned-");
+    let _ = std::fs::remove_dir_all(&dir);
+    for i in &returned {
+        let i: usize = i.parse()?;
+        ensure(
+            matches!(CHILDREN[i].0, Wait::ParentsLock | Wait::ChildsLock),
+            format!("child {i} {:?} returned from its wait", CHILDREN[i]),
+        )?;
+    }
+    println!("Windows round {n}: the 16 children were gone {took:?} after the kill");
+    Ok(took)
+}
+
+/// On Windows, every child is re-executed: the second case only.
+#[cfg(windows)]
+pub(crate) fn cases() -> Vec<Case> {
+    vec![crate::common::case(
+        "the_same_with_children_re_executed",
+        Duration::from_secs(120),
+        || async {
+            for n in 0..3 {
+                round_on_windows(n).await?;
+            }
+            Ok(())
+        },
+    )]
+}
+
+#[cfg(unix)]
 pub(crate) fn cases() -> Vec<Case> {
     let t = Duration::from_secs(120);
     vec![

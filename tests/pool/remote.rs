@@ -14,6 +14,7 @@ use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
+use crate::procs;
 
 const KEY: &str = "the remote workers' key";
 const ADDRESS_ENV: &str = "MP_TEST_REMOTE_WORKER";
@@ -259,11 +260,12 @@ fn only_the_started_task_failed(
     Ok(())
 }
 
+/// `SIGKILL` on Unix, `TerminateProcess` on Windows.
 fn sigkill(pid: u32) {
-    // SAFETY: `kill(2)` with a pid this test started and a valid signal.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = procs::kill(pid);
 }
 
+#[cfg(unix)]
 fn sigstop(pid: u32) {
     // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
@@ -274,6 +276,7 @@ async fn a_killed_remote_worker_fails_only_the_task_it_started() -> Result<(), F
     only_the_started_task_failed(&outcomes, &marked, pid, "connection")
 }
 
+#[cfg(unix)]
 async fn a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout() -> Result<(), Failed> {
     let (outcomes, marked, pid) =
         lose_the_remote_worker(Some(Duration::from_millis(600)), sigstop).await?;
@@ -322,9 +325,20 @@ fn launched_as(_: u64) -> Option<String> {
 
 async fn a_launcher_command_starts_workers_that_join() -> Result<(), Failed> {
     // `env` stands in for `ssh {host}`: the placeholders are filled in,
-    // and the copies of this binary join the pool from `init()`.
-    let launcher = mp::LauncherCommand::new(["env", "MP_LAUNCHED_AS={index}@{host}", "{exe}"])
-        .hosts(["alpha", "beta"]);
+    // and the copies of this binary join the pool from `init()`. Windows
+    // has no `env`: `cmd /C set VAR=VALUE&& {exe}` does the same there.
+    let command: &[&str] = if cfg!(windows) {
+        &[
+            "cmd",
+            "/C",
+            "set",
+            "MP_LAUNCHED_AS={index}@{host}&&",
+            "{exe}",
+        ]
+    } else {
+        &["env", "MP_LAUNCHED_AS={index}@{host}", "{exe}"]
+    };
+    let launcher = mp::LauncherCommand::new(command.iter().copied()).hosts(["alpha", "beta"]);
     let pool = mp::Pool::builder()
         .processes(1)
         .listen("127.0.0.1:0", KEY.as_bytes())
@@ -364,6 +378,7 @@ async fn a_launcher_command_starts_workers_that_join() -> Result<(), Failed> {
 }
 
 /// Runs `ip` with `args`; its error output if it fails.
+#[cfg(unix)]
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
@@ -382,12 +397,14 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 /// A network namespace joined to this one by a veth pair: this side
 /// `10.77.N.1`, the namespace's `10.77.N.2`. Removed when dropped.
+#[cfg(unix)]
 struct Netns {
     name: String,
     veth: String,
     here: String,
 }
 
+#[cfg(unix)]
 impl Netns {
     fn create() -> Result<Netns, String> {
         let n = std::process::id() % 250 + 1;
@@ -416,6 +433,7 @@ impl Netns {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["link", "del", &self.veth]);
@@ -423,6 +441,7 @@ impl Drop for Netns {
     }
 }
 
+#[cfg(unix)]
 async fn a_worker_cut_off_mid_task_fails_only_that_task() -> Result<(), Failed> {
     let ns = match Netns::create() {
         Ok(ns) => ns,
@@ -551,10 +570,12 @@ async fn remote_workers_join_over_tls_beyond_loopback() -> Result<(), Failed> {
     Ok(())
 }
 
+#[cfg(unix)]
 fn length(v: serde_bytes::ByteBuf) -> usize {
     v.len()
 }
 
+#[cfg(unix)]
 async fn a_stopped_worker_does_not_hold_a_large_job() -> Result<(), Failed> {
     let pool = listening_pool(1, Some(Duration::from_millis(600))).await?;
     let w = start_worker(&pool, &[])?;
@@ -588,11 +609,15 @@ pub(crate) fn cases() -> Vec<Case> {
             T,
             a_killed_remote_worker_fails_only_the_task_it_started,
         ),
+        // Unix only: SIGSTOP.
+        #[cfg(unix)]
         case(
             "a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout",
             T,
             a_silent_remote_worker_is_given_up_after_the_heartbeat_timeout,
         ),
+        // Unix only: a network namespace cut off with `ip`, or else SIGSTOP.
+        #[cfg(unix)]
         case(
             "a_worker_cut_off_mid_task_fails_only_that_task",
             T,
@@ -603,6 +628,8 @@ pub(crate) fn cases() -> Vec<Case> {
             T,
             remote_workers_join_over_tls_beyond_loopback,
         ),
+        // Unix only: SIGSTOP.
+        #[cfg(unix)]
         case(
             "a_stopped_worker_does_not_hold_a_large_job",
             T,

@@ -85,9 +85,24 @@ fn main() {
 }
 
 /// The modules, in the order they run: those that count children and
-/// descriptors first (see `common`).
-#[cfg(unix)]
+/// descriptors first (see `common`), then those of every platform.
 fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
+    let mut modules = platform_modules();
+    modules.extend([
+        common::module("exit_rule", exit_rule::cases()),
+        common::module("hijack", hijack::cases()),
+        common::module("set", set::cases()),
+        common::module("info", info::cases()),
+        common::module("setting", setting::cases()),
+        common::module("large_args", large_args::cases()),
+    ]);
+    modules
+}
+
+/// The modules of Unix: the fork server's, its faults and the parent's
+/// death among them.
+#[cfg(unix)]
+fn platform_modules() -> Vec<Vec<libtest_mimic::Trial>> {
     vec![
         common::module("soak", soak::cases()),
         common::module("rogue_child", rogue_child::cases()),
@@ -114,20 +129,14 @@ fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
             Duration::from_secs(120),
             sentinel::fallback_cases(),
         ),
-        common::module("exit_rule", exit_rule::cases()),
-        common::module("hijack", hijack::cases()),
-        common::module("set", set::cases()),
-        common::module("info", info::cases()),
-        common::module("setting", setting::cases()),
-        common::module("large_args", large_args::cases()),
     ]
 }
 
-/// The modules on Windows: `Spawn` is the default start method there, so
+/// The modules of Windows: `Spawn` is the default start method there, so
 /// the `spawn_method` cases run in this process, and a sentinel has one
 /// path only (the process handle).
 #[cfg(windows)]
-fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
+fn platform_modules() -> Vec<Vec<libtest_mimic::Trial>> {
     vec![
         common::module("spawn_method", spawn_method::cases()),
         common::module_in_reruns(
@@ -137,11 +146,5 @@ fn modules() -> Vec<Vec<libtest_mimic::Trial>> {
             output::cases(),
         ),
         common::module("sentinel", sentinel::cases()),
-        common::module("exit_rule", exit_rule::cases()),
-        common::module("hijack", hijack::cases()),
-        common::module("set", set::cases()),
-        common::module("info", info::cases()),
-        common::module("setting", setting::cases()),
-        common::module("large_args", large_args::cases()),
     ]
 }
