@@ -163,9 +163,18 @@ fn sleep_ms(ms: u64) -> u64 {
     ms
 }
 
+/// Holds its worker until `go` is set (30 s at most); returns 400.
+fn held_until(go: mp::Event) -> u64 {
+    go.blocking_wait_timeout(Duration::from_secs(30));
+    400
+}
+
 async fn a_dropped_result_held_by_a_worker_never_runs() -> Result<(), Failed> {
     let pool = mp::Pool::new(1).await?;
-    let slow = pool.apply_async(sleep_ms, 400);
+    // The first task holds the worker until the drops below have been
+    // acted on, however slow the machine.
+    let go = mp::Event::new()?;
+    let slow = pool.apply_async(held_until, go.clone());
     let paths: Vec<String> = (0..3).map(|i| scratch(&format!("held-{i}"))).collect();
     let mut held: Vec<_> = paths
         .iter()
@@ -177,6 +186,13 @@ async fn a_dropped_result_held_by_a_worker_never_runs() -> Result<(), Failed> {
     drop(held[0].take());
     drop(held[2].take());
     let kept = held[1].take().expect("kept");
+    // The worker has not started them: the pool takes them back and ends
+    // them as cancelled (counted as failed) while it still holds the first.
+    common::eventually("the dropped tasks are taken back", || {
+        pool.stats().failed == 2
+    })
+    .await?;
+    go.set();
     ensure(slow.await? == 400, "slow task")?;
     kept.await?;
     ensure(Path::new(&paths[1]).exists(), "the kept task ran")?;

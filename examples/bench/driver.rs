@@ -10,9 +10,15 @@
 //!
 //! `bench/compare.py` runs these cases next to the same ones written with
 //! Python's `multiprocessing` and prints the ratios.
+//!
+//! On Windows the cases that measure Linux itself (the fork floor, the raw
+//! socket floor, memory from `/proc`, a restart after `SIGKILL`) are not
+//! listed; the others run, though their figures under Wine say nothing
+//! about Windows (see `docs/windows.md`).
 
 use std::time::{Duration, Instant};
 
+#[cfg(unix)]
 use mp::unix::PipeEndExt;
 use tokio_multiprocessing as mp;
 
@@ -34,6 +40,7 @@ enum Run {
     Time(fn(u64) -> futures::future::BoxFuture<'static, Result<Duration, String>>),
     /// Runs once with n and returns the memory it found, one sample per
     /// process measured.
+    #[cfg(unix)]
     Memory(fn(u64) -> futures::future::BoxFuture<'static, Result<MemorySample, String>>),
     /// Runs n operations and returns what it measured, with `elapsed` the
     /// time of `ops` operations (fewer than n when some were dropped).
@@ -65,6 +72,7 @@ const CASES: &[Case] = &[
         about: "re-exec this binary with no library code, started and reaped with tokio::process",
         run: Run::Time(|n| Box::pin(floor_spawn(n))),
     },
+    #[cfg(unix)]
     Case {
         name: "floor_fork",
         default_n: 200,
@@ -119,6 +127,7 @@ const CASES: &[Case] = &[
         about: "pipe_rtt with PipeBuilder::spin(50 us): each end watches its socket after a send before it parks",
         run: Run::Time(|n| Box::pin(pipe_rtt_spin(n))),
     },
+    #[cfg(unix)]
     Case {
         name: "pipe_rtt_floor",
         default_n: 10_000,
@@ -155,6 +164,7 @@ const CASES: &[Case] = &[
         about: "Pool(2).apply_async of n trivial tasks in flight, then all awaited",
         run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplyAsync))),
     },
+    #[cfg(unix)]
     Case {
         name: "sup_restart",
         default_n: 200,
@@ -173,6 +183,7 @@ const CASES: &[Case] = &[
         about: "shut down a supervisor of n cooperative children, in reverse order; one op is one child",
         run: Run::Time(|n| Box::pin(sup_shutdown(n))),
     },
+    #[cfg(unix)]
     Case {
         name: "pool_idle_rss",
         default_n: 100,
@@ -200,14 +211,21 @@ async fn start_join(n: u64, method: mp::StartMethod) -> Result<Duration, String>
 }
 
 async fn spawn(n: u64) -> Result<Duration, String> {
-    start_join(n, mp::StartMethod::ForkServer).await
+    // The default method: the fork server, or on Windows (which has none)
+    // a re-exec.
+    let method = if cfg!(windows) {
+        mp::StartMethod::Spawn
+    } else {
+        mp::StartMethod::ForkServer
+    };
+    start_join(n, method).await
 }
 
 /// Runs the `spawn_tokio_main` example (built next to this binary) for n
 /// starts and reads the time they took.
 async fn spawn_tokio_main(n: u64) -> Result<Duration, String> {
     let me = std::env::current_exe().map_err(err)?;
-    let program = me.with_file_name("spawn_tokio_main");
+    let program = me.with_file_name(format!("spawn_tokio_main{}", std::env::consts::EXE_SUFFIX));
     let out = tokio::process::Command::new(&program)
         .arg(n.to_string())
         .output()
@@ -236,6 +254,7 @@ async fn spawn_exec(n: u64) -> Result<Duration, String> {
     start_join(n, mp::StartMethod::Spawn).await
 }
 
+#[cfg(unix)]
 async fn floor_fork(n: u64) -> Result<Duration, String> {
     // On a blocking thread, as a start's fork would be; the copy calls
     // nothing but `_exit`, which is sound in a multi-threaded program.
@@ -264,10 +283,20 @@ async fn floor_fork(n: u64) -> Result<Duration, String> {
     .map_err(err)?
 }
 
+/// This binary: `/proc/self/exe` on Linux (no lookup), the path the
+/// system gives elsewhere.
+fn own_exe() -> Result<std::path::PathBuf, String> {
+    if cfg!(target_os = "linux") {
+        Ok("/proc/self/exe".into())
+    } else {
+        std::env::current_exe().map_err(err)
+    }
+}
+
 async fn floor_spawn(n: u64) -> Result<Duration, String> {
     let t0 = Instant::now();
     for _ in 0..n {
-        let status = tokio::process::Command::new("/proc/self/exe")
+        let status = tokio::process::Command::new(own_exe()?)
             .env(FLOOR_ENV, "1")
             .spawn()
             .map_err(|e| e.to_string())?
@@ -305,6 +334,7 @@ fn supervisor_of(n: u64) -> (mp::Supervisor, mp::supervisor::EventStream) {
     (sup, events)
 }
 
+#[cfg(unix)]
 async fn sup_restart(n: u64) -> Result<Duration, String> {
     use futures::StreamExt;
     let (sup, mut events) = supervisor_of(1);
@@ -582,6 +612,7 @@ async fn rtt_over(n: u64, builder: mp::PipeBuilder) -> Result<Duration, String> 
 }
 
 /// The floor's child: echoes 8-byte messages on the bare socket.
+#[cfg(unix)]
 fn raw_echo(conn: mp::Connection<()>) {
     use std::io::{Read, Write};
     let mut sock = conn.into_std().expect("the socket");
@@ -593,6 +624,7 @@ fn raw_echo(conn: mp::Connection<()>) {
     }
 }
 
+#[cfg(unix)]
 async fn pipe_rtt_floor(n: u64) -> Result<Duration, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (ours, theirs) = mp::Pipe::new::<()>().map_err(err)?;
@@ -631,6 +663,7 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
     let n = n.unwrap_or(case.default_n).max(1);
     let run = match case.run {
         Run::Time(run) => run,
+        #[cfg(unix)]
         Run::Memory(run) => return run_memory_case(case, run, n, reps).await,
         Run::Logs(run) => return run_log_case(case, run, n, reps).await,
     };
@@ -659,6 +692,7 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
 
 /// What one run of a memory case found: the `VmRSS` and `Pss` (KiB) of
 /// each worker, and of the fork server.
+#[cfg(unix)]
 struct MemorySample {
     workers: Vec<(u64, u64)>,
     fork_server: Option<(u64, u64)>,
@@ -667,6 +701,7 @@ struct MemorySample {
 }
 
 /// The median of some KiB figures, rounded to a whole KiB.
+#[cfg(unix)]
 fn median_kib(mut v: Vec<u64>) -> Option<u64> {
     if v.is_empty() {
         return None;
@@ -681,6 +716,7 @@ fn median_kib(mut v: Vec<u64>) -> Option<u64> {
 
 /// Runs a memory case `reps` times (no warm-up: each run starts afresh)
 /// and prints the medians over every worker of every run.
+#[cfg(unix)]
 async fn run_memory_case(
     case: &Case,
     run: fn(u64) -> futures::future::BoxFuture<'static, Result<MemorySample, String>>,
@@ -741,6 +777,7 @@ struct LogSample {
 }
 
 /// The CPU time this process has used so far, user and system.
+#[cfg(unix)]
 fn cpu_time() -> Duration {
     use nix::sys::resource::{UsageWho, getrusage};
     getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
@@ -752,6 +789,36 @@ fn cpu_time() -> Duration {
         };
         tv(u.user_time()) + tv(u.system_time())
     })
+}
+
+/// The CPU time this process has used so far, user and system.
+#[cfg(windows)]
+fn cpu_time() -> Duration {
+    use windows_sys::Win32::Foundation::FILETIME;
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessTimes};
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: our own pseudo-handle; the four are valid places for the
+    // answers.
+    let ok = unsafe {
+        GetProcessTimes(
+            GetCurrentProcess(),
+            &mut created,
+            &mut exited,
+            &mut kernel,
+            &mut user,
+        )
+    };
+    if ok == 0 {
+        return Duration::ZERO;
+    }
+    // In units of 100 ns.
+    let ticks =
+        |t: FILETIME| (u64::from(t.dwHighDateTime) << 32 | u64::from(t.dwLowDateTime)) * 100;
+    Duration::from_nanos(ticks(kernel) + ticks(user))
 }
 
 /// Events of target `bench_log` the parent's subscriber saw.
@@ -904,6 +971,7 @@ async fn run_log_case(
 }
 
 /// The value, in KiB, of the line `key:   N kB` of a /proc file.
+#[cfg(unix)]
 fn proc_kib(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
@@ -914,6 +982,7 @@ fn proc_kib(path: &str, key: &str) -> Option<u64> {
 
 /// `VmRSS` (from `status`) and `Pss` (from `smaps_rollup`) of a live
 /// process, in KiB; `None` for a zombie or a process that is gone.
+#[cfg(unix)]
 fn rss_pss(pid: u32) -> Option<(u64, u64)> {
     let rss = proc_kib(&format!("/proc/{pid}/status"), "VmRSS")?;
     let pss = proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss")?;
@@ -922,6 +991,7 @@ fn rss_pss(pid: u32) -> Option<(u64, u64)> {
 
 /// The pids of this process's children, found by scanning `/proc/*/stat`
 /// for their parent pid.
+#[cfg(unix)]
 fn children() -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -958,6 +1028,7 @@ fn children() -> Vec<u32> {
 /// `Pool::new(2)`, a `map` of n trivial tasks, 200 ms of rest, then the
 /// memory of each worker and of the fork server. Workers are forked by the
 /// fork server with `CLONE_PARENT`, so they are this process's children.
+#[cfg(unix)]
 async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
     let pool = mp::Pool::new(2).await.map_err(err)?;
     pool.map(identity, 0..n).await.map_err(err)?;
