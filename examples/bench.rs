@@ -1,4 +1,4 @@
-//! The benchmark driver (`bench/unix.rs`): runs one case `reps` times and
+//! The benchmark driver (`bench/driver.rs`): runs one case `reps` times and
 //! prints one JSON line with the median time per operation.
 //!
 //! ```text
