@@ -50,8 +50,10 @@ pub(crate) use imp::stream;
 #[cfg(windows)]
 pub(crate) use imp::unsupported;
 #[cfg(test)]
+pub(crate) use imp::NotOurs;
+#[cfg(test)]
 #[cfg(unix)]
-pub(crate) use imp::{NotOurs, claim_control_socket};
+pub(crate) use imp::claim_control_socket;
 pub(crate) use imp::{claim_control, control_locator, socketpair, wait_peer_closed};
 
 // Shared mappings.

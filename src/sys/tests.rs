@@ -107,6 +107,25 @@ fn a_handle_travels_in_a_message() {
     assert_eq!(stream::recv_into(&y, &mut buf, 8, true).unwrap(), 3);
 }
 
+/// On Windows a handle travels inside the bytes: a token its receiver
+/// takes once (here, a receiver in this same process).
+#[cfg(windows)]
+#[test]
+fn a_handle_travels_in_a_message() {
+    let (x, y) = socketpair().unwrap();
+    let (pid, value) = handle_token(&x).unwrap();
+    drop(x);
+    let got = claim_handle_token(pid, value).unwrap();
+    assert!(
+        claim_handle_token(pid, value).is_err(),
+        "a token is taken once"
+    );
+    // The received handle is the same pipe: it reaches `y`.
+    stream::send(&got, b"via", true).unwrap();
+    let mut buf = BytesMut::new();
+    assert_eq!(stream::recv_into(&y, &mut buf, 8, true).unwrap(), 3);
+}
+
 #[test]
 fn a_child_is_watched_signalled_and_reaped() {
     let child = sleeping_child("30");
@@ -234,6 +253,24 @@ fn only_a_socket_from_our_parent_is_claimed() {
     assert!(matches!(claim_control_socket(fd), Err(NotOurs::NotASocket)));
 }
 
+/// On Windows the locator names a process and a handle in it: nonsense,
+/// a process that does not exist and a value that names no handle are
+/// each refused.
+#[cfg(windows)]
+#[test]
+fn only_a_handle_from_our_parent_is_claimed() {
+    assert!(matches!(claim_control("3"), Err(NotOurs::NotAHandle(_))));
+    assert!(matches!(
+        claim_control("handle 4294967295 4"),
+        Err(NotOurs::NoParent(_))
+    ));
+    let nothing = format!("handle {} 999999", std::process::id());
+    assert!(matches!(
+        claim_control(&nothing),
+        Err(NotOurs::NotAHandle(_))
+    ));
+}
+
 #[test]
 fn this_program_has_an_identity_and_a_command_line() {
     let a = exe_identity().unwrap();
@@ -297,19 +334,41 @@ fn a_tied_program_leads_its_group_and_dies_with_the_thread_that_started_it() {
     assert!(!group_exists(pid), "its group went with it");
 }
 
-// Unix only for now: see docs/windows.md.
+/// A child of ours leading a group of its own (on Windows, in a job of
+/// its own), sleeping for `secs`.
 #[cfg(unix)]
-#[test]
-fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
+fn sleeping_group_leader(secs: &str) -> Child {
     use std::os::unix::process::CommandExt as _;
     let spawned = std::process::Command::new("sleep")
-        .arg("30")
+        .arg(secs)
         .process_group(0)
         .spawn()
         .expect("sleep");
     let pid = spawned.id();
     drop(spawned);
-    let child = Child::adopt(pid);
+    Child::adopt(pid)
+}
+
+/// A child of ours leading a group of its own (on Windows, in a job of
+/// its own), sleeping for `secs`: this test binary running [`sleeper`].
+#[cfg(windows)]
+fn sleeping_group_leader(secs: &str) -> Child {
+    let (_ours, theirs) = socketpair().unwrap();
+    let argv: Vec<std::ffi::CString> = ["test", "--exact", "sys::tests::sleeper", "--ignored"]
+        .iter()
+        .map(|a| std::ffi::CString::new(*a).unwrap())
+        .collect();
+    let mut env: Vec<std::ffi::CString> = std::env::vars()
+        .filter_map(|(k, v)| std::ffi::CString::new(format!("{k}={v}")).ok())
+        .collect();
+    env.push(std::ffi::CString::new(format!("MP_CONTRACT_SLEEP={secs}")).unwrap());
+    Child::spawn(theirs, &argv, &env, Group::Own, None).expect("spawn")
+}
+
+#[test]
+fn a_group_exists_while_a_member_lives_and_not_once_only_a_zombie_is_left() {
+    let child = sleeping_group_leader("30");
+    let pid = child.pid();
     assert!(group_exists(pid), "its sleeping leader");
     child.signal(Signal::Kill).unwrap();
     // Dead, and a zombie until reaped.
