@@ -45,15 +45,15 @@ pub(crate) use imp::{
 
 // The control socket.
 #[cfg(test)]
-pub(crate) use imp::peer_closed;
-pub(crate) use imp::stream;
-#[cfg(windows)]
-pub(crate) use imp::unsupported;
-#[cfg(test)]
 pub(crate) use imp::NotOurs;
 #[cfg(test)]
 #[cfg(unix)]
 pub(crate) use imp::claim_control_socket;
+#[cfg(test)]
+pub(crate) use imp::peer_closed;
+pub(crate) use imp::stream;
+#[cfg(windows)]
+pub(crate) use imp::unsupported;
 pub(crate) use imp::{claim_control, control_locator, socketpair, wait_peer_closed};
 
 // Shared mappings.
