@@ -721,6 +721,18 @@ fn service_tree_serves_and_its_children_end_with_it() {
         }
         seen.push(line);
     };
+    // The events are printed by a task of their own, which may print the
+    // last start-up ones just after the address.
+    let is_start_up = |l: &String| {
+        l.strip_prefix("event: service/")
+            .is_some_and(|l| l.contains(": started") || l.contains(": ready"))
+    };
+    while seen.iter().filter(|l| is_start_up(l)).count() < 5 {
+        match lines.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
     let order: Vec<String> = seen
         .iter()
         .filter_map(|l| l.strip_prefix("event: service/"))

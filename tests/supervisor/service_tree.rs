@@ -135,7 +135,19 @@ async fn survives_kills_and_stops_cleanly() -> Result<(), Failed> {
         }
         seen.push(line);
     };
-    // Started in order, each ready before the next.
+    // Started in order, each ready before the next. The events are printed
+    // by a task of their own, which may print the last ones just after the
+    // address.
+    let is_start_up = |l: &String| {
+        l.strip_prefix("event: service/")
+            .is_some_and(|l| l.contains(": started") || l.contains(": ready"))
+    };
+    while seen.iter().filter(|l| is_start_up(l)).count() < 5 {
+        match tokio::time::timeout(Duration::from_secs(10), lines.recv()).await {
+            Ok(Some(line)) => seen.push(line),
+            _ => break,
+        }
+    }
     let order: Vec<&str> = seen
         .iter()
         .filter_map(|l| l.strip_prefix("event: service/"))
