@@ -34,7 +34,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
+use stop::Stop;
 use tokio_multiprocessing as mp;
+
+#[path = "shared/stop.rs"]
+mod stop;
 
 /// The largest `N` that `/primes/N` takes: about five seconds of work in
 /// a release build.
@@ -165,56 +169,6 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("server: {e}");
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// The requests to stop the server: `SIGTERM` and `SIGINT` on Unix,
-/// Ctrl-C and the console's close on Windows.
-#[cfg(unix)]
-struct Stop(tokio::signal::unix::Signal, tokio::signal::unix::Signal);
-
-#[cfg(unix)]
-impl Stop {
-    fn listen() -> std::io::Result<Stop> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Stop(
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
-    }
-
-    /// The name of the first request that comes.
-    async fn recv(mut self) -> &'static str {
-        tokio::select! {
-            _ = self.0.recv() => "SIGTERM",
-            _ = self.1.recv() => "SIGINT",
-        }
-    }
-}
-
-/// The requests to stop the server: `SIGTERM` and `SIGINT` on Unix,
-/// Ctrl-C and the console's close on Windows.
-#[cfg(windows)]
-struct Stop(
-    tokio::signal::windows::CtrlC,
-    tokio::signal::windows::CtrlClose,
-);
-
-#[cfg(windows)]
-impl Stop {
-    fn listen() -> std::io::Result<Stop> {
-        Ok(Stop(
-            tokio::signal::windows::ctrl_c()?,
-            tokio::signal::windows::ctrl_close()?,
-        ))
-    }
-
-    /// The name of the first request that comes.
-    async fn recv(mut self) -> &'static str {
-        tokio::select! {
-            _ = self.0.recv() => "Ctrl-C",
-            _ = self.1.recv() => "close",
         }
     }
 }

@@ -11,6 +11,8 @@
 
 #[path = "service_tree/app.rs"]
 mod app;
+#[path = "shared/stop.rs"]
+mod stop;
 
 fn main() -> std::process::ExitCode {
     app::main()

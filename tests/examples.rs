@@ -641,10 +641,10 @@ fn shared_memory_python_shares_a_block_with_python_by_name() {
     );
 }
 
-/// `GET path` on `addr` (`host:port`) with a plain HTTP/1.0 request; the
-/// body, once the answer is `200 OK`.
+/// `GET path` on `addr` (`host:port`) with a plain HTTP/1.0 request: the
+/// answer's status line and its body.
 #[cfg(windows)]
-fn http_get(addr: &str, path: &str) -> String {
+fn http_get(addr: &str, path: &str) -> (String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream
@@ -654,30 +654,61 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("answer");
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{answer}"
-    );
-    body.to_owned()
+    let status = head.lines().next().unwrap_or_default();
+    (status.to_owned(), body.to_owned())
 }
 
-/// Whether process `pid` has ended (or is gone).
+/// The body of `GET path`, which must answer `200`.
 #[cfg(windows)]
-fn has_ended(pid: u32) -> bool {
-    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
-    use windows_sys::Win32::System::Threading::{
-        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+fn http_get_ok(addr: &str, path: &str) -> String {
+    let (status, body) = http_get(addr, path);
+    assert!(status.contains(" 200 "), "{path}: {status}\n{body}");
+    body
+}
+
+/// Example `name` started on port 0, its stdout read line by line on a
+/// thread of its own: the child, the address it listens on, what it
+/// printed before it, and the lines that follow.
+#[cfg(windows)]
+fn start_listening(
+    name: &str,
+) -> (
+    std::process::Child,
+    String,
+    Vec<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(example(name))
+        .arg("0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut before = Vec::new();
+    let addr = loop {
+        let Ok(line) = lines.recv_timeout(LIMIT) else {
+            let _ = child.kill();
+            panic!("{name}: no address within {LIMIT:?}; printed {before:#?}");
+        };
+        if let Some(url) = line.strip_prefix("listening on http://") {
+            break url.to_owned();
+        }
+        before.push(line);
     };
-    // SAFETY: OpenProcess takes no pointers; a failure returns null.
-    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
-    if process.is_null() {
-        return true;
-    }
-    // SAFETY: the handle is open for the call; a zero timeout only looks.
-    let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
-    // SAFETY: the handle was opened above and is closed once.
-    unsafe { CloseHandle(process) };
-    !running
+    (child, addr, before, lines)
 }
 
 /// `service_tree` on Windows: its children start in order, each ready
@@ -691,36 +722,7 @@ fn has_ended(pid: u32) -> bool {
 #[cfg(windows)]
 #[test]
 fn service_tree_serves_and_its_children_end_with_it() {
-    use std::io::BufRead;
-    use std::process::Stdio;
-    let mut service = Command::new(example("service_tree"))
-        .arg("0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("service_tree starts");
-    let stdout = service.stdout.take().expect("piped");
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let addr = loop {
-        let Ok(line) = lines.recv_timeout(LIMIT) else {
-            let _ = service.kill();
-            panic!("no address within {LIMIT:?}; printed {seen:#?}");
-        };
-        if let Some(url) = line.strip_prefix("listening on http://") {
-            break url.to_owned();
-        }
-        seen.push(line);
-    };
+    let (mut service, addr, mut seen, lines) = start_listening("service_tree");
     // The events are printed by a task of their own, which may print the
     // last start-up ones just after the address.
     let is_start_up = |l: &String| {
@@ -748,8 +750,8 @@ fn service_tree_serves_and_its_children_end_with_it() {
     ];
     let in_order =
         order.len() == expected.len() && order.iter().zip(expected).all(|(l, e)| l.starts_with(e));
-    let square = http_get(&addr, "/square/7");
-    let children = http_get(&addr, "/children");
+    let square = http_get_ok(&addr, "/square/7");
+    let children = http_get_ok(&addr, "/children");
     // The sidecar's first line, captured and printed as an event.
     let is_captured = |l: &str| l.contains("stdout: sidecar ready, heartbeat every");
     let mut captured = seen.iter().any(|l| is_captured(l));
@@ -781,7 +783,7 @@ fn service_tree_serves_and_its_children_end_with_it() {
         panic!("no pids in /children: {children}");
     };
     let t0 = std::time::Instant::now();
-    while !(has_ended(ticker) && has_ended(sidecar)) {
+    while run::is_running(ticker) || run::is_running(sidecar) {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the ticker ({ticker}) and the sidecar ({sidecar}) outlived the service"
@@ -797,31 +799,10 @@ fn service_tree_serves_and_its_children_end_with_it() {
 #[cfg(windows)]
 #[test]
 fn server_answers_from_its_pool() {
-    use std::io::{BufRead, Read, Write};
-    use std::process::Stdio;
-    let mut server = Command::new(example("server"))
-        .arg("0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let mut stdout = std::io::BufReader::new(server.stdout.take().expect("piped"));
-    let mut first = String::new();
-    stdout.read_line(&mut first).expect("its first line");
-    let addr = first
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("first line {first:?}"))
-        .to_owned();
-    let primes = http_get(&addr, "/primes/100");
-    let status_of_bad = {
-        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
-        write!(stream, "GET /primes/ten HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("answer");
-        answer.lines().next().unwrap_or_default().to_owned()
-    };
+    let (mut server, addr, before, _lines) = start_listening("server");
+    assert!(before.is_empty(), "printed before its address: {before:?}");
+    let primes = http_get_ok(&addr, "/primes/100");
+    let (status_of_bad, _) = http_get(&addr, "/primes/ten");
     server.kill().expect("kill the server");
     server.wait().expect("reaped");
     assert!(primes.contains("\"primes\":25"), "/primes/100: {primes}");

@@ -53,6 +53,8 @@ use serde_json::{Value, json};
 use tokio_multiprocessing as mp;
 use tokio_util::sync::CancellationToken;
 
+use crate::stop::Stop;
+
 /// How often the ticker ticks, in milliseconds; its watchdog allows four
 /// missed ticks.
 const TICK_MS: u64 = 250;
@@ -214,56 +216,6 @@ async fn serve(port: u16) -> Result<(), Box<dyn std::error::Error>> {
     end?;
     println!("stopped");
     Ok(())
-}
-
-/// The requests to stop the service: `SIGTERM` and `SIGINT` on Unix,
-/// Ctrl-C and the console's close on Windows.
-#[cfg(unix)]
-struct Stop(tokio::signal::unix::Signal, tokio::signal::unix::Signal);
-
-#[cfg(unix)]
-impl Stop {
-    fn listen() -> std::io::Result<Stop> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Stop(
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
-    }
-
-    /// The name of the first request that comes.
-    async fn recv(mut self) -> &'static str {
-        tokio::select! {
-            _ = self.0.recv() => "SIGTERM",
-            _ = self.1.recv() => "SIGINT",
-        }
-    }
-}
-
-/// The requests to stop the service: `SIGTERM` and `SIGINT` on Unix,
-/// Ctrl-C and the console's close on Windows.
-#[cfg(windows)]
-struct Stop(
-    tokio::signal::windows::CtrlC,
-    tokio::signal::windows::CtrlClose,
-);
-
-#[cfg(windows)]
-impl Stop {
-    fn listen() -> std::io::Result<Stop> {
-        Ok(Stop(
-            tokio::signal::windows::ctrl_c()?,
-            tokio::signal::windows::ctrl_close()?,
-        ))
-    }
-
-    /// The name of the first request that comes.
-    async fn recv(mut self) -> &'static str {
-        tokio::select! {
-            _ = self.0.recv() => "Ctrl-C",
-            _ = self.1.recv() => "close",
-        }
-    }
 }
 
 /// Sends one notification to the supervisor: a datagram to the

@@ -401,29 +401,37 @@ pub fn is_running(pid: u32) -> bool {
     matches!(stat_of(pid), Some((state, _)) if state != 'Z' && state != 'X')
 }
 
-/// Whether `pid` names a process that is running: one that can be opened
-/// and whose handle is not signalled (it has not exited).
+/// Whether `pid` names a process that is running (see
+/// [`run::is_running`]).
 #[cfg(windows)]
 pub fn is_running(pid: u32) -> bool {
-    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
-    use windows_sys::Win32::System::Threading::{
-        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
-    };
-    // SAFETY: OpenProcess takes no pointers; a failure returns null.
-    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
-    if process.is_null() {
-        return false;
-    }
-    // SAFETY: the handle is open for the call; a zero timeout only looks.
-    let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
-    // SAFETY: opened above, closed once here.
-    unsafe { CloseHandle(process) };
-    running
+    run::is_running(pid)
 }
 
 /// The exit code [`kill_hard`] gives a process on Windows.
 #[cfg(windows)]
 pub const KILLED_CODE: u32 = 137;
+
+/// How the library reports a process ended by [`kill_hard`] (Python's
+/// convention): `-SIGKILL` on Unix, [`KILLED_CODE`] on Windows.
+#[cfg(unix)]
+pub const KILLED_EXITCODE: i32 = -9;
+#[cfg(windows)]
+pub const KILLED_EXITCODE: i32 = KILLED_CODE as i32;
+
+/// Whether process `pid` is gone for good: on Unix reaped too (not even a
+/// zombie is left); on Windows, where nothing is left to reap, no longer
+/// running.
+pub fn is_gone(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        stat_of(pid).is_none()
+    }
+    #[cfg(windows)]
+    {
+        !is_running(pid)
+    }
+}
 
 /// Kills process `pid` (not its group) from outside, as a crash would:
 /// `SIGKILL` on Unix; on Windows `TerminateProcess` with [`KILLED_CODE`].

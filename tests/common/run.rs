@@ -76,3 +76,23 @@ pub(crate) fn example(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Whether process `pid` is running: one that can be opened and whose
+/// handle is not signalled (it has not exited).
+#[cfg(windows)]
+pub(crate) fn is_running(pid: u32) -> bool {
+    use windows_sys::Win32::Foundation::{CloseHandle, WAIT_TIMEOUT};
+    use windows_sys::Win32::System::Threading::{
+        OpenProcess, PROCESS_SYNCHRONIZE, WaitForSingleObject,
+    };
+    // SAFETY: OpenProcess takes no pointers; a failure returns null.
+    let process = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+    if process.is_null() {
+        return false;
+    }
+    // SAFETY: the handle is open for the call; a zero timeout only looks.
+    let running = unsafe { WaitForSingleObject(process, 0) } == WAIT_TIMEOUT;
+    // SAFETY: opened above, closed once here.
+    unsafe { CloseHandle(process) };
+    running
+}

@@ -9,6 +9,7 @@ use mp::supervisor::{ChildSpec, Supervisor, SupervisorError};
 use tokio_multiprocessing as mp;
 use tracing::Level;
 
+use crate::common::KILLED_EXITCODE as KILLED;
 use crate::common::{Case, case, ensure};
 use crate::recorder::{self, Record};
 
@@ -30,13 +31,6 @@ fn sigkill_self(_: ()) -> u32 {
     let _ = crate::common::kill_hard(std::process::id());
     unreachable!("killed")
 }
-
-/// How a process killed by `common::kill_hard` is reported: `-9` on Unix;
-/// on Windows the exit code the kill gives it.
-#[cfg(unix)]
-const KILLED: i32 = -9;
-#[cfg(windows)]
-const KILLED: i32 = crate::common::KILLED_CODE as i32;
 
 /// What the crate's events say of such a death: `SIGKILL` on Unix, the
 /// exit code on Windows.

@@ -7,8 +7,7 @@ use libtest_mimic::Failed;
 use serde::{Deserialize, Serialize};
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, ensure};
-use crate::procs;
+use crate::common::{self, Case, case, ensure};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -239,7 +238,7 @@ async fn a_failing_initializer_fails_build() -> Result<(), Failed> {
     // Every worker that ran the initializer is gone, reaped (not a zombie).
     for entry in std::fs::read_dir(&dir)? {
         let pid: u32 = entry?.file_name().to_string_lossy().parse()?;
-        ensure(procs::is_gone(pid), format!("worker {pid} not reaped"))?;
+        ensure(common::is_gone(pid), format!("worker {pid} not reaped"))?;
     }
     let pool = mp::Pool::builder()
         .processes(2)
@@ -292,7 +291,7 @@ async fn a_failing_kth_worker_fails_build_and_the_others_are_reaped() -> Result<
     // The workers whose initializer succeeded are terminated and reaped
     // too, before build returns.
     for pid in pids {
-        ensure(procs::is_gone(pid), format!("worker {pid} not reaped"))?;
+        ensure(common::is_gone(pid), format!("worker {pid} not reaped"))?;
     }
     Ok(())
 }
@@ -371,10 +370,10 @@ async fn dropping_the_last_handle_terminates() -> Result<(), Failed> {
         format!("{got:?}"),
     )?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while procs::is_running(worker) && Instant::now() < deadline {
+    while common::is_running(worker) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    ensure(!procs::is_running(worker), "the worker is gone")?;
+    ensure(!common::is_running(worker), "the worker is gone")?;
     Ok(())
 }
 

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, ensure};
-use crate::procs;
+use crate::common::{self, Case, case, ensure};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -31,7 +30,7 @@ fn die(how: Death) -> u64 {
     std::thread::sleep(Duration::from_millis(20));
     match how {
         Death::Kill => {
-            let _ = procs::kill(std::process::id());
+            let _ = common::kill_hard(std::process::id());
             // A kill of oneself may return before the process has ended.
             std::thread::sleep(Duration::from_secs(60));
             unreachable!("killed")
@@ -65,7 +64,7 @@ async fn a_worker_dying_mid_task_fails_only_that_task() -> Result<(), Failed> {
         let behind: Vec<_> = (0..5u64).map(|x| pool.apply_async(square, x)).collect();
         match doomed.await {
             Err(mp::TaskError::WorkerDied { exitcode }) => ensure(
-                want.map_or(procs::killed(exitcode), |w| exitcode == w),
+                exitcode == want.unwrap_or(common::KILLED_EXITCODE),
                 format!("{how:?}: exit code {exitcode}"),
             )?,
             other => return Err(format!("{how:?}: {other:?}").into()),
@@ -90,7 +89,7 @@ async fn a_worker_dying_mid_task_fails_only_that_task() -> Result<(), Failed> {
 async fn killing_an_idle_worker_disturbs_nothing() -> Result<(), Failed> {
     let pool = mp::Pool::new(2).await?;
     let victim = pool.apply(pid, ()).await?;
-    procs::kill(victim)?;
+    common::kill_hard(victim)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while pool.stats().restarted == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -125,7 +124,7 @@ async fn a_task_past_its_timeout_fails_and_its_worker_is_replaced() -> Result<()
         format!("{:?}", start.elapsed()),
     )?;
     ensure(behind.await? == 10, "the task behind it ran")?;
-    ensure(!procs::is_running(before), "the old worker is gone")?;
+    ensure(!common::is_running(before), "the old worker is gone")?;
     ensure(pool.apply(pid, ()).await? != before, "a new worker")?;
     ensure(pool.stats().restarted == 1, format!("{:?}", pool.stats()))?;
     Ok(())
@@ -146,7 +145,7 @@ async fn a_task_sent_to_a_just_killed_idle_worker_runs_elsewhere() -> Result<(),
     let mut lost = Vec::new();
     for round in 0..20 {
         let victim = pool.apply(pid, ()).await?;
-        procs::kill(victim)?;
+        common::kill_hard(victim)?;
         match pool.apply(pid_unless, victim).await {
             Ok(p) => ensure(p != victim, "a new worker")?,
             Err(e) => lost.push((round, e)),
@@ -173,7 +172,7 @@ fn second_start_is_killed(path: std::path::PathBuf) {
         + 1;
     std::fs::write(&path, runs.to_string()).expect("count the starts");
     if runs == 2 {
-        let _ = procs::kill(std::process::id());
+        let _ = common::kill_hard(std::process::id());
         // A kill of oneself may return before the process has ended.
         std::thread::sleep(Duration::from_secs(60));
     }
@@ -191,7 +190,7 @@ async fn a_replacement_killed_while_starting_is_replaced_again() -> Result<(), F
         .await?;
     let killed = pool.apply(die, Death::Kill).await;
     ensure(
-        matches!(killed, Err(mp::TaskError::WorkerDied { exitcode }) if procs::killed(exitcode)),
+        matches!(killed, Err(mp::TaskError::WorkerDied { exitcode }) if exitcode == common::KILLED_EXITCODE),
         format!("{killed:?}"),
     )?;
     // The replacement dies while it starts; the one after it serves.
@@ -372,7 +371,7 @@ async fn a_pool_whose_runtime_shut_down_fails_at_once() -> Result<(), Failed> {
     ensure(stats.workers == 0, format!("no worker is left: {stats:?}"))?;
     for pid in &workers {
         ensure(
-            procs::is_gone(*pid),
+            common::is_gone(*pid),
             format!("worker {pid} was killed and reaped"),
         )?;
     }

@@ -22,7 +22,6 @@ mod features;
 mod handles;
 mod imap;
 mod parent_death;
-mod procs;
 mod remote;
 // Unix only: it stops the `server` example with SIGTERM and SIGINT, to its
 // process group too.

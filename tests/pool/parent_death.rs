@@ -25,9 +25,9 @@ use libtest_mimic::Failed;
 use serde::{Deserialize, Serialize};
 use tokio_multiprocessing as mp;
 
+use crate::common::{self, Case, ensure};
 #[cfg(unix)]
-use crate::common::{self, Reap, case_as_subreaper};
-use crate::common::{Case, ensure};
+use crate::common::{Reap, case_as_subreaper};
 
 const WORKERS: usize = 4;
 /// How long the middle process, its tasks and its children would run if
@@ -266,20 +266,32 @@ async fn read_report(dir: &Path) -> Result<(Option<u32>, Vec<u32>), Failed> {
     Ok(((server != 0).then_some(server), pids))
 }
 
-/// One round: builds the middle process's family, checks through `/proc`
-/// that all sixteen run, kills the middle process and returns how long
-/// the last of the sixteen took to be gone.
-#[cfg(unix)]
-async fn round(method: mp::StartMethod, n: usize) -> Result<Duration, Failed> {
+/// A middle process's family, built and in place: its scratch directory,
+/// the middle process, its fork server (if any), its twelve children (in
+/// `CHILDREN`'s order) and the sixteen pids of those and its four pool
+/// workers.
+struct Family {
+    dir: std::path::PathBuf,
+    middle: mp::Process<()>,
+    server: Option<u32>,
+    // Read by the Unix round only, which names each child's exit.
+    #[cfg_attr(windows, allow(dead_code))]
+    plain: Vec<u32>,
+    sixteen: BTreeSet<u32>,
+}
+
+/// Starts the middle process (its children re-executed if `spawn`), with
+/// a scratch directory named by `tag`, and waits until the twelve are in
+/// their waits and the four workers in their tasks, none returned.
+async fn family(tag: &str, spawn: bool) -> Result<Family, Failed> {
     let dir = std::env::temp_dir().join(format!(
-        "tmp-pool-parent-death-{}-{method:?}-{n}",
+        "tmp-pool-parent-death-{}-{tag}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let m = mp::Process::new(middle, (dir.clone(), method == mp::StartMethod::Spawn));
+    let m = mp::Process::new(middle, (dir.clone(), spawn));
     m.start().await?;
-    let mpid = m.pid().ok_or("no pid")?;
     let (server, plain) = read_report(&dir).await?;
 
     // The twelve are in their waits, and four workers in their tasks.
@@ -312,6 +324,28 @@ async fn round(method: mp::StartMethod, n: usize) -> Result<Duration, Failed> {
         sixteen.len() == CHILDREN.len() + WORKERS,
         "sixteen distinct pids",
     )?;
+    Ok(Family {
+        dir,
+        middle: m,
+        server,
+        plain,
+        sixteen,
+    })
+}
+
+/// One round: builds the middle process's family, checks through `/proc`
+/// that all sixteen run, kills the middle process and returns how long
+/// the last of the sixteen took to be gone.
+#[cfg(unix)]
+async fn round(method: mp::StartMethod, n: usize) -> Result<Duration, Failed> {
+    let Family {
+        dir,
+        middle: m,
+        server,
+        plain,
+        sixteen,
+    } = family(&format!("{method:?}-{n}"), method == mp::StartMethod::Spawn).await?;
+    let mpid = m.pid().ok_or("no pid")?;
     let mut expected = sixteen.clone();
     expected.extend(server);
     // Its fork server's spare comes and goes, and dies with it too.
@@ -452,51 +486,30 @@ async fn rounds(method: mp::StartMethod, count: usize) -> Result<(), Failed> {
 #[cfg(windows)]
 const GONE_WITHIN_ON_WINDOWS: Duration = Duration::from_secs(10);
 
+/// Those of `pids` that are running.
+#[cfg(windows)]
+fn running_of(pids: &[u32]) -> Vec<u32> {
+    pids.iter()
+        .copied()
+        .filter(|&p| common::is_running(p))
+        .collect()
+}
+
 /// The round on Windows: the same family (the children re-executed, as
 /// every child is there), all sixteen in the process list before the
 /// kill, none of them in it soon after.
 #[cfg(windows)]
 async fn round_on_windows(n: usize) -> Result<Duration, Failed> {
-    use crate::procs;
-    let dir = std::env::temp_dir().join(format!(
-        "tmp-pool-parent-death-{}-windows-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let m = mp::Process::new(middle, (dir.clone(), true));
-    m.start().await?;
-    let (server, plain) = read_report(&dir).await?;
+    let Family {
+        dir,
+        middle: m,
+        server,
+        sixteen,
+        ..
+    } = family(&format!("windows-{n}"), true).await?;
     ensure(server.is_none(), "no fork server on Windows")?;
-    let ready = until(|| {
-        marked(&dir, "ready-").len() == CHILDREN.len() && marked(&dir, "task-").len() == WORKERS
-    })
-    .await;
-    ensure(
-        ready,
-        format!(
-            "ready: {:?}, tasks running in: {:?}",
-            marked(&dir, "ready-"),
-            marked(&dir, "task-")
-        ),
-    )?;
-    let workers = marked(&dir, "task-")
-        .iter()
-        .map(|p| p.parse::<u32>())
-        .collect::<Result<Vec<_>, _>>()?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let returned = marked(&dir, "returned-");
-    ensure(
-        returned.is_empty(),
-        format!("children whose wait returned: {returned:?}"),
-    )?;
-    let sixteen: BTreeSet<u32> = plain.iter().chain(&workers).copied().collect();
-    ensure(
-        sixteen.len() == CHILDREN.len() + WORKERS,
-        "sixteen distinct pids",
-    )?;
     let all: Vec<u32> = sixteen.iter().copied().collect();
-    let running = procs::running_of(&all);
+    let running = running_of(&all);
     let stopped: Vec<u32> = all
         .iter()
         .copied()
@@ -512,14 +525,14 @@ async fn round_on_windows(n: usize) -> Result<Duration, Failed> {
     m.sentinel().await;
     let mut left = all;
     while !left.is_empty() {
-        left = procs::running_of(&left);
+        left = running_of(&left);
         let now = killed_at.elapsed();
         if left.is_empty() {
             break;
         }
         if now > GONE_WITHIN_ON_WINDOWS {
             for &p in &left {
-                let _ = procs::kill(p);
+                let _ = common::kill_hard(p);
             }
             return Err(
                 format!("round {n}: still running {now:?} after the kill: {left:?}").into(),

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use tokio_multiprocessing as mp;
 
-use crate::common::{Case, case, ensure};
-use crate::procs;
+use crate::common::{self, Case, case, ensure};
 
 const KEY: &str = "the remote workers' key";
 const ADDRESS_ENV: &str = "MP_TEST_REMOTE_WORKER";
@@ -262,7 +261,7 @@ fn only_the_started_task_failed(
 
 /// `SIGKILL` on Unix, `TerminateProcess` on Windows.
 fn sigkill(pid: u32) {
-    let _ = procs::kill(pid);
+    let _ = common::kill_hard(pid);
 }
 
 #[cfg(unix)]

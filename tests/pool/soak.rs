@@ -106,6 +106,27 @@ async fn settled(pool: &mp::Pool, children: usize) {
     }
 }
 
+/// Every task of `blocks` blocks ran, once, and none failed (`warm` more
+/// in the warm-up); workers were replaced as often as their limit says.
+fn check_counts(
+    tasks: usize,
+    warm: usize,
+    blocks: u64,
+    stats: &mp::PoolStats,
+) -> Result<(), Failed> {
+    ensure(tasks as u64 == blocks * 100_000, format!("{tasks} tasks"))?;
+    ensure(
+        stats.completed == tasks + warm && stats.failed == 0,
+        format!("{stats:?}"),
+    )?;
+    // Every job retires its worker after JOBS_PER_CHILD: 4,000 jobs of one
+    // task and 20 chunks per block.
+    ensure(
+        stats.restarted >= usize::try_from(blocks)? * (4_000 + 60 + 16) / JOBS_PER_CHILD - WORKERS,
+        format!("too few replacements: {stats:?}"),
+    )
+}
+
 /// Blocks of 100,000 tasks; `SOAK_POOL_BLOCKS` sets how many (10 by default).
 fn blocks() -> u64 {
     std::env::var("SOAK_POOL_BLOCKS")
@@ -158,17 +179,7 @@ async fn a_million_tasks() -> Result<(), Failed> {
         took.as_secs_f64() * 1e6 / tasks as f64,
         stats.restarted
     );
-    ensure(tasks as u64 == blocks * 100_000, format!("{tasks} tasks"))?;
-    ensure(
-        stats.completed == tasks + warm && stats.failed == 0,
-        format!("{stats:?}"),
-    )?;
-    // Every job retires its worker after JOBS_PER_CHILD: 4,000 jobs of one
-    // task and 20 chunks per block.
-    ensure(
-        stats.restarted >= usize::try_from(blocks)? * (4_000 + 60 + 16) / JOBS_PER_CHILD - WORKERS,
-        format!("too few replacements: {stats:?}"),
-    )?;
+    check_counts(tasks, warm, blocks, &stats)?;
     ensure(
         fds1 <= fds0,
         format!("descriptors grew from {fds0} to {fds1}"),
@@ -236,17 +247,7 @@ async fn a_million_tasks() -> Result<(), Failed> {
         took.as_secs_f64() * 1e6 / tasks as f64,
         stats.restarted
     );
-    ensure(tasks as u64 == blocks * 100_000, format!("{tasks} tasks"))?;
-    ensure(
-        stats.completed == tasks + warm && stats.failed == 0,
-        format!("{stats:?}"),
-    )?;
-    // Every job retires its worker after JOBS_PER_CHILD: 4,000 jobs of one
-    // task and 20 chunks per block.
-    ensure(
-        stats.restarted >= usize::try_from(blocks)? * (4_000 + 60 + 16) / JOBS_PER_CHILD - WORKERS,
-        format!("too few replacements: {stats:?}"),
-    )?;
+    check_counts(tasks, warm, blocks, &stats)?;
     pool.terminate().await;
     ensure(pool.stats().workers == 0, "workers after terminate")?;
     Ok(())

@@ -5,7 +5,7 @@
 //! timeout, and the binary under a deadline of its own.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -217,6 +217,28 @@ async fn serve_with_a_grandchild(file: PathBuf) {
     beat.start().await.expect("the grandchild starts");
     mp::notify_ready();
     std::future::pending::<()>().await;
+}
+
+/// The count the heartbeat grandchild (see [`heartbeat`]) last wrote to
+/// `file`, if any.
+fn beats(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+}
+
+/// Waits until the heartbeat in `file` has beaten three times; fails
+/// after 30 s.
+async fn heartbeat_running(file: &Path) -> Result<(), Failed> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while beats(file).is_none_or(|n| n < 3) {
+        ensure(
+            Instant::now() < deadline,
+            "the grandchild's heartbeat within 30 s",
+        )?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// The local address a listener takes: a Unix socket path, or a named
@@ -750,19 +772,8 @@ async fn stopping_a_supervised_child_ends_its_grandchildren() -> Result<(), Fail
         )
         .build();
     sup.start().await?;
-    let beat = || {
-        std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while beat().is_none_or(|n| n < 3) {
-        ensure(
-            Instant::now() < deadline,
-            "the grandchild's heartbeat within 30 s",
-        )?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    heartbeat_running(&file).await?;
+    let beat = || beats(&file);
     sup.shutdown().await?;
     let before = beat();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -819,19 +830,8 @@ async fn a_grandchild_ends_with_its_parent() -> Result<(), Failed> {
     let _ = std::fs::remove_file(&file);
     let parent = mp::Process::new(start_heartbeat_and_wait, file.clone());
     parent.start().await?;
-    let beat = || {
-        std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while beat().is_none_or(|n| n < 3) {
-        ensure(
-            Instant::now() < deadline,
-            "the grandchild's heartbeat within 30 s",
-        )?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    heartbeat_running(&file).await?;
+    let beat = || beats(&file);
     parent.kill()?;
     let _ = parent.join().await;
     // Give the grandchild time to notice, then check that it stopped.

@@ -8,7 +8,8 @@ use mp::supervisor::{ChildSpec, ChildStatus, Event, EventStream, Shutdown, Super
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
-use crate::os::{KILLED_BY_SUPERVISOR, is_running, kill};
+use crate::common::{is_running, kill_hard as kill};
+use crate::os::KILLED_BY_SUPERVISOR;
 
 async fn serve(_: ()) {
     mp::notify_ready();

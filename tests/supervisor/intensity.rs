@@ -12,7 +12,8 @@ use mp::supervisor::{Backoff, ChildStatus, Event, Supervisor, SupervisorError};
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
-use crate::os::{is_running, kill, killed};
+use crate::common::{is_running, kill_hard as kill};
+use crate::os::killed;
 use crate::strategies::kit::{self, barrier, labels, pid_of, record, served};
 #[cfg(unix)]
 use crate::strategies::kit::{READY, group_members};

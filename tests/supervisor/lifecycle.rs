@@ -21,7 +21,8 @@ use tokio_multiprocessing as mp;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{Case, case, ensure, eventually};
-use crate::os::{KILLED_BY_SUPERVISOR, STOPPED, is_gone, is_running, kill};
+use crate::common::{is_gone, is_running, kill_hard as kill};
+use crate::os::{KILLED_BY_SUPERVISOR, STOPPED};
 use crate::strategies::kit::{
     self, OnStop, READY, ask_to_stop, barrier, labels, pid_of, record, served, serving_then,
 };

@@ -12,8 +12,9 @@ use tokio::process::Command;
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
+use crate::common::{is_running, kill_hard as kill};
 use crate::containment::{collect_until, drain, started, until};
-use crate::os::{is_running, kill, killed};
+use crate::os::killed;
 
 async fn serve(_: ()) {
     mp::notify_ready();

@@ -12,8 +12,8 @@ use mp::supervisor::{Backoff, ChildSpec, Event, ExitKind, Strategy, Supervisor};
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure, eventually};
+use crate::common::{is_running, kill_hard as kill};
 use crate::containment::{Scratch, collect_until, drain, exited, publish, started};
-use crate::os::{is_running, kill};
 
 fn double(x: u32) -> u32 {
     x * 2

@@ -14,7 +14,8 @@ use mp::supervisor::{ChildStatus, ExitKind, Restart, Strategy, Supervisor};
 use tokio_multiprocessing as mp;
 
 use crate::common::{Case, case, ensure};
-use crate::os::{is_running, kill, killed};
+use crate::common::{is_running, kill_hard as kill};
+use crate::os::killed;
 use kit::{OnStop, ask_to_stop, barrier, labels, pid_of, record, served, serving_then};
 
 /// Children `names`, each a [`kit::served`] child, under `strategy`.

@@ -9,8 +9,8 @@ use libtest_mimic::Failed;
 use mp::supervisor::{ChildSpec, ChildStatus, Event, ExitKind, Supervisor};
 use tokio_multiprocessing as mp;
 
+use crate::common::is_running;
 use crate::common::{Case, case, ensure};
-use crate::os::is_running;
 use crate::strategies::kit::{self, READY, barrier, labels, pid_of, record};
 
 /// How often [`beat`] sends a heartbeat.
