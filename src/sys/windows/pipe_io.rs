@@ -36,11 +36,12 @@ use std::io;
 use std::os::windows::io::RawHandle;
 use std::pin::Pin;
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use sharded_slab::Slab;
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_BROKEN_PIPE, ERROR_HANDLE_EOF, ERROR_IO_INCOMPLETE, ERROR_IO_PENDING,
     ERROR_MORE_DATA, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED, GetLastError, HANDLE,
@@ -669,14 +670,27 @@ struct SignalState {
     waker: Option<Waker>,
 }
 
+/// The states of the registered waits, each under a key that also names
+/// its generation, so that a key outlives its entry harmlessly.
+///
+/// The thread-pool callback is handed a key, never a pointer: it finds the
+/// state only while the wait is registered. A callback that runs after its
+/// wait was withdrawn (Wine's `UnregisterWaitEx` can return, even when
+/// asked to wait, before a callback it has already picked starts) finds no
+/// entry, or one of a later generation that its key does not open, and does
+/// nothing. The slab's memory is never freed, so no callback can read
+/// freed memory whatever the deregistration does.
+static SIGNALS: LazyLock<Slab<Arc<Mutex<SignalState>>>> = LazyLock::new(Slab::new);
+
 /// A one-shot wait by the system thread pool for an event to be set (or
 /// any waitable handle to be signalled: a process that ends), as a
 /// future. Dropping it withdraws the wait.
 pub(super) struct EventSignal {
     /// The registered wait.
     wait: HANDLE,
-    /// Shared with the callback, which holds one reference of its own (from
-    /// `Arc::into_raw`), given back once the wait is withdrawn.
+    /// The state's key in [`SIGNALS`], which the callback is given.
+    key: usize,
+    /// The state, also held here so that polling needs no lookup.
     state: Arc<Mutex<SignalState>>,
 }
 
@@ -704,30 +718,30 @@ impl EventSignal {
     /// `handle` stays open as long as the returned value lives.
     pub(super) unsafe fn for_handle(event: HANDLE) -> io::Result<EventSignal> {
         let state = Arc::new(Mutex::new(SignalState::default()));
-        let context = Arc::into_raw(Arc::clone(&state));
+        let key = SIGNALS
+            .insert(Arc::clone(&state))
+            .ok_or_else(|| io::Error::other("too many waits registered at once"))?;
         let mut wait: HANDLE = ptr::null_mut();
         // SAFETY: `wait` is a valid out parameter; `event` is an open
         // handle that outlives the registration (the caller's promise);
-        // `context` stays valid until the wait is withdrawn, which `Drop`
-        // does before giving back its reference.
+        // the context is a key, not a pointer: the callback never
+        // dereferences it.
         let ok = unsafe {
             RegisterWaitForSingleObject(
                 &mut wait,
                 event,
                 Some(on_signal),
-                context.cast(),
+                ptr::without_provenance_mut(key),
                 INFINITE,
                 WT_EXECUTEONLYONCE,
             )
         };
         if ok == 0 {
             let err = io::Error::last_os_error();
-            // SAFETY: nothing was registered, so the callback's reference,
-            // made just above, is ours to give back.
-            drop(unsafe { Arc::from_raw(context) });
+            SIGNALS.remove(key);
             return Err(err);
         }
-        Ok(EventSignal { wait, state })
+        Ok(EventSignal { wait, key, state })
     }
 }
 
@@ -749,36 +763,32 @@ impl Future for EventSignal {
 
 impl Drop for EventSignal {
     fn drop(&mut self) {
-        // SAFETY: `wait` is our registration, withdrawn only here;
-        // INVALID_HANDLE_VALUE makes the call return only once no callback
-        // runs or will run.
-        let ok = unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) };
-        if ok != 0 {
-            // SAFETY: the callback's reference came from `Arc::into_raw` of
-            // this very `Arc`, and no callback can use it any more.
-            drop(unsafe { Arc::from_raw(Arc::as_ptr(&self.state)) });
-        }
-        // Otherwise a callback might still run: its reference stays (leaked).
+        // SAFETY: `wait` is our registration, withdrawn only here. Asked to
+        // wait (INVALID_HANDLE_VALUE), the call returns once a callback
+        // already running has returned, so the handle waited on is no
+        // longer in use. Whatever it returns, a callback that still runs
+        // later finds nothing under its key once the entry is removed.
+        unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) };
+        SIGNALS.remove(self.key);
     }
 }
 
 /// The thread-pool callback of [`EventSignal`]: marks the event set and
-/// wakes the task.
+/// wakes the task, if its wait is still registered.
 ///
-/// # Safety
-///
-/// `context` is the `Arc::into_raw` pointer of a registration whose wait
-/// has not been withdrawn.
+/// `context` is the state's key in [`SIGNALS`] (an integer, never read
+/// through).
 unsafe extern "system" fn on_signal(context: *mut c_void, _timed_out: bool) {
-    // SAFETY: per the contract, `context` points to the live state, kept
-    // alive by the callback's own reference until the wait is withdrawn,
-    // which waits for this call to return.
-    let state = unsafe { &*context.cast::<Mutex<SignalState>>().cast_const() };
+    let Some(entry) = SIGNALS.get(context.addr()) else {
+        // The wait was withdrawn: nobody waits any more.
+        return;
+    };
     let waker = {
-        let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = entry.lock().unwrap_or_else(PoisonError::into_inner);
         state.fired = true;
         state.waker.take()
     };
+    drop(entry);
     if let Some(waker) = waker {
         waker.wake();
     }
@@ -1298,5 +1308,103 @@ mod tests {
         );
         assert!(took < Duration::from_secs(10), "dropped after {took:?}");
         b.close();
+    }
+}
+
+/// The waits of [`EventSignal`] against a thread pool whose withdrawn
+/// waits may still call back (Wine's does, a few times in ten thousand).
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    use std::collections::VecDeque;
+    use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+    use std::task::Waker;
+
+    use windows_sys::Win32::System::Threading::SetEvent;
+
+    /// A new manual-reset event, unset.
+    fn event() -> OwnedHandle {
+        // SAFETY: no security attributes and no name; manual reset, unset.
+        let raw = unsafe { CreateEventW(ptr::null(), 1, 0, ptr::null()) };
+        assert!(!raw.is_null(), "CreateEventW");
+        // SAFETY: `raw` is a new handle that nothing else owns.
+        unsafe { OwnedHandle::from_raw_handle(raw.cast()) }
+    }
+
+    /// Whether `signal` has fired, polled once.
+    fn fired(signal: &mut EventSignal) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(signal).poll(&mut cx).is_ready()
+    }
+
+    /// Waits withdrawn just as their events are set must never wake a
+    /// later wait: each round sets an event and drops its wait at once
+    /// (racing the callback), while the waits on an event nobody sets are
+    /// kept for a while, each checked to be still pending when dropped.
+    /// A late callback given the freed state of a dropped wait would mark
+    /// one of them fired (the freed memory is soon another wait's).
+    #[test]
+    fn a_withdrawn_wait_never_fires_another() {
+        let never = event();
+        let mut kept: VecDeque<EventSignal> = VecDeque::new();
+        for round in 0..20_000u32 {
+            let set = event();
+            // SAFETY: `set` outlives the wait, dropped just below.
+            let mut racing = unsafe { EventSignal::for_handle(set.as_raw_handle()) }.unwrap();
+            let _ = fired(&mut racing);
+            // SAFETY: `set` is an open event.
+            assert_ne!(unsafe { SetEvent(set.as_raw_handle()) }, 0, "SetEvent");
+            if round % 2 == 0 {
+                std::hint::spin_loop();
+            }
+            drop(racing);
+            drop(set);
+            // SAFETY: `never` outlives every kept wait (dropped at the end).
+            let mut waiting = unsafe { EventSignal::for_handle(never.as_raw_handle()) }.unwrap();
+            assert!(!fired(&mut waiting), "round {round}: a new wait fired");
+            kept.push_back(waiting);
+            if kept.len() > 16 {
+                let mut oldest = kept.pop_front().unwrap();
+                assert!(
+                    !fired(&mut oldest),
+                    "round {round}: a wait on an event nobody set fired"
+                );
+            }
+        }
+        for mut waiting in kept.drain(..) {
+            assert!(!fired(&mut waiting), "a wait on an event nobody set fired");
+        }
+    }
+
+    /// A wait whose event is set fires, and wakes its task, whether the
+    /// event was set before or after the registration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_fires_when_its_event_is_set() {
+        for round in 0..200u32 {
+            let set = event();
+            let raw = set.as_raw_handle() as usize;
+            let before = round % 2 == 0;
+            if before {
+                // SAFETY: `set` is an open event.
+                unsafe { SetEvent(set.as_raw_handle()) };
+            }
+            // SAFETY: `set` outlives the wait (awaited below).
+            let signal = unsafe { EventSignal::for_handle(set.as_raw_handle()) }.unwrap();
+            let setter = (!before).then(|| {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    // SAFETY: the event stays open until the wait has
+                    // fired, which needs this call.
+                    unsafe { SetEvent(ptr::without_provenance_mut(raw)) };
+                })
+            });
+            tokio::time::timeout(Duration::from_secs(10), signal)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the wait never fired"));
+            if let Some(setter) = setter {
+                setter.join().unwrap();
+            }
+        }
     }
 }
