@@ -50,6 +50,7 @@ mod error;
 mod imap;
 mod job;
 mod page;
+mod record;
 mod remote;
 mod result;
 pub(crate) mod worker;

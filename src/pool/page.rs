@@ -2,11 +2,12 @@
 //! has started, a ring of jobs and a ring of replies.
 //!
 //! ```text
-//!  HEADER   +8      +16     +24         +48     +56     +64         +112
-//! +--------+-------+-------+---------+--+-------+-------+---------+--+------------------+------------------+
-//! | started| head  | tail  | sleeping|  | head  | tail  | sleeping|  | replies: 64 KiB  | jobs: 32 KiB     |
-//! +--------+-------+-------+---------+--+-------+-------+---------+--+------------------+------------------+
-//!           `---- the reply ring ----'   `----- the job ring -----'
+//!  HEADER  +8       +16      +24        +48      +56      +64        +112
+//! +-------+--------+--------+--------+-+--------+--------+--------+-+-----------------+-----------------+
+//! |started|reply   |job     |job     | |job     |reply   |reply   | | replies: 64 KiB | jobs: 32 KiB    |
+//! |       |tail    |head    |sleeping| |tail    |head    |sleeping| |                 |                 |
+//! +-------+--------+--------+--------+-+--------+--------+--------+-+-----------------+-----------------+
+//!  `-- written by the worker (one line) -'`--- by the slot (the next) --'
 //! ```
 //!
 //! `started` is the gate through which the worker starts jobs: it holds the
@@ -74,12 +75,19 @@ impl Ring {
 
 const STARTED: usize = HEADER;
 
-/// The worker's replies to the slot. Its words share a cache line with the
-/// gate; the job ring's words have a line of their own.
+/// The worker's replies to the slot.
+///
+/// The words are grouped by who writes them, one cache line each side, so
+/// that a line moves between the processes only when the other side has
+/// news: the worker's (the gate, the reply ring's `tail`, the job ring's
+/// `head` and `sleeping`) in the segment's first line, the slot's (the job
+/// ring's `tail`, the reply ring's `head` and `sleeping`) in the second.
+/// A `sleeping` word is cleared by the other side, but only when its owner
+/// sleeps.
 const REPLIES: Ring = Ring {
-    head: HEADER + 8,
-    tail: HEADER + 16,
-    sleeping: HEADER + 24,
+    head: HEADER + 56,
+    tail: HEADER + 8,
+    sleeping: HEADER + 64,
     data: HEADER + 112,
     size: 64 * 1024,
 };
@@ -88,9 +96,9 @@ const REPLIES: Ring = Ring {
 // The reply ring's size fits any `usize`.
 #[allow(clippy::cast_possible_truncation)]
 const JOBS: Ring = Ring {
-    head: HEADER + 48,
-    tail: HEADER + 56,
-    sleeping: HEADER + 64,
+    head: HEADER + 16,
+    tail: HEADER + 48,
+    sleeping: HEADER + 24,
     data: REPLIES.data + REPLIES.size as usize,
     size: 32 * 1024,
 };

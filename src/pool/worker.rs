@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::page::{MAX_REPLY, Page};
+use super::record;
 use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
 use crate::transport::handle::{self, FdList, accept_value_handles, provide_handles_from};
@@ -40,63 +41,30 @@ pub(crate) enum Msg {
     Ring,
 }
 
-/// A job as the job ring carries it: its fields, without the variant name
-/// a `Msg` would spell out. An empty record is a marker in a job's place:
-/// the job comes over the socket (it is too big for the ring, or holds
-/// handles, whose descriptors only the socket carries).
-#[derive(Serialize)]
-struct JobOut<'a> {
-    id: u64,
-    target: TargetRef,
-    args: &'a Batch,
-}
-
-#[derive(Deserialize)]
-struct JobIn {
-    id: u64,
-    target: TargetRef,
-    args: Batch,
-}
-
 /// Encodes job `msg` (a [`Msg::Job`]) into `buf` as a record of the job
-/// ring.
+/// ring (see [`super::record`]).
 pub(crate) fn encode_job_record(buf: &mut Vec<u8>, msg: &Msg) -> Result<(), String> {
     let Msg::Job { id, target, args } = msg else {
         return Err(format!("{msg:?} is not a job"));
     };
-    let job = JobOut {
-        id: *id,
-        target: *target,
-        args,
-    };
-    rmp_serde::encode::write(buf, &job).map_err(|e| e.to_string())
+    record::put_job(buf, *id, *target, args.items())
 }
 
-/// Decodes a record of the job ring: a job, or `None` for a marker.
+/// Decodes a record of the job ring: a job, or `None` for a marker (an
+/// empty record: the job comes over the socket).
 fn decode_job_record(bytes: &[u8]) -> Result<Option<Msg>, String> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    let JobIn { id, target, args } = crate::target::decode_value(bytes)?;
+    let (id, target, ends, bytes) = record::read_job(bytes)?;
+    let args = Batch::from_parts(bytes, ends);
     Ok(Some(Msg::Job { id, target, args }))
-}
-
-/// A reply as the reply ring carries it: `Done`'s fields.
-#[derive(Serialize)]
-struct DoneOut<'a> {
-    id: u64,
-    results: &'a Results,
-}
-
-#[derive(Deserialize)]
-struct DoneIn {
-    id: u64,
-    results: Results,
 }
 
 /// Decodes a record of the reply ring: a [`Msg::Done`].
 pub(crate) fn decode_reply_record(bytes: &[u8]) -> Result<Msg, String> {
-    let DoneIn { id, results } = crate::target::decode_value(bytes)?;
+    let (id, ends, bytes, failures) = record::read_reply(bytes)?;
+    let results = Results::from_parts(Batch::from_parts(bytes, ends), failures)?;
     Ok(Msg::Done { id, results })
 }
 
@@ -110,6 +78,25 @@ pub(crate) struct Results {
 }
 
 impl Results {
+    /// Values and failures read from a ring record: `Err` unless each
+    /// failure names an outcome among the values, in increasing order.
+    pub(crate) fn from_parts(
+        values: Batch,
+        failures: Vec<(u64, Outcome)>,
+    ) -> Result<Results, String> {
+        let mut next = 0u64;
+        for (at, _) in &failures {
+            if *at < next || *at >= values.len() as u64 {
+                return Err(format!(
+                    "a failure of outcome {at} among {} outcomes, out of order or range",
+                    values.len()
+                ));
+            }
+            next = at + 1;
+        }
+        Ok(Results { values, failures })
+    }
+
     /// How many outcomes there are.
     pub(crate) fn len(&self) -> usize {
         self.values.len()
@@ -189,6 +176,24 @@ impl Batch {
     /// The bytes of the encoded arguments, all together.
     pub(crate) fn encoded_len(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Arguments (or values) read from a ring record, which holds no
+    /// handles; `ends` as in the struct's description.
+    pub(crate) fn from_parts(bytes: Bytes, ends: Vec<u64>) -> Batch {
+        Batch {
+            bytes,
+            ends,
+            handles: Vec::new(),
+        }
+    }
+
+    /// The items as a ring record holds them (their handles aside).
+    fn items(&self) -> record::Items<'_> {
+        record::Items {
+            ends: &self.ends,
+            bytes: &self.bytes,
+        }
     }
 
     /// The encoded arguments, in order.
@@ -554,17 +559,13 @@ async fn reply(
     // A reply whose values alone are too big for the ring is encoded once,
     // for the socket. So is one with handles in its values: their
     // descriptors go with it, which the ring cannot carry.
-    let too_big = results.values.bytes.len() + 9 * results.len() > MAX_REPLY
-        || !results.values.handles.is_empty();
+    let too_big =
+        record::reply_len(results.values.items()) > MAX_REPLY || !results.values.handles.is_empty();
     let pushed = if too_big {
         None
     } else {
         buf.clear();
-        let record = DoneOut {
-            id,
-            results: &results,
-        };
-        match rmp_serde::encode::write(buf, &record) {
+        match record::put_reply(buf, id, results.values.items(), &results.failures) {
             Ok(()) => page.push(buf),
             Err(_) => None,
         }
@@ -785,6 +786,21 @@ mod tests {
         }
         assert_eq!(started, (0..300).collect::<Vec<_>>());
         assert_eq!(page.started_count(), 300);
+    }
+
+    #[test]
+    fn failures_out_of_order_or_beyond_the_values_are_refused() {
+        let values = || {
+            let mut b = BatchBuilder::default();
+            b.push(&1u8).unwrap();
+            b.push(&2u8).unwrap();
+            b.take()
+        };
+        let failure = |at: u64| (at, Outcome::DecodeArgs("bad".into()));
+        assert!(Results::from_parts(values(), vec![failure(0), failure(1)]).is_ok());
+        assert!(Results::from_parts(values(), vec![failure(2)]).is_err());
+        assert!(Results::from_parts(values(), vec![failure(1), failure(0)]).is_err());
+        assert!(Results::from_parts(values(), vec![failure(1), failure(1)]).is_err());
     }
 
     #[test]
