@@ -82,6 +82,7 @@ pub fn messages(body: &[u8]) {
     one::<ParentMsg>(body);
     one::<Hello>(body);
     one::<Outcome>(body);
+    crate::pool::fuzz_records(body);
 }
 
 /// Decodes `bytes` as a child's log batch and re-emits it, as a parent

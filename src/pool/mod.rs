@@ -51,6 +51,8 @@ mod imap;
 mod job;
 mod page;
 mod record;
+#[cfg(fuzzing)]
+pub(crate) use record::fuzz as fuzz_records;
 mod remote;
 mod result;
 pub(crate) mod worker;

@@ -128,11 +128,15 @@ pub(crate) fn read_reply(record: &[u8]) -> Result<Reply, String> {
         .checked_sub(failures_len)
         .ok_or("a reply record's failures run past its end")?;
     let values = r.items(&ends, values_len)?;
-    let failures = if failures_len == 0 {
+    let failures: Vec<(u64, Outcome)> = if failures_len == 0 {
         Vec::new()
     } else {
         crate::target::decode_value(r.take(failures_len)?)?
     };
+    if failures_len > 0 && failures.is_empty() {
+        // Never written so: no failures are no bytes.
+        return Err("a reply record holds an empty list of failures".to_owned());
+    }
     Ok((id, ends, values, failures))
 }
 
@@ -233,6 +237,44 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Reads `bytes` as a job record and as a reply record, as a slot or a
+/// worker would find them in its ring: a value or an error, never a
+/// panic; a job that reads back is written again byte for byte (the
+/// layout has one spelling), and so is a reply without failures.
+#[cfg(any(fuzzing, test))]
+pub(crate) fn fuzz(bytes: &[u8]) {
+    if let Ok((id, target, ends, args)) = read_job(bytes) {
+        let mut again = Vec::new();
+        put_job(
+            &mut again,
+            id,
+            target,
+            Items {
+                ends: &ends,
+                bytes: &args,
+            },
+        )
+        .expect("a job read back writes");
+        assert_eq!(again, bytes, "a job record has one spelling");
+    }
+    if let Ok((id, ends, values, failures)) = read_reply(bytes) {
+        let mut again = Vec::new();
+        put_reply(
+            &mut again,
+            id,
+            Items {
+                ends: &ends,
+                bytes: &values,
+            },
+            &failures,
+        )
+        .expect("a reply read back writes");
+        if failures.is_empty() {
+            assert_eq!(again, bytes, "a reply record has one spelling");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +372,40 @@ mod tests {
         }
     }
 
+    /// Records with bytes changed at random read back as errors, or as
+    /// records that write again byte for byte (see [`fuzz`]).
+    #[test]
+    // Random numbers cut down to an index below a length, or to a byte.
+    #[allow(clippy::cast_possible_truncation)]
+    fn changed_records_read_as_errors_or_as_themselves() {
+        let seeds = [
+            job(&[]),
+            job(&["x", "yy", ""]),
+            reply(&["z", "w"], &[]),
+            reply(&["z", ""], &[(1, Outcome::EncodeResult("e".into()))]),
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for seed in &seeds {
+            for _ in 0..5_000 {
+                let mut bytes = seed.clone();
+                for _ in 0..=next() % 3 {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    bytes[at] = next() as u8;
+                }
+                if next() % 4 == 0 {
+                    bytes.truncate((next() % bytes.len() as u64) as usize);
+                }
+                fuzz(&bytes);
+            }
+        }
+    }
+
     #[test]
     fn broken_records_are_errors_not_panics() {
         let job = job(&["x", "yy"]);
@@ -360,5 +436,10 @@ mod tests {
         bad[12..16].copy_from_slice(&2u32.to_le_bytes());
         bad.extend_from_slice(&[0xc1, 0xc1]);
         assert!(read_reply(&bad).is_err());
+        // An empty list of failures, which no writer spells out.
+        let mut bad = reply.clone();
+        bad[12..16].copy_from_slice(&1u32.to_le_bytes());
+        bad.push(0x90);
+        assert!(read_reply(&bad).unwrap_err().contains("empty list"));
     }
 }
