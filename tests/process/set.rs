@@ -24,22 +24,44 @@ fn boom(message: String) -> u64 {
     panic!("{message}");
 }
 
-/// Sleeps 300, 100 and 200 ms: they come back 100, 200, 300, with their
-/// names and values, then `None`.
+/// Returns `ms` once `go` is set (or after 30 s, which fails the case).
+fn nap_when_told((go, ms): (mp::Event, u64)) -> u64 {
+    go.blocking_wait_timeout(T);
+    ms
+}
+
+/// Started as 300, 100 and 200, and let go in the order 100, 200, 300,
+/// each once the one before has come back: they come back in that order,
+/// with their names and values, then `None`. (Told by events, not by
+/// sleeps: under Wine a start can take longer than the sleeps differ.)
 async fn joins_in_the_order_they_end() -> Result<(), Failed> {
     let mut set = mp::ProcessSet::new();
     ensure(set.is_empty(), "a new set is empty")?;
+    let mut goes = HashMap::new();
     for ms in [300u64, 100, 200] {
-        set.spawn_with(mp::Process::builder().name(format!("nap-{ms}")), nap, ms)
+        let go = mp::Event::new()?;
+        let named = mp::Process::builder().name(format!("nap-{ms}"));
+        set.spawn_with(named, nap_when_told, (go.clone(), ms))
             .await?;
+        goes.insert(ms, go);
     }
     ensure(set.len() == 3, format!("len {}", set.len()))?;
     ensure(set.pids().len() == 3, "three pids")?;
     let mut order = Vec::new();
-    while let Some((name, result)) = set.join_next().await {
-        let ms = result?;
-        ensure(name == format!("nap-{ms}"), format!("{name} returned {ms}"))?;
-        order.push(ms);
+    for ms in [100u64, 200, 300] {
+        goes[&ms].set();
+        // Any other process is still held, so a set that joined in any
+        // order but that of ending would wait here.
+        let next = tokio::time::timeout(T, set.join_next()).await;
+        let (name, result) = next
+            .map_err(|_| format!("nap-{ms} was let go, and nothing came back"))?
+            .ok_or("the set ran dry")?;
+        let back = result?;
+        ensure(
+            name == format!("nap-{back}"),
+            format!("{name} returned {back}"),
+        )?;
+        order.push(back);
         ensure(set.len() == 3 - order.len(), "the process left the set")?;
     }
     ensure(order == [100, 200, 300], format!("order {order:?}"))?;
