@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -113,11 +114,26 @@ impl Child {
         self.pid.as_raw() as u32
     }
 
-    /// What `waitid` waits on. The pid, even with a pidfd: the pid stays
-    /// ours until we reap it, and `waitid(P_PIDFD)` needs Linux 5.4 where
-    /// `pidfd_open` needs only 5.3.
-    fn id(&self) -> Id<'static> {
-        Id::Pid(self.pid)
+    /// `waitid` on this child with `flags`: through the pidfd where the
+    /// kernel takes one (`P_PIDFD`, Linux 5.4), else by pid.
+    ///
+    /// The pidfd names this very process. A pid names whichever process
+    /// holds it: ours until we reap it, unless someone else reaps it
+    /// first (a stray `waitpid(-1)` in the program), after which a new
+    /// child of ours may get the same pid, and waiting by pid would reap
+    /// that one. Through the pidfd, such a wait reports `ECHILD` instead.
+    fn wait_on(&self, flags: WaitPidFlag) -> nix::Result<WaitStatus> {
+        static NO_P_PIDFD: AtomicBool = AtomicBool::new(false);
+        if let Some(fd) = &self.pidfd {
+            if !NO_P_PIDFD.load(Ordering::Relaxed) {
+                match waitid(Id::PIDFd(fd.as_fd()), flags) {
+                    // Linux 5.3 has pidfd_open but not P_PIDFD.
+                    Err(Errno::EINVAL) => NO_P_PIDFD.store(true, Ordering::Relaxed),
+                    other => return other,
+                }
+            }
+        }
+        waitid(Id::Pid(self.pid), flags)
     }
 
     /// Reaps the child if it has exited, without blocking.
@@ -126,7 +142,7 @@ impl Child {
     /// `waitpid(-1)`) is reported as exit code 255.
     pub(crate) fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
         loop {
-            match waitid(self.id(), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+            match self.wait_on(WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
                 Ok(status) => return Ok(exit_status(status)),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::ECHILD) => {
@@ -144,7 +160,7 @@ impl Child {
     fn has_exited(&self) -> io::Result<bool> {
         let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         loop {
-            match waitid(self.id(), flags) {
+            match self.wait_on(flags) {
                 Ok(WaitStatus::StillAlive) => return Ok(false),
                 Ok(_) | Err(Errno::ECHILD) => return Ok(true),
                 Err(Errno::EINTR) => continue,
@@ -268,5 +284,74 @@ impl Child {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::time::{Duration, Instant};
+
+    use nix::sys::wait::waitpid;
+
+    /// Starts `true` as a child of this process and waits until it has
+    /// exited (a zombie): its pid.
+    fn zombie() -> u32 {
+        let child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        // Not waited for by `std`: dropping its `Child` reaps nothing.
+        drop(child);
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+        {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{pid} never exited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        pid
+    }
+
+    /// A child reaped behind our back whose pid a new child then got: the
+    /// old `Child` reports the stray reaping and leaves the new child alone
+    /// (waiting by pid would have reaped it). The pid is handed out again
+    /// through `/proc/sys/kernel/ns_last_pid`, which needs root; without
+    /// it the case says so and checks only the stray reaping.
+    #[test]
+    fn a_pid_reaped_behind_our_back_and_reused_is_not_reaped_again() {
+        if !pidfd::enabled() || pidfd::open(std::process::id() as i32).is_err() {
+            eprintln!("no pidfds here: nothing to check");
+            return;
+        }
+        for _ in 0..20 {
+            let old = Child::adopt(zombie());
+            // Someone else reaps it.
+            waitpid(old.pid, None).expect("the stray reaping");
+            let reused =
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (old.pid() - 1).to_string()).is_ok();
+            let new = zombie();
+            if !reused {
+                eprintln!("ns_last_pid is not writable here: only the stray reaping is checked");
+            }
+            let status = old.try_reap().expect("try_reap");
+            assert_eq!(
+                status.and_then(|s| s.code()),
+                Some(255),
+                "a child reaped by someone else"
+            );
+            // The new child is still there to reap, by its own owner.
+            let its = waitpid(Pid::from_raw(new as i32), Some(WaitPidFlag::WNOHANG));
+            assert!(
+                matches!(its, Ok(WaitStatus::Exited(_, 0))),
+                "the new child {new} was reaped by the old Child: {its:?}"
+            );
+            if !reused || new == old.pid() {
+                return;
+            }
+            // Another process took the pid first: try again.
+        }
+        panic!("the pid was never handed out again");
     }
 }
