@@ -2,12 +2,12 @@
 //! has started, a ring of jobs and a ring of replies.
 //!
 //! ```text
-//!  HEADER  +8       +16      +24        +48      +56      +64        +112
-//! +-------+--------+--------+--------+-+--------+--------+--------+-+-----------------+-----------------+
-//! |started|reply   |job     |job     | |job     |reply   |reply   | | replies: 64 KiB | jobs: 32 KiB    |
-//! |       |tail    |head    |sleeping| |tail    |head    |sleeping| |                 |                 |
-//! +-------+--------+--------+--------+-+--------+--------+--------+-+-----------------+-----------------+
-//!  `-- written by the worker (one line) -'`--- by the slot (the next) --'
+//!  HEADER  +8       +16        +48      +56        +112       +176       +240
+//! +-------+--------+--------+-+--------+--------+-+--------+-+--------+-+-----------------+--------------+
+//! |started|reply   |job     | |job     |reply   | |job     | |reply   | | replies: 64 KiB | jobs: 32 KiB |
+//! |       |tail    |head    | |tail    |head    | |sleeping| |sleeping| |                 |              |
+//! +-------+--------+--------+-+--------+--------+-+--------+-+--------+-+-----------------+--------------+
+//!  `- by the worker (a line) -'`- by the slot ---'`- a line each, written when a side sleeps -'
 //! ```
 //!
 //! `started` is the gate through which the worker starts jobs: it holds the
@@ -49,7 +49,7 @@
 //! clears it and sends a one-frame doorbell over the socket. A message
 //! that does not fit its ring goes over the socket instead.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::shm::{HEADER, Kind, Segment};
@@ -57,6 +57,8 @@ use crate::shm::{HEADER, Kind, Segment};
 /// One ring in the page: where its words and its bytes are.
 #[derive(Debug, Clone, Copy)]
 struct Ring {
+    /// Its index in [`Seen`].
+    id: usize,
     head: usize,
     tail: usize,
     sleeping: usize,
@@ -80,15 +82,19 @@ const STARTED: usize = HEADER;
 /// The words are grouped by who writes them, one cache line each side, so
 /// that a line moves between the processes only when the other side has
 /// news: the worker's (the gate, the reply ring's `tail`, the job ring's
-/// `head` and `sleeping`) in the segment's first line, the slot's (the job
-/// ring's `tail`, the reply ring's `head` and `sleeping`) in the second.
-/// A `sleeping` word is cleared by the other side, but only when its owner
-/// sleeps.
+/// `head`) in the segment's first line, the slot's (the job ring's
+/// `tail`, the reply ring's `head`) in the second. Each `sleeping` word
+/// has a line of its own: a producer reads it after every record, and it
+/// changes only when its consumer goes to sleep or wakes, so the read
+/// finds it in the producer's cache. A producer reads its consumer's
+/// `head` only when the ring looks full, and a consumer its producer's
+/// `tail` only when it has taken every record it saw (see [`Seen`]).
 const REPLIES: Ring = Ring {
+    id: 0,
     head: HEADER + 56,
     tail: HEADER + 8,
-    sleeping: HEADER + 64,
-    data: HEADER + 112,
+    sleeping: HEADER + 176,
+    data: HEADER + 240,
     size: 64 * 1024,
 };
 
@@ -96,9 +102,10 @@ const REPLIES: Ring = Ring {
 // The reply ring's size fits any `usize`.
 #[allow(clippy::cast_possible_truncation)]
 const JOBS: Ring = Ring {
+    id: 1,
     head: HEADER + 16,
     tail: HEADER + 48,
-    sleeping: HEADER + 24,
+    sleeping: HEADER + 112,
     data: REPLIES.data + REPLIES.size as usize,
     size: 32 * 1024,
 };
@@ -120,11 +127,50 @@ pub(crate) const MAX_REPLY: usize = (REPLIES.size / 2) as usize - 8;
 /// The largest job the ring takes; a larger one goes over the socket.
 pub(crate) const MAX_JOB: usize = (JOBS.size / 2) as usize - 8;
 
-/// A worker's shared page. Cloning shares it.
-#[derive(Debug, Clone)]
-pub(crate) struct Page(Segment);
+/// A worker's shared page. Cloning shares the page, not what this handle
+/// has seen of it.
+#[derive(Debug)]
+pub(crate) struct Page(Segment, Seen);
 
-crate::shm::segment_serde!(Page, Kind::PoolWorker, PAGE_LEN, |seg| Page(seg), 0);
+impl Clone for Page {
+    fn clone(&self) -> Page {
+        Page(self.0.clone(), Seen::default())
+    }
+}
+
+crate::shm::segment_serde!(
+    Page,
+    Kind::PoolWorker,
+    PAGE_LEN,
+    |seg| Page(seg, Seen::default()),
+    0
+);
+
+/// What this side last read of the other side's position in each ring,
+/// in this process's memory: the consumer's `head` as its producer last
+/// saw it, and the producer's `tail` as its consumer last saw it. A
+/// position only grows, so an old one errs on the safe side (less room,
+/// fewer records) and is read again only then: while the other side works
+/// through a batch, its line is not pulled across. Every position, seen
+/// or read, is checked at each use.
+#[derive(Debug)]
+struct Seen {
+    /// Per ring (`Ring::id`): the consumer's `head`.
+    head: [AtomicU64; 2],
+    /// Per ring: the producer's `tail`.
+    tail: [AtomicU64; 2],
+}
+
+impl Default for Seen {
+    fn default() -> Seen {
+        // Nothing seen: a value no check accepts, so the first use reads
+        // the page.
+        Seen {
+            head: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+            tail: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+        }
+    }
+}
 
 fn padded(len: usize) -> u64 {
     8 + (len as u64).div_ceil(8) * 8
@@ -132,7 +178,7 @@ fn padded(len: usize) -> u64 {
 
 impl Page {
     pub(crate) fn new() -> std::io::Result<Page> {
-        Segment::create(Kind::PoolWorker, PAGE_LEN).map(Page)
+        Segment::create(Kind::PoolWorker, PAGE_LEN).map(|seg| Page(seg, Seen::default()))
     }
 
     // ---- the worker's side ----
@@ -265,19 +311,26 @@ impl Page {
         }
         let need = padded(record.len());
         let tail = self.0.u64(r.tail).load(Ordering::Relaxed);
-        let head = self.0.u64(r.head).load(Ordering::Acquire);
-        // Positions the consumer could not have left (out of order, too
-        // far apart, off a record boundary, at the end of their range):
-        // the message goes over the socket, where the other side notices.
-        let used = tail.checked_sub(head).filter(|&u| u <= r.size)?;
         if tail % 8 != 0 {
             return None;
         }
         let to_end = r.size - tail % r.size;
         let skip = if need > to_end { to_end } else { 0 };
+        // Positions the consumer could not have left (out of order, too
+        // far apart, off a record boundary, at the end of their range):
+        // the message goes over the socket, where the other side notices.
         // Each term is at most the ring's size.
-        if used + skip + need > r.size {
-            return None;
+        let fits = |head: u64| {
+            tail.checked_sub(head)
+                .is_some_and(|used| used <= r.size && used + skip + need <= r.size)
+        };
+        let seen = &self.1.head[r.id];
+        if !fits(seen.load(Ordering::Relaxed)) {
+            let head = self.0.u64(r.head).load(Ordering::Acquire);
+            if !fits(head) {
+                return None;
+            }
+            seen.store(head, Ordering::Relaxed);
         }
         tail.checked_add(skip + need)?;
         if skip > 0 {
@@ -313,7 +366,13 @@ impl Page {
     fn pop_from(&self, r: Ring, out: &mut Vec<u8>) -> Result<bool, String> {
         let head_word = self.0.u64(r.head);
         let mut head = head_word.load(Ordering::Relaxed);
-        let tail = self.0.u64(r.tail).load(Ordering::Acquire);
+        let seen = &self.1.tail[r.id];
+        let mut tail = seen.load(Ordering::Relaxed);
+        if tail == head || tail.wrapping_sub(head) > r.size {
+            // Every record seen is taken (or nothing was seen yet).
+            tail = self.0.u64(r.tail).load(Ordering::Acquire);
+            seen.store(tail, Ordering::Relaxed);
+        }
         // At most two rounds: a wrap marker, then a record at offset 0.
         for _ in 0..2 {
             if head == tail {
