@@ -299,33 +299,40 @@ fn take_index<E: serde::de::Error>(index: u32) -> Result<OwnedHandle, E> {
 /// On Windows the handles travel inside the value's bytes, and the list is
 /// empty; it still says that the value carries some (`inline`), so that
 /// the value takes the paths a value with handles takes.
+///
+/// An empty list (nearly every value's) allocates nothing.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FdList(std::sync::Arc<Vec<OwnedHandle>>, bool);
+pub(crate) struct FdList(Option<std::sync::Arc<Vec<OwnedHandle>>>, bool);
 
 impl FdList {
     /// Keeps `fds`.
     pub(crate) fn new(fds: Vec<OwnedHandle>) -> Self {
-        Self(std::sync::Arc::new(fds), false)
+        Self::noting(fds, false)
     }
 
     /// Keeps `fds`, for a value that carried handles if `carried` (inside
     /// its bytes on Windows, where `fds` is empty).
     pub(crate) fn noting(fds: Vec<OwnedHandle>, carried: bool) -> Self {
-        Self(std::sync::Arc::new(fds), carried)
+        Self((!fds.is_empty()).then(|| std::sync::Arc::new(fds)), carried)
+    }
+
+    fn fds(&self) -> &[OwnedHandle] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Whether the value carries no handle.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty() && !self.1
+        self.fds().is_empty() && !self.1
     }
 
     /// The descriptors, for [`provide_handles_from`]: taken if this is the
     /// only copy, else duplicated (a duplicate that fails is missing, and
     /// the handle that wants it fails to decode).
     pub(crate) fn into_slots(self) -> Vec<Option<OwnedHandle>> {
-        match std::sync::Arc::try_unwrap(self.0) {
-            Ok(fds) => fds.into_iter().map(Some).collect(),
-            Err(shared) => shared.iter().map(|fd| fd.try_clone().ok()).collect(),
+        match self.0.map(std::sync::Arc::try_unwrap) {
+            None => Vec::new(),
+            Some(Ok(fds)) => fds.into_iter().map(Some).collect(),
+            Some(Err(shared)) => shared.iter().map(|fd| fd.try_clone().ok()).collect(),
         }
     }
 }
@@ -333,8 +340,8 @@ impl FdList {
 impl Serialize for FdList {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for fd in self.0.iter() {
+        let mut seq = serializer.serialize_seq(Some(self.fds().len()))?;
+        for fd in self.fds() {
             seq.serialize_element(&Out(fd))?;
         }
         seq.end()
