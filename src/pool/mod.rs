@@ -399,19 +399,12 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let chunksize = self.effective_chunksize(chunksize);
-        let mut batches = Vec::new();
-        let mut chunk = BatchBuilder::default();
-        let mut total = 0;
+        let mut all = BatchBuilder::default();
         for item in iterable {
-            chunk.push(&item).map_err(TaskError::Encode)?;
-            total += 1;
-            if chunk.len() == chunksize {
-                batches.push(chunk.take());
-            }
+            all.push(&item).map_err(TaskError::Encode)?;
         }
-        if !chunk.is_empty() {
-            batches.push(chunk.take());
-        }
+        let total = all.len();
+        let batches = all.take_chunks(chunksize);
         if batches.is_empty() {
             return Ok(Vec::new());
         }

@@ -24,6 +24,10 @@ use bytes::Bytes;
 
 use crate::wire::message::{Outcome, TargetKind, TargetRef};
 
+/// Where each item ends: inline for up to two items (an `apply`'s one
+/// argument, a value, a chunk of one or two), allocated for more.
+pub(crate) type Ends = smallvec::SmallVec<[u64; 2]>;
+
 /// Items (a job's arguments, a reply's values) as a record holds them:
 /// item `i` is `bytes[ends[i - 1]..ends[i]]`.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +79,7 @@ pub(crate) fn put_job(
 }
 
 /// Reads a job record: its id, target, and its arguments' ends and bytes.
-pub(crate) fn read_job(record: &[u8]) -> Result<(u64, TargetRef, Vec<u64>, Bytes), String> {
+pub(crate) fn read_job(record: &[u8]) -> Result<(u64, TargetRef, Ends, Bytes), String> {
     let mut r = Reader::new(record);
     let id = r.u64()?;
     let kind = match r.u8()? {
@@ -114,7 +118,7 @@ pub(crate) fn put_reply(
 
 /// What a reply record holds: the job's id, the values' ends and bytes,
 /// and the failures among them.
-pub(crate) type Reply = (u64, Vec<u64>, Bytes, Vec<(u64, Outcome)>);
+pub(crate) type Reply = (u64, Ends, Bytes, Vec<(u64, Outcome)>);
 
 /// Reads a reply record.
 pub(crate) fn read_reply(record: &[u8]) -> Result<Reply, String> {
@@ -208,10 +212,10 @@ impl<'a> Reader<'a> {
     }
 
     /// `count` ends, checked to never decrease.
-    fn ends(&mut self, count: u32) -> Result<Vec<u64>, String> {
+    fn ends(&mut self, count: u32) -> Result<Ends, String> {
         let n = count as usize;
         let bytes = self.take(n.checked_mul(4).ok_or("a ring record's count overflows")?)?;
-        let mut ends = Vec::with_capacity(n);
+        let mut ends = Ends::with_capacity(n);
         let mut last = 0u32;
         for chunk in bytes.chunks_exact(4) {
             let end = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -341,7 +345,7 @@ mod tests {
             assert_eq!(buf.len(), 1 + job_len(args));
             let (id, t, back_ends, back) = read_job(&buf[1..]).unwrap();
             assert_eq!((id, t), (42, target()));
-            assert_eq!((back_ends, back.to_vec()), (ends, bytes));
+            assert_eq!((back_ends.to_vec(), back.to_vec()), (ends, bytes));
         }
     }
 
@@ -351,7 +355,7 @@ mod tests {
         let failures = [(1, Outcome::DecodeArgs("bad".into()))];
         let record = reply(&["a", "", "ccc"], &failures);
         let (id, back_ends, back, back_failures) = read_reply(&record).unwrap();
-        assert_eq!((id, back_ends, back.to_vec()), (2, ends, bytes));
+        assert_eq!((id, back_ends.to_vec(), back.to_vec()), (2, ends, bytes));
         assert!(
             matches!(&back_failures[..], [(1, Outcome::DecodeArgs(e))] if e == "bad"),
             "{back_failures:?}"

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::page::{MAX_REPLY, Page};
-use super::record;
+use super::record::{self, Ends};
 use crate::connection::Connection;
 use crate::target::{Resolved, call_sync, resolve};
 use crate::transport::handle::{self, FdList, accept_value_handles, provide_handles_from};
@@ -157,7 +157,7 @@ impl Results {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Batch {
     bytes: Bytes,
-    ends: Vec<u64>,
+    ends: Ends,
     handles: Vec<(u64, FdList)>,
 }
 
@@ -180,7 +180,7 @@ impl Batch {
 
     /// Arguments (or values) read from a ring record, which holds no
     /// handles; `ends` as in the struct's description.
-    pub(crate) fn from_parts(bytes: Bytes, ends: Vec<u64>) -> Batch {
+    pub(crate) fn from_parts(bytes: Bytes, ends: Ends) -> Batch {
         Batch {
             bytes,
             ends,
@@ -235,7 +235,7 @@ fn range(bytes: &[u8], ends: &[u64], start: usize, i: usize) -> (usize, usize, u
 #[derive(Debug, Default)]
 pub(crate) struct BatchBuilder {
     buf: Vec<u8>,
-    ends: Vec<u64>,
+    ends: Ends,
     handles: Vec<(u64, FdList)>,
 }
 
@@ -307,6 +307,37 @@ impl BatchBuilder {
     /// Whether nothing was pushed.
     pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// The batches of a `map`: the arguments pushed so far, cut into
+    /// batches of `chunk` (the last may hold fewer), which share this
+    /// builder's one buffer rather than each having its own. The builder
+    /// is left empty.
+    pub(crate) fn take_chunks(&mut self, chunk: usize) -> Vec<Batch> {
+        let chunk = chunk.max(1);
+        let bytes = Bytes::from(std::mem::take(&mut self.buf));
+        let ends = std::mem::take(&mut self.ends);
+        let mut handles = std::mem::take(&mut self.handles).into_iter().peekable();
+        let mut batches = Vec::with_capacity(ends.len().div_ceil(chunk));
+        let mut start = 0u64;
+        for (k, cut) in ends.chunks(chunk).enumerate() {
+            let first = (k * chunk) as u64;
+            let end = cut.last().copied().unwrap_or(start);
+            let mut mine = Vec::new();
+            while let Some((at, fds)) = handles.next_if(|(at, _)| *at < first + cut.len() as u64) {
+                mine.push((at - first, fds));
+            }
+            // The ends were pushed in order, each a length of the buffer.
+            let at = |pos: u64| usize::try_from(pos).map_or(bytes.len(), |p| p.min(bytes.len()));
+            let (from, to) = (at(start), at(end));
+            batches.push(Batch {
+                bytes: bytes.slice(from..to),
+                ends: cut.iter().map(|e| e - start).collect(),
+                handles: mine,
+            });
+            start = end;
+        }
+        batches
     }
 
     /// The finished batch; the builder starts over, empty.
@@ -706,6 +737,53 @@ async fn serve_one_at_a_time(
 mod tests {
     use super::*;
     use crate::wire::message::TargetKind;
+
+    #[test]
+    fn a_maps_batches_share_one_buffer_and_keep_their_arguments() {
+        let words: Vec<String> = (0..7).map(|i| "x".repeat(i * 3)).collect();
+        let mut all = BatchBuilder::default();
+        for w in &words {
+            all.push(w).unwrap();
+        }
+        let batches = all.take_chunks(3);
+        assert!(all.is_empty(), "the builder starts over");
+        assert_eq!(
+            batches.iter().map(Batch::len).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        let got: Vec<String> = batches
+            .iter()
+            .flat_map(Batch::iter)
+            .map(|b| rmp_serde::from_slice(b).unwrap())
+            .collect();
+        assert_eq!(got, words);
+        // One buffer: each batch's bytes start where the one before ended.
+        let base = batches[0].bytes.as_ptr() as usize;
+        let mut at = 0;
+        for b in &batches {
+            assert_eq!(b.bytes.as_ptr() as usize - base, at);
+            at += b.bytes.len();
+        }
+        // A record of a batch cut from the middle reads back the same.
+        let mut buf = Vec::new();
+        let msg = Msg::Job {
+            id: 9,
+            target: TargetRef {
+                kind: TargetKind::Sync,
+                offset: 0,
+            },
+            args: batches[1].clone(),
+        };
+        encode_job_record(&mut buf, &msg).unwrap();
+        let Some(Msg::Job { args, .. }) = decode_job_record(&buf).unwrap() else {
+            panic!("not a job");
+        };
+        assert_eq!(
+            args.iter().collect::<Vec<_>>(),
+            batches[1].iter().collect::<Vec<_>>()
+        );
+        assert!(BatchBuilder::default().take_chunks(4).is_empty());
+    }
 
     fn job(id: u64) -> Msg {
         let mut args = BatchBuilder::default();
