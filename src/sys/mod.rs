@@ -14,7 +14,7 @@
 //! | the control socket | a connected pair, where the child finds its end and takes it, the parent's death | [`socketpair`], [`control_locator`], [`claim_control`], [`wait_peer_closed`], [`stream`] |
 //! | shared mappings | an anonymous shared file, or a named POSIX one (Python's `shared_memory`), mapped | [`shm`] |
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
-//! | fork | the fork server's raw fork | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`] |
+//! | fork | the fork server's raw fork, and a forked child's end | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`], [`exit_forked`] |
 //! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`place_program`], [`signal_group`], [`group_exists`], [`reap_group`] |
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
@@ -73,7 +73,7 @@ pub(crate) use imp::futex;
 
 // Fork.
 pub(crate) use imp::{
-    Group, die_with_parent, enter_group, fork_sibling, group_exists, lead_own_group,
+    Group, die_with_parent, enter_group, exit_forked, fork_sibling, group_exists, lead_own_group,
     libc_allows_raw_fork, name_of, own_group_tied_to_us, parent_pid, place_program, process_name,
     reap_group, set_process_name, signal_group, thread_count,
 };

@@ -215,6 +215,37 @@ async fn lines_in_order(method: mp::StartMethod, name: &str) -> Result<(), Faile
     Ok(())
 }
 
+fn leave_unflushed(_: ()) {
+    print!("rust, unflushed");
+    // C's stdout on a pipe is fully buffered: this stays in its buffer.
+    #[cfg(unix)]
+    // SAFETY: `puts` with a NUL-terminated string.
+    unsafe {
+        libc::puts(c", c, unflushed".as_ptr());
+    }
+}
+
+/// What a child leaves in its standard streams' buffers, Rust's and the C
+/// library's, still comes out when it ends, as a Python child's
+/// `sys.stdout` is flushed before it exits.
+async fn what_is_left_unflushed_still_comes(
+    method: mp::StartMethod,
+    name: &str,
+) -> Result<(), Failed> {
+    let p = captured(name, method).build(leave_unflushed, ());
+    p.start().await?;
+    p.join().await?;
+    ensure(p.exitcode() == Some(0), "a clean exit")?;
+    let out = lines(&records_of(name), "stdout");
+    let want = if cfg!(unix) {
+        "rust, unflushed, c, unflushed"
+    } else {
+        "rust, unflushed"
+    };
+    ensure(out == [want], format!("stdout: {out:?}"))?;
+    Ok(())
+}
+
 const LONG: usize = 200 * 1024;
 
 /// The long line: 200 KiB of a pattern that shows any piece out of place.
@@ -408,6 +439,11 @@ pub(crate) fn cases() -> Vec<Case> {
             &format!("lines_in_order::{tag}"),
             Duration::from_secs(60),
             move || lines_in_order(method, "talker"),
+        ));
+        cases.push(case(
+            &format!("what_is_left_unflushed_still_comes::{tag}"),
+            Duration::from_secs(60),
+            move || what_is_left_unflushed_still_comes(method, "unflushed"),
         ));
         cases.push(case(
             &format!("a_long_line_comes_in_pieces::{tag}"),

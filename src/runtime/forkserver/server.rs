@@ -97,7 +97,7 @@ pub(crate) fn serve(ch: BlockingChannel, child_main: ChildMain) -> i32 {
                 }
                 sys::enter_group(crate::runtime::exec::sys_group(group));
                 let code = child_main(control, nonce, group);
-                std::process::exit(code);
+                sys::exit_forked(code);
             }
             Ok(Some(pid)) => {
                 drop(control);

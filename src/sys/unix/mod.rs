@@ -533,6 +533,22 @@ pub(crate) fn exit_immediately(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Ends a forked child with `code` as Python's forked children end
+/// (`os._exit` after flushing the standard streams): the streams are
+/// flushed, Rust's and the C library's, and the program's exit handlers,
+/// which belong to the program that registered them and not to a copy of
+/// it, are not run. A start's exit skips their work and the pages it
+/// would touch (the loader's and the shared libraries' destructors).
+pub(crate) fn exit_forked(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `fflush(NULL)` flushes every open C stream; it takes no
+    // pointer of ours.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+    exit_immediately(code)
+}
+
 /// Reads and discards whatever is buffered on `fd` without blocking.
 /// Returns `false` once the peer has closed.
 fn drain_nonblocking(fd: BorrowedFd<'_>) -> bool {

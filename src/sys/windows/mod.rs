@@ -563,6 +563,12 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
     Err(unsupported("fork"))
 }
 
+/// Ends a forked child; there are none on Windows (no fork), so it ends
+/// the process as `std::process::exit` does.
+pub(crate) fn exit_forked(code: i32) -> ! {
+    std::process::exit(code)
+}
+
 /// Process names are not kept on Windows.
 pub(crate) fn process_name() -> Option<CString> {
     None
