@@ -306,6 +306,10 @@ def memory_rows(row, methods):
     for side, res in sides:
         notes = []
         if isinstance(res, dict):
+            if isinstance(res.get("worker_warm_rss_kib"), int):
+                notes.append(f"0.2 s after its last task (before it gives back its code's "
+                             f"pages) {fmt_kib(res['worker_warm_rss_kib'])} RSS, "
+                             f"{fmt_kib(res.get('worker_warm_pss_kib'))} PSS KiB")
             if isinstance(res.get("spare_rss_kib"), int):
                 notes.append(f"spare {fmt_kib(res['spare_rss_kib'])} RSS, "
                              f"{fmt_kib(res.get('spare_pss_kib'))} PSS KiB")

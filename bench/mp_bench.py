@@ -433,7 +433,8 @@ def _forkserver_pid():
 
 
 def case_pool_idle_rss(ctx, n, reps):
-    # Pool(2), a map of n trivial tasks, 200 ms of rest, then the memory of
+    # Pool(2), a map of n trivial tasks, 1.5 s of rest (as long as the Rust
+    # side rests before it measures an idle worker), then the memory of
     # each worker (and of the fork server under forkserver). A new pool per
     # rep; the medians are over every worker of every rep.
     rss, pss, fs_rss, fs_pss = [], [], [], []
@@ -441,7 +442,7 @@ def case_pool_idle_rss(ctx, n, reps):
     for _ in range(reps):
         with ctx.Pool(2) as pool:
             pool.map(_identity, range(n))
-            time.sleep(0.2)
+            time.sleep(1.5)
             # Pool keeps its worker processes in _pool.
             found = [m for m in (_rss_pss(p.pid) for p in pool._pool) if m is not None]
             server = _forkserver_pid() if ctx.get_start_method() == "forkserver" else None

@@ -694,7 +694,11 @@ async fn run_case(case: &Case, n: Option<u64>, reps: u32) -> Result<(), String> 
 /// each worker, and of the fork server.
 #[cfg(unix)]
 struct MemorySample {
+    /// The workers after `IDLE_REST`.
     workers: Vec<(u64, u64)>,
+    /// The same workers after `WARM_REST`, before an idle worker gives
+    /// back its code's pages.
+    warm: Vec<(u64, u64)>,
     fork_server: Option<(u64, u64)>,
     /// The child forked ahead of the next start.
     spare: Option<(u64, u64)>,
@@ -726,10 +730,15 @@ async fn run_memory_case(
     let (mut rss, mut pss, mut fs_rss, mut fs_pss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut sp_rss, mut sp_pss) = (Vec::new(), Vec::new());
+    let (mut warm_rss, mut warm_pss) = (Vec::new(), Vec::new());
     let mut workers = 0;
     for _ in 0..reps {
         let sample = run(n).await?;
         workers = sample.workers.len();
+        for (r, p) in sample.warm {
+            warm_rss.push(r);
+            warm_pss.push(p);
+        }
         for (r, p) in sample.workers {
             rss.push(r);
             pss.push(p);
@@ -751,6 +760,8 @@ async fn run_memory_case(
         "workers": workers,
         "worker_rss_kib": median_kib(rss),
         "worker_pss_kib": median_kib(pss),
+        "worker_warm_rss_kib": median_kib(warm_rss),
+        "worker_warm_pss_kib": median_kib(warm_pss),
         "fork_server_rss_kib": median_kib(fs_rss),
         "fork_server_pss_kib": median_kib(fs_pss),
         "spare_rss_kib": median_kib(sp_rss),
@@ -1025,14 +1036,23 @@ fn children() -> Vec<u32> {
     out
 }
 
-/// `Pool::new(2)`, a `map` of n trivial tasks, 200 ms of rest, then the
-/// memory of each worker and of the fork server. Workers are forked by the
+/// How long `pool_idle_rss` lets the pool rest before it measures its
+/// workers warm, and then idle: past the second since its last task after
+/// which an idle worker gives back its code's pages.
+#[cfg(unix)]
+const WARM_REST: Duration = Duration::from_millis(200);
+#[cfg(unix)]
+const IDLE_REST: Duration = Duration::from_millis(1500);
+
+/// `Pool::new(2)`, a `map` of n trivial tasks, `WARM_REST` of rest, the
+/// memory of each worker, then at `IDLE_REST` again with the memory of
+/// the fork server and its spare. Workers are forked by the
 /// fork server with `CLONE_PARENT`, so they are this process's children.
 #[cfg(unix)]
 async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
     let pool = mp::Pool::new(2).await.map_err(err)?;
     pool.map(identity, 0..n).await.map_err(err)?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(WARM_REST).await;
     let server = mp::__fork_server_pid();
     // The spare (forked ahead of the next start) has the server's name
     // until a start takes it.
@@ -1048,15 +1068,17 @@ async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
             .filter_map(rss_pss)
             .collect()
     };
-    let mut workers = live_workers();
+    let mut warm = live_workers();
     // A worker of an earlier pool may still be on its way out.
     for _ in 0..10 {
-        if workers.len() == 2 {
+        if warm.len() == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        workers = live_workers();
+        warm = live_workers();
     }
+    tokio::time::sleep(IDLE_REST.saturating_sub(WARM_REST)).await;
+    let workers = live_workers();
     let fork_server = server.and_then(rss_pss);
     let spare = children()
         .into_iter()
@@ -1071,6 +1093,7 @@ async fn pool_idle_rss(n: u64) -> Result<MemorySample, String> {
     }
     Ok(MemorySample {
         workers,
+        warm,
         fork_server,
         spare,
     })

@@ -448,6 +448,11 @@ impl<T> Connection<T> {
     pub(crate) fn into_handle(self) -> Result<OwnedHandle, ChannelError> {
         self.end.into_handle()
     }
+
+    /// The socket, to wait on outside the runtime; `None` once closed.
+    pub(crate) fn handle(&self) -> Option<&OwnedHandle> {
+        self.end.chan.as_ref().map(Chan::fd)
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Connection<T> {

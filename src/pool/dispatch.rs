@@ -145,7 +145,10 @@ async fn start(shared: &Shared) -> Result<Worker, BuildError> {
                 shared.config.init.clone(),
                 shared.config.concurrency,
                 page.clone(),
-                shared.config.spin,
+                super::worker::Waiting {
+                    spin: shared.config.spin,
+                    rest_after: shared.config.rest_after,
+                },
             ),
         );
     process.start().await.map_err(BuildError::Start)?;

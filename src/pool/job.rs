@@ -209,6 +209,8 @@ pub(super) struct Config {
     /// How long a slot watches for replies after sending jobs before it
     /// sleeps.
     pub(super) spin: Duration,
+    /// After how long with nothing to run a worker rests (`None`: never).
+    pub(super) rest_after: Option<Duration>,
     /// Whether workers forward their `tracing` events.
     pub(super) forward_tracing: bool,
     /// Whether workers' stdout and stderr are captured.

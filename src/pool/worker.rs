@@ -353,15 +353,23 @@ impl BatchBuilder {
 /// What a worker is started with: its end of the pipe, the initializer,
 /// how many jobs it may run at once (async targets interleave; a
 /// synchronous one holds the worker's thread while it runs), the page
-/// it shares with its slot in the parent, and how long it watches the
-/// page's job ring before it sleeps (`PoolBuilder::spin`).
+/// it shares with its slot in the parent, and how it waits for jobs.
 pub(crate) type WorkerArgs = (
     Connection<Msg>,
     Option<(TargetRef, ByteBuf)>,
     usize,
     Page,
-    Duration,
+    Waiting,
 );
+
+/// How a worker waits for jobs: how long it watches its job ring before
+/// it sleeps (`PoolBuilder::spin`), and after how long asleep it rests
+/// (`PoolBuilder::rest_after`; see [`rest`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Waiting {
+    pub(crate) spin: Duration,
+    pub(crate) rest_after: Option<Duration>,
+}
 
 /// A job the worker has received and not started.
 struct Pending {
@@ -625,13 +633,25 @@ fn take_all(conn: &mut Connection<Msg>, line: &mut Line, page: &Page) -> bool {
 }
 
 /// With nothing to run: watches the job ring for `spin`, then asks for
-/// the doorbell and sleeps on the socket. `false` once the parent's end
-/// is gone.
-async fn idle(conn: &mut Connection<Msg>, line: &mut Line, page: &Page, spin: Duration) -> bool {
-    if page.watch_jobs(spin) || page.sleep_jobs() {
+/// the doorbell and sleeps on the socket, and rests if the sleep lasts
+/// `rest_after`. `false` once the parent's end is gone.
+async fn idle(conn: &mut Connection<Msg>, line: &mut Line, page: &Page, waiting: Waiting) -> bool {
+    if page.watch_jobs(waiting.spin) || page.sleep_jobs() {
         return true;
     }
-    let Ok(msg) = conn.recv().await else {
+    let msg = match waiting.rest_after {
+        None => conn.recv().await,
+        // `recv` is cancel safe: a message that arrives as the timer
+        // fires stays with the connection for the next one.
+        Some(after) => match tokio::time::timeout(after, conn.recv()).await {
+            Ok(msg) => msg,
+            Err(_) => {
+                rest(conn);
+                conn.recv().await
+            }
+        },
+    };
+    let Ok(msg) = msg else {
         return false;
     };
     page.wake_jobs();
@@ -639,9 +659,29 @@ async fn idle(conn: &mut Connection<Msg>, line: &mut Line, page: &Page, spin: Du
     true
 }
 
+/// A long sleep of an idle worker: it gives back the pages of its code (see
+/// [`crate::sys::release_code_pages`]), so that its resident size is what
+/// it owns, and waits for the parent's next message in the kernel, on its
+/// socket. Waiting through the runtime instead would bring back, by the
+/// time it sleeps, about a megabyte of the code it just gave back (the
+/// kernel maps 16 pages around each one the runtime's path touches). It
+/// waits there only when no task of its own (one a task spawned) is left
+/// on its runtime, which that wait would hold up.
+///
+/// Nothing waits to be written: the loops flush before they go idle.
+fn rest(conn: &Connection<Msg>) {
+    let alone =
+        tokio::runtime::Handle::try_current().is_ok_and(|rt| rt.metrics().num_alive_tasks() == 0);
+    let wait_on = if alone { conn.handle() } else { None };
+    match crate::sys::release_code_pages(wait_on) {
+        Ok(bytes) => tracing::trace!(bytes, "idle pool worker rested"),
+        Err(e) => tracing::debug!(error = %e, "idle pool worker kept its code pages"),
+    }
+}
+
 /// The worker loop: runs jobs in the order they come, up to `concurrency`
 /// at once, until the parent closes its end.
-pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs) {
+pub(crate) async fn serve((mut conn, init, concurrency, page, waiting): WorkerArgs) {
     // Ctrl-C reaches the whole process group. A worker is the pool's to
     // stop: the parent may handle the key and finish or cancel its tasks,
     // and if the key ends the parent, the worker follows it.
@@ -659,7 +699,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs)
     }
     let mut line = Line::default();
     if concurrency <= 1 {
-        serve_one_at_a_time(conn, line, page, spin).await;
+        serve_one_at_a_time(conn, line, page, waiting).await;
         return;
     }
     let mut running = FuturesUnordered::new();
@@ -676,7 +716,7 @@ pub(crate) async fn serve((mut conn, init, concurrency, page, spin): WorkerArgs)
             running.push(run_job(job));
         }
         if running.is_empty() {
-            if !idle(&mut conn, &mut line, &page, spin).await {
+            if !idle(&mut conn, &mut line, &page, waiting).await {
                 return;
             }
             continue;
@@ -708,7 +748,7 @@ async fn serve_one_at_a_time(
     mut conn: Connection<Msg>,
     mut line: Line,
     page: Page,
-    spin: Duration,
+    waiting: Waiting,
 ) {
     // Where a reply is encoded for the ring.
     let mut buf = Vec::new();
@@ -721,7 +761,7 @@ async fn serve_one_at_a_time(
             return;
         }
         let Some(job) = line.start_next(&page) else {
-            if !idle(&mut conn, &mut line, &page, spin).await {
+            if !idle(&mut conn, &mut line, &page, waiting).await {
                 return;
             }
             continue;

@@ -16,6 +16,7 @@
 //! | park and wake | sleep on a shared word until it changes | [`futex`] |
 //! | fork | the fork server's raw fork, and a forked child's end | [`fork_sibling`], [`libc_allows_raw_fork`], [`thread_count`], [`exit_forked`] |
 //! | process groups | a child's own group or session, signalled as one | [`Group`], [`enter_group`], [`lead_own_group`], [`own_group_tied_to_us`], [`place_program`], [`signal_group`], [`group_exists`], [`reap_group`] |
+//! | memory | an idle process's code pages, given back | [`release_code_pages`] |
 //! | signals | Ctrl-C, and leaving at once | [`set_interrupt_ignored`], [`exit_immediately`] |
 //! | processes by id | who holds a lock, and whether it lives | [`proc`] |
 //! | readiness of programs | an `sd_notify` socket, and the group of a sender | [`notify`] |
@@ -77,6 +78,9 @@ pub(crate) use imp::{
     libc_allows_raw_fork, name_of, own_group_tied_to_us, parent_pid, place_program, process_name,
     reap_group, set_process_name, signal_group, thread_count,
 };
+
+// An idle process's code pages, given back to the page cache.
+pub(crate) use imp::release_code_pages;
 
 // The service manager's end of sd_notify, for supervised programs.
 pub(crate) use imp::notify;

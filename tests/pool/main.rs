@@ -1,6 +1,6 @@
 //! `Pool`: maps, `apply_async` and `imap`, its features, workers that die
 //! or are killed at random, a million tasks, a parent's death, Ctrl-C,
-//! and the `server` example built on it.
+//! idle workers that rest, and the `server` example built on it.
 //!
 //! Some runs of this binary are programs under test, not the test: `main`
 //! picks them by their environment before it calls `init()` itself.
@@ -23,6 +23,10 @@ mod handles;
 mod imap;
 mod parent_death;
 mod remote;
+// Linux only: it reads workers' resident sizes in /proc (and only Linux
+// workers give their code's pages back).
+#[cfg(unix)]
+mod rest;
 // Unix only: it stops the `server` example with SIGTERM and SIGINT, to its
 // process group too.
 #[cfg(unix)]
@@ -66,6 +70,8 @@ fn main() {
             common::module("imap", imap::cases()),
             #[cfg(unix)]
             common::module("spin", spin::cases()),
+            #[cfg(unix)]
+            common::module("rest", rest::cases()),
             #[cfg(unix)]
             common::module("server", server::cases()),
             common::module("remote", remote::cases()),

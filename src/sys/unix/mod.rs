@@ -5,6 +5,7 @@
 //! directly.
 
 mod child;
+mod code_pages;
 mod fork;
 pub(crate) mod futex;
 pub(crate) mod notify;
@@ -14,6 +15,8 @@ pub(crate) mod proc;
 pub(crate) mod scm;
 pub(crate) mod shm;
 pub(crate) mod stream;
+
+pub(crate) use code_pages::release_code_pages;
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;

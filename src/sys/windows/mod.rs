@@ -563,6 +563,14 @@ pub(crate) unsafe fn fork_sibling() -> io::Result<Option<u32>> {
     Err(unsupported("fork"))
 }
 
+/// Drops the page-table entries of this process's unmodified read-only
+/// file mappings on Linux, then waits on the socket if given one; on
+/// Windows it does nothing (a working set is trimmed by the system under
+/// pressure), reports nothing released and returns at once.
+pub(crate) fn release_code_pages(_then_wait_on: Option<&OwnedHandle>) -> io::Result<u64> {
+    Ok(0)
+}
+
 /// Ends a forked child; there are none on Windows (no fork), so it ends
 /// the process as `std::process::exit` does.
 pub(crate) fn exit_forked(code: i32) -> ! {
