@@ -81,6 +81,7 @@ REFERENCES = {
     "sup_restart": "spawn",
     "sup_start_100": "spawn",
     "spawn_tokio_main": "spawn",
+    "spawn_task": "spawn",
     "pipe_rtt_spin": "pipe_rtt",
     "pool_apply_seq_task": "pool_apply_seq",
 }
@@ -89,10 +90,11 @@ REFERENCES = {
 # Rust cases with no Python case of their own: the Python case run as
 # their other side. `spawn_tokio_main` is `spawn` from a `#[tokio::main]`
 # program; Python has no such thing, so its side is the plain start.
-# `pool_apply_seq_task` is `pool_apply_seq` from a spawned task; Python's
-# `apply` has one caller, its main thread.
+# `pool_apply_seq_task` is `pool_apply_seq` from a spawned task, and
+# `spawn_task` `spawn`; Python's have one caller, its main thread.
 PYTHON_PEERS = {
     "spawn_tokio_main": "spawn",
+    "spawn_task": "spawn",
     "pipe_rtt_spin": "pipe_rtt",
     "pool_apply_seq_task": "pool_apply_seq",
 }

@@ -61,6 +61,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(spawn_tokio_main(n))),
     },
     Case {
+        name: "spawn_task",
+        default_n: 200,
+        about: "spawn from a spawned task (as a service awaits its children), not the block_on thread",
+        run: Run::Time(|n| Box::pin(spawn_task(n))),
+    },
+    Case {
         name: "spawn_exec",
         default_n: 200,
         about: "start + join an empty target with StartMethod::Spawn (re-exec per child)",
@@ -219,6 +225,13 @@ async fn spawn(n: u64) -> Result<Duration, String> {
         mp::StartMethod::ForkServer
     };
     start_join(n, method).await
+}
+
+/// `spawn`'s loop in a task of its own, as a service awaits its children,
+/// rather than on the thread in `block_on`, which is not one of the
+/// runtime's: there each `join` pays one more wake-up, of that thread.
+async fn spawn_task(n: u64) -> Result<Duration, String> {
+    tokio::spawn(spawn(n)).await.map_err(err)?
 }
 
 /// Runs the `spawn_tokio_main` example (built next to this binary) for n
