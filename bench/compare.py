@@ -101,7 +101,7 @@ PYTHON_PEERS = {
 
 # Rust-only floor cases shown in the notes of the case they bound.
 FLOORS = {
-    "spawn": ["floor_spawn", "floor_fork"],
+    "spawn": ["floor_spawn", "floor_fork", "floor_warm"],
     "pipe_rtt": ["pipe_rtt_floor"],
     "pipe_rtt_spin": ["pipe_rtt_floor"],
 }

@@ -177,8 +177,9 @@ fn pipe_throughput_times_three_counts() {
 
 /// The cases that measure Linux itself, which the Windows build does not
 /// list.
-const LINUX_ONLY_BENCH_CASES: [&str; 4] = [
+const LINUX_ONLY_BENCH_CASES: [&str; 5] = [
     "floor_fork",
+    "floor_warm",
     "pipe_rtt_floor",
     "sup_restart",
     "pool_idle_rss",
@@ -240,13 +241,15 @@ fn bench_lists_its_cases_and_runs_one() {
         assert_eq!(line["n"], 200);
     }
 
-    // The supervisor cases, and the start from a #[tokio::main] program,
-    // small.
+    // The supervisor cases, the start from a #[tokio::main] program and
+    // from a task, and the warm start's floor, small.
     for case in [
         "sup_restart",
         "sup_start_100",
         "sup_shutdown_100",
         "spawn_tokio_main",
+        "spawn_task",
+        "floor_warm",
     ] {
         if LINUX_ONLY_BENCH_CASES.contains(&case) && cfg!(windows) {
             continue;

@@ -85,6 +85,13 @@ const CASES: &[Case] = &[
         about: "fork this process, _exit(0) in the copy, wait for it: the floor a start that forks cannot go below",
         run: Run::Time(|n| Box::pin(floor_fork(n))),
     },
+    #[cfg(unix)]
+    Case {
+        name: "floor_warm",
+        default_n: 200,
+        about: "a copy of this process forked ahead, asleep on a pipe: write it a byte, it _exits, wait for it (the fork untimed): the floor of a warm start",
+        run: Run::Time(|n| Box::pin(floor_warm(n))),
+    },
     Case {
         name: "queue_oneway",
         default_n: 100_000,
@@ -265,6 +272,48 @@ async fn spawn_tokio_main(n: u64) -> Result<Duration, String> {
 
 async fn spawn_exec(n: u64) -> Result<Duration, String> {
     start_join(n, mp::StartMethod::Spawn).await
+}
+
+/// What a warm start cannot go below: waking a copy that waits, its exit,
+/// and the parent's wait for it. Each copy is forked, and left 2 ms to
+/// fall asleep on its pipe, outside the timed part.
+#[cfg(unix)]
+async fn floor_warm(n: u64) -> Result<Duration, String> {
+    use std::os::fd::AsRawFd;
+    tokio::task::spawn_blocking(move || {
+        let mut timed = Duration::ZERO;
+        for _ in 0..n {
+            let (r, w) = nix::unistd::pipe().map_err(err)?;
+            // SAFETY: the child calls only `read` and `_exit`, both
+            // async-signal-safe, so the locks other threads held at the
+            // fork do not matter.
+            match unsafe { nix::unistd::fork() }.map_err(err)? {
+                nix::unistd::ForkResult::Child => {
+                    let mut byte = 0u8;
+                    // SAFETY: a one-byte read into a live local, then
+                    // `_exit`, which runs no destructor nor handler.
+                    unsafe {
+                        libc::read(r.as_raw_fd(), (&raw mut byte).cast(), 1);
+                        libc::_exit(0)
+                    }
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    drop(r);
+                    std::thread::sleep(Duration::from_millis(2));
+                    let t0 = Instant::now();
+                    nix::unistd::write(&w, &[1]).map_err(err)?;
+                    let status = nix::sys::wait::waitpid(child, None).map_err(err)?;
+                    timed += t0.elapsed();
+                    if status != nix::sys::wait::WaitStatus::Exited(child, 0) {
+                        return Err(format!("floor child ended with {status:?}"));
+                    }
+                }
+            }
+        }
+        Ok(timed)
+    })
+    .await
+    .map_err(err)?
 }
 
 #[cfg(unix)]
