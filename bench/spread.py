@@ -7,7 +7,9 @@
 Each cell that holds a figure in every run becomes the median of the runs
 and, when they differ, their range: `448 (430-512)`. A ratio column
 (`X / this`) is recomputed from the medians of its two figures, so it
-says how the typical runs compare, not the median of ratios. Notes come
+says how the typical runs compare, not the median of ratios; in the
+memory table, whose sides are rows, from the medians of the row's figure
+and of the "this crate" row's. Notes come
 from the first run. Cells that are not figures in every run ("-", "n/a")
 are kept from the first run.
 
@@ -103,6 +105,14 @@ def merge(files):
                         (v for (rr, h), v in medians.items() if rr == r and h.startswith("this crate")),
                         None,
                     )
+                if a is None and num.endswith(" Python"):
+                    # The memory table: "RSS Python / this" is this row's
+                    # "worker RSS" over the "this crate" row's.
+                    metric = num[: -len(" Python")]
+                    col = next((h for h in header if h.startswith(f"worker {metric}")), None)
+                    ours = next((i for i, row_ in enumerate(rows) if row_[0].startswith("this crate")), None)
+                    if col is not None and ours is not None and ours != r:
+                        a, b = medians.get((r, col)), medians.get((ours, col))
                 if a is not None and b:
                     merged[c] = f"{a / b:.2f}x"
             lines.append("| " + " | ".join(merged) + " |")
