@@ -84,19 +84,23 @@ REFERENCES = {
     "spawn_task": "spawn",
     "pipe_rtt_spin": "pipe_rtt",
     "pool_apply_seq_task": "pool_apply_seq",
+    "pool_apply_seq_current_thread": "pool_apply_seq",
 }
 
 
 # Rust cases with no Python case of their own: the Python case run as
 # their other side. `spawn_tokio_main` is `spawn` from a `#[tokio::main]`
 # program; Python has no such thing, so its side is the plain start.
-# `pool_apply_seq_task` is `pool_apply_seq` from a spawned task, and
-# `spawn_task` `spawn`; Python's have one caller, its main thread.
+# `pool_apply_seq_task` is `pool_apply_seq` from a spawned task,
+# `pool_apply_seq_current_thread` from a current-thread runtime's
+# `block_on`, and `spawn_task` `spawn`; Python's have one caller, its
+# main thread.
 PYTHON_PEERS = {
     "spawn_tokio_main": "spawn",
     "spawn_task": "spawn",
     "pipe_rtt_spin": "pipe_rtt",
     "pool_apply_seq_task": "pool_apply_seq",
+    "pool_apply_seq_current_thread": "pool_apply_seq",
 }
 
 # Rust-only floor cases shown in the notes of the case they bound.

@@ -250,6 +250,7 @@ fn bench_lists_its_cases_and_runs_one() {
         "spawn_tokio_main",
         "spawn_task",
         "floor_warm",
+        "pool_apply_seq_current_thread",
     ] {
         if LINUX_ONLY_BENCH_CASES.contains(&case) && cfg!(windows) {
             continue;

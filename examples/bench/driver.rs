@@ -172,6 +172,12 @@ const CASES: &[Case] = &[
         run: Run::Time(|n| Box::pin(pool_case(n, PoolRun::ApplySeqTask))),
     },
     Case {
+        name: "pool_apply_seq_current_thread",
+        default_n: 2_000,
+        about: "pool_apply_seq on a thread of its own in block_on of a current-thread runtime, where the pool's slots run too (a synchronous program's way)",
+        run: Run::Time(|n| Box::pin(pool_apply_seq_current_thread(n))),
+    },
+    Case {
         name: "pool_apply_async",
         default_n: 10_000,
         about: "Pool(2).apply_async of n trivial tasks in flight, then all awaited",
@@ -1177,6 +1183,22 @@ enum PoolRun {
     ApplySeq,
     ApplySeqTask,
     ApplyAsync,
+}
+
+/// `pool_apply_seq` from the thread inside `block_on`, as a synchronous
+/// program calls the pool, but of a current-thread runtime of its own
+/// (on a thread of its own, as this driver's runtime is multi-threaded):
+/// the pool's slots run on that thread too, so no task wakes another
+/// thread.
+async fn pool_apply_seq_current_thread(n: u64) -> Result<Duration, String> {
+    let run = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(err)?
+            .block_on(pool_case(n, PoolRun::ApplySeq))
+    };
+    tokio::task::spawn_blocking(run).await.map_err(err)?
 }
 
 /// A two-worker pool, warmed up as the Python side does (1000 tasks,
