@@ -295,6 +295,19 @@ pub fn ensure(cond: bool, msg: impl std::fmt::Display) -> Result<(), Failed> {
     }
 }
 
+/// `VmRSS` of `process` (a pid, or `"self"`) from `/proc/PROCESS/status`,
+/// in KiB; 0 if it cannot be read.
+pub fn rss_kib(process: impl std::fmt::Display) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 /// The number of open descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")

@@ -16,18 +16,6 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
-/// `VmRSS` of process `pid`, in KiB (0 if it cannot be read).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// After work, the worker's resident size falls below 2 MiB and below
 /// half of what it was warm; a `map` then wakes it, is answered in full
 /// by the same worker (none replaced), and brings code back.
@@ -39,14 +27,14 @@ async fn an_idle_worker_rests_and_wakes() -> Result<(), Failed> {
     let [worker] = workers[..] else {
         return Err(format!("one worker, found {workers:?}").into());
     };
-    let warm = rss_kib(worker);
+    let warm = common::rss_kib(worker);
     ensure(warm > 2048, format!("a worker at work holds {warm} KiB"))?;
     common::eventually("the idle worker rests", || {
-        let now = rss_kib(worker);
+        let now = common::rss_kib(worker);
         now < 2048 && now < warm / 2
     })
     .await?;
-    let rested = rss_kib(worker);
+    let rested = common::rss_kib(worker);
     let out = pool.map_chunked(square, 0..1000u64, 1).await?;
     ensure(
         out == (0..1000u64).map(square).collect::<Vec<_>>(),
@@ -61,7 +49,7 @@ async fn an_idle_worker_rests_and_wakes() -> Result<(), Failed> {
             pool.stats().restarted
         ),
     )?;
-    let after = rss_kib(worker);
+    let after = common::rss_kib(worker);
     ensure(
         after > rested,
         format!("its code came back as it ran: {rested} KiB at rest, {after} KiB after"),
@@ -84,9 +72,9 @@ async fn a_worker_told_never_to_rest_keeps_its_pages() -> Result<(), Failed> {
     let [worker] = workers[..] else {
         return Err(format!("one worker, found {workers:?}").into());
     };
-    let warm = rss_kib(worker);
+    let warm = common::rss_kib(worker);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let later = rss_kib(worker);
+    let later = common::rss_kib(worker);
     pool.terminate().await;
     ensure(
         later > warm / 2 && later > 2048,

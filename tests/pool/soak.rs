@@ -25,19 +25,6 @@ fn inc(x: u64) -> u64 {
     x + 1
 }
 
-/// This process's resident set, in KiB.
-#[cfg(unix)]
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// One block of 100,000 tasks: a default-chunk map of 90,000, then 2,000
 /// `apply_async` (all in flight at once), 2,000 through chunk size 1, and
 /// 6,000 through chunk size 100. Every value is checked.
@@ -151,14 +138,14 @@ async fn a_million_tasks() -> Result<(), Failed> {
     // The baseline is taken with every worker in place: one being
     // replaced holds a descriptor fewer or more for a moment.
     settled(&pool, children_idle.len() + WORKERS).await;
-    let (fds0, rss0) = (common::open_fds(), rss_kib());
+    let (fds0, rss0) = (common::open_fds(), common::rss_kib("self"));
     let t0 = Instant::now();
     let mut tasks = 0;
     let mut rss_max = rss0;
     let blocks = blocks();
     for b in 0..blocks {
         tasks += block(&pool, 1_000_000 + b * 100_000).await?;
-        let rss = rss_kib();
+        let rss = common::rss_kib("self");
         rss_max = rss_max.max(rss);
         println!(
             "{tasks:>9} tasks, {:>6.2} s: fds {}, RSS {rss} KiB, zombies {}, {:?}",
@@ -172,7 +159,7 @@ async fn a_million_tasks() -> Result<(), Failed> {
     settled(&pool, children_idle.len() + WORKERS).await;
     let stats = pool.stats();
     let fds1 = common::open_fds_settled(fds0).await;
-    let (rss1, zombies) = (rss_kib(), common::zombie_children());
+    let (rss1, zombies) = (common::rss_kib("self"), common::zombie_children());
     println!(
         "{tasks} tasks in {took:?} ({:.2} us/task), {} workers replaced: fds {fds0} -> {fds1}, \
          RSS {rss0} KiB -> {rss1} KiB (peak {rss_max} KiB), zombies {zombies:?}",

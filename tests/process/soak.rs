@@ -37,31 +37,23 @@ async fn thousand_cycles_leak_nothing() -> Result<(), Failed> {
     Ok(())
 }
 
-/// This process's resident set, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 async fn cycles_of_16(n: u32) -> Result<(), Failed> {
     common::start_join_cycles(n, 16).await
 }
 
 async fn ten_thousand_cycles() -> Result<(), Failed> {
     cycles_of_16(200).await?;
-    let (fds0, rss0, children0) = (common::open_fds(), rss_kib(), common::started_children());
+    let (fds0, rss0, children0) = (
+        common::open_fds(),
+        common::rss_kib("self"),
+        common::started_children(),
+    );
     let t0 = Instant::now();
     cycles_of_16(10_000).await?;
     let took = t0.elapsed();
     let fds1 = common::open_fds_settled(fds0).await;
     let (rss1, zombies, children1) = (
-        rss_kib(),
+        common::rss_kib("self"),
         common::zombie_children(),
         common::started_children(),
     );

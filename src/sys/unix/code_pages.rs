@@ -11,7 +11,7 @@
 //! again with minor faults.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// One mapping that may be dropped: a private mapping of a file, never
 /// writable, with no page of its own (`Anonymous: 0 kB`), so its pages are
@@ -59,24 +59,11 @@ pub(crate) fn release_code_pages(then_wait_on: Option<&OwnedFd>) -> io::Result<u
         }
     }
     if let Some(fd) = then_wait_on {
-        wait_readable(fd);
+        // Readable, closed or in error: whatever it is, the caller's
+        // `recv` sees it.
+        let _ = super::stream::wait(fd, super::stream::Wait::Readable, None);
     }
     Ok(released)
-}
-
-/// Blocks until `fd` is readable, closed or in error.
-fn wait_readable(fd: &OwnedFd) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN | libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid, initialised pollfd that outlives the call,
-    // the count is its exact length, and `fd` keeps the descriptor open
-    // for the duration.
-    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
 }
 
 /// The mappings of `smaps` that `release_code_pages` may drop, each with
